@@ -1,0 +1,57 @@
+"""CIFAR-10: the paper's CAE stack and CNN (Masci et al., 2011), pretrained and compared.
+
+CIFAR-10 is not embedded: pass a source, e.g. the JPEG copy of the data set
+``--config.data.source=folder:/path/cifar10-jpeg.tar.gz`` or the original python batches
+``--config.data.source=cifar:/path/cifar-10-python.tar.gz`` (or have tfds prepared).
+
+Presets (``--config=configs/cifar10.py:<preset>``):
+  smoke  - seconds; tiny subsets, for tests.
+  quick  - a first look in about 15 minutes on 2 CPU cores.
+  paper  - the full protocol: stack on all 40k non-validation training images; 1k, 10k and
+           50k labels; 5 seeds per cell. Best run on a GPU.
+
+Run:
+  python -m pipelines.compare --config=configs/cifar10.py:paper --workdir=runs/cifar10 \
+      --config.data.source=folder:/path/cifar10-jpeg.tar.gz
+Expect: the committed figures in results/README.md (mean and spread over seeds).
+"""
+
+from scae import config as cfglib
+
+
+def get_config(arg: str | None = None):
+    preset = cfglib.preset_arg(arg, ("smoke", "quick", "paper"))
+    c = cfglib.base_config("cifar10")
+    c.data.source = "cifar10"
+    c.data.validation_size = 5000
+    c.data.standardize = True
+    c.preset = preset
+    if preset == "smoke":
+        c.data.validation_size = 200
+        c.data.pretrain_size = 256
+        c.data.test_size = 200
+        c.model.features = (8, 8, 8)
+        c.model.fc_width = 16
+        c.pretrain.epochs = (1, 1, 1)
+        c.pretrain.batch_size = 32
+        c.pretrain.steps_per_call = 4
+        c.pretrain.checkpoint_every_steps = 4
+        c.pretrain.eval_size = 64
+        c.finetune.epochs = 2
+        c.finetune.min_steps = 0
+        c.finetune.batch_size = 32
+        c.finetune.evals = 2
+        c.finetune.steps_per_call = 4
+        c.compare.label_sizes = (100,)
+        c.compare.num_seeds = 2
+    elif preset == "quick":
+        c.data.validation_size = 2000
+        c.data.pretrain_size = 10000
+        c.pretrain.epochs = (1, 1, 1)
+        c.pretrain.eval_size = 1000
+        c.finetune.epochs = 20
+        c.finetune.min_steps = 400
+        c.finetune.evals = 10
+        c.compare.label_sizes = (1000,)
+        c.compare.num_seeds = 3
+    return c

@@ -1,0 +1,154 @@
+"""The experiment configuration: defaults shared by every data set, and its validation.
+
+Config files in ``configs/`` build on :func:`base_config` and pick a preset; the pipelines call
+:func:`validate` before touching the workdir, so an impossible value fails with one clear line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from scae.errors import InputError
+
+ACTIVATIONS = ("scaled_tanh", "tanh", "sigmoid", "relu")
+INITS = ("glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_normal", "he_normal")
+ARMS = ("random", "pretrained", "frozen")
+
+
+def base_config(dataset: str) -> ml_collections.ConfigDict:
+    """The paper's architecture and a full-protocol default for ``dataset`` ('mnist'|'cifar10')."""
+    c = ml_collections.ConfigDict()
+    c.dataset = dataset  # the name the paper's table is looked up under
+    c.seed = 0  # root of every random key: subsets, inits, noise, batch order
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = dataset  # see scae.data.load for the sources
+    c.data.validation_size = 10000  # the last N training images; never trained on
+    c.data.pretrain_size = 0  # unlabelled images for the CAEs; 0 = every non-validation image
+    c.data.test_size = 0  # 0 = the whole test split
+    c.data.scale = "unit"  # 'unit': [0, 1], 'symmetric': [-1, 1]
+    c.data.standardize = False  # per-channel mean/std computed on the training split
+    c.data.tfds_data_dir = ""  # '' = tfds's default
+
+    c.model = ml_collections.ConfigDict()
+    c.model.features = (100, 150, 200)  # maps of the conv layers (= the CAEs' hidden maps)
+    c.model.kernel_sizes = (5, 5, 3)
+    c.model.pool_sizes = (2, 2, 1)  # CNN max-pool after each conv; also feeds CAE k+1
+    c.model.fc_width = 300
+    c.model.num_classes = 10
+    c.model.activation = "scaled_tanh"  # 1.7159 * tanh(2x/3); the paper's constants are unknown
+    c.model.init = "glorot_uniform"  # the same family for the CAEs and the random CNN
+
+    c.pretrain = ml_collections.ConfigDict()
+    c.pretrain.layers = 3  # how many CAEs of the stack to train (<= len(model.features))
+    c.pretrain.sparsity_pool = (2, 2, 2)  # max-pool sparsity window per CAE; 1 turns it off
+    c.pretrain.noise = "none"  # 'none' | 'mask' (binomial masking) | 'gaussian'
+    c.pretrain.noise_level = 0.0  # masking probability, or the Gaussian's std
+    c.pretrain.decoder = "tied"  # 'tied' (paper) | 'untied' | 'upsample' (NN-upsample + conv)
+    c.pretrain.epochs = (10, 10, 10)  # per layer
+    c.pretrain.batch_size = 128
+    c.pretrain.optimizer = "sgd"  # 'sgd' (with momentum) | 'adam'
+    c.pretrain.learning_rate = 0.02
+    c.pretrain.momentum = 0.9
+    c.pretrain.schedule = "cosine"  # 'constant' | 'cosine'
+    c.pretrain.steps_per_call = 50  # steps fused into one compiled scan (progress granularity)
+    c.pretrain.checkpoint_every_steps = 500  # periodic checkpoint within a layer
+    c.pretrain.cache_features = True  # compute layer k's inputs once, not on every step
+    c.pretrain.eval_size = 2000  # validation images for the reconstruction MSE
+
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.epochs = 30
+    c.finetune.min_steps = 3000  # small label sizes run more epochs to reach this many steps
+    c.finetune.batch_size = 128
+    c.finetune.optimizer = "sgd"
+    c.finetune.learning_rate = 0.02
+    c.finetune.momentum = 0.9
+    c.finetune.schedule = "cosine"
+    c.finetune.weight_decay = 0.0
+    c.finetune.evals = 30  # validation evaluations per run; the best one is reported
+    c.finetune.steps_per_call = 50
+
+    c.compare = ml_collections.ConfigDict()
+    c.compare.label_sizes = (1000, 10000, 50000)
+    c.compare.num_seeds = 5
+    c.compare.arms = ARMS
+    c.compare.vmap_seeds = True  # train the seeds of one cell together under jax.vmap
+    return c
+
+
+def _positive_ints(c: ml_collections.ConfigDict, key: str, allow_zero: bool = False) -> None:
+    value = c[key.split(".")[0]][key.split(".")[1]] if "." in key else c[key]
+    values = value if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if allow_zero else 1):
+            bound = ">= 0" if allow_zero else ">= 1"
+            raise InputError(f"config.{key}: expected integers {bound}, got {value!r}")
+
+
+def _choice(c: ml_collections.ConfigDict, key: str, choices: Sequence[str]) -> None:
+    section, name = key.split(".")
+    if c[section][name] not in choices:
+        raise InputError(f"config.{key}: expected one of {', '.join(choices)}, got {c[section][name]!r}")
+
+
+def _positive_float(c: ml_collections.ConfigDict, key: str, allow_zero: bool = False) -> None:
+    section, name = key.split(".")
+    v = c[section][name]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not allow_zero):
+        raise InputError(f"config.{key}: expected a number {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raises :class:`InputError` naming the first impossible value in ``c``."""
+    for key in ("model.features", "model.kernel_sizes", "model.pool_sizes", "model.fc_width",
+                "model.num_classes", "pretrain.sparsity_pool", "pretrain.epochs",
+                "pretrain.batch_size", "pretrain.steps_per_call", "pretrain.checkpoint_every_steps",
+                "pretrain.eval_size", "finetune.epochs", "finetune.batch_size", "finetune.evals",
+                "finetune.steps_per_call", "compare.label_sizes", "compare.num_seeds"):
+        _positive_ints(c, key)
+    for key in ("data.validation_size", "data.pretrain_size", "data.test_size", "pretrain.layers",
+                "finetune.min_steps", "seed"):
+        _positive_ints(c, key, allow_zero=True)
+    n = len(c.model.features)
+    for key in ("kernel_sizes", "pool_sizes"):
+        if len(c.model[key]) != n:
+            raise InputError(f"config.model.{key}: expected {n} values (one per model.features), "
+                             f"got {len(c.model[key])}")
+    if c.pretrain.layers > n:
+        raise InputError(f"config.pretrain.layers: expected at most {n} (len(model.features)), "
+                         f"got {c.pretrain.layers}")
+    for key in ("sparsity_pool", "epochs"):
+        if len(c.pretrain[key]) < c.pretrain.layers:
+            raise InputError(f"config.pretrain.{key}: expected {c.pretrain.layers} values "
+                             f"(one per pretrained layer), got {len(c.pretrain[key])}")
+    _choice(c, "model.activation", ACTIVATIONS)
+    _choice(c, "model.init", INITS)
+    _choice(c, "data.scale", ("unit", "symmetric"))
+    _choice(c, "pretrain.noise", ("none", "mask", "gaussian"))
+    _choice(c, "pretrain.decoder", ("tied", "untied", "upsample"))
+    for section in ("pretrain", "finetune"):
+        _choice(c, f"{section}.optimizer", ("sgd", "adam"))
+        _choice(c, f"{section}.schedule", ("constant", "cosine"))
+        _positive_float(c, f"{section}.learning_rate")
+        _positive_float(c, f"{section}.momentum", allow_zero=True)
+    _positive_float(c, "finetune.weight_decay", allow_zero=True)
+    _positive_float(c, "pretrain.noise_level", allow_zero=True)
+    if c.pretrain.noise == "mask" and not c.pretrain.noise_level < 1:
+        raise InputError(f"config.pretrain.noise_level: masking probability must be < 1, "
+                         f"got {c.pretrain.noise_level}")
+    if c.pretrain.momentum >= 1 or c.finetune.momentum >= 1:
+        raise InputError("config.*.momentum: expected a value in [0, 1)")
+    arms = tuple(c.compare.arms)
+    if not arms or any(a not in ARMS for a in arms):
+        raise InputError(f"config.compare.arms: expected a non-empty subset of {', '.join(ARMS)}, "
+                         f"got {arms!r}")
+
+
+def preset_arg(arg: str | None, presets: Sequence[str]) -> str:
+    """Checks the ``:<arg>`` of ``--config=configs/x.py:<arg>``; '' or None means 'quick'."""
+    name = arg or "quick"
+    if name not in presets:
+        raise InputError(f"config preset {name!r}: expected one of {', '.join(presets)}")
+    return name
