@@ -1,0 +1,31 @@
+"""Greedy layer-wise CAE pretraining of the whole stack.
+
+  python -m pipelines.pretrain --config=configs/mnist.py:quick --workdir=runs/mnist_quick
+
+Writes config.json, pretrain/metrics.jsonl, a checkpoint per layer (pretrain/ckpt/layer<k>),
+pretrain/filters_layer<k>.png, pretrain/reconstructions_layer<k>.png and pretrain/loss.png.
+Rerunning on the same workdir resumes; finished layers are kept.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import logging
+
+from pipelines import common
+from scae import figures, inputs, stack
+
+
+def main(config, workdir: Path) -> None:
+    data = inputs.build(config.data, config.seed)
+    common.guard_workdir(config, workdir, common.PRETRAIN_KEYS, common.overwrite())
+    params = stack.pretrain(config, data.pretrain, data.val_images, workdir, log=logging.info)
+    records = figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl")
+    written = figures.pretrain_figures(config, params, data.val_images, data.normalizer,
+                                       workdir / "pretrain", records)
+    logging.info("wrote %s", ", ".join(str(p) for p in written))
+
+
+if __name__ == "__main__":
+    common.run(main)

@@ -1,0 +1,109 @@
+"""The paper's central experiment: the CNN from the CAE stack against random initialisation,
+over label sizes and seeds, with statistics. Resumable: finished runs are kept in
+``compare/runs.jsonl`` and never redone; a running cell resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from scae import figures, finetune, inputs as inputs_lib, report, stack as stack_lib
+from scae.errors import InputError
+
+EMBEDDING_POINTS = 2000
+
+
+def check_label_sizes(config, data: inputs_lib.Inputs) -> None:
+    n = data.train_images.shape[0]
+    for size in config.compare.label_sizes:
+        if size > n:
+            raise InputError(f"config.compare.label_sizes: {size} labels asked, but only {n} "
+                             f"non-validation training images exist")
+        inputs_lib.labelled(data, size, 0)  # raises if a class has too few images
+
+
+def compare(config, data: inputs_lib.Inputs, workdir: Path,
+            log: Callable[[str], None] = print) -> list[dict]:
+    """Runs every missing (label size, arm, seed), then writes the tables and figures."""
+    check_label_sizes(config, data)
+    out = workdir / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    # The stack is needed by the pretrained arms and by the embedding and filter figures.
+    stack = stack_lib.pretrain(config, data.pretrain, data.val_images, workdir, log=log)
+    if not (workdir / "pretrain" / "loss.png").exists():
+        figures.pretrain_figures(config, stack, data.val_images, data.normalizer,
+                                 workdir / "pretrain",
+                                 figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"))
+    rows_path = out / "runs.jsonl"
+    rows = figures.read_jsonl(rows_path)
+    seeds = list(range(config.compare.num_seeds))
+    for size in config.compare.label_sizes:
+        for arm in config.compare.arms:
+            done = {r["seed"] for r in rows if r["label_size"] == size and r["arm"] == arm}
+            todo = [s for s in seeds if s not in done]
+            if not todo:
+                continue
+            groups = [todo] if config.compare.vmap_seeds else [[s] for s in todo]
+            for group in groups:
+                new, best = _run_group(config, data, stack, size, arm, group, out, log)
+                for r in new:
+                    r["dataset"] = config.dataset
+                rows = rows + new
+                stack_lib.write_jsonl_atomic(rows_path, rows)
+                if arm in ("pretrained", "random"):
+                    np.save(out / f"conv1_{arm}_{size}.npy", np.asarray(best["conv1"]["w"][0]))
+                write_tables(config, rows, out)
+                log(f"{arm} at {size} labels, seeds {group}: test error "
+                    + ", ".join(f"{r['test_error']:.2f}%" for r in new))
+    write_tables(config, rows, out)
+    write_figures(config, data, stack, rows, out)
+    return rows
+
+
+def _run_group(config, data, stack, size, arm, group, out, log):
+    ckpt = out / "ckpt" / f"{size}_{arm}_s{'-'.join(map(str, group))}"
+    try:
+        return finetune.run_cell(config, data, stack, size, arm, group, ckpt, log)
+    except Exception as e:  # noqa: BLE001 - only out-of-memory falls back
+        if "RESOURCE_EXHAUSTED" not in str(e) or len(group) == 1:
+            raise
+        log(f"{arm} at {size} labels: {len(group)} seeds do not fit together; one at a time")
+        rows, best = [], None
+        for s in group:
+            r, b = _run_group(config, data, stack, size, arm, [s], out, log)
+            rows += r
+            best = best or b
+        return rows, best
+
+
+def write_tables(config, rows: list[dict], out: Path) -> None:
+    """runs.csv, summary.csv and summary.md from the run records."""
+    report.write_runs_csv(rows, out / "runs.csv")
+    report.write_summary(rows, config.dataset, out / "summary.csv", out / "summary.md")
+
+
+def write_figures(config, data: inputs_lib.Inputs, stack, rows: list[dict], out: Path) -> None:
+    """error_vs_labels.png, curves.png, filters_conv1.png and embedding.png."""
+    report.error_vs_labels_figure(rows, config.dataset, out / "error_vs_labels.png")
+    report.curves_figure(rows, out / "curves.png")
+    sizes = sorted({r["label_size"] for r in rows})
+    if sizes:
+        after = {arm: np.load(out / f"conv1_{arm}_{sizes[-1]}.npy")
+                 for arm in ("pretrained", "random") if (out / f"conv1_{arm}_{sizes[-1]}.npy").exists()}
+        report.filters_before_after_figure(
+            np.moveaxis(np.asarray(stack[0]["w"]), 3, 0),
+            {f"{arm} after fine-tuning ({sizes[-1]} labels)": np.moveaxis(w, 3, 0)
+             for arm, w in after.items()},
+            out / "filters_conv1.png")
+        x = data.test_images[:EMBEDDING_POINTS]
+        specs = stack_lib.layer_specs(config, x.shape[-1])
+        pools = tuple(config.model.pool_sizes)
+        feats = jax.jit(lambda v: stack_lib.layer_input(specs, pools, stack, v))(x)
+        report.embedding_figure(np.asarray(x).reshape(x.shape[0], -1),
+                                np.asarray(feats).reshape(x.shape[0], -1),
+                                data.test_labels[:EMBEDDING_POINTS], data.class_names,
+                                out / "embedding.png")

@@ -1,0 +1,92 @@
+"""What one experiment trains and evaluates on, built from a config's ``data`` section."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from scae import data, splits
+from scae.errors import InputError
+from scae.preprocess import Normalizer, fit_normalizer
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Normalised float32 NHWC images on device, with numpy int32 labels.
+
+    ``train_images`` are the non-validation training images (the pool labelled subsets are
+    drawn from); ``pretrain`` is the unlabelled set for the CAEs, drawn from that same pool.
+    """
+
+    pretrain: jax.Array
+    train_images: jax.Array
+    train_labels: np.ndarray
+    val_images: jax.Array
+    val_labels: np.ndarray
+    test_images: jax.Array
+    test_labels: np.ndarray
+    class_names: tuple[str, ...]
+    normalizer: Normalizer
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every image."""
+        return tuple(self.train_images.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _load_both(c: ml_collections.ConfigDict) -> tuple[data.Split, data.Split]:
+    data_dir = c.tfds_data_dir or None
+    train = data.load(c.source, "train", data_dir=data_dir)
+    test = data.load(c.source, "test", data_dir=data_dir)
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise InputError(f"{c.source}: train images are {train.images.shape[1:]} but test images "
+                         f"are {test.images.shape[1:]}; expected the same (H, W, C)")
+    if train.class_names != test.class_names:
+        raise InputError(f"{c.source}: train and test splits have different class names "
+                         f"({', '.join(train.class_names)} vs {', '.join(test.class_names)})")
+    return train, test
+
+
+def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
+    """Loads ``data_config.source``, carves the validation set and normalises everything.
+
+    The normaliser's statistics come from the non-validation training images only; the
+    pretraining set is ``pretrain_size`` of them (0 = all, seeded); the test split is cut to its
+    first ``test_size`` images when that is > 0.
+    """
+    c = data_config
+    train, test = _load_both(c)
+    train_idx, val_idx = splits.validation_split(len(train), c.validation_size)
+    pool = train.images[: len(train_idx)]  # validation is the tail, so the pool is a view
+    normalizer = fit_normalizer(pool, c.scale, c.standardize)
+    train_images = jnp.asarray(normalizer(pool))
+    if c.pretrain_size:
+        chosen = splits.pretrain_indices(len(pool), c.pretrain_size, seed)
+        pretrain = jnp.asarray(normalizer(pool[chosen]))
+    else:
+        pretrain = train_images  # the same images: share the device buffer
+    test_n = min(c.test_size, len(test)) if c.test_size else len(test)
+    return Inputs(
+        pretrain=pretrain,
+        train_images=train_images,
+        train_labels=train.labels[train_idx],
+        val_images=jnp.asarray(normalizer(train.images[val_idx])),
+        val_labels=train.labels[val_idx],
+        test_images=jnp.asarray(normalizer(test.images[:test_n])),
+        test_labels=test.labels[:test_n],
+        class_names=train.class_names,
+        normalizer=normalizer,
+    )
+
+
+def labelled(inputs: Inputs, size: int, seed: int) -> np.ndarray:
+    """Sorted indices into ``inputs.train_images`` of the seeded, class-balanced labelled subset."""
+    return splits.labelled_subset(inputs.train_labels, size, seed, len(inputs.class_names))

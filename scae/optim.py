@@ -1,0 +1,32 @@
+"""Optimisers and learning-rate schedules from a config section (``pretrain`` or ``finetune``)."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def schedule(cfg, total_steps: int) -> optax.Schedule:
+    """The section's learning-rate schedule over ``total_steps`` steps."""
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(cfg.learning_rate, max(total_steps, 1))
+    return optax.constant_schedule(cfg.learning_rate)
+
+
+def make(cfg, total_steps: int, trainable_mask=None) -> optax.GradientTransformation:
+    """SGD with momentum (the paper's plain gradient descent when momentum is 0) or Adam.
+
+    ``trainable_mask``, a pytree of bools like the parameters, freezes the False leaves: their
+    updates are zeroed, so a frozen layer stays bit-for-bit at its initial value.
+    """
+    lr = schedule(cfg, total_steps)
+    if cfg.optimizer == "adam":
+        tx = optax.adam(lr)
+    else:
+        tx = optax.sgd(lr, momentum=cfg.momentum or None)
+    if getattr(cfg, "weight_decay", 0.0):
+        tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay), tx)
+    if trainable_mask is not None:
+        labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable_mask)
+        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+    return tx

@@ -1,0 +1,38 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_npz(path: Path, num_train: int = 60, num_test: int = 20, shape: tuple[int, ...] = (4, 4),
+              num_classes: int = 10, **overrides: np.ndarray) -> Path:
+    """A tiny data set in the npz source format; image i's first two pixels encode i.
+
+    Labels cycle through the classes. ``overrides`` replace or add arrays by name.
+    """
+    arrays = {}
+    for split, n in (("train", num_train), ("test", num_test)):
+        images = np.zeros((n, *shape), np.uint8)
+        flat = images.reshape(n, -1)
+        flat[:, 0], flat[:, 1] = np.arange(n) % 256, np.arange(n) // 256
+        arrays[f"{split}_images"] = images
+        arrays[f"{split}_labels"] = (np.arange(n) % num_classes).astype(np.uint8)
+    arrays.update(overrides)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def make_npz():
+    """:func:`write_npz`, for tests that need their own variant."""
+    return write_npz
+
+
+@pytest.fixture
+def tiny_npz(tmp_path: Path) -> Path:
+    """A 60-train / 20-test, 4x4 grayscale, 10-class npz file."""
+    return write_npz(tmp_path / "tiny.npz")

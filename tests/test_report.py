@@ -1,0 +1,165 @@
+"""Every writer of the comparison's tables and figures, on hand-made run records."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from scae import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ERRORS = {  # (label size, arm) -> test errors of seeds 0, 1, ...
+    (1000, "random"): [7.9, 7.5, 8.1, 7.7],
+    (1000, "pretrained"): [7.1, 7.4, 7.0, 7.3],
+    (1000, "frozen"): [9.0, 8.8, 9.1, 9.3],
+    (10000, "random"): [2.3, 2.1, 2.2],
+    (10000, "pretrained"): [2.2, 2.3, 2.1],
+    (50000, "random"): [0.8],
+    (50000, "pretrained"): [0.7],
+}
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    """Run records, deliberately out of order, with 5-epoch curves shared across seeds."""
+    out = []
+    for (size, arm), errs in ERRORS.items():
+        for seed, e in enumerate(errs):
+            curve = [[ep, e + 40.0 / ep ** 2 + 0.1 * seed] for ep in range(1, 6)]
+            out.append({"dataset": "mnist", "label_size": size, "arm": arm, "seed": seed,
+                        "epochs": 5, "steps": 50, "best_epoch": 5, "val_error": e + 0.1,
+                        "test_error": e, "time_s": 1.5, "curve": curve})
+    return out[::-1]
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as f:
+        r = csv.DictReader(f)
+        return list(r.fieldnames), list(r)
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert len(data) > 1000 and data[:8] == PNG_MAGIC
+    assert not list(path.parent.glob("*.tmp*")), "temporary file left behind"
+
+
+def test_runs_csv(rows, tmp_path):
+    path = tmp_path / "runs.csv"
+    report.write_runs_csv(rows, path)
+    header, body = read_csv(path)
+    assert header == list(report.RUN_COLUMNS)
+    assert "curve" not in header
+    assert len(body) == sum(map(len, ERRORS.values()))
+    keys = [(int(r["label_size"]), r["arm"], int(r["seed"])) for r in body]
+    order = {"random": 0, "pretrained": 1, "frozen": 2}
+    assert keys == sorted(keys, key=lambda k: (k[0], order[k[1]], k[2]))
+    assert keys[:5] == [(1000, "random", s) for s in range(4)] + [(1000, "pretrained", 0)]
+    assert float(body[0]["test_error"]) == 7.9
+
+
+def test_summary_csv_and_md(rows, tmp_path):
+    csv_path, md_path = tmp_path / "summary.csv", tmp_path / "summary.md"
+    report.write_summary(rows, "mnist", csv_path, md_path)
+    header, body = read_csv(csv_path)
+    assert header == list(report.SUMMARY_COLUMNS)
+    assert len(body) == len(ERRORS)
+    cell = {(int(r["label_size"]), r["arm"]): r for r in body}
+    pre, rnd = ERRORS[1000, "pretrained"], ERRORS[1000, "random"]
+    p = scipy.stats.ttest_ind(pre, rnd, equal_var=False).pvalue
+    r = cell[1000, "pretrained"]
+    assert int(r["n"]) == 4
+    assert float(r["mean_test_error"]) == pytest.approx(np.mean(pre), abs=1e-4)
+    assert float(r["std_test_error"]) == pytest.approx(np.std(pre, ddof=1), abs=1e-4)
+    assert float(r["diff_vs_random"]) == pytest.approx(np.mean(pre) - np.mean(rnd), abs=1e-4)
+    assert float(r["ci_low"]) < float(r["diff_vs_random"]) < float(r["ci_high"])
+    assert float(r["p_value"]) == pytest.approx(p, rel=1e-4)
+    assert float(r["paper_test_error"]) == 7.23
+    assert cell[1000, "random"]["diff_vs_random"] == ""  # no difference of random from itself
+    assert cell[1000, "frozen"]["paper_test_error"] == ""  # the paper has no frozen arm
+    assert cell[50000, "random"]["std_test_error"] == ""  # one seed: no spread
+    assert cell[50000, "pretrained"]["p_value"] == ""
+
+    md = md_path.read_text()
+    assert "| labels |" in md and "| 1,000 |" in md and "| 50,000 |" in md
+    assert "7.20 ± 0.18 (4)" in md  # mean ± sample std (n) of pretrained at 1k
+    assert report.fmt_p(p) in md
+    assert "7.63" in md and "7.23" in md  # the paper's figures beside
+    assert "Welch" in md and "percent" in md and "standard deviation" in md
+    assert "1,000 labels: pretraining helped significantly" in md
+    assert "10,000 labels: no significant difference" in md
+    assert "50,000 labels:" in md and "no significance test" in md
+
+
+def test_summary_says_when_pretraining_hurt(tmp_path):
+    rows = [{"dataset": "cifar10", "label_size": 100, "arm": arm, "seed": s, "test_error": e}
+            for arm, errs in (("random", [50.0, 51.0, 50.5]), ("pretrained", [60.0, 61.0, 60.2]))
+            for s, e in enumerate(errs)]
+    report.write_summary(rows, "cifar10", tmp_path / "s.csv", tmp_path / "s.md")
+    md = (tmp_path / "s.md").read_text()
+    assert "100 labels: pretraining hurt significantly" in md
+    assert "paper" not in md.split("\n\n")[2].lower()  # no paper column at a size it lacks
+
+
+def test_p_value_format():
+    assert report.fmt_p(0.0001234) == "<0.001"
+    assert report.fmt_p(0.01234) == "0.0123"
+    assert report.fmt_p(0.5) == "0.500"
+    assert report.fmt_p(float("nan")) == "n/a"
+
+
+def test_figures(rows, tmp_path):
+    report.error_vs_labels_figure(rows, "mnist", tmp_path / "error_vs_labels.png")
+    report.curves_figure(rows, tmp_path / "curves.png")
+    rng = np.random.default_rng(0)
+    labels = np.arange(200) % 10
+    raw = rng.normal(size=(200, 28 * 28)) + labels[:, None] * 0.05
+    feats = rng.normal(size=(200, 80)) + labels[:, None] * 0.3
+    report.embedding_figure(raw, feats, labels, [f"digit {k}" for k in range(10)],
+                            tmp_path / "embedding.png")
+    before = rng.normal(size=(20, 5, 5, 1))
+    report.filters_before_after_figure(
+        before, {"pretrained": before + 0.1 * rng.normal(size=before.shape),
+                 "random": rng.normal(size=before.shape)}, tmp_path / "filters.png")
+    for name in ("error_vs_labels", "curves", "embedding", "filters"):
+        assert_png(tmp_path / f"{name}.png")
+
+
+def test_figures_without_paper_figures_or_runs(tmp_path):
+    rows = [{"dataset": "folder", "label_size": 30, "arm": "random", "seed": 0,
+             "test_error": 40.0, "curve": [[1, 60.0], [2, 45.0]]}]
+    report.error_vs_labels_figure(rows, "folder", tmp_path / "a.png")
+    report.curves_figure(rows, tmp_path / "b.png")
+    report.error_vs_labels_figure([], "folder", tmp_path / "c.png")
+    report.curves_figure([], tmp_path / "d.png")
+    report.write_summary([], "folder", tmp_path / "e.csv", tmp_path / "e.md")
+    for name in "abcd":
+        assert_png(tmp_path / f"{name}.png")
+    assert read_csv(tmp_path / "e.csv") == (list(report.SUMMARY_COLUMNS), [])
+    assert "No finished runs" in (tmp_path / "e.md").read_text()
+
+
+def test_pca_explained_variance():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 5)) * np.array([10.0, 3.0, 1.0, 1.0, 1.0])
+    proj, ratio = report.pca_2d(x)
+    ev = np.linalg.eigvalsh(np.cov(x.T))[::-1]
+    assert ratio == pytest.approx(ev[:2] / ev.sum(), rel=1e-6)
+    assert proj.shape == (300, 2)
+    assert np.allclose(proj.mean(0), 0, atol=1e-9)
+
+
+def test_pca_of_large_inputs_matches_exact_svd():
+    rng = np.random.default_rng(2)
+    scales = np.r_[8.0, 4.0, np.linspace(1.5, 0.5, 118)]
+    x = rng.normal(size=(400, 120)) * scales + 3.0
+    proj, ratio = report.pca_2d(x)
+    xc = x - x.mean(0)
+    u, s, _ = np.linalg.svd(xc, full_matrices=False)
+    assert ratio == pytest.approx(s[:2] ** 2 / (s ** 2).sum(), rel=1e-6)
+    for k in range(2):  # components are defined up to sign
+        assert abs(np.corrcoef(proj[:, k], u[:, k])[0, 1]) == pytest.approx(1.0, abs=1e-6)
