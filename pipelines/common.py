@@ -111,6 +111,9 @@ def run(main: Callable, needs_config: bool = True) -> None:
     """Parses the flags and calls ``main(config, workdir)`` with errors mapped to exit 2."""
 
     def _main(argv):
+        # absl's INFO stream carries orbax's and jax's chatter; the pipelines report through
+        # :func:`log` (tqdm-safe) instead.
+        logging.set_verbosity(logging.WARNING)
         if len(argv) > 1:
             fail(f"unexpected arguments: {' '.join(argv[1:])}")
         if not _WORKDIR.value:
@@ -128,6 +131,13 @@ def run(main: Callable, needs_config: bool = True) -> None:
             fail("interrupted; rerun the same command to resume", status=130)
 
     app.run(_main, flags_parser=_parse_flags)
+
+
+def log(message: str) -> None:
+    """One progress line on stderr that does not break the progress bars."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def overwrite() -> bool:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import logging
-
 from pipelines import common
 from scae import compare, inputs
 
@@ -22,8 +20,7 @@ def main(config, workdir: Path) -> None:
     data = inputs.build(config.data, config.seed)
     compare.check_label_sizes(config, data)
     common.guard_workdir(config, workdir, common.COMPARE_KEYS, common.overwrite())
-    compare.compare(config, data, workdir, log=logging.info)
-    logging.info("wrote %s", workdir / "compare" / "summary.md")
+    compare.compare(config, data, workdir, log=common.log)
     print((workdir / "compare" / "summary.md").read_text())
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import logging
-
 from pipelines import common
 from scae import figures, inputs, stack
 
@@ -20,11 +18,11 @@ from scae import figures, inputs, stack
 def main(config, workdir: Path) -> None:
     data = inputs.build(config.data, config.seed)
     common.guard_workdir(config, workdir, common.PRETRAIN_KEYS, common.overwrite())
-    params = stack.pretrain(config, data.pretrain, data.val_images, workdir, log=logging.info)
+    params = stack.pretrain(config, data.pretrain, data.val_images, workdir, log=common.log)
     records = figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl")
     written = figures.pretrain_figures(config, params, data.val_images, data.normalizer,
                                        workdir / "pretrain", records)
-    logging.info("wrote %s", ", ".join(str(p) for p in written))
+    common.log("wrote " + ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,16 @@ def error_fn(model_cfg) -> Callable:
     return errors
 
 
+@jax.jit
+def keep_best(state: dict, errs: Array, epoch: int) -> dict:
+    """Per seed, takes the current parameters as the best if their validation error is lower."""
+    better = errs < state["best_val"]
+    pick = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    return dict(state, best=jax.tree.map(pick, state["params"], state["best"]),
+                best_val=jnp.where(better, errs, state["best_val"]),
+                best_epoch=jnp.where(better, epoch, state["best_epoch"]))
+
+
 def initial_params(config, image_shape, stack, arm: str, seed: int,
                    log: Callable[[str], None] = print) -> dict:
     """The CNN of ``arm`` for ``seed``: random, or with conv k from CAE layer k."""
@@ -79,7 +89,8 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Sequence[dict] | None, labe
     order_keys = jnp.stack([seed_keys(config.seed, s)[1] for s in seeds])
     noise_keys = order_keys  # the CNN's loss draws no noise; any key will do
     n = len(seeds)
-    state = {"params": params, "opt_state": opt_state, "best": params,
+    # "best" must not alias "params", whose buffers the step function donates.
+    state = {"params": params, "opt_state": opt_state, "best": jax.tree.map(jnp.copy, params),
              "best_val": jnp.full((n,), jnp.inf), "best_epoch": jnp.zeros((n,), jnp.int32)}
     record = {"curve": [[] for _ in seeds], "time_s": 0.0}
     ckpts = checkpoint.Checkpoints(ckpt_dir)
@@ -122,12 +133,7 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Sequence[dict] | None, labe
                 f"near step {step}; lower config.finetune.learning_rate")
         if offset + k == plan.steps_per_epoch and (epoch + 1) in evals:
             errs = val_err(state["params"], val_x, val_y)
-            better = errs < state["best_val"]
-            pick = lambda new, old: jnp.where(
-                better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-            state = dict(state, best=jax.tree.map(pick, state["params"], state["best"]),
-                         best_val=jnp.where(better, errs, state["best_val"]),
-                         best_epoch=jnp.where(better, epoch + 1, state["best_epoch"]))
+            state = keep_best(state, errs, epoch + 1)
             for i, e in enumerate(np.asarray(errs)):
                 record["curve"][i].append([epoch + 1, float(e)])
             record["time_s"] += time.perf_counter() - t0

@@ -258,7 +258,7 @@ def error_vs_labels_figure(rows: Sequence[Mapping], dataset: str,
                    + [v for (d, _, _), v in stats.PAPER.items() if d == dataset])
     if sizes:
         ax.set_xticks(sizes, [_size_label(s) for s in sizes])
-        ax.minorticks_off()
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
     else:
         ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("labelled training images")
@@ -288,10 +288,10 @@ def curves_figure(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
     its seeds with a shaded min–max band."""
     sizes = sorted({int(r["label_size"]) for r in rows})
     n = max(len(sizes), 1)
-    fig, axes = plt.subplots(1, n, figsize=(3.8 * n, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(3.8 * n, 5.2), 3.4), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         rs = [r for r in rows if int(r["label_size"]) == size]
-        lows = []
+        extent = []
         for a in sorted({r["arm"] for r in rs}, key=stats.arm_key):
             curve = _mean_curve([r.get("curve") or [] for r in rs if r["arm"] == a])
             if curve is None:
@@ -301,13 +301,14 @@ def curves_figure(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
             color = ARM_COLORS.get(a)
             ax.plot(ep, mean, "-", color=color, lw=1.5, label=f"{ARM_LABELS.get(a, a)} (n={k})")
             ax.fill_between(ep, lo, hi, color=color, alpha=0.2, lw=0)
-            lows += [lo.min(), hi.max()]
-        _log_y_if_wide(ax, lows)
+            extent += [lo.min(), hi.max()]
+        _log_y_if_wide(ax, extent)
         ax.set_title(f"{size:,} labels", fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_ylabel("validation error (%)")
         ax.grid(alpha=0.3, which="both")
-        if lows:
+        if extent:
             ax.legend(fontsize=8)
     if not sizes:
         axes[0, 0].text(0.5, 0.5, "no finished runs", ha="center", va="center",
@@ -355,11 +356,13 @@ def embedding_figure(raw: np.ndarray, feats: np.ndarray, labels: np.ndarray,
     classes = np.unique(labels)
     cmap = plt.get_cmap("tab10" if classes.size <= 10 else "tab20")
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.6))
-    for ax, x, what in ((axes[0], raw, "raw pixels"), (axes[1], feats, "CAE stack top-layer features")):
+    names = list(class_names or [])
+    panels = ((axes[0], raw, "raw pixels"), (axes[1], feats, "CAE stack top-layer features"))
+    for ax, x, what in panels:
         proj, ratio = pca_2d(x)
         for i, k in enumerate(classes):
             m = labels == k
-            name = class_names[int(k)] if class_names is not None and int(k) < len(class_names) else str(k)
+            name = names[int(k)] if int(k) < len(names) else str(k)
             ax.scatter(proj[m, 0], proj[m, 1], s=5, alpha=0.6, lw=0, color=cmap(i % cmap.N),
                        label=name)
         ax.set_title(f"PCA of {what} ({len(labels)} images, "
