@@ -9,6 +9,7 @@ initialisation, the same batch order, optimiser, schedule and number of steps.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,11 @@ EVAL_BATCH = 500
 def seed_keys(root_seed: int, seed: int) -> tuple[Array, Array]:
     """(init key, batch-order key) of a seed: shared by every arm, as fairness requires."""
     return tuple(jax.random.split(jax.random.fold_in(jax.random.PRNGKey(root_seed), seed)))
+
+
+def subset_digest(indices: np.ndarray) -> str:
+    """A short fingerprint of a labelled subset, kept in the run records for audits."""
+    return hashlib.sha1(np.asarray(indices, np.int64).tobytes()).hexdigest()[:12]
 
 
 def eval_epochs(num_epochs: int, evals: int) -> list[int]:
@@ -147,5 +153,6 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Sequence[dict] | None, labe
     return [{"label_size": label_size, "arm": arm, "seed": int(s), "epochs": plan.epochs,
              "steps": plan.total_steps, "best_epoch": int(state["best_epoch"][i]),
              "val_error": float(state["best_val"][i]), "test_error": float(test_err[i]),
-             "time_s": record["time_s"] / n, "curve": record["curve"][i]}
+             "time_s": record["time_s"] / n, "subset": subset_digest(subsets[i]),
+             "curve": record["curve"][i]}
             for i, s in enumerate(seeds)], jax.tree.map(lambda x: np.asarray(x), state["best"])

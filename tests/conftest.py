@@ -36,3 +36,14 @@ def make_npz():
 def tiny_npz(tmp_path: Path) -> Path:
     """A 60-train / 20-test, 4x4 grayscale, 10-class npz file."""
     return write_npz(tmp_path / "tiny.npz")
+
+
+@pytest.fixture(scope="session")
+def tiny_npz_module(tmp_path_factory) -> Path:
+    """200 training and 50 test digits of the embedded MNIST, as an npz source (28x28)."""
+    from scae import data
+
+    train, test = data.load("mnist", "train"), data.load("mnist", "test")
+    return write_npz(tmp_path_factory.mktemp("mnist") / "mnist_small.npz",
+                     train_images=train.images[:200, ..., 0], train_labels=train.labels[:200],
+                     test_images=test.images[:50, ..., 0], test_labels=test.labels[:50])

@@ -1,0 +1,110 @@
+"""The CAE layer: tied decoder, max-pool sparsity, noise and shapes through the stack."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scae import cae, ops, stack
+from scae import config as cfglib
+
+
+def test_tied_decoder_is_the_transposed_convolution():
+    kx, kw, kh = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (2, 12, 12, 3))
+    w = jax.random.normal(kw, (5, 5, 3, 7))
+    h = jax.random.normal(kh, (2, 8, 8, 7))
+    _, vjp = jax.vjp(lambda v: ops.conv_valid(v, w), x)
+    (expected,) = vjp(h)
+    np.testing.assert_allclose(ops.conv_full_tied(h, w), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_tied_decoder_is_the_full_convolution_with_the_flipped_kernel():
+    # Direct definition: y[i, j, c] = sum_{a, b, m} h[i - a, j - b, m] * w[a, b, c, m].
+    h = np.random.default_rng(0).normal(size=(1, 4, 4, 2)).astype(np.float32)
+    w = np.random.default_rng(1).normal(size=(3, 3, 1, 2)).astype(np.float32)
+    y = np.zeros((1, 6, 6, 1), np.float32)
+    for i in range(4):
+        for j in range(4):
+            y[0, i:i + 3, j:j + 3, 0] += np.einsum("abm,m->ab", w[:, :, 0, :], h[0, i, j])
+    np.testing.assert_allclose(ops.conv_full_tied(jnp.asarray(h), jnp.asarray(w)), y,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,p", [((3, 8, 8, 4), 2), ((2, 7, 9, 3), 2), ((2, 9, 9, 2), 3)])
+def test_pool_sparsify_keeps_one_value_per_window(shape, p):
+    x = jax.random.normal(jax.random.PRNGKey(1), shape)
+    y = np.asarray(ops.pool_sparsify(x, p))
+    pooled = np.asarray(ops.max_pool(x, p))
+    hp, wp = pooled.shape[1:3]
+    for i in range(hp):
+        for j in range(wp):
+            win = y[:, i * p:(i + 1) * p, j * p:(j + 1) * p, :]
+            assert np.all((win != 0).sum(axis=(1, 2)) == 1)
+            np.testing.assert_array_equal(win.sum(axis=(1, 2)), pooled[:, i, j, :])
+
+
+def test_pool_sparsify_equals_pool_then_unpool_and_breaks_ties_first():
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 6, 6, 3))
+    np.testing.assert_array_equal(ops.pool_sparsify(x, 2), ops.unpool(ops.max_pool(x, 2), x, 2))
+    ties = jnp.ones((1, 2, 2, 1))
+    np.testing.assert_array_equal(np.asarray(ops.pool_sparsify(ties, 2))[0, :, :, 0],
+                                  [[1, 0], [0, 0]])
+    assert ops.pool_sparsify(x, 1) is x
+
+
+def test_pool_sparsify_gradient_flows_only_through_the_maxima():
+    x = jax.random.normal(jax.random.PRNGKey(3), (1, 4, 4, 2))
+    g = jax.grad(lambda v: ops.pool_sparsify(v, 2).sum())(x)
+    np.testing.assert_array_equal(g, np.asarray(ops.pool_mask(x, 2), np.float32))
+
+
+@pytest.mark.parametrize("dataset,image,expected", [
+    ("mnist", (28, 28, 1), [(28, 28, 1), (12, 12, 100), (4, 4, 150)]),
+    ("cifar10", (32, 32, 3), [(32, 32, 3), (14, 14, 100), (5, 5, 150)]),
+])
+def test_shapes_through_the_paper_stack(dataset, image, expected):
+    config = cfglib.base_config(dataset)
+    specs = stack.layer_specs(config, image[-1])
+    params = [cae.init(s, jax.random.PRNGKey(k)) for k, s in enumerate(specs)]
+    x = jnp.zeros((2,) + image)
+    for k, spec in enumerate(specs):
+        inp = stack.layer_input(specs, config.model.pool_sizes, params[:k], x)
+        assert inp.shape[1:] == expected[k]
+        assert cae.reconstruct(spec, params[k], inp).shape == inp.shape
+        assert stack.decode_to_image(specs, config.model.pool_sizes, params[:k + 1], x).shape == x.shape
+        assert stack.project_filters(params, config.model.pool_sizes, k + 1).shape[-1] == image[-1]
+
+
+def test_masking_noise_zeroes_about_p_and_gaussian_noise_adds():
+    x = jnp.ones((4, 28, 28, 1))
+    spec = cae.CAESpec(1, 4, 5, noise="mask", noise_level=0.3)
+    y = cae.corrupt(spec, x, jax.random.PRNGKey(0))
+    assert abs(float((y == 0).mean()) - 0.3) < 0.02
+    spec = cae.CAESpec(1, 4, 5, noise="gaussian", noise_level=0.5)
+    assert abs(float(jnp.std(cae.corrupt(spec, x, jax.random.PRNGKey(0)))) - 0.5) < 0.02
+    assert cae.corrupt(cae.CAESpec(1, 4, 5), x, jax.random.PRNGKey(0)) is x
+
+
+@pytest.mark.parametrize("decoder", ["tied", "untied", "upsample"])
+def test_every_decoder_learns_a_tiny_data_set(decoder):
+    import optax
+
+    spec = cae.CAESpec(1, 6, 5, decoder=decoder, activation="tanh")
+    x = jax.random.uniform(jax.random.PRNGKey(0), (16, 12, 12, 1))
+    params = cae.init(spec, jax.random.PRNGKey(1))
+    assert ("w_dec" in params) == (decoder != "tied")
+    tx = optax.adam(1e-2)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss, g = jax.value_and_grad(lambda p: cae.loss(spec, p, x, jax.random.PRNGKey(0)))(params)
+        updates, state = tx.update(g, state)
+        return optax.apply_updates(params, updates), state, loss
+
+    first = None
+    for _ in range(60):
+        params, state, loss = step(params, state)
+        first = first if first is not None else float(loss)
+    assert float(loss) < 0.5 * first
