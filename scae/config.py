@@ -146,6 +146,49 @@ def validate(c: ml_collections.ConfigDict) -> None:
                          f"got {arms!r}")
 
 
+# The paper's four variants: name -> (title, masking noise probability, sparsity window).
+FILTER_VARIANTS = {
+    "plain": ("plain", 0.0, 1),
+    "noise": ("50% noise", 0.5, 1),
+    "pool": ("2x2 max-pooling", 0.0, 2),
+    "noise_pool": ("30% noise + 2x2 max-pooling", 0.3, 2),
+}
+
+
+def filter_experiment(c: ml_collections.ConfigDict, maps: int, kernel: int, preset: str):
+    """Turns a data set's config into the paper's single-layer filter experiment: one CAE of
+    ``maps`` filters of ``kernel`` x ``kernel``, trained once per variant in ``c.variants``."""
+    c.preset = preset
+    c.model.features = (maps,)
+    c.model.kernel_sizes = (kernel,)
+    c.model.pool_sizes = (2,)
+    c.pretrain.layers = 1
+    c.pretrain.noise = "mask"
+    c.pretrain.sparsity_pool = (2,)
+    c.pretrain.optimizer = "sgd"
+    c.pretrain.learning_rate = 0.05
+    c.pretrain.schedule = "constant"
+    c.pretrain.batch_size = 32
+    c.pretrain.steps_per_call = 100
+    c.pretrain.checkpoint_every_steps = 1000
+    c.variants = ml_collections.ConfigDict(
+        {name: {"title": t, "noise_level": p, "sparsity_pool": s}
+         for name, (t, p, s) in FILTER_VARIANTS.items()})
+    if preset == "smoke":
+        c.data.validation_size = 200
+        c.data.pretrain_size = 256
+        c.data.test_size = 200
+        c.pretrain.epochs = (1,)
+        c.pretrain.steps_per_call = 4
+        c.pretrain.eval_size = 64
+    elif preset == "quick":
+        c.data.pretrain_size = 10000
+        c.pretrain.epochs = (2,)
+    else:
+        c.pretrain.epochs = (5,)
+    return c
+
+
 def preset_arg(arg: str | None, presets: Sequence[str]) -> str:
     """Checks the ``:<arg>`` of ``--config=configs/x.py:<arg>``; '' or None means 'quick'."""
     name = arg or "quick"

@@ -1,0 +1,45 @@
+"""The paper's filter experiment: the same single-layer CAE trained under several variants
+(plain, noise, max-pooling, both), with their filter grids side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import ml_collections
+
+from scae import figures, inputs as inputs_lib, plots, stack
+
+
+def variant_config(config, name: str) -> ml_collections.ConfigDict:
+    """``config`` with the noise and sparsity of variant ``name``."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    v = config.variants[name]
+    c.pretrain.noise_level = float(v.noise_level)
+    c.pretrain.noise = "mask" if v.noise_level > 0 else "none"
+    c.pretrain.sparsity_pool = (int(v.sparsity_pool),)
+    return c
+
+
+def run(config, data: inputs_lib.Inputs, workdir: Path,
+        log: Callable[[str], None] = print) -> Path:
+    """Trains every variant (each resumable in ``workdir/<name>``) and writes
+    ``workdir/filters.png`` with the filters and clean validation reconstruction MSE of each."""
+    panels = []
+    for name in config.variants:
+        c = variant_config(config, name)
+        sub = workdir / name
+        log(f"variant {name}: {config.variants[name].title}")
+        params = stack.pretrain(c, data.pretrain, data.val_images, sub, log=log)
+        records = figures.read_jsonl(sub / "pretrain" / "metrics.jsonl")
+        figures.pretrain_figures(c, params, data.val_images, data.normalizer, sub / "pretrain",
+                                 records)
+        mse = records[-1]["val_mse"]
+        panels.append((f"{config.variants[name].title}\nvalidation MSE {mse:.4f}",
+                       figures.stack_filters(c, params, 1)))
+    k = config.model.kernel_sizes[0]
+    path = workdir / "filters.png"
+    plots.filters_side_by_side(
+        panels, path, f"{config.dataset}: single-layer CAE, {config.model.features[0]} filters "
+        f"of {k}x{k}, {config.pretrain.epochs[0]} epochs")
+    return path
