@@ -40,11 +40,27 @@ def fail(message: str, status: int = 2) -> None:
     sys.exit(status)
 
 
+def _config_path(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1].split(":", 1)[0]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1].split(":", 1)[0]
+    return None
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
+    path = _config_path(argv)
+    if path is not None and not Path(path).is_file():
+        fail(f"--config: {path}: no such config file")
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        fail(str(e))
+        message = str(e)
+        # A config file's own InputError arrives wrapped in a traceback; keep its message.
+        if "InputError: " in message:
+            message = message.rsplit("InputError: ", 1)[1]
+        fail(message)
     except InputError as e:
         fail(str(e))
     except (FileNotFoundError, SyntaxError, ImportError, AttributeError) as e:
