@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from scae import config as cfglib
+from scae import parallel
 from scae.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -130,6 +131,7 @@ def run(main: Callable, needs_config: bool = True) -> None:
         # absl's INFO stream carries orbax's and jax's chatter; the pipelines report through
         # :func:`log` (tqdm-safe) instead.
         logging.set_verbosity(logging.WARNING)
+        parallel.initialize_distributed()
         if len(argv) > 1:
             fail(f"unexpected arguments: {' '.join(argv[1:])}")
         if not _WORKDIR.value:

@@ -50,3 +50,20 @@ def check_batch(batch_size: int, key: str) -> None:
 
     if batch_size % num_devices():
         raise InputError(f"config.{key}: {batch_size} does not split over {num_devices()} devices")
+
+
+def initialize_distributed() -> bool:
+    """Joins a multi-process run (GPU cluster, TPU pod) when the environment asks for one.
+
+    ``jax.distributed.initialize()`` finds the coordinator by itself on TPU pods and under
+    SLURM; elsewhere set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID``. ``SCAE_DISTRIBUTED=1`` forces the call. Returns whether it was made.
+    """
+    import os
+
+    env = os.environ
+    wanted = (env.get("SCAE_DISTRIBUTED") == "1" or "JAX_COORDINATOR_ADDRESS" in env
+              or int(env.get("SLURM_NTASKS", "1")) > 1)
+    if wanted:
+        jax.distributed.initialize()
+    return wanted
