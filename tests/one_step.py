@@ -1,0 +1,46 @@
+"""Runs two training steps of a CAE layer and of the CNN and saves the parameters.
+
+Used by test_parallel.py in subprocesses with 1 and 2 (forced host) devices:
+  python tests/one_step.py OUT.npz
+"""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from scae import cae, cnn, loop, optim, parallel
+from scae import config as cfglib
+
+
+def main(out: str) -> None:
+    config = cfglib.base_config("mnist")
+    config.model.features = (8, 8, 8)
+    config.model.fc_width = 16
+    key = jax.random.PRNGKey(0)
+    x = jax.random.uniform(key, (64, 28, 28, 1))
+    y = jax.random.randint(key, (64,), 0, 10)
+    order = jax.random.permutation(key, 64)
+    tx = optim.make(config.pretrain, 10)
+    results = {"devices": np.array(parallel.num_devices())}
+
+    spec = cae.CAESpec(1, 8, 5, noise="mask", noise_level=0.2)
+    p = cae.init(spec, key)
+    run = loop.make_steps(lambda q, b, k: cae.loss(spec, q, b, k), tx, 32, 2)
+    p, _, losses = run(*parallel.replicate((p, tx.init(p), x)), order, 0, 0, key)
+    results.update({f"cae/{k}": np.asarray(v) for k, v in p.items()})
+    results["cae/losses"] = np.asarray(losses)
+
+    q = cnn.init(config.model, (28, 28, 1), key)
+    run = loop.make_steps(lambda r, b, k: cnn.loss(config.model, r, b[0], b[1]), tx, 32, 2)
+    q, _, losses = run(*parallel.replicate((q, tx.init(q), (x, y))), order, 0, 0, key)
+    flat = traverse_util.flatten_dict(jax.device_get(q), sep="/")
+    results.update({f"cnn/{k}": np.asarray(v) for k, v in flat.items()})
+    results["cnn/losses"] = np.asarray(losses)
+    np.savez(out, **results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

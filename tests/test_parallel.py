@@ -1,0 +1,28 @@
+"""Data parallelism: a step on 2 (forced host) devices equals the step on 1 device."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _steps(tmp_path: Path, devices: int) -> dict:
+    out = tmp_path / f"d{devices}.npz"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "one_step.py"), str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(out))
+
+
+def test_two_devices_step_equals_one_device_step(tmp_path):
+    one, two = _steps(tmp_path, 1), _steps(tmp_path, 2)
+    assert int(one.pop("devices")) == 1 and int(two.pop("devices")) == 2
+    assert one.keys() == two.keys()
+    for k in one:
+        np.testing.assert_allclose(two[k], one[k], rtol=2e-5, atol=1e-6, err_msg=k)
