@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ml_collections
 
+from scae import config as cfglib
 from scae import figures, inputs as inputs_lib, plots, stack
 
 
@@ -26,7 +27,10 @@ def run(config, data: inputs_lib.Inputs, workdir: Path,
     """Trains every variant (each resumable in ``workdir/<name>``) and writes
     ``workdir/filters.png`` with the filters and clean validation reconstruction MSE of each."""
     panels = []
-    for name in config.variants:
+    # ConfigDict sorts its keys; show the paper's order (plain, noise, pool, both) first.
+    names = [n for n in cfglib.FILTER_VARIANTS if n in config.variants]
+    names += [n for n in config.variants if n not in names]
+    for name in names:
         c = variant_config(config, name)
         sub = workdir / name
         log(f"variant {name}: {config.variants[name].title}")
