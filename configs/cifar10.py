@@ -6,9 +6,12 @@ CIFAR-10 is not embedded: pass a source, e.g. the JPEG copy of the data set
 
 Presets (``--config=configs/cifar10.py:<preset>``):
   smoke  - seconds; tiny subsets, for tests.
-  quick  - a first look in about 15 minutes on 2 CPU cores.
-  paper  - the full protocol: stack on all 40k non-validation training images; 1k, 10k and
-           50k labels; 5 seeds per cell. Best run on a GPU.
+  quick  - a first look on 2 CPU cores: one epoch per CAE layer on 10k images, 1000 labels,
+           3 seeds.
+  paper  - the full protocol: stack on all 45k non-validation training images (10 epochs
+           per layer); 1k, 10k and 45k labels (the last 5k training images are the
+           validation split, so the paper's 50k cannot be had); 5 seeds per cell. Best run
+           on a GPU.
 
 Run:
   python -m pipelines.compare --config=configs/cifar10.py:paper --workdir=runs/cifar10 \
@@ -45,13 +48,16 @@ def get_config(arg: str | None = None):
         c.compare.label_sizes = (100,)
         c.compare.num_seeds = 2
     elif preset == "quick":
-        c.data.validation_size = 2000
+        c.data.validation_size = 1000
         c.data.pretrain_size = 10000
         c.pretrain.epochs = (1, 1, 1)
         c.pretrain.eval_size = 1000
-        c.finetune.epochs = 20
-        c.finetune.min_steps = 400
-        c.finetune.evals = 10
+        c.finetune.batch_size = 64
+        c.finetune.epochs = 10
+        c.finetune.min_steps = 200
+        c.finetune.evals = 5
         c.compare.label_sizes = (1000,)
         c.compare.num_seeds = 3
+    else:
+        c.compare.label_sizes = (1000, 10000, 45000)
     return c

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from scae import cae, cnn, flops, loop, optim, stack
+from scae import cae, cnn, flops, loop, ops, optim, stack
 from scae import config as cfglib
 
 _WORKLOAD = flags.DEFINE_enum("workload", "cnn", ["cnn", "cae"], "Which training step.")
@@ -29,6 +29,8 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Steps per compiled call (a lax.scan)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls; the median is reported.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Models trained together under jax.vmap.")
 _PEAK = flags.DEFINE_bool("peak", False, "Also measure the fp32 matmul peak.")
+_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "matmul"],
+                          "Convolution implementation (see scae.ops.resolve_impl).")
 
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 
@@ -46,9 +48,10 @@ def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _workload(workload: str, arch: str, layer: int, batch: int):
-    """(loss_fn, params, data pytree, flops per image-step, description)."""
+def _workload(workload: str, arch: str, layer: int, batch: int, impl: str):
+    """(loss_fn, params, data pytree, flops per image-step)."""
     config = cfglib.base_config(arch)
+    config.model.conv_impl = impl
     shape = IMAGE_SHAPES[arch]
     key = jax.random.PRNGKey(0)
     pool = 4 * batch
@@ -72,9 +75,9 @@ def _workload(workload: str, arch: str, layer: int, batch: int):
 
 
 def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repeats: int,
-              seeds: int) -> dict:
+              seeds: int, impl: str = "auto") -> dict:
     """Times ``steps`` fused training steps of ``seeds`` vmapped models; returns the figures."""
-    loss_fn, params, data, flop_per_img = _workload(workload, arch, layer, batch)
+    loss_fn, params, data, flop_per_img = _workload(workload, arch, layer, batch, impl)
     tx = optim.make(cfglib.base_config(arch).pretrain, 1000)
     order = jnp.arange(steps * batch) % (4 * batch)
     key = jax.random.PRNGKey(1)
@@ -101,9 +104,11 @@ def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repe
             "batch": batch, "seeds": seeds, "steps_per_call": steps,
             "img_per_s": round(batch * steps / dt, 1), "step_ms": round(1e3 * dt / steps, 2),
             "gflop_per_s": round(flop_per_img * imgs / dt / 1e9, 1),
-            "xla_gflop_per_s": round(xla_flops / dt / 1e9, 1),
+            # XLA's cost analysis counts a scan's body once: one step of every seed.
+            "xla_gflop_per_s": round(xla_flops * steps / dt / 1e9, 1),
             "mflop_per_img": round(flop_per_img / 1e6, 2),
-            "backend": jax.default_backend(), "devices": jax.device_count()}
+            "conv_impl": ops.resolve_impl(impl), "backend": jax.default_backend(),
+            "devices": jax.device_count()}
 
 
 def main(argv):
@@ -115,7 +120,7 @@ def main(argv):
         sys.exit(2)
     try:
         out = benchmark(_WORKLOAD.value, _ARCH.value, _LAYER.value, _BATCH.value, _STEPS.value,
-                        _REPEATS.value, _SEEDS.value)
+                        _REPEATS.value, _SEEDS.value, _IMPL.value)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -42,6 +42,7 @@ class CAESpec:
     noise: str = "none"
     noise_level: float = 0.0
     init: str = "glorot_uniform"
+    conv_impl: str = "auto"  # see scae.ops.resolve_impl
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -72,7 +73,8 @@ def init(spec: CAESpec, key: Array) -> Params:
 
 def encode(spec: CAESpec, params: Params, x: Array) -> Array:
     """Hidden maps h = act(x * W + b), a valid convolution: (N, H-k+1, W-k+1, maps)."""
-    return ops.activation(spec.activation)(ops.conv_valid(x, params["w"]) + params["b"])
+    z = ops.conv_valid(x, params["w"], spec.conv_impl)
+    return ops.activation(spec.activation)(z + params["b"])
 
 
 def sparsify(spec: CAESpec, h: Array) -> Array:
@@ -87,9 +89,9 @@ def sparsify(spec: CAESpec, h: Array) -> Array:
 def decode(spec: CAESpec, params: Params, h_sparse: Array) -> Array:
     """Reconstruction y = act(full-conv(h, W~) + c), back at the input's size."""
     if spec.decoder == "tied":
-        z = ops.conv_full_tied(h_sparse, params["w"])
+        z = ops.conv_full_tied(h_sparse, params["w"], spec.conv_impl)
     else:
-        z = ops.conv_full(h_sparse, params["w_dec"])
+        z = ops.conv_full(h_sparse, params["w_dec"], spec.conv_impl)
     return ops.activation(spec.activation)(z + params["c"])
 
 

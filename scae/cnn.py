@@ -57,8 +57,9 @@ def init(model_cfg, image_shape: tuple[int, int, int], key: Array) -> Params:
 def features(model_cfg, params: Params, x: Array) -> Array:
     """The top conv layer's pooled maps, flattened: (N, features)."""
     act = ops.activation(model_cfg.activation)
+    impl = model_cfg.get("conv_impl", "auto")
     for name, p in zip(conv_names(model_cfg), model_cfg.pool_sizes):
-        x = ops.max_pool(act(ops.conv_valid(x, params[name]["w"]) + params[name]["b"]), p)
+        x = ops.max_pool(act(ops.conv_valid(x, params[name]["w"], impl) + params[name]["b"]), p)
     return x.reshape(x.shape[0], -1)
 
 

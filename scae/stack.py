@@ -36,7 +36,8 @@ def layer_specs(config, in_channels: int) -> list[cae.CAESpec]:
         specs.append(cae.CAESpec(
             in_channels=c, maps=m.features[k], kernel=m.kernel_sizes[k],
             sparsity_pool=p.sparsity_pool[k], activation=m.activation, decoder=p.decoder,
-            noise=p.noise, noise_level=p.noise_level, init=m.init))
+            noise=p.noise, noise_level=p.noise_level, init=m.init,
+            conv_impl=m.get("conv_impl", "auto")))
         c = m.features[k]
     return specs
 

@@ -31,6 +31,20 @@ def test_tied_decoder_is_the_full_convolution_with_the_flipped_kernel():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("op", ["conv_valid", "conv_full_tied", "conv_full"])
+def test_matmul_convolutions_equal_xla_in_value_and_gradient(op):
+    kx, kw = jax.random.split(jax.random.PRNGKey(4))
+    w = jax.random.normal(kw, (3, 5, 4, 6))
+    x = jax.random.normal(kx, (2, 9, 8, 6 if op != "conv_valid" else 4))
+    if op == "conv_full":
+        w = w.swapaxes(2, 3)
+    f = getattr(ops, op)
+    loss = lambda impl: lambda x, w: jnp.sum(jnp.sin(f(x, w, impl)))
+    np.testing.assert_allclose(f(x, w, "matmul"), f(x, w, "xla"), rtol=1e-4, atol=1e-4)
+    for gm, gx in zip(jax.grad(loss("matmul"), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w)):
+        np.testing.assert_allclose(gm, gx, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("shape,p", [((3, 8, 8, 4), 2), ((2, 7, 9, 3), 2), ((2, 9, 9, 2), 3)])
 def test_pool_sparsify_keeps_one_value_per_window(shape, p):
     x = jax.random.normal(jax.random.PRNGKey(1), shape)
