@@ -145,6 +145,8 @@ def run(main: Callable, needs_config: bool = True) -> None:
             main(config, Path(_WORKDIR.value))
         except InputError as e:
             fail(str(e))
+        except FloatingPointError as e:  # divergence: the message names where; exit 3
+            fail(str(e), status=3)
         except KeyboardInterrupt:
             fail("interrupted; rerun the same command to resume", status=130)
 

@@ -134,9 +134,11 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Sequence[dict] | None, labe
         bar.set_postfix(loss=f"{losses.mean():.4f}")
         if not np.all(np.isfinite(losses)):
             bar.close()
+            seed_i, bad = np.argwhere(~np.isfinite(losses))[0]
             raise FloatingPointError(
-                f"{arm} at {label_size} labels: loss became non-finite in epoch {epoch + 1} "
-                f"near step {step}; lower config.finetune.learning_rate")
+                f"{arm} run at {label_size} labels, seed {seeds[seed_i]}: the loss became "
+                f"{losses[seed_i, bad]} in epoch {epoch + 1} at step {step - k + bad + 1}; the "
+                f"last good checkpoint is kept; lower config.finetune.learning_rate and rerun")
         if offset + k == plan.steps_per_epoch and (epoch + 1) in evals:
             errs = val_err(state["params"], val_x, val_y)
             state = keep_best(state, errs, epoch + 1)

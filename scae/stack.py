@@ -190,10 +190,11 @@ def _train_layer(config, specs, k, lower, images, val_images, key, workdir, done
         bar.set_postfix(loss=f"{losses.mean():.5f}")
         if not np.all(np.isfinite(losses)):
             bar.close()
+            bad = int(np.argmax(~np.isfinite(losses)))
             raise FloatingPointError(
-                f"layer {k}: loss became {losses[~np.isfinite(losses)][0]} in epoch {epoch + 1} "
-                f"near step {step}; the last good checkpoint (step {last_ckpt}) is kept. "
-                f"Lower config.pretrain.learning_rate.")
+                f"layer {k}: the loss became {losses[bad]} in epoch {epoch + 1} at step "
+                f"{step - n + bad + 1}; the last good checkpoint (step {last_ckpt}) is kept; "
+                f"lower config.pretrain.learning_rate and rerun to resume from it")
         epoch_done = (offset + n) == tr.plan.steps_per_epoch
         if epoch_done:
             spe = tr.plan.steps_per_epoch
