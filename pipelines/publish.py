@@ -4,7 +4,8 @@ from the run records, so that committed tables are always the code's output.
   python -m pipelines.publish --workdir=runs/mnist_paper --out=results/mnist
 
 Copies config.json, compare/runs.jsonl, pretrain/metrics.jsonl and every figure; writes
-runs.csv, summary.csv and summary.md anew from runs.jsonl.
+runs.csv, summary.csv and summary.md anew from runs.jsonl, and puts that summary into the
+``<!-- summary:<out name> -->`` block of the README.md beside ``--out``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,22 @@ def publish(workdir: Path, out: Path) -> list[Path]:
     return written
 
 
+def update_index(index: Path, name: str, summary_md: Path) -> bool:
+    """Replaces the block between ``<!-- summary:NAME -->`` and ``<!-- /summary -->`` in
+    ``index`` with the table and sentences of ``summary_md``; returns whether it did."""
+    if not index.is_file() or not summary_md.is_file():
+        return False
+    text = index.read_text()
+    start, end = f"<!-- summary:{name} -->", "<!-- /summary -->"
+    if start not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    body = summary_md.read_text().split("\n", 1)[1].strip()  # without the summary's title
+    index.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+    return True
+
+
 def main(argv):
     if len(argv) > 1 or not _WORKDIR.value or not _OUT.value:
         print("error: usage: --workdir=DIR --out=DIR", file=sys.stderr)
@@ -58,6 +75,9 @@ def main(argv):
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    out = Path(_OUT.value)
+    if update_index(out.parent / "README.md", out.name, out / "summary.md"):
+        written.append(out.parent / "README.md")
     print("\n".join(str(p) for p in written))
 
 
