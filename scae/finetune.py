@@ -132,12 +132,14 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Sequence[dict] | None, labe
         losses = np.asarray(losses)
         bar.update(k)
         bar.set_postfix(loss=f"{losses.mean():.4f}")
-        if not np.all(np.isfinite(losses)):
+        if not np.all(np.isfinite(losses)) or not loop.all_finite(state["params"]):
             bar.close()
-            seed_i, bad = np.argwhere(~np.isfinite(losses))[0]
+            nonfinite = np.argwhere(~np.isfinite(losses))
+            seed_i, bad = nonfinite[0] if len(nonfinite) else (0, k - 1)
             raise FloatingPointError(
-                f"{arm} run at {label_size} labels, seed {seeds[seed_i]}: the loss became "
-                f"{losses[seed_i, bad]} in epoch {epoch + 1} at step {step - k + bad + 1}; the "
+                f"{arm} run at {label_size} labels, seed {seeds[seed_i]}: the loss or parameters "
+                f"became non-finite (loss {losses[seed_i, bad]}) in epoch {epoch + 1} by step "
+                f"{step - k + bad + 1}; the "
                 f"last good checkpoint is kept; lower config.finetune.learning_rate and rerun")
         if offset + k == plan.steps_per_epoch and (epoch + 1) in evals:
             errs = val_err(state["params"], val_x, val_y)

@@ -99,3 +99,9 @@ def batched_apply(fn: Callable[[Array], Array], x: Array, batch_size: int) -> Ar
     out = lax.map(fn, xp.reshape((-1, batch_size) + x.shape[1:]))
     out = jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
     return out
+
+
+@jax.jit
+def all_finite(tree) -> Array:
+    """Whether every value of every array in ``tree`` is finite (no NaN, no inf)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))

@@ -188,11 +188,13 @@ def _train_layer(config, specs, k, lower, images, val_images, key, workdir, done
         record["epoch_time"] += time.perf_counter() - t0
         bar.update(n)
         bar.set_postfix(loss=f"{losses.mean():.5f}")
-        if not np.all(np.isfinite(losses)):
+        finite = np.isfinite(losses)
+        if not finite.all() or not loop.all_finite(state["params"]):
             bar.close()
-            bad = int(np.argmax(~np.isfinite(losses)))
+            bad = int(np.argmax(~finite)) if not finite.all() else n - 1
             raise FloatingPointError(
-                f"layer {k}: the loss became {losses[bad]} in epoch {epoch + 1} at step "
+                f"layer {k}: the loss or parameters became non-finite (loss {losses[bad]}) in "
+                f"epoch {epoch + 1} by step "
                 f"{step - n + bad + 1}; the last good checkpoint (step {last_ckpt}) is kept; "
                 f"lower config.pretrain.learning_rate and rerun to resume from it")
         epoch_done = (offset + n) == tr.plan.steps_per_epoch

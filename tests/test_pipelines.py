@@ -5,11 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+import configs.mnist
+from scae import figures, stack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,11 +41,18 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, *words: str) -> None
         assert w in lines[0], lines[0]
 
 
-@pytest.mark.slow
-def test_smoke_compare_writes_every_output_and_resumes(tmp_path):
-    w = tmp_path / "w"
+@pytest.fixture(scope="module")
+def smoke_compare(tmp_path_factory) -> Path:
+    """An uninterrupted smoke compare: the reference for the kill tests."""
+    w = tmp_path_factory.mktemp("smoke") / "w"
     proc = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return w
+
+
+@pytest.mark.slow
+def test_smoke_compare_writes_every_output_and_resumes(smoke_compare):
+    w = smoke_compare
     for name in ["config.json", "pretrain/metrics.jsonl", "pretrain/loss.png",
                  "pretrain/filters_layer1.png", "pretrain/filters_layer3.png",
                  "pretrain/reconstructions_layer2.png", "compare/runs.csv", "compare/summary.csv",
@@ -63,6 +77,57 @@ def test_smoke_compare_writes_every_output_and_resumes(tmp_path):
     assert vis.returncode == 0, vis.stderr[-3000:]
     assert (w / "figures" / "filters_conv1_compared.png").is_file()
     assert (w / "figures" / "filters_layer2.png").is_file()
+
+
+def kill_when(module: str, workdir: Path, marker: str) -> str:
+    """Starts the smoke command and SIGKILLs it as soon as ``marker`` appears on stderr."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", f"pipelines.{module}",
+                             "--config=configs/mnist.py:smoke", f"--workdir={workdir}"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    seen, hit = [], threading.Event()
+
+    def read():
+        for chunk in iter(lambda: proc.stderr.read(64), ""):
+            seen.append(chunk)
+            if marker in "".join(seen[-40:]):
+                hit.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    if not hit.wait(timeout=600):
+        proc.kill()
+        pytest.fail(f"{marker!r} never appeared:\n{''.join(seen)[-2000:]}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return "".join(seen)
+
+
+def _same_stack(a: Path, b: Path) -> None:
+    config = configs.mnist.get_config("smoke")
+    for pa, pb in zip(stack.load(config, a, 1), stack.load(config, b, 1)):
+        for name in pa:
+            np.testing.assert_allclose(pa[name], pb[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_rerun_matches_the_uninterrupted_run(smoke_compare, tmp_path):
+    w = tmp_path / "w"
+    # Between layers, then in the middle of a layer (after its periodic checkpoint), then
+    # during fine-tuning: each rerun keeps what was finished.
+    kill_when("pretrain", w, "layer 2: CAE")
+    kill_when("pretrain", w, "layer 3:  50%")
+    kill_when("compare", w, "random at 100 labels")
+    again = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for redone in ("layer 1 epoch", "layer 2 epoch", "layer 3 epoch", "random at"):
+        assert redone not in again.stderr, again.stderr[-3000:]
+    _same_stack(smoke_compare, w)
+    keys = ("label_size", "arm", "seed", "best_epoch", "val_error", "test_error", "subset")
+    ref = figures.read_jsonl(smoke_compare / "compare" / "runs.jsonl")
+    got = figures.read_jsonl(w / "compare" / "runs.jsonl")
+    assert [[r[k] for k in keys] for r in ref] == [[r[k] for k in keys] for r in got]
 
 
 @pytest.fixture(scope="module")
