@@ -28,36 +28,7 @@ def get_config(arg: str | None = None):
     c.data.source = "cifar10"
     c.data.validation_size = 5000
     c.data.standardize = True
-    c.preset = preset
-    if preset == "smoke":
-        c.data.validation_size = 200
-        c.data.pretrain_size = 256
-        c.data.test_size = 200
-        c.model.features = (8, 8, 8)
-        c.model.fc_width = 16
-        c.pretrain.epochs = (1, 1, 1)
-        c.pretrain.batch_size = 32
-        c.pretrain.steps_per_call = 4
-        c.pretrain.checkpoint_every_steps = 4
-        c.pretrain.eval_size = 64
-        c.finetune.epochs = 2
-        c.finetune.min_steps = 0
-        c.finetune.batch_size = 32
-        c.finetune.evals = 2
-        c.finetune.steps_per_call = 4
-        c.compare.label_sizes = (100,)
-        c.compare.num_seeds = 2
-    elif preset == "quick":
-        c.data.validation_size = 1000
-        c.data.pretrain_size = 10000
-        c.pretrain.epochs = (1, 1, 1)
-        c.pretrain.eval_size = 1000
-        c.finetune.batch_size = 64
-        c.finetune.epochs = 10
-        c.finetune.min_steps = 200
-        c.finetune.evals = 5
-        c.compare.label_sizes = (1000,)
-        c.compare.num_seeds = 3
-    else:
+    cfglib.apply_preset(c, preset)
+    if preset == "paper":
         c.compare.label_sizes = (1000, 10000, 45000)
     return c

@@ -28,8 +28,9 @@ def check_label_sizes(config, data: inputs_lib.Inputs) -> None:
 
 def compare(config, data: inputs_lib.Inputs, workdir: Path,
             log: Callable[[str], None] = print) -> list[dict]:
-    """Runs every missing (label size, arm, seed), then writes the tables and figures."""
-    check_label_sizes(config, data)
+    """Runs every missing (label size, arm, seed), then writes the tables and figures.
+
+    Call :func:`check_label_sizes` first to fail before anything is written."""
     out = workdir / "compare"
     out.mkdir(parents=True, exist_ok=True)
     # The stack is needed by the pretrained arms and by the embedding and filter figures.
@@ -92,8 +93,8 @@ def write_figures(config, data: inputs_lib.Inputs, stack, rows: list[dict], out:
     report.curves_figure(rows, out / "curves.png")
     sizes = sorted({r["label_size"] for r in rows})
     if sizes:
-        after = {arm: np.load(out / f"conv1_{arm}_{sizes[-1]}.npy")
-                 for arm in ("pretrained", "random") if (out / f"conv1_{arm}_{sizes[-1]}.npy").exists()}
+        saved = {arm: out / f"conv1_{arm}_{sizes[-1]}.npy" for arm in ("pretrained", "random")}
+        after = {arm: np.load(path) for arm, path in saved.items() if path.exists()}
         report.filters_before_after_figure(
             np.moveaxis(np.asarray(stack[0]["w"]), 3, 0),
             {f"{arm} after fine-tuning ({sizes[-1]} labels)": np.moveaxis(w, 3, 0)

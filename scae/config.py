@@ -93,14 +93,17 @@ def _positive_ints(c: ml_collections.ConfigDict, key: str, allow_zero: bool = Fa
 def _choice(c: ml_collections.ConfigDict, key: str, choices: Sequence[str]) -> None:
     section, name = key.split(".")
     if c[section][name] not in choices:
-        raise InputError(f"config.{key}: expected one of {', '.join(choices)}, got {c[section][name]!r}")
+        raise InputError(f"config.{key}: expected one of {', '.join(choices)}, "
+                         f"got {c[section][name]!r}")
 
 
 def _positive_float(c: ml_collections.ConfigDict, key: str, allow_zero: bool = False) -> None:
     section, name = key.split(".")
     v = c[section][name]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not allow_zero):
-        raise InputError(f"config.{key}: expected a number {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+    bad_type = isinstance(v, bool) or not isinstance(v, (int, float))
+    if bad_type or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InputError(f"config.{key}: expected a number {bound}, got {v!r}")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -191,6 +194,41 @@ def filter_experiment(c: ml_collections.ConfigDict, maps: int, kernel: int, pres
     else:
         c.pretrain.epochs = (20,)
     return c
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
+    """Shrinks a comparison config to the ``smoke`` (tests) or ``quick`` (about 7 minutes on
+    2 CPU cores) preset; ``paper`` keeps the full protocol of :func:`base_config`."""
+    c.preset = preset
+    if preset == "smoke":
+        c.data.validation_size = 200
+        c.data.pretrain_size = 256
+        c.data.test_size = 200
+        c.model.features = (8, 8, 8)
+        c.model.fc_width = 16
+        c.pretrain.epochs = (1, 1, 1)
+        c.pretrain.batch_size = 32
+        c.pretrain.steps_per_call = 4
+        c.pretrain.checkpoint_every_steps = 4
+        c.pretrain.eval_size = 64
+        c.finetune.epochs = 2
+        c.finetune.min_steps = 0
+        c.finetune.batch_size = 32
+        c.finetune.evals = 2
+        c.finetune.steps_per_call = 4
+        c.compare.label_sizes = (100,)
+        c.compare.num_seeds = 2
+    elif preset == "quick":
+        c.data.validation_size = 1000
+        c.data.pretrain_size = 10000
+        c.pretrain.epochs = (1, 1, 1)
+        c.pretrain.eval_size = 1000
+        c.finetune.batch_size = 64
+        c.finetune.epochs = 10
+        c.finetune.min_steps = 200
+        c.finetune.evals = 5
+        c.compare.label_sizes = (1000,)
+        c.compare.num_seeds = 3
 
 
 def preset_arg(arg: str | None, presets: Sequence[str]) -> str:

@@ -77,9 +77,11 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Sequence[dict] | None, labe
              log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
     """Trains ``arm`` at ``label_size`` for ``seeds`` together.
 
-    Returns one record per seed and the selected parameters (leading seed axis). Each record: label_size, arm, seed, epochs, steps, best_epoch, val_error, test_error
-    (percent; the test error of the parameters with the lowest validation error), time_s and
-    the validation curve. Checkpoints after every evaluation in ``ckpt_dir``.
+    Returns one record per seed and the selected parameters (leading seed axis). Each record:
+    label_size, arm, seed, epochs, steps, best_epoch, val_error, test_error (percent; the
+    test error of the parameters with the lowest validation error), time_s, the labelled
+    subset's fingerprint and the validation curve. Checkpoints after every evaluation in
+    ``ckpt_dir``.
     """
     fc = config.finetune
     subsets = np.stack([inputs_lib.labelled(data, label_size, s) for s in seeds])

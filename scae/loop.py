@@ -79,7 +79,8 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
             params, opt_state = carry
             idx = lax.dynamic_slice_in_dim(order, offset + i * batch_size, batch_size)
             batch = parallel.shard_batch(jax.tree.map(lambda a: a[idx], data))
-            loss, grads = jax.value_and_grad(loss_fn)(params, batch, jax.random.fold_in(key, step0 + i))
+            step_key = jax.random.fold_in(key, step0 + i)
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch, step_key)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 

@@ -193,7 +193,8 @@ def _verdict(size: int, d: stats.Difference, dataset: str) -> str:
         return head + (f"pretrained − random = {_signed(d.diff)} points; no significance test "
                        f"({why}).{paper}")
     p = fmt_p(d.p)
-    ci = f"95% CI {_signed(d.ci_low)} to {_signed(d.ci_high)}, p {p if p.startswith('<') else '= ' + p}"
+    p = p if p.startswith("<") else "= " + p
+    ci = f"95% CI {_signed(d.ci_low)} to {_signed(d.ci_high)}, p {p}"
     if not d.significant:
         return head + (f"no significant difference between pretraining and random "
                        f"initialisation ({_signed(d.diff)} points, {ci}).{paper}")

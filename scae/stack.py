@@ -104,7 +104,8 @@ class LayerTrainer:
         parallel.check_batch(pc.batch_size, "pretrain.batch_size")
         self.plan = loop.plan(images.shape[0], pc.batch_size, pc.epochs[k - 1])
         self.tx = optim.make(pc, self.plan.total_steps)
-        self.key_init, self.key_order, self.key_noise = jax.random.split(jax.random.fold_in(key, k), 3)
+        layer_key = jax.random.fold_in(key, k)
+        self.key_init, self.key_order, self.key_noise = jax.random.split(layer_key, 3)
         spec = self.spec
         loss_fn = lambda params, x, key: cae.loss(spec, params, encode_batch(x), key)
         self._steps = {}  # compiled step functions by scan length

@@ -9,9 +9,11 @@ import jax.numpy as jnp
 
 from scae.errors import InputError
 
-# CNN parameter <- (stack layer, CAE parameter). The decoder biases "c" have no counterpart.
 def mapping(num_layers: int) -> dict[tuple[str, str], tuple[int, str]]:
-    """``(cnn layer, name) -> (stack layer k, cae name)``: CAE k's encoder becomes conv k."""
+    """``(cnn layer, name) -> (stack layer k, cae name)``: CAE k's encoder becomes conv k.
+
+    The decoder biases ``c`` (and an untied ``w_dec``) have no counterpart in the CNN.
+    """
     return {(f"conv{k}", n): (k, n) for k in range(1, num_layers + 1) for n in ("w", "b")}
 
 
