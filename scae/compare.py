@@ -18,6 +18,7 @@ EMBEDDING_POINTS = 2000
 
 
 def check_label_sizes(config, data: inputs_lib.Inputs) -> None:
+    """Raises :class:`InputError` for a label size the non-validation training set lacks."""
     n = data.train_images.shape[0]
     for size in config.compare.label_sizes:
         if size > n:
