@@ -6,7 +6,7 @@ CIFAR-10 is not embedded: pass a source, e.g. the JPEG copy of the data set
 
 Presets (``--config=configs/cifar10.py:<preset>``):
   smoke  - seconds; tiny subsets, for tests.
-  quick  - a first look on 2 CPU cores: one epoch per CAE layer on 10k images, 1000 labels,
+  quick  - a first look on 2 CPU cores: 4, 1 and 1 epochs per CAE layer on 10k images, 1000 labels,
            3 seeds.
   paper  - the full protocol: stack on all 45k non-validation training images (10 epochs
            per layer); 1k, 10k and 45k labels (the last 5k training images are the

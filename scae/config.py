@@ -221,7 +221,10 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
     elif preset == "quick":
         c.data.validation_size = 1000
         c.data.pretrain_size = 10000
-        c.pretrain.epochs = (1, 1, 1)
+        # Layer 1 is cheap; 4 epochs of small batches give it stroke-like filters.
+        c.pretrain.epochs = (4, 1, 1)
+        c.pretrain.batch_size = 32
+        c.pretrain.learning_rate = 0.003
         c.pretrain.eval_size = 1000
         c.finetune.batch_size = 64
         c.finetune.epochs = 10
