@@ -187,3 +187,20 @@ def test_benchmark_prints_one_json_line():
         assert key in out
     assert out["layer"] == 3 and out["img_per_s"] > 0
     assert_clean_failure(run("benchmark", "--workload=gan"), "workload")
+
+
+def test_overwrite_replaces_the_results_of_a_different_config(tmp_path):
+    w = tmp_path / "w"
+    first = run("pretrain", "--config=configs/mnist.py:smoke", "--config.pretrain.layers=0",
+                f"--workdir={w}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    (w / "compare").mkdir()
+    (w / "compare" / "runs.jsonl").write_text("{}\n")
+    args = ("--config=configs/mnist.py:smoke", "--config.pretrain.layers=0",
+            "--config.model.fc_width=8", f"--workdir={w}")
+    assert_clean_failure(run("pretrain", *args), "model.fc_width")
+    assert (w / "compare" / "runs.jsonl").exists()
+    again = run("pretrain", *args, "--overwrite")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not (w / "compare").exists()
+    assert json.loads((w / "config.json").read_text())["model"]["fc_width"] == 8
