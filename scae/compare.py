@@ -5,6 +5,7 @@ over label sizes and seeds, with statistics. Resumable: finished runs are kept i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
                 rows = rows + new
                 stack_lib.write_jsonl_atomic(rows_path, rows)
                 if arm in ("pretrained", "random"):
-                    np.save(out / f"conv1_{arm}_{size}.npy", np.asarray(best["conv1"]["w"][0]))
+                    tmp = out / f"conv1_{arm}_{size}.tmp.npy"
+                    np.save(tmp, np.asarray(best["conv1"]["w"][0]))
+                    os.replace(tmp, out / f"conv1_{arm}_{size}.npy")
                 write_tables(config, rows, out)
                 log(f"{arm} at {size} labels, seeds {group}: test error "
                     + ", ".join(f"{r['test_error']:.2f}%" for r in new))
