@@ -30,7 +30,9 @@ def main(config, workdir: Path) -> None:
     fresh = cnn.init(config.model, data.image_shape, jax.random.PRNGKey(config.seed))
     panels = [("CAE stack, layer 1", figures.stack_filters(config, params, 1)),
               ("random initialisation", np.moveaxis(np.asarray(fresh["conv1"]["w"]), 3, 0))]
-    for npy in sorted((workdir / "compare").glob("conv1_*.npy")):
+    for npy in sorted((workdir / "compare").glob("conv1_*_*.npy")):
+        if ".tmp" in npy.name:  # a write interrupted by a kill
+            continue
         _, arm, size = npy.stem.split("_")
         panels.append((f"{arm} arm after fine-tuning, {size} labels",
                        np.moveaxis(np.load(npy), 3, 0)))
