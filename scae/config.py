@@ -60,6 +60,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.pretrain.checkpoint_every_steps = 500  # periodic checkpoint within a layer
     c.pretrain.cache_features = True  # compute layer k's inputs once, not on every step
     c.pretrain.eval_size = 2000  # validation images for the reconstruction MSE
+    # After a non-finite loss or parameter: halve the learning rate and resume from the last
+    # good checkpoint, at most this many times (0: stop with a message naming where).
+    c.pretrain.divergence_retries = 0
 
     c.finetune = ml_collections.ConfigDict()
     c.finetune.epochs = 30
@@ -115,6 +118,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                 "finetune.steps_per_call", "compare.label_sizes", "compare.num_seeds"):
         _positive_ints(c, key)
     for key in ("data.validation_size", "data.pretrain_size", "data.test_size", "pretrain.layers",
+                "pretrain.divergence_retries",
                 "finetune.min_steps", "seed"):
         _positive_ints(c, key, allow_zero=True)
     n = len(c.model.features)

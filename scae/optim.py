@@ -6,20 +6,22 @@ import jax
 import optax
 
 
-def schedule(cfg, total_steps: int) -> optax.Schedule:
-    """The section's learning-rate schedule over ``total_steps`` steps."""
+def schedule(cfg, total_steps: int, lr_scale: float = 1.0) -> optax.Schedule:
+    """The section's learning-rate schedule over ``total_steps`` steps, times ``lr_scale``."""
+    lr = cfg.learning_rate * lr_scale
     if cfg.schedule == "cosine":
-        return optax.cosine_decay_schedule(cfg.learning_rate, max(total_steps, 1))
-    return optax.constant_schedule(cfg.learning_rate)
+        return optax.cosine_decay_schedule(lr, max(total_steps, 1))
+    return optax.constant_schedule(lr)
 
 
-def make(cfg, total_steps: int, trainable_mask=None) -> optax.GradientTransformation:
+def make(cfg, total_steps: int, trainable_mask=None,
+         lr_scale: float = 1.0) -> optax.GradientTransformation:
     """SGD with momentum (the paper's plain gradient descent when momentum is 0) or Adam.
 
     ``trainable_mask``, a pytree of bools like the parameters, freezes the False leaves: their
     updates are zeroed, so a frozen layer stays bit-for-bit at its initial value.
     """
-    lr = schedule(cfg, total_steps)
+    lr = schedule(cfg, total_steps, lr_scale)
     if cfg.optimizer == "adam":
         tx = optax.adam(lr)
     else:

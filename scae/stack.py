@@ -8,6 +8,7 @@ finished layer, so a rerun skips it, and periodic steps let a killed layer resum
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -88,7 +89,7 @@ class LayerTrainer:
     """Trains CAE layer k of the stack; see :func:`pretrain`."""
 
     def __init__(self, config, specs, k: int, lower: Sequence[Params], images: Array,
-                 val_images: Array, key: Array):
+                 val_images: Array, key: Array, lr_scale: float = 1.0):
         self.config, self.spec, self.k = config, specs[k - 1], k
         pc = config.pretrain
         pools = tuple(config.model.pool_sizes)
@@ -103,7 +104,7 @@ class LayerTrainer:
             encode_batch = feats
         parallel.check_batch(pc.batch_size, "pretrain.batch_size")
         self.plan = loop.plan(images.shape[0], pc.batch_size, pc.epochs[k - 1])
-        self.tx = optim.make(pc, self.plan.total_steps)
+        self.tx = optim.make(pc, self.plan.total_steps, lr_scale=lr_scale)
         layer_key = jax.random.fold_in(key, k)
         self.key_init, self.key_order, self.key_noise = jax.random.split(layer_key, 3)
         spec = self.spec
@@ -141,15 +142,43 @@ def pretrain(config, images: Array, val_images: Array, workdir: str | os.PathLik
     stack: list[Params] = []
     records: list[dict] = []
     for k in range(1, len(specs) + 1):
-        params, layer_records = _train_layer(config, specs, k, stack, images, val_images, key,
-                                             workdir, records, log)
+        params, layer_records = _train_layer_retrying(config, specs, k, stack, images,
+                                                      val_images, key, workdir, records, log)
         stack.append(params)
         records.extend(layer_records)
     write_jsonl_atomic(workdir / "pretrain" / "metrics.jsonl", records)
     return stack
 
 
-def _train_layer(config, specs, k, lower, images, val_images, key, workdir, done_records, log):
+def _lr_scale_path(workdir: Path, k: int) -> Path:
+    return workdir / "pretrain" / "ckpt" / f"layer{k}.lr_scale.json"
+
+
+def _train_layer_retrying(config, specs, k, lower, images, val_images, key, workdir,
+                          done_records, log):
+    """:func:`_train_layer`; after a divergence, with ``pretrain.divergence_retries`` left,
+    halves the learning rate and resumes from the last good checkpoint. The scale is kept
+    beside the checkpoints, so a rerun goes on with the rate that last worked."""
+    path = _lr_scale_path(workdir, k)
+    scale = json.loads(path.read_text())["lr_scale"] if path.exists() else 1.0
+    while True:
+        try:
+            return _train_layer(config, specs, k, lower, images, val_images, key, workdir,
+                                done_records, log, lr_scale=scale)
+        except FloatingPointError as e:
+            used = round(math.log2(1.0 / scale))
+            if used >= config.pretrain.get("divergence_retries", 0):
+                raise
+            scale /= 2
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"lr_scale": scale}))
+            os.replace(tmp, path)
+            log(f"{e}; retrying with the learning rate x{scale}")
+
+
+def _train_layer(config, specs, k, lower, images, val_images, key, workdir, done_records, log,
+                 lr_scale: float = 1.0):
     pc = config.pretrain
     ckpts = checkpoint.Checkpoints(_ckpt_dir(workdir, k))
     latest = ckpts.latest_step()
@@ -159,7 +188,7 @@ def _train_layer(config, specs, k, lower, images, val_images, key, workdir, done
         params, record = _restore_params(ckpts, latest, cae.init(specs[k - 1], key))
         ckpts.close()
         return params, record["layer_records"]
-    tr = LayerTrainer(config, specs, k, lower, images, val_images, key)
+    tr = LayerTrainer(config, specs, k, lower, images, val_images, key, lr_scale)
     state = tr.init_state()
     step, record = 0, {"layer_records": [], "epoch_loss_sum": 0.0, "epoch_time": 0.0}
     if latest is not None:
