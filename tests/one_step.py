@@ -7,7 +7,6 @@ Used by test_parallel.py in subprocesses with 1 and 2 (forced host) devices:
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
