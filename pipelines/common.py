@@ -8,7 +8,6 @@ the workdir is written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from scae import config as cfglib
-from scae import parallel
+from scae import atomic, parallel
 from scae.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -105,10 +104,7 @@ def guard_workdir(config, workdir: Path, keys: Sequence[str], overwrite: bool) -
             for d in RESULT_DIRS:
                 shutil.rmtree(workdir / d, ignore_errors=True)
             logging.warning("deleted the results of a different config in %s", workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("config.json.tmp")
-    tmp.write_text(json.dumps(new, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(new, indent=2) + "\n")
 
 
 def load_workdir_config(workdir: Path):

@@ -113,8 +113,3 @@ def loss(spec: CAESpec, params: Params, x: Array, key: Array) -> Array:
     """Mean squared error between the reconstruction of the corrupted ``x`` and ``x``."""
     y = decode(spec, params, sparsify(spec, encode(spec, params, corrupt(spec, x, key))))
     return jnp.mean(jnp.square(y - x))
-
-
-def output_shape(spec: CAESpec, in_hw: tuple[int, int]) -> tuple[int, int, int]:
-    """(H, W, maps) of the hidden maps for an input of spatial size ``in_hw``."""
-    return in_hw[0] - spec.kernel + 1, in_hw[1] - spec.kernel + 1, spec.maps

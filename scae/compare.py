@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from scae import figures, finetune, inputs as inputs_lib, report, stack as stack_lib
+from scae import atomic, figures, finetune, inputs as inputs_lib, report, stack as stack_lib
 from scae.errors import InputError
 
 EMBEDDING_POINTS = 2000
@@ -56,7 +56,7 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
                 for r in new:
                     r["dataset"] = config.dataset
                 rows = rows + new
-                stack_lib.write_jsonl_atomic(rows_path, rows)
+                atomic.write_jsonl(rows_path, rows)
                 if arm in ("pretrained", "random"):
                     tmp = out / f"conv1_{arm}_{size}.tmp.npy"
                     np.save(tmp, np.asarray(best["conv1"]["w"][0]))

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from scae import cae, ops
 from scae.errors import InputError
 
-ACTIVATIONS = ("scaled_tanh", "tanh", "sigmoid", "relu")
-INITS = ("glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_normal", "he_normal")
 ARMS = ("random", "pretrained", "frozen")
 
 
@@ -133,12 +132,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
         if len(c.pretrain[key]) < c.pretrain.layers:
             raise InputError(f"config.pretrain.{key}: expected {c.pretrain.layers} values "
                              f"(one per pretrained layer), got {len(c.pretrain[key])}")
-    _choice(c, "model.activation", ACTIVATIONS)
-    _choice(c, "model.init", INITS)
-    _choice(c, "model.conv_impl", ("auto", "xla", "matmul"))
+    # The choices are the ones the code implements, so the two cannot drift apart.
+    _choice(c, "model.activation", tuple(ops.ACTIVATIONS))
+    _choice(c, "model.init", tuple(cae.INITIALIZERS))
+    _choice(c, "model.conv_impl", ops.CONV_IMPLS)
     _choice(c, "data.scale", ("unit", "symmetric"))
-    _choice(c, "pretrain.noise", ("none", "mask", "gaussian"))
-    _choice(c, "pretrain.decoder", ("tied", "untied", "upsample"))
+    _choice(c, "pretrain.noise", cae.NOISES)
+    _choice(c, "pretrain.decoder", cae.DECODERS)
     for section in ("pretrain", "finetune"):
         _choice(c, f"{section}.optimizer", ("sgd", "adam"))
         _choice(c, f"{section}.schedule", ("constant", "cosine"))

@@ -13,14 +13,12 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib import ticker
 
-from scae import plots, stats
+from scae import atomic, plots, stats
 from scae.plots import plt
 
 RUN_COLUMNS = ("dataset", "label_size", "arm", "seed", "epochs", "steps", "best_epoch",
@@ -35,20 +33,6 @@ ARM_LABELS = {"random": "random init", "pretrained": "CAE pretrained",
 
 # ---------------------------------------------------------------------------------------------
 # Writing and formatting
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -112,7 +96,7 @@ def write_runs_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
     """``runs.csv``: one row per run (no curve), sorted by label size, arm, seed."""
     body = [[_num(r.get(k)) if k in ("val_error", "test_error", "time_s") else r.get(k, "")
              for k in RUN_COLUMNS] for r in _sort_rows(rows)]
-    write_text_atomic(path, _csv_text(RUN_COLUMNS, body))
+    atomic.write_text(path, _csv_text(RUN_COLUMNS, body))
 
 
 def write_summary(rows: Sequence[Mapping], dataset: str, csv_path: str | os.PathLike,
@@ -128,8 +112,8 @@ def write_summary(rows: Sequence[Mapping], dataset: str, csv_path: str | os.Path
                      _num(d.diff) if d else "", _num(d.ci_low) if d else "",
                      _num(d.ci_high) if d else "", _num(d.p) if d else "",
                      _num(stats.PAPER.get((dataset, c.arm, c.label_size)))])
-    write_text_atomic(csv_path, _csv_text(SUMMARY_COLUMNS, body))
-    write_text_atomic(md_path, summary_markdown(cells, diffs, dataset))
+    atomic.write_text(csv_path, _csv_text(SUMMARY_COLUMNS, body))
+    atomic.write_text(md_path, summary_markdown(cells, diffs, dataset))
 
 
 def summary_markdown(cells: Sequence[stats.Cell], diffs: Sequence[stats.Difference],

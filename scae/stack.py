@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from scae import cae, checkpoint, loop, optim, parallel
+from scae import atomic, cae, checkpoint, loop, optim, parallel
 from scae import ops
 from scae.errors import InputError
 
@@ -72,17 +72,6 @@ def decode_to_image(specs: Sequence[cae.CAESpec], pools: Sequence[int],
 
 def _ckpt_dir(workdir: Path, k: int) -> Path:
     return workdir / "pretrain" / "ckpt" / f"layer{k}"
-
-
-def write_jsonl_atomic(path: Path, records: Sequence[dict]) -> None:
-    """Rewrites ``path`` with one JSON object per line, via a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class LayerTrainer:
@@ -146,7 +135,7 @@ def pretrain(config, images: Array, val_images: Array, workdir: str | os.PathLik
                                                       val_images, key, workdir, records, log)
         stack.append(params)
         records.extend(layer_records)
-    write_jsonl_atomic(workdir / "pretrain" / "metrics.jsonl", records)
+    atomic.write_jsonl(workdir / "pretrain" / "metrics.jsonl", records)
     return stack
 
 
@@ -170,10 +159,7 @@ def _train_layer_retrying(config, specs, k, lower, images, val_images, key, work
             if used >= config.pretrain.get("divergence_retries", 0):
                 raise
             scale /= 2
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"lr_scale": scale}))
-            os.replace(tmp, path)
+            atomic.write_text(path, json.dumps({"lr_scale": scale}))
             log(f"{e}; retrying with the learning rate x{scale}")
 
 
@@ -243,7 +229,7 @@ def _train_layer(config, specs, k, lower, images, val_images, key, workdir, done
             ckpts.save(step, state, record)
             last_ckpt = step
             if epoch_done:
-                write_jsonl_atomic(workdir / "pretrain" / "metrics.jsonl",
+                atomic.write_jsonl(workdir / "pretrain" / "metrics.jsonl",
                                    list(done_records) + record["layer_records"])
     bar.close()
     ckpts.close()
@@ -277,17 +263,6 @@ def _restore_params(ckpts, step, like_params):
             raise InputError(f"layer checkpoint {name}: shape {v.shape}, expected "
                              f"{like_params[name].shape} from the config")
     return params, record
-
-
-def is_finished(config, workdir: str | os.PathLike, num_images: int) -> bool:
-    """Whether every layer of the stack has a final checkpoint in ``workdir``."""
-    for k in range(1, config.pretrain.layers + 1):
-        steps = loop.plan(num_images, config.pretrain.batch_size,
-                          config.pretrain.epochs[k - 1]).total_steps
-        latest = checkpoint.Checkpoints(_ckpt_dir(Path(workdir), k)).latest_step()
-        if latest is None or latest < steps:
-            return False
-    return True
 
 
 def project_filters(params: Sequence[Params], pools: Sequence[int], k: int) -> Array:
