@@ -16,7 +16,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from scae import figures, report
+from scae import atomic, figures, report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished pretrain, compare or filters workdir.")
 _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
@@ -62,7 +62,7 @@ def update_index(index: Path, name: str, summary_md: Path) -> bool:
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     body = summary_md.read_text().split("\n", 1)[1].strip()  # without the summary's title
-    index.write_text(f"{head}{start}\n{body}\n{end}{tail}")
+    atomic.write_text(index, f"{head}{start}\n{body}\n{end}{tail}")
     return True
 
 

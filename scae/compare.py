@@ -5,14 +5,14 @@ over label sizes and seeds, with statistics. Resumable: finished runs are kept i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from scae import atomic, figures, finetune, inputs as inputs_lib, report, stack as stack_lib
+from scae import atomic, figures, finetune, inputs as inputs_lib, report, retry
+from scae import stack as stack_lib
 from scae.errors import InputError
 
 EMBEDDING_POINTS = 2000
@@ -58,9 +58,9 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
                 rows = rows + new
                 atomic.write_jsonl(rows_path, rows)
                 if arm in ("pretrained", "random"):
-                    tmp = out / f"conv1_{arm}_{size}.tmp.npy"
-                    np.save(tmp, np.asarray(best["conv1"]["w"][0]))
-                    os.replace(tmp, out / f"conv1_{arm}_{size}.npy")
+                    with atomic.replacing(out / f"conv1_{arm}_{size}.npy") as tmp, \
+                            tmp.open("wb") as f:
+                        np.save(f, np.asarray(best["conv1"]["w"][0]))
                 write_tables(config, rows, out)
                 log(f"{arm} at {size} labels, seeds {group}: test error "
                     + ", ".join(f"{r['test_error']:.2f}%" for r in new))
@@ -71,8 +71,11 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
 
 def _run_group(config, data, stack, size, arm, group, out, log):
     ckpt = out / "ckpt" / f"{size}_{arm}_s{'-'.join(map(str, group))}"
+    train = lambda scale: finetune.run_cell(config, data, stack, size, arm, group, ckpt, log,
+                                            lr_scale=scale)
     try:
-        return finetune.run_cell(config, data, stack, size, arm, group, ckpt, log)
+        return retry.halving_lr(train, ckpt.with_name(ckpt.name + ".lr_scale.json"),
+                                config.finetune.get("divergence_retries", 0), log)
     except Exception as e:  # noqa: BLE001 - only out-of-memory falls back
         if "RESOURCE_EXHAUSTED" not in str(e) or len(group) == 1:
             raise

@@ -73,6 +73,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.finetune.schedule = "cosine"
     c.finetune.weight_decay = 0.0
     c.finetune.evals = 30  # validation evaluations per run; the best one is reported
+    # As pretrain.divergence_retries, for a fine-tuning cell (all its vmapped seeds together);
+    # the scale used is kept in each run record (lr_scale).
+    c.finetune.divergence_retries = 0
     c.finetune.steps_per_call = 50
 
     c.compare = ml_collections.ConfigDict()
@@ -117,7 +120,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                 "finetune.steps_per_call", "compare.label_sizes", "compare.num_seeds"):
         _positive_ints(c, key)
     for key in ("data.validation_size", "data.pretrain_size", "data.test_size", "pretrain.layers",
-                "pretrain.divergence_retries",
+                "pretrain.divergence_retries", "finetune.divergence_retries",
                 "finetune.min_steps", "seed"):
         _positive_ints(c, key, allow_zero=True)
     n = len(c.model.features)

@@ -20,7 +20,6 @@ import os
 import pickle
 import re
 import tarfile
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -30,6 +29,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from scae import atomic
 from scae.errors import InputError
 
 SPLITS = ("train", "test")
@@ -184,6 +184,12 @@ def _nonempty_file(path: Path) -> Path:
 def _read_npz(path: Path, split: str) -> Split:
     """Arrays ``<split>_images``, ``<split>_labels`` and optionally ``class_names``."""
     _nonempty_file(path)
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    # np.load takes anything that is not a zip for a pickle or .npy and says so confusingly.
+    if not magic.startswith(b"PK") and not magic.startswith(b"\x93NUMPY"):
+        raise InputError(f"{path}: not an .npz archive (no zip signature; starts with "
+                         f"{magic!r})")
     try:
         archive = np.load(path, allow_pickle=False)
     except _FILE_ERRORS as e:
@@ -511,6 +517,9 @@ def _decode_image(name: str, data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             mode = image.mode
             pixels = np.asarray(image)
+    except Image.UnidentifiedImageError:
+        raise InputError(f"{name}: not a readable image file (unknown or corrupt format)") \
+            from None
     except _FILE_ERRORS as e:
         raise InputError(f"{name}: not a readable image file ({_one_line(e)})") from None
     if mode not in ("L", "RGB"):
@@ -552,16 +561,9 @@ def _read_cache(file: Path) -> Split | None:
 def _write_cache(file: Path, split: Split) -> None:
     """Writes atomically (temporary file, then rename); failure only costs speed."""
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=file.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, images=split.images, labels=split.labels,
-                         class_names=np.array(split.class_names))
-            os.replace(tmp, file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic.replacing(file) as tmp, tmp.open("wb") as f:
+            np.savez(f, images=split.images, labels=split.labels,
+                     class_names=np.array(split.class_names))
     except OSError as e:
         warnings.warn(f"could not cache decoded images in {file.parent}: {_one_line(e)}",
                       stacklevel=3)

@@ -74,14 +74,16 @@ def initial_params(config, image_shape, stack, arm: str, seed: int,
 
 def run_cell(config, data: inputs_lib.Inputs, stack: Sequence[dict] | None, label_size: int,
              arm: str, seeds: Sequence[int], ckpt_dir: Path,
-             log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+             log: Callable[[str], None] = print,
+             lr_scale: float = 1.0) -> tuple[list[dict], dict]:
     """Trains ``arm`` at ``label_size`` for ``seeds`` together.
 
     Returns one record per seed and the selected parameters (leading seed axis). Each record:
     label_size, arm, seed, epochs, steps, best_epoch, val_error, test_error (percent; the
     test error of the parameters with the lowest validation error), time_s, the labelled
-    subset's fingerprint and the validation curve. Checkpoints after every evaluation in
-    ``ckpt_dir``.
+    subset's fingerprint, the validation curve and ``lr_scale`` (the factor on
+    ``finetune.learning_rate``; below 1 after divergence retries). Checkpoints after every
+    evaluation in ``ckpt_dir``.
     """
     fc = config.finetune
     subsets = np.stack([inputs_lib.labelled(data, label_size, s) for s in seeds])
@@ -92,7 +94,7 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Sequence[dict] | None, labe
               for i, s in enumerate(seeds)]
     params = jax.tree.map(lambda *p: jnp.stack(p), *params)
     mask = cnn.conv_mask(jax.tree.map(lambda x: x[0], params), trainable=arm != "frozen")
-    tx = optim.make(fc, plan.total_steps, mask)
+    tx = optim.make(fc, plan.total_steps, mask, lr_scale=lr_scale)
     opt_state = jax.vmap(tx.init)(params)
     order_keys = jnp.stack([seed_keys(config.seed, s)[1] for s in seeds])
     noise_keys = order_keys  # the CNN's loss draws no noise; any key will do
@@ -160,5 +162,5 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Sequence[dict] | None, labe
              "steps": plan.total_steps, "best_epoch": int(state["best_epoch"][i]),
              "val_error": float(state["best_val"][i]), "test_error": float(test_err[i]),
              "time_s": record["time_s"] / n, "subset": subset_digest(subsets[i]),
-             "curve": record["curve"][i]}
+             "lr_scale": lr_scale, "curve": record["curve"][i]}
             for i, s in enumerate(seeds)], jax.tree.map(lambda x: np.asarray(x), state["best"])

@@ -22,7 +22,7 @@ from scae import atomic, plots, stats
 from scae.plots import plt
 
 RUN_COLUMNS = ("dataset", "label_size", "arm", "seed", "epochs", "steps", "best_epoch",
-               "val_error", "test_error", "time_s")
+               "val_error", "test_error", "time_s", "lr_scale")
 SUMMARY_COLUMNS = ("dataset", "label_size", "arm", "n", "mean_test_error", "std_test_error",
                    "diff_vs_random", "ci_low", "ci_high", "p_value", "paper_test_error")
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
@@ -94,8 +94,10 @@ def _dataset_name(dataset: str) -> str:
 
 def write_runs_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
     """``runs.csv``: one row per run (no curve), sorted by label size, arm, seed."""
-    body = [[_num(r.get(k)) if k in ("val_error", "test_error", "time_s") else r.get(k, "")
-             for k in RUN_COLUMNS] for r in _sort_rows(rows)]
+    # Records from before divergence retries existed ran at the configured rate: lr_scale 1.
+    body = [[_num(r.get(k)) if k in ("val_error", "test_error", "time_s")
+             else r.get(k, 1.0 if k == "lr_scale" else "") for k in RUN_COLUMNS]
+            for r in _sort_rows(rows)]
     atomic.write_text(path, _csv_text(RUN_COLUMNS, body))
 
 
@@ -113,7 +115,18 @@ def write_summary(rows: Sequence[Mapping], dataset: str, csv_path: str | os.Path
                      _num(d.ci_high) if d else "", _num(d.p) if d else "",
                      _num(stats.PAPER.get((dataset, c.arm, c.label_size)))])
     atomic.write_text(csv_path, _csv_text(SUMMARY_COLUMNS, body))
-    atomic.write_text(md_path, summary_markdown(cells, diffs, dataset))
+    atomic.write_text(md_path, summary_markdown(cells, diffs, dataset) + _retried_note(rows))
+
+
+def _retried_note(rows: Sequence[Mapping]) -> str:
+    """A line listing the runs that finished at a lowered learning rate after diverging."""
+    retried = [r for r in _sort_rows(rows) if r.get("lr_scale", 1.0) != 1.0]
+    if not retried:
+        return ""
+    runs = ", ".join(f"{r['arm']} at {r['label_size']:,} labels seed {r['seed']} "
+                     f"(x{r['lr_scale']:g})" for r in retried)
+    return (f"\n{len(retried)} run(s) diverged and finished at a lowered learning rate "
+            f"(config *.divergence_retries; lr_scale in runs.csv): {runs}.\n")
 
 
 def summary_markdown(cells: Sequence[stats.Cell], diffs: Sequence[stats.Difference],

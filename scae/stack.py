@@ -7,8 +7,6 @@ finished layer, so a rerun skips it, and periodic steps let a killed layer resum
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from scae import atomic, cae, checkpoint, loop, optim, parallel
-from scae import ops
+from scae import atomic, cae, checkpoint, loop, ops, optim, parallel, retry
 from scae.errors import InputError
 
 Array = jax.Array
@@ -145,22 +142,12 @@ def _lr_scale_path(workdir: Path, k: int) -> Path:
 
 def _train_layer_retrying(config, specs, k, lower, images, val_images, key, workdir,
                           done_records, log):
-    """:func:`_train_layer`; after a divergence, with ``pretrain.divergence_retries`` left,
-    halves the learning rate and resumes from the last good checkpoint. The scale is kept
-    beside the checkpoints, so a rerun goes on with the rate that last worked."""
-    path = _lr_scale_path(workdir, k)
-    scale = json.loads(path.read_text())["lr_scale"] if path.exists() else 1.0
-    while True:
-        try:
-            return _train_layer(config, specs, k, lower, images, val_images, key, workdir,
-                                done_records, log, lr_scale=scale)
-        except FloatingPointError as e:
-            used = round(math.log2(1.0 / scale))
-            if used >= config.pretrain.get("divergence_retries", 0):
-                raise
-            scale /= 2
-            atomic.write_text(path, json.dumps({"lr_scale": scale}))
-            log(f"{e}; retrying with the learning rate x{scale}")
+    """:func:`_train_layer` under :func:`retry.halving_lr` with
+    ``pretrain.divergence_retries``."""
+    train = lambda scale: _train_layer(config, specs, k, lower, images, val_images, key,
+                                       workdir, done_records, log, lr_scale=scale)
+    return retry.halving_lr(train, _lr_scale_path(workdir, k),
+                            config.pretrain.get("divergence_retries", 0), log)
 
 
 def _train_layer(config, specs, k, lower, images, val_images, key, workdir, done_records, log,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,12 @@ def tiny_npz_module(tmp_path_factory) -> Path:
     return write_npz(tmp_path_factory.mktemp("mnist") / "mnist_small.npz",
                      train_images=train.images[:200, ..., 0], train_labels=train.labels[:200],
                      test_images=test.images[:50, ..., 0], test_labels=test.labels[:50])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def xla_cache(tmp_path_factory) -> Path:
+    """The commands the tests run share one persistent compilation cache per test session, as
+    a user's reruns do, instead of filling ~/.cache. (Shared by xdist's workers.)"""
+    path = tmp_path_factory.getbasetemp().parent / "xla_cache"
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    return path

@@ -119,7 +119,7 @@ def test_npz_not_an_archive(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros(3))
     bad(f"npz:{tmp_path / 'a.npy'}", "train", "a.npy", ".npz archive")
     (tmp_path / "t.npz").write_text("hello")
-    bad(f"npz:{tmp_path / 't.npz'}", "train", "t.npz", "not a readable")
+    bad(f"npz:{tmp_path / 't.npz'}", "train", "t.npz", "not an .npz archive", "zip signature")
 
 
 def test_npz_missing_array(tmp_path):

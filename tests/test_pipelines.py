@@ -1,4 +1,5 @@
-"""The commands end to end: outputs, resume, and bad input (one line, exit 2, nothing lost)."""
+"""The commands end to end as subprocesses: outputs, resume after kills, determinism, and a
+few bad inputs (the whole bad-input matrix runs in-process in test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ from scae import figures, stack
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+# The CPU unless SCAE_TEST_PLATFORMS says otherwise (e.g. cuda, to check GPU determinism).
+PLATFORMS = os.environ.get("SCAE_TEST_PLATFORMS", "cpu")
+
+
+def run(module: str, *args: str, timeout: int = 600, **env) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS=PLATFORMS, PYTHONPATH=str(ROOT), **env)
     return subprocess.run([sys.executable, "-m", f"pipelines.{module}", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -78,85 +83,133 @@ def test_smoke_compare_writes_every_output_and_resumes(smoke_compare):
     assert (w / "figures" / "filters_layer2.png").is_file()
 
 
-def kill_when(module: str, workdir: Path, marker: str) -> str:
-    """Starts the smoke command and SIGKILLs it as soon as ``marker`` appears on stderr."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", f"pipelines.{module}",
-                             "--config=configs/mnist.py:smoke", f"--workdir={workdir}"],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE,
+def interrupt(module: str, workdir: Path, *, marker: str | None = None,
+              at: tuple[str, str] | None = None) -> str:
+    """Starts the smoke command and SIGKILLs it: as soon as ``marker`` appears on stderr, or,
+    with ``at=(EVENT, REGEX)``, exactly at the first file-system event EVENT on a path matching
+    REGEX (see kill_at.py). Returns what it wrote on stderr."""
+    env = dict(os.environ, JAX_PLATFORMS=PLATFORMS, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    args = ["--config=configs/mnist.py:smoke", f"--workdir={workdir}"]
+    command = ([sys.executable, str(ROOT / "tests" / "kill_at.py"), *at, "1",
+                f"pipelines.{module}", *args] if at else
+               [sys.executable, "-m", f"pipelines.{module}", *args])
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)
     seen, hit = [], threading.Event()
 
     def read():
         for chunk in iter(lambda: proc.stderr.read(64), ""):
             seen.append(chunk)
-            if marker in "".join(seen[-40:]):
+            if marker and marker in "".join(seen[-40:]):
                 hit.set()
                 return
+        hit.set()
 
     threading.Thread(target=read, daemon=True).start()
     if not hit.wait(timeout=600):
         proc.kill()
-        pytest.fail(f"{marker!r} never appeared:\n{''.join(seen)[-2000:]}")
-    proc.send_signal(signal.SIGKILL)
+    if marker:
+        proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return "".join(seen)
+    text = "".join(seen)
+    if proc.returncode != -signal.SIGKILL or (at and "killed at" not in text):
+        pytest.fail(f"not killed at {marker or at} (exit {proc.returncode}):\n{text[-2000:]}")
+    return text
 
 
-def _same_stack(a: Path, b: Path) -> None:
+def finished_work(workdir: Path, reference: Path) -> tuple[set[int], set[str]]:
+    """The CAE layers whose last checkpoint is in ``workdir``, and the arms whose runs are
+    recorded there (the smoke preset has one label size)."""
+    total = {r["layer"]: r["step"] for r in figures.read_jsonl(reference / "pretrain" /
+                                                                "metrics.jsonl")}
+    layers = {k for k, steps in total.items()
+              if str(steps) in {p.name for p in (workdir / "pretrain" / "ckpt" /
+                                                   f"layer{k}").glob("*")}}
+    arms = {r["arm"] for r in figures.read_jsonl(workdir / "compare" / "runs.jsonl")}
+    return layers, arms
+
+
+def assert_nothing_redone(log: str, layers: set[int], arms: set[str]) -> None:
+    for k in layers:
+        assert f"layer {k}: finished earlier" in log and f"layer {k} epoch" not in log, log[-3000:]
+    for arm in arms:
+        assert f"{arm} 100 labels x2 seeds" not in log, log[-3000:]  # its progress bar
+
+
+def _same_stack(a: Path, b: Path, exact: bool = False) -> None:
     config = configs.mnist.get_config("smoke")
     for pa, pb in zip(stack.load(config, a, 1), stack.load(config, b, 1)):
         for name in pa:
-            np.testing.assert_allclose(pa[name], pb[name], rtol=1e-5, atol=1e-6)
+            if exact:
+                np.testing.assert_array_equal(pa[name], pb[name])
+            else:
+                np.testing.assert_allclose(pa[name], pb[name], rtol=1e-5, atol=1e-6)
+
+
+RUN_KEYS = ("label_size", "arm", "seed", "best_epoch", "val_error", "test_error", "subset",
+            "curve")
+
+# Where the kill test stops the commands, in order. Markers on stderr hit the training loops;
+# file-system events hit the writes themselves: inside an orbax checkpoint being written
+# (its data complete, its commit marker not), a complete checkpoint not yet renamed into
+# place, and complete temporary results files not yet renamed over the old ones.
+KILLS = [
+    ("pretrain", None, ("open", r"layer1/\d+\.orbax-checkpoint-tmp/state\.orbax-checkpoint-tmp/"
+                                r"commit_success")),
+    ("pretrain", "layer 2: CAE", None),  # between layers
+    ("pretrain", None, ("os.rename", r"/pretrain/\.metrics\.jsonl\..*\.tmp$")),
+    ("pretrain", "layer 3:  50%", None),  # mid-layer, after its periodic checkpoint
+    ("compare", None, ("os.rename", r"/compare/ckpt/.*/\d+\.orbax-checkpoint-tmp$")),
+    ("compare", "random at 100 labels", None),  # during fine-tuning, one cell recorded
+    ("compare", None, ("os.rename", r"/compare/\.runs\.jsonl\..*\.tmp$")),
+    ("compare", None, ("os.rename", r"/compare/\.summary\.md\..*\.tmp$")),
+]
 
 
 @pytest.mark.slow
 def test_sigkill_anywhere_then_rerun_matches_the_uninterrupted_run(smoke_compare, tmp_path):
     w = tmp_path / "w"
-    # Between layers, then in the middle of a layer (after its periodic checkpoint), then
-    # during fine-tuning: each rerun keeps what was finished.
-    kill_when("pretrain", w, "layer 2: CAE")
-    kill_when("pretrain", w, "layer 3:  50%")
-    kill_when("compare", w, "random at 100 labels")
+    done = (set(), set())
+    for module, marker, at in KILLS:
+        log = interrupt(module, w, marker=marker, at=at)
+        assert_nothing_redone(log, *done)
+        assert "Traceback" not in log.split("killed at")[0], log[-3000:]
+        done = finished_work(w, smoke_compare)
+    assert done == ({1, 2, 3}, {"random", "pretrained"})
     again = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}")
     assert again.returncode == 0, again.stderr[-3000:]
-    for redone in ("layer 1 epoch", "layer 2 epoch", "layer 3 epoch", "random at"):
-        assert redone not in again.stderr, again.stderr[-3000:]
+    assert_nothing_redone(again.stderr, *done)
     _same_stack(smoke_compare, w)
-    keys = ("label_size", "arm", "seed", "best_epoch", "val_error", "test_error", "subset")
     ref = figures.read_jsonl(smoke_compare / "compare" / "runs.jsonl")
     got = figures.read_jsonl(w / "compare" / "runs.jsonl")
-    assert [[r[k] for k in keys] for r in ref] == [[r[k] for k in keys] for r in got]
+    assert [[r[k] for k in RUN_KEYS] for r in ref] == [[r[k] for k in RUN_KEYS] for r in got]
+    records = lambda d: [{k: v for k, v in r.items() if k not in ("time_s", "img_per_s")}
+                         for r in figures.read_jsonl(d / "pretrain" / "metrics.jsonl")]
+    assert len(records(w)) == len(records(smoke_compare))
+    # Nothing half-written is left behind.
+    debris = [p for p in w.rglob("*") if p.name.endswith(".tmp") or "-tmp" in p.name]
+    assert not debris, debris
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A workdir with a config.json and a results file, to check nothing is overwritten."""
-    w = tmp_path_factory.mktemp("finished")
-    (w / "compare").mkdir()
-    (w / "compare" / "runs.jsonl").write_text('{"seed": 0}\n')
-    proc = run("pretrain", "--config=configs/mnist.py:smoke", "--config.pretrain.layers=0",
-               f"--workdir={w}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return w
-
-
-@pytest.mark.parametrize("args,words", [
-    (["--config.pretrain.bogus=1"], ["bogus"]),
-    (["--config.pretrain.batch_size=abc"], ["batch_size"]),
-    (["--config.pretrain.batch_size=0"], ["config.pretrain.batch_size"]),
-    (["--config.pretrain.decoder=magic"], ["config.pretrain.decoder"]),
-    (["--config.data.source=npz:/nonexistent/mnist.npz"], ["/nonexistent/mnist.npz"]),
-    (["--config.data.source=cifar10"], ["cifar10"]),
-    (["--config.compare.label_sizes=(100000,)"], ["label_sizes"]),
-    (["--config.model.features=(8,8)"], ["config.model.kernel_sizes"]),
-    (["--config.model.features=(16,8,8)"], ["model.features"]),  # differs from the workdir's
-])
-def test_bad_input_is_one_line_exit_2_and_leaves_the_workdir(finished, args, words):
-    before = snapshot(finished)
-    proc = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={finished}", *args)
-    assert_clean_failure(proc, *words)
-    assert snapshot(finished) == before
+@pytest.mark.slow
+def test_two_processes_give_identical_parameters_and_metrics(smoke_compare, tmp_path):
+    """On the CPU the same config and seed reproduce every bit in a fresh process, which
+    compiles everything itself (no compilation cache)."""
+    w = tmp_path / "w"
+    again = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}",
+                SCAE_COMPILATION_CACHE="0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    _same_stack(smoke_compare, w, exact=True)
+    for name in ("pretrain/metrics.jsonl", "compare/runs.jsonl"):
+        strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "img_per_s")}
+                              for r in rows]
+        assert strip(figures.read_jsonl(w / name)) == \
+            strip(figures.read_jsonl(smoke_compare / name)), name
+    for arm in ("pretrained", "random"):  # the fine-tuned first-layer filters
+        name = f"compare/conv1_{arm}_100.npy"
+        np.testing.assert_array_equal(np.load(w / name), np.load(smoke_compare / name))
+    assert (w / "compare" / "summary.md").read_text() == \
+        (smoke_compare / "compare" / "summary.md").read_text()
 
 
 def test_bad_config_file_and_preset(tmp_path):

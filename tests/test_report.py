@@ -163,3 +163,19 @@ def test_pca_of_large_inputs_matches_exact_svd():
     assert ratio == pytest.approx(s[:2] ** 2 / (s ** 2).sum(), rel=1e-6)
     for k in range(2):  # components are defined up to sign
         assert abs(np.corrcoef(proj[:, k], u[:, k])[0, 1]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_runs_at_a_lowered_learning_rate_are_listed(rows, tmp_path):
+    rows = [dict(r) for r in rows]
+    rows[3]["lr_scale"] = 0.5
+    report.write_runs_csv(rows, tmp_path / "runs.csv")
+    _, body = read_csv(tmp_path / "runs.csv")
+    assert sorted(float(r["lr_scale"]) for r in body)[:2] == [0.5, 1.0]
+    report.write_summary(rows, "mnist", tmp_path / "s.csv", tmp_path / "s.md")
+    text = (tmp_path / "s.md").read_text()
+    r = rows[3]
+    assert "1 run(s) diverged" in text
+    assert f"{r['arm']} at {r['label_size']:,} labels seed {r['seed']} (x0.5)" in text
+    report.write_summary([dict(r, lr_scale=1.0) for r in rows], "mnist", tmp_path / "s.csv",
+                         tmp_path / "s.md")
+    assert "diverged" not in (tmp_path / "s.md").read_text()

@@ -1,0 +1,366 @@
+"""The bad-input suite, through the commands as a user runs them.
+
+Every kind of damage to every data source, impossible label sizes, unknown or ill-typed config
+keys and a workdir holding another config's results must each end with one line on stderr
+naming the problem, exit status 2, and a workdir left byte for byte as it was. The commands run
+in this process (``common.run`` with a patched ``sys.argv``, exactly what ``python -m`` calls),
+so a case costs a fraction of a second; test_pipelines.py runs some as real subprocesses.
+
+The matrix: for npz, idx, cifar (folder and tar.gz) and folder (tree and tar.gz): a missing
+path, an empty file, a truncated gzip/tar/zip, a wrong magic number (a file of another format),
+a wrong shape, labels out of range, mismatched image and label counts, and a non-image file in
+a tree. Cells that cannot occur are left out: a folder tree's labels are its folder names (no
+range, no count to mismatch), and an npz file is a zip (no gzip or tar to truncate; truncating
+the zip is its case). tfds data sets are checked by tfds itself; what can go wrong before
+that, an unprepared or unknown data set, is covered.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+from absl import flags
+from PIL import Image
+
+import configs.mnist
+from conftest import write_npz
+from pipelines import common
+from scae import data
+from test_data import idx_bytes, targz, truncate, write_cifar, write_idx, write_tree
+
+SMOKE = "--config=configs/mnist.py:smoke"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def command(capsys, module: str, *args: str) -> tuple[int, str]:
+    """Runs ``python -m pipelines.<module> ARGS`` in this process; returns (status, stderr)."""
+    main = importlib.import_module(f"pipelines.{module}").main
+    # A fresh process starts with no parsed flags and without the config's override flags,
+    # which config_flags defines while parsing; a second parse must not see the first's.
+    flags.FLAGS.unparse_flags()
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", [f"pipelines/{module}.py", *args]), \
+            pytest.raises(SystemExit) as exit_info:
+        common.run(main)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def snapshot(workdir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A workdir holding the smoke config and results, which no failed command may touch."""
+    w = tmp_path / "work"
+    (w / "pretrain").mkdir(parents=True)
+    (w / "compare").mkdir()
+    config = common.config_dict(configs.mnist.get_config("smoke"))
+    (w / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (w / "pretrain" / "metrics.jsonl").write_text('{"layer": 1, "epoch": 1}\n')
+    (w / "compare" / "runs.jsonl").write_text('{"seed": 0, "test_error": 1.0}\n')
+    return w
+
+
+def assert_refused(capsys, workdir: Path, args: list[str], fragments: list[str],
+                   module: str = "compare") -> None:
+    """The command exits 2 with one ``error:`` line holding every fragment; ``workdir`` is
+    unchanged."""
+    before = snapshot(workdir)
+    status, err = command(capsys, module, SMOKE, f"--workdir={workdir}", *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2, err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert snapshot(workdir) == before
+
+
+# --- every data source, every kind of damage ------------------------------------------------
+# Each builder makes a damaged data set under ``root`` and returns (source, fragments the
+# error line must contain). The fragments name the file and say what is wrong with it.
+
+
+def npz_good(root: Path) -> Path:
+    return write_npz(root / "d.npz", num_train=300, num_test=50, shape=(28, 28))
+
+
+def npz_missing(root):
+    return f"npz:{root / 'none.npz'}", [str(root / "none.npz"), "no such file"]
+
+
+def npz_empty(root):
+    (root / "e.npz").write_bytes(b"")
+    return f"npz:{root / 'e.npz'}", [str(root / "e.npz"), "empty file"]
+
+
+def npz_truncated(root):
+    return f"npz:{truncate(npz_good(root))}", [str(root / "d.npz"), "not a readable .npz"]
+
+
+def npz_wrong_magic(root):
+    (root / "t.npz").write_text("hello, not a zip")
+    return f"npz:{root / 't.npz'}", [str(root / "t.npz"), "no zip signature"]
+
+
+def npz_wrong_shape(root):
+    path = write_npz(root / "s.npz", shape=(28,))
+    return f"npz:{path}", [str(path), "train_images"]
+
+
+def npz_label_range(root):
+    names = np.array(list("0123456789"))
+    path = write_npz(root / "r.npz", train_labels=np.full(60, 12), class_names=names)
+    return f"npz:{path}", [str(path), "labels must lie in 0..9"]
+
+
+def npz_count_mismatch(root):
+    path = write_npz(root / "c.npz", train_labels=np.zeros(59, np.uint8))
+    return f"npz:{path}", [str(path), "60 images but 59 labels"]
+
+
+def idx_missing(root):
+    return f"idx:{root / 'nowhere'}", [str(root / "nowhere"), "no such file"]
+
+
+def idx_empty(root):
+    write_idx(root / "m", compress=False)
+    (root / "m" / "train-labels-idx1-ubyte").write_bytes(b"")
+    return f"idx:{root / 'm'}", ["train-labels-idx1-ubyte", "empty file"]
+
+
+def idx_truncated(root):
+    write_idx(root / "m", compress=True)
+    truncate(root / "m" / "train-images-idx3-ubyte.gz")
+    return f"idx:{root / 'm'}", ["train-images-idx3-ubyte.gz", "gzip"]
+
+
+def idx_wrong_magic(root):
+    write_idx(root / "m", compress=False)
+    path = root / "m" / "train-labels-idx1-ubyte"
+    raw = bytearray(path.read_bytes())
+    raw[3] = 0x03
+    path.write_bytes(bytes(raw))
+    return f"idx:{root / 'm'}", [str(path), "magic number 2051"]
+
+
+def idx_wrong_shape(root):
+    write_idx(root / "m", compress=False)
+    path = root / "m" / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-7])
+    return f"idx:{root / 'm'}", [str(path), "bytes"]
+
+
+def idx_label_range(root):
+    write_idx(root / "m", compress=False)
+    (root / "m" / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.full(12, 10), 2049))
+    return f"idx:{root / 'm'}", ["idx:", "labels must lie in 0..9"]
+
+
+def idx_count_mismatch(root):
+    write_idx(root / "m", compress=True)
+    raw = idx_bytes(np.zeros(5), 2049)
+    (root / "m" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw))
+    return f"idx:{root / 'm'}", ["12 images", "5 labels"]
+
+
+def cifar_missing(root):
+    return f"cifar:{root / 'none.tar.gz'}", [str(root / "none.tar.gz"), "no such file"]
+
+
+def cifar_empty(root):
+    (root / "e.tar.gz").write_bytes(b"")
+    return f"cifar:{root / 'e.tar.gz'}", [str(root / "e.tar.gz"), "empty file"]
+
+
+def cifar_truncated(root):
+    write_cifar(root / "cifar-10-batches-py", n=40)
+    archive = truncate(targz(root / "cifar-10-batches-py", root / "c.tar.gz"), 0.6)
+    return f"cifar:{archive}", [str(archive), "truncated"]
+
+
+def cifar_wrong_magic(root):
+    (root / "x.tar.gz").write_text("not a tar")
+    return f"cifar:{root / 'x.tar.gz'}", [str(root / "x.tar.gz"), "tar archive"]
+
+
+def _cifar_with_batch(root, batch):
+    write_cifar(root / "c")
+    (root / "c" / "data_batch_1").write_bytes(pickle.dumps(batch))
+    return f"cifar:{root / 'c'}"
+
+
+def cifar_wrong_shape(root):
+    batch = {b"data": np.zeros((3, 1024), np.uint8), b"labels": [0, 1, 2]}
+    return _cifar_with_batch(root, batch), ["data_batch_1", "(3, 1024)"]
+
+
+def cifar_label_range(root):
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}
+    return _cifar_with_batch(root, batch), ["cifar:", "labels must lie in 0..9"]
+
+
+def cifar_count_mismatch(root):
+    batch = {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]}
+    return _cifar_with_batch(root, batch), ["data_batch_1", "3 images but 2 labels"]
+
+
+def cifar_not_a_batch(root):
+    write_cifar(root / "c")
+    truncate(root / "c" / "data_batch_2")
+    return f"cifar:{root / 'c'}", ["data_batch_2", "not a readable"]
+
+
+def folder_missing(root):
+    return f"folder:{root / 'none'}", [str(root / "none"), "no such file"]
+
+
+def folder_empty(root):
+    (root / "e.tar.gz").write_bytes(b"")
+    return f"folder:{root / 'e.tar.gz'}", [str(root / "e.tar.gz"), "empty file"]
+
+
+def folder_truncated(root):
+    write_tree(root / "t", per_class=20)
+    archive = truncate(targz(root / "t", root / "t.tar.gz"), 0.5)
+    return f"folder:{archive}", [str(archive), "truncated"]
+
+
+def folder_wrong_magic(root):
+    write_tree(root / "t")
+    (root / "t" / "train" / "cat" / "0001.png").write_bytes(b"GIF89a but not really")
+    return f"folder:{root / 't'}", ["0001.png", "unknown or corrupt format"]
+
+
+def folder_wrong_shape(root):
+    write_tree(root / "t")
+    odd = root / "t" / "train" / "emu" / "9999.png"
+    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(odd)
+    return f"folder:{root / 't'}", [str(odd), "expected 5x4 RGB"]
+
+
+def folder_non_image(root):
+    write_tree(root / "t")
+    (root / "t" / "train" / "dog" / "notes.txt").write_text("not an image")
+    archive = targz(root / "t", root / "t.tar.gz")
+    return f"folder:{archive}", ["t.tar.gz:t/train/dog/notes.txt", "not a readable image"]
+
+
+def folder_empty_split(root):
+    (root / "e" / "train" / "a").mkdir(parents=True)
+    return f"folder:{root / 'e'}", [str(root / "e"), "no images under"]
+
+
+CASES = [npz_missing, npz_empty, npz_truncated, npz_wrong_magic, npz_wrong_shape,
+         npz_label_range, npz_count_mismatch,
+         idx_missing, idx_empty, idx_truncated, idx_wrong_magic, idx_wrong_shape,
+         idx_label_range, idx_count_mismatch,
+         cifar_missing, cifar_empty, cifar_truncated, cifar_wrong_magic, cifar_wrong_shape,
+         cifar_label_range, cifar_count_mismatch, cifar_not_a_batch,
+         folder_missing, folder_empty, folder_truncated, folder_wrong_magic,
+         folder_wrong_shape, folder_non_image, folder_empty_split]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("module", ["pretrain", "compare"])
+def test_damaged_data(capsys, tmp_path, workdir, monkeypatch, case, module):
+    monkeypatch.setenv("SCAE_CACHE_DIR", str(tmp_path / "cache"))
+    source, fragments = case(tmp_path)
+    assert_refused(capsys, workdir, [f"--config.data.source={source}"], fragments, module)
+
+
+def test_tfds_not_prepared_or_unknown(capsys, tmp_path, workdir, monkeypatch):
+    monkeypatch.setattr(data, "_can_prepare", lambda: False)
+    empty = f"--config.data.tfds_data_dir={tmp_path / 'tfds'}"
+    assert_refused(capsys, workdir, ["--config.data.source=tfds:mnist", empty],
+                   ["tfds:mnist", "not prepared"])
+    assert_refused(capsys, workdir, ["--config.data.source=tfds:no_such_dataset_xyz", empty],
+                   ["no tfds data set"])
+
+
+# --- configs, label sizes and workdirs ------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--config.pretrain.bogus=1"], ["--config.pretrain.bogus: no such config key"]),
+    (["--config.bogus=1"], ["--config.bogus: no such config key"]),
+    (["--config.pretrain.batch_size=abc"], ["batch_size"]),
+    (["--config.pretrain.learning_rate=fast"], ["learning_rate"]),
+    (["--config.pretrain.batch_size=0"], ["config.pretrain.batch_size"]),
+    (["--config.pretrain.learning_rate=-0.1"], ["config.pretrain.learning_rate"]),
+    (["--config.finetune.momentum=1.5"], ["momentum"]),
+    (["--config.pretrain.noise=mask", "--config.pretrain.noise_level=1.0"], ["noise_level"]),
+    (["--config.pretrain.decoder=magic"], ["config.pretrain.decoder"]),
+    (["--config.compare.arms=(random,magic)"], ["config.compare.arms"]),
+    (["--config.model.features=(8,8)"], ["config.model.kernel_sizes"]),
+    (["--config.pretrain.layers=5"], ["config.pretrain.layers"]),
+    (["--config.finetune.divergence_retries=-1"], ["config.finetune.divergence_retries"]),
+    (["--config.data.validation_size=70000"], ["config.data.validation_size"]),
+    (["--config.data.source=cifar10"], ["cifar10"]),
+])
+def test_bad_config(capsys, workdir, args, fragments):
+    assert_refused(capsys, workdir, args, fragments)
+
+
+def test_label_size_above_the_labelled_images(capsys, tmp_path, workdir):
+    # 300 training images, 200 of them validation: 100 left to label, 10 of each class.
+    source = f"--config.data.source=npz:{npz_good(tmp_path)}"
+    assert_refused(capsys, workdir, [source, "--config.data.pretrain_size=0",
+                                     "--config.compare.label_sizes=(50,101)"],
+                   ["config.compare.label_sizes", "101 labels asked", "only 100"])
+    assert_refused(capsys, workdir, ["--config.compare.label_sizes=(100000,)"],
+                   ["config.compare.label_sizes", "100000"])
+
+
+def test_workdir_of_a_different_config(capsys, workdir):
+    assert_refused(capsys, workdir, ["--config.model.features=(16,8,8)"],
+                   ["holds results of a different config", "model.features", "--overwrite"])
+    assert_refused(capsys, workdir, ["--config.finetune.learning_rate=0.5"],
+                   ["finetune.learning_rate"])
+    # pretrain only depends on the sections before finetune, but it refuses a changed stack.
+    assert_refused(capsys, workdir, ["--config.pretrain.learning_rate=0.5"],
+                   ["pretrain.learning_rate"], module="pretrain")
+
+
+def test_unreadable_workdir_config(capsys, workdir):
+    (workdir / "config.json").write_text("{ not json")
+    assert_refused(capsys, workdir, [], ["config.json", "unreadable", "--overwrite"])
+
+
+def test_missing_flags(capsys, tmp_path):
+    status, err = command(capsys, "compare", SMOKE)
+    assert status == 2 and err.strip() == "error: --workdir: required"
+    status, err = command(capsys, "compare", f"--workdir={tmp_path / 'w'}")
+    assert status == 2 and err.strip().startswith("error: --config: required")
+    status, err = command(capsys, "compare", SMOKE, f"--workdir={tmp_path / 'w'}", "extra")
+    assert status == 2 and err.strip() == "error: unexpected arguments: extra"
+    assert not (tmp_path / "w").exists()
+
+
+def test_workdir_in_use_by_a_running_command(capsys, workdir):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from pipelines import common; common.lock_workdir(Path(sys.argv[1])); "
+         "print('locked', flush=True); time.sleep(600)", str(workdir)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert_refused(capsys, workdir, [], ["in use by a running command",
+                                             f"pid {holder.pid}"])
+    finally:
+        holder.kill()  # SIGKILL: the lock goes with the process
+        holder.wait()
+    common.lock_workdir(workdir)
