@@ -160,7 +160,7 @@ KILLS = [
     ("pretrain", None, ("os.rename", r"/pretrain/\.metrics\.jsonl\..*\.tmp$")),
     ("pretrain", "layer 3:  50%", None),  # mid-layer, after its periodic checkpoint
     ("compare", None, ("os.rename", r"/compare/ckpt/.*/\d+\.orbax-checkpoint-tmp$")),
-    ("compare", "random at 100 labels", None),  # during fine-tuning, one cell recorded
+    ("compare", "random at 100 labels, seeds", None),  # during fine-tuning, a cell recorded
     ("compare", None, ("os.rename", r"/compare/\.runs\.jsonl\..*\.tmp$")),
     ("compare", None, ("os.rename", r"/compare/\.summary\.md\..*\.tmp$")),
 ]
@@ -169,12 +169,14 @@ KILLS = [
 @pytest.mark.slow
 def test_sigkill_anywhere_then_rerun_matches_the_uninterrupted_run(smoke_compare, tmp_path):
     w = tmp_path / "w"
-    done = (set(), set())
+    done, logs = (set(), set()), []
     for module, marker, at in KILLS:
-        log = interrupt(module, w, marker=marker, at=at)
-        assert_nothing_redone(log, *done)
-        assert "Traceback" not in log.split("killed at")[0], log[-3000:]
+        logs.append(interrupt(module, w, marker=marker, at=at))
+        assert_nothing_redone(logs[-1], *done)
+        assert "Traceback" not in logs[-1].split("killed at")[0], logs[-1][-3000:]
         done = finished_work(w, smoke_compare)
+    # The checkpoint killed mid-write was not loaded: layer 1 started again from step 0.
+    assert "layer 1: resuming" not in logs[1] and "layer 1 epoch 1" in logs[1], logs[1][-3000:]
     assert done == ({1, 2, 3}, {"random", "pretrained"})
     again = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -183,6 +185,8 @@ def test_sigkill_anywhere_then_rerun_matches_the_uninterrupted_run(smoke_compare
     ref = figures.read_jsonl(smoke_compare / "compare" / "runs.jsonl")
     got = figures.read_jsonl(w / "compare" / "runs.jsonl")
     assert [[r[k] for k in RUN_KEYS] for r in ref] == [[r[k] for k in RUN_KEYS] for r in got]
+    assert (w / "compare" / "summary.md").read_text() == \
+        (smoke_compare / "compare" / "summary.md").read_text()
     records = lambda d: [{k: v for k, v in r.items() if k not in ("time_s", "img_per_s")}
                          for r in figures.read_jsonl(d / "pretrain" / "metrics.jsonl")]
     assert len(records(w)) == len(records(smoke_compare))
