@@ -138,7 +138,7 @@ def guard_workdir(config, workdir: Path, keys: Sequence[str], overwrite: bool) -
     atomic.write_text(path, json.dumps(new, indent=2) + "\n")
 
 
-_LOCKS = []  # open lock files: a lock lasts as long as its process, however that ends
+_LOCKS = {}  # workdir -> open lock file: a lock lasts as long as its process, however it ends
 
 
 def lock_workdir(workdir: Path) -> None:
@@ -148,6 +148,9 @@ def lock_workdir(workdir: Path) -> None:
     try:
         import fcntl
     except ImportError:
+        return
+    key = str(workdir.resolve())
+    if key in _LOCKS:  # this process holds it already
         return
     workdir.mkdir(parents=True, exist_ok=True)
     f = open(workdir / ".lock", "a+")  # noqa: SIM115 - held open for the process's lifetime
@@ -163,7 +166,7 @@ def lock_workdir(workdir: Path) -> None:
     f.truncate()
     f.write(f"pid {os.getpid()}\n")
     f.flush()
-    _LOCKS.append(f)
+    _LOCKS[key] = f
 
 
 def load_workdir_config(workdir: Path):

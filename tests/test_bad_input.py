@@ -364,3 +364,4 @@ def test_workdir_in_use_by_a_running_command(capsys, workdir):
         holder.kill()  # SIGKILL: the lock goes with the process
         holder.wait()
     common.lock_workdir(workdir)
+    common.lock_workdir(workdir)  # a process may take its own lock again
