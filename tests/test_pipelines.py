@@ -216,6 +216,21 @@ def test_two_processes_give_identical_parameters_and_metrics(smoke_compare, tmp_
         (smoke_compare / "compare" / "summary.md").read_text()
 
 
+@pytest.mark.slow
+def test_filter_experiment_trains_every_variant_and_resumes(tmp_path):
+    w = tmp_path / "f"
+    args = ("--config=configs/filters_mnist.py:smoke", f"--workdir={w}")
+    first = run("filters", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (w / "filters.png").read_bytes()[:4] == b"\x89PNG"
+    for variant in ("plain", "noise", "pool", "noise_pool"):
+        assert (w / variant / "pretrain" / "metrics.jsonl").is_file(), variant
+    again = run("filters", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("layer 1: finished earlier") == 4
+    assert "layer 1 epoch" not in again.stderr
+
+
 def test_bad_config_file_and_preset(tmp_path):
     assert_clean_failure(run("pretrain", "--config=configs/nope.py", f"--workdir={tmp_path}"),
                          "nope.py")
