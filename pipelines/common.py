@@ -127,13 +127,14 @@ def guard_workdir(config, workdir: Path, keys: Sequence[str], overwrite: bool) -
                              f"pass --overwrite to delete them")
     import jax
 
-    if jax.process_index() == 0:  # the other hosts of a multi-host run share the workdir
+    primary = jax.process_index() == 0  # the other hosts of a multi-host run share the workdir
+    if primary:
         lock_workdir(workdir)
     if diffs:
         for d in RESULT_DIRS:
             shutil.rmtree(workdir / d, ignore_errors=True)
         logging.warning("deleted the results of a different config in %s", workdir)
-    if jax.process_index() == 0:
+    if primary:
         atomic.sweep(workdir)
     atomic.write_text(path, json.dumps(new, indent=2) + "\n")
 

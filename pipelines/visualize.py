@@ -31,8 +31,6 @@ def main(config, workdir: Path) -> None:
     panels = [("CAE stack, layer 1", figures.stack_filters(config, params, 1)),
               ("random initialisation", np.moveaxis(np.asarray(fresh["conv1"]["w"]), 3, 0))]
     for npy in sorted((workdir / "compare").glob("conv1_*_*.npy")):
-        if ".tmp" in npy.name:  # a write interrupted by a kill
-            continue
         _, arm, size = npy.stem.split("_")
         panels.append((f"{arm} arm after fine-tuning, {size} labels",
                        np.moveaxis(np.load(npy), 3, 0)))

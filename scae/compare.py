@@ -74,7 +74,7 @@ def _run_group(config, data, stack, size, arm, group, out, log):
     train = lambda scale: finetune.run_cell(config, data, stack, size, arm, group, ckpt, log,
                                             lr_scale=scale)
     try:
-        return retry.halving_lr(train, ckpt.with_name(ckpt.name + ".lr_scale.json"),
+        return retry.halving_lr(train, retry.scale_file(ckpt),
                                 config.finetune.get("divergence_retries", 0), log)
     except Exception as e:  # noqa: BLE001 - only out-of-memory falls back
         if "RESOURCE_EXHAUSTED" not in str(e) or len(group) == 1:

@@ -17,6 +17,11 @@ from scae import atomic
 T = TypeVar("T")
 
 
+def scale_file(ckpt_dir: Path) -> Path:
+    """Where the learning-rate scale of the run checkpointed in ``ckpt_dir`` is kept."""
+    return ckpt_dir.with_name(ckpt_dir.name + ".lr_scale.json")
+
+
 def read_scale(path: Path) -> float:
     """The learning-rate scale remembered in ``path``; 1.0 when there is none."""
     return json.loads(path.read_text())["lr_scale"] if path.exists() else 1.0

@@ -136,17 +136,13 @@ def pretrain(config, images: Array, val_images: Array, workdir: str | os.PathLik
     return stack
 
 
-def _lr_scale_path(workdir: Path, k: int) -> Path:
-    return workdir / "pretrain" / "ckpt" / f"layer{k}.lr_scale.json"
-
-
 def _train_layer_retrying(config, specs, k, lower, images, val_images, key, workdir,
                           done_records, log):
     """:func:`_train_layer` under :func:`retry.halving_lr` with
     ``pretrain.divergence_retries``."""
     train = lambda scale: _train_layer(config, specs, k, lower, images, val_images, key,
                                        workdir, done_records, log, lr_scale=scale)
-    return retry.halving_lr(train, _lr_scale_path(workdir, k),
+    return retry.halving_lr(train, retry.scale_file(_ckpt_dir(workdir, k)),
                             config.pretrain.get("divergence_retries", 0), log)
 
 
