@@ -94,17 +94,25 @@ def assert_refused(capsys, workdir: Path, args: list[str], fragments: list[str],
 # error line must contain). The fragments name the file and say what is wrong with it.
 
 
+def missing(kind: str, name: str):
+    """The case of a ``kind:`` source whose path ``name`` does not exist."""
+    def case(root):
+        return f"{kind}:{root / name}", [str(root / name), "no such file"]
+    case.__name__ = f"{kind}_missing"
+    return case
+
+
+def empty(kind: str, name: str):
+    """The case of a ``kind:`` source that is an empty file ``name``."""
+    def case(root):
+        (root / name).write_bytes(b"")
+        return f"{kind}:{root / name}", [str(root / name), "empty file"]
+    case.__name__ = f"{kind}_empty"
+    return case
+
+
 def npz_good(root: Path) -> Path:
     return write_npz(root / "d.npz", num_train=300, num_test=50, shape=(28, 28))
-
-
-def npz_missing(root):
-    return f"npz:{root / 'none.npz'}", [str(root / "none.npz"), "no such file"]
-
-
-def npz_empty(root):
-    (root / "e.npz").write_bytes(b"")
-    return f"npz:{root / 'e.npz'}", [str(root / "e.npz"), "empty file"]
 
 
 def npz_truncated(root):
@@ -130,10 +138,6 @@ def npz_label_range(root):
 def npz_count_mismatch(root):
     path = write_npz(root / "c.npz", train_labels=np.zeros(59, np.uint8))
     return f"npz:{path}", [str(path), "60 images but 59 labels"]
-
-
-def idx_missing(root):
-    return f"idx:{root / 'nowhere'}", [str(root / "nowhere"), "no such file"]
 
 
 def idx_empty(root):
@@ -177,15 +181,6 @@ def idx_count_mismatch(root):
     return f"idx:{root / 'm'}", ["12 images", "5 labels"]
 
 
-def cifar_missing(root):
-    return f"cifar:{root / 'none.tar.gz'}", [str(root / "none.tar.gz"), "no such file"]
-
-
-def cifar_empty(root):
-    (root / "e.tar.gz").write_bytes(b"")
-    return f"cifar:{root / 'e.tar.gz'}", [str(root / "e.tar.gz"), "empty file"]
-
-
 def cifar_truncated(root):
     write_cifar(root / "cifar-10-batches-py", n=40)
     archive = truncate(targz(root / "cifar-10-batches-py", root / "c.tar.gz"), 0.6)
@@ -224,15 +219,6 @@ def cifar_not_a_batch(root):
     return f"cifar:{root / 'c'}", ["data_batch_2", "not a readable"]
 
 
-def folder_missing(root):
-    return f"folder:{root / 'none'}", [str(root / "none"), "no such file"]
-
-
-def folder_empty(root):
-    (root / "e.tar.gz").write_bytes(b"")
-    return f"folder:{root / 'e.tar.gz'}", [str(root / "e.tar.gz"), "empty file"]
-
-
 def folder_truncated(root):
     write_tree(root / "t", per_class=20)
     archive = truncate(targz(root / "t", root / "t.tar.gz"), 0.5)
@@ -264,14 +250,15 @@ def folder_empty_split(root):
     return f"folder:{root / 'e'}", [str(root / "e"), "no images under"]
 
 
-CASES = [npz_missing, npz_empty, npz_truncated, npz_wrong_magic, npz_wrong_shape,
-         npz_label_range, npz_count_mismatch,
-         idx_missing, idx_empty, idx_truncated, idx_wrong_magic, idx_wrong_shape,
+CASES = [missing("npz", "none.npz"), empty("npz", "e.npz"), npz_truncated, npz_wrong_magic,
+         npz_wrong_shape, npz_label_range, npz_count_mismatch,
+         missing("idx", "nowhere"), idx_empty, idx_truncated, idx_wrong_magic, idx_wrong_shape,
          idx_label_range, idx_count_mismatch,
-         cifar_missing, cifar_empty, cifar_truncated, cifar_wrong_magic, cifar_wrong_shape,
-         cifar_label_range, cifar_count_mismatch, cifar_not_a_batch,
-         folder_missing, folder_empty, folder_truncated, folder_wrong_magic,
-         folder_wrong_shape, folder_non_image, folder_empty_split]
+         missing("cifar", "none.tar.gz"), empty("cifar", "e.tar.gz"), cifar_truncated,
+         cifar_wrong_magic, cifar_wrong_shape, cifar_label_range, cifar_count_mismatch,
+         cifar_not_a_batch,
+         missing("folder", "none"), empty("folder", "e.tar.gz"), folder_truncated,
+         folder_wrong_magic, folder_wrong_shape, folder_non_image, folder_empty_split]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda f: f.__name__)

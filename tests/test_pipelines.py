@@ -25,8 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 PLATFORMS = os.environ.get("SCAE_TEST_PLATFORMS", "cpu")
 
 
+def command_env(**extra: str) -> dict[str, str]:
+    """The environment the commands run in: this checkout, on PLATFORMS."""
+    return dict(os.environ, JAX_PLATFORMS=PLATFORMS, PYTHONPATH=str(ROOT), **extra)
+
+
 def run(module: str, *args: str, timeout: int = 600, **env) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS=PLATFORMS, PYTHONPATH=str(ROOT), **env)
+    env = command_env(**env)
     return subprocess.run([sys.executable, "-m", f"pipelines.{module}", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -88,7 +93,7 @@ def interrupt(module: str, workdir: Path, *, marker: str | None = None,
     """Starts the smoke command and SIGKILLs it: as soon as ``marker`` appears on stderr, or,
     with ``at=(EVENT, REGEX)``, exactly at the first file-system event EVENT on a path matching
     REGEX (see kill_at.py). Returns what it wrote on stderr."""
-    env = dict(os.environ, JAX_PLATFORMS=PLATFORMS, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env = command_env(PYTHONUNBUFFERED="1")
     args = ["--config=configs/mnist.py:smoke", f"--workdir={workdir}"]
     command = ([sys.executable, str(ROOT / "tests" / "kill_at.py"), *at, "1",
                 f"pipelines.{module}", *args] if at else
