@@ -228,6 +228,14 @@ def enable_compilation_cache() -> Path | None:
         jax.config.update("jax_enable_compilation_cache", False)  # even one set by JAX_* vars
         return None
     folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(data.cache_dir() / "xla")
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as e:  # only costs speed: say so once and compile as usual
+        log(f"warning: compilation cache off, cannot use {folder} ({e})")
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
     jax.config.update("jax_compilation_cache_dir", folder)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         # JAX's default (1 s) skips the many small programs that together cost most of a

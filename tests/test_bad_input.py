@@ -352,3 +352,18 @@ def test_workdir_in_use_by_a_running_command(capsys, workdir):
         holder.wait()
     common.lock_workdir(workdir)
     common.lock_workdir(workdir)  # a process may take its own lock again
+
+
+def test_an_unusable_compilation_cache_only_costs_speed(capsys, tmp_path, monkeypatch):
+    import jax
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(blocker / "xla"))
+    before = jax.config.jax_enable_compilation_cache
+    try:
+        assert common.enable_compilation_cache() is None
+        assert "compilation cache off" in capsys.readouterr().err
+        assert not jax.config.jax_enable_compilation_cache
+    finally:
+        jax.config.update("jax_enable_compilation_cache", before)
