@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from scae import cae, cnn, flops, loop, ops, optim, stack
+from flax import nnx
+
+from scae import driver, flops, models, ops, optim, stack
 from scae import config as cfglib
 
 _WORKLOAD = flags.DEFINE_enum("workload", "cnn", ["cnn", "cae"], "Which training step.")
@@ -56,10 +58,11 @@ def _workload(workload: str, arch: str, layer: int, batch: int, impl: str):
     key = jax.random.PRNGKey(0)
     pool = 4 * batch
     if workload == "cnn":
-        params = cnn.init(config.model, shape, key)
+        graphdef, params = models.split(models.CNN(
+            models.CNNSpec.from_config(config.model, shape), rngs=nnx.Rngs(key)))
         data = (jax.random.uniform(key, (pool,) + shape),
                 jax.random.randint(key, (pool,), 0, config.model.num_classes))
-        loss_fn = lambda p, b, k: cnn.loss(config.model, p, b[0], b[1])
+        loss_fn = lambda p, b, k: models.merge(graphdef, p).loss(b[0], b[1])
         return loss_fn, params, data, flops.cnn_step(config.model, shape, 1)
     if not 1 <= layer <= len(config.model.features):
         raise ValueError(f"--layer: expected 1..{len(config.model.features)}, got {layer}")
@@ -68,9 +71,9 @@ def _workload(workload: str, arch: str, layer: int, batch: int, impl: str):
     hw = shape[0]
     for s, p in zip(specs[: layer - 1], config.model.pool_sizes):
         hw = -(-(hw - s.kernel + 1) // p)
-    params = cae.init(spec, key)
+    graphdef, params = models.split(models.CAE(spec, rngs=nnx.Rngs(key)))
     data = jax.random.uniform(key, (pool, hw, hw, spec.in_channels))
-    loss_fn = lambda p, x, k: cae.loss(spec, p, x, k)
+    loss_fn = lambda p, x, k: models.merge(graphdef, p).loss(x, k)
     return loss_fn, params, data, flops.cae_step(hw, spec.in_channels, spec.kernel, spec.maps, 1)
 
 
@@ -87,7 +90,7 @@ def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repe
         order, key = jnp.stack([order] * seeds), jax.random.split(key, seeds)
     else:
         opt_state = tx.init(params)
-    run = loop.make_steps(loss_fn, tx, batch, steps, seeds=seeds > 1)
+    run = driver.make_steps(loss_fn, tx, batch, steps, seeds=seeds > 1)
     compiled = run.lower(params, opt_state, data, order, 0, 0, key).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -12,24 +12,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import numpy as np
+from flax import nnx
 
 from pipelines import common
-from scae import cnn, figures, inputs, plots, stack
+from scae import figures, inputs, models, plots, stack
 
 
 def main(config, workdir: Path) -> None:
     config = common.load_workdir_config(workdir) if config is None else config
     data = inputs.build(config.data, config.seed)
-    params = stack.load(config, workdir, data.image_shape[-1])
+    params = stack.from_workdir(workdir, config, data.image_shape[-1])
     out = workdir / "figures"
     written = figures.pretrain_figures(
         config, params, data.val_images, data.normalizer, out,
         figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"))
-    fresh = cnn.init(config.model, data.image_shape, jax.random.PRNGKey(config.seed))
-    panels = [("CAE stack, layer 1", figures.stack_filters(config, params, 1)),
-              ("random initialisation", np.moveaxis(np.asarray(fresh["conv1"]["w"]), 3, 0))]
+    fresh = models.CNN(models.CNNSpec.from_config(config.model, data.image_shape),
+                       rngs=nnx.Rngs(config.seed))
+    panels = [("CAE stack, layer 1", params.project_filters(1)),
+              ("random initialisation", np.moveaxis(np.asarray(fresh.conv1.w[...]), 3, 0))]
     for npy in sorted((workdir / "compare").glob("conv1_*_*.npy")):
         _, arm, size = npy.stem.split("_")
         panels.append((f"{arm} arm after fine-tuning, {size} labels",

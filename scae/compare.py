@@ -5,13 +5,13 @@ over label sizes and seeds, with statistics. Resumable: finished runs are kept i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from scae import atomic, figures, finetune, inputs as inputs_lib, report, retry
+from scae import atomic, driver, figures, finetuning, inputs as inputs_lib, report
 from scae import stack as stack_lib
 from scae.errors import InputError
 
@@ -26,6 +26,41 @@ def check_label_sizes(config, data: inputs_lib.Inputs) -> None:
             raise InputError(f"config.compare.label_sizes: {size} labels asked, but only {n} "
                              f"non-validation training images exist")
         inputs_lib.labelled(data, size, 0)  # raises if a class has too few images
+
+
+def is_device_oom(error: BaseException) -> bool:
+    """Whether ``error`` is the accelerator (or host) running out of memory for a compiled
+    program, the one failure that training fewer seeds at once can cure; a full disk is not."""
+    return (type(error).__name__ == "XlaRuntimeError" and "RESOURCE_EXHAUSTED" in str(error)
+            and not isinstance(error, OSError))
+
+
+class Progress:
+    """The whole job's progress: "cell 4/9, about 12 min left", from the measured speed of
+    the cells trained so far (in seed-steps, so cells of different sizes compare)."""
+
+    def __init__(self, cells: list[tuple[int, int]], log: Callable[[str], None]):
+        self.cells, self.log = cells, log  # (steps per seed, seeds) of every cell to train
+        self.done, self.units, self.seconds = 0, 0, 0.0
+        self.t0 = time.perf_counter()
+
+    def start(self) -> None:
+        total = len(self.cells)
+        left = sum(s * n for s, n in self.cells[self.done:])
+        eta = (f", about {_minutes(left * self.seconds / self.units)} left" if self.units
+               else "")
+        self.log(f"cell {self.done + 1}/{total}{eta}")
+        self.t0 = time.perf_counter()
+
+    def finish(self) -> None:
+        steps, seeds = self.cells[self.done]
+        self.units += steps * seeds
+        self.seconds += time.perf_counter() - self.t0
+        self.done += 1
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def compare(config, data: inputs_lib.Inputs, workdir: Path,
@@ -43,27 +78,32 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
                                  figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"))
     rows_path = out / "runs.jsonl"
     rows = figures.read_jsonl(rows_path)
-    seeds = list(range(config.compare.num_seeds))
+    fc = config.finetune
+    todo = []
     for size in config.compare.label_sizes:
+        steps = driver.plan(size, fc.batch_size, fc.epochs, fc.min_steps).total_steps
         for arm in config.compare.arms:
             done = {r["seed"] for r in rows if r["label_size"] == size and r["arm"] == arm}
-            todo = [s for s in seeds if s not in done]
-            if not todo:
-                continue
-            groups = [todo] if config.compare.vmap_seeds else [[s] for s in todo]
-            for group in groups:
-                new, best = _run_group(config, data, stack, size, arm, group, out, log)
-                for r in new:
-                    r["dataset"] = config.dataset
-                rows = rows + new
-                atomic.write_jsonl(rows_path, rows)
-                if arm in ("pretrained", "random"):
-                    with atomic.replacing(out / f"conv1_{arm}_{size}.npy") as tmp, \
-                            tmp.open("wb") as f:
-                        np.save(f, np.asarray(best["conv1"]["w"][0]))
-                write_tables(config, rows, out)
-                log(f"{arm} at {size} labels, seeds {group}: test error "
-                    + ", ".join(f"{r['test_error']:.2f}%" for r in new))
+            seeds = [s for s in range(config.compare.num_seeds) if s not in done]
+            groups = ([seeds] if config.compare.vmap_seeds else [[s] for s in seeds]) if seeds \
+                else []
+            todo += [(size, arm, group, steps) for group in groups]
+    progress = Progress([(steps, len(group)) for *_, group, steps in todo], log)
+    for size, arm, group, _ in todo:
+        progress.start()
+        new, best = _run_group(config, data, stack, size, arm, group, out, log)
+        for r in new:
+            r["dataset"] = config.dataset
+        # Every output of the cell is written before the record that says it is done.
+        if arm in ("pretrained", "random"):
+            with atomic.replacing(out / f"conv1_{arm}_{size}.npy") as tmp, tmp.open("wb") as f:
+                np.save(f, np.asarray(best["conv1"]["w"][0]))
+        rows = rows + new
+        atomic.write_jsonl(rows_path, rows)
+        write_tables(config, rows, out)
+        progress.finish()
+        log(f"{arm} at {size} labels, seeds {group}: test error "
+            + ", ".join(f"{r['test_error']:.2f}%" for r in new))
     write_tables(config, rows, out)
     write_figures(config, data, stack, rows, out)
     return rows
@@ -71,15 +111,13 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
 
 def _run_group(config, data, stack, size, arm, group, out, log):
     ckpt = out / "ckpt" / f"{size}_{arm}_s{'-'.join(map(str, group))}"
-    train = lambda scale: finetune.run_cell(config, data, stack, size, arm, group, ckpt, log,
-                                            lr_scale=scale)
     try:
-        return retry.halving_lr(train, retry.scale_file(ckpt),
-                                config.finetune.get("divergence_retries", 0), log)
-    except Exception as e:  # noqa: BLE001 - only out-of-memory falls back
-        if "RESOURCE_EXHAUSTED" not in str(e) or len(group) == 1:
+        return finetuning.run_cell(config, data, stack, size, arm, group, ckpt, log)
+    except Exception as e:  # noqa: BLE001 - only a device out-of-memory falls back
+        if not is_device_oom(e) or len(group) == 1:
             raise
-        log(f"{arm} at {size} labels: {len(group)} seeds do not fit together; one at a time")
+        log(f"{arm} at {size} labels: {len(group)} seeds do not fit in memory together; "
+            f"training them one at a time")
         rows, best = [], None
         for s in group:
             r, b = _run_group(config, data, stack, size, arm, [s], out, log)
@@ -94,7 +132,8 @@ def write_tables(config, rows: list[dict], out: Path) -> None:
     report.write_summary(rows, config.dataset, out / "summary.csv", out / "summary.md")
 
 
-def write_figures(config, data: inputs_lib.Inputs, stack, rows: list[dict], out: Path) -> None:
+def write_figures(config, data: inputs_lib.Inputs, stack: stack_lib.Stack, rows: list[dict],
+                  out: Path) -> None:
     """error_vs_labels.png, curves.png, filters_conv1.png and embedding.png."""
     report.error_vs_labels_figure(rows, config.dataset, out / "error_vs_labels.png")
     report.curves_figure(rows, out / "curves.png")
@@ -103,15 +142,13 @@ def write_figures(config, data: inputs_lib.Inputs, stack, rows: list[dict], out:
         saved = {arm: out / f"conv1_{arm}_{sizes[-1]}.npy" for arm in ("pretrained", "random")}
         after = {arm: np.load(path) for arm, path in saved.items() if path.exists()}
         report.filters_before_after_figure(
-            np.moveaxis(np.asarray(stack[0]["w"]), 3, 0),
+            np.moveaxis(np.asarray(stack.layers[0].w[...]), 3, 0),
             {f"{arm} after fine-tuning ({sizes[-1]} labels)": np.moveaxis(w, 3, 0)
              for arm, w in after.items()},
             out / "filters_conv1.png")
         x = data.test_images[:EMBEDDING_POINTS]
-        specs = stack_lib.layer_specs(config, x.shape[-1])
-        pools = tuple(config.model.pool_sizes)
-        feats = jax.jit(lambda v: stack_lib.layer_input(specs, pools, stack, v))(x)
+        feats = stack.encode(x)
         report.embedding_figure(np.asarray(x).reshape(x.shape[0], -1),
-                                np.asarray(feats).reshape(x.shape[0], -1),
+                                feats.reshape(x.shape[0], -1),
                                 data.test_labels[:EMBEDDING_POINTS], data.class_names,
                                 out / "embedding.png")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from scae import cae, ops
+from scae import models, ops
 from scae.errors import InputError
 
 ARMS = ("random", "pretrained", "frozen")
@@ -137,11 +137,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
                              f"(one per pretrained layer), got {len(c.pretrain[key])}")
     # The choices are the ones the code implements, so the two cannot drift apart.
     _choice(c, "model.activation", tuple(ops.ACTIVATIONS))
-    _choice(c, "model.init", tuple(cae.INITIALIZERS))
+    _choice(c, "model.init", tuple(models.INITIALIZERS))
     _choice(c, "model.conv_impl", ops.CONV_IMPLS)
     _choice(c, "data.scale", ("unit", "symmetric"))
-    _choice(c, "pretrain.noise", cae.NOISES)
-    _choice(c, "pretrain.decoder", cae.DECODERS)
+    _choice(c, "pretrain.noise", models.NOISES)
+    _choice(c, "pretrain.decoder", models.DECODERS)
     for section in ("pretrain", "finetune"):
         _choice(c, f"{section}.optimizer", ("sgd", "adam"))
         _choice(c, f"{section}.schedule", ("constant", "cosine"))

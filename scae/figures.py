@@ -5,39 +5,39 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from scae import plots, preprocess, stack
+from scae import plots, preprocess
+from scae.stack import Stack
 
 NUM_RECONSTRUCTIONS = 10
 
 
-def stack_filters(config, params, k: int) -> np.ndarray:
-    """Layer ``k``'s filters as pixel-space images (see :func:`scae.stack.project_filters`)."""
-    return np.asarray(stack.project_filters(params, tuple(config.model.pool_sizes), k))
+def stack_filters(config, stack: Stack, k: int) -> np.ndarray:
+    """Layer ``k``'s filters as pixel-space images (see :meth:`scae.stack.Stack.project_filters`)."""
+    return stack.project_filters(k)
 
 
-def pretrain_figures(config, params, images: np.ndarray, normalizer: preprocess.Normalizer,
-                     out_dir: Path, records: list[dict] | None = None) -> list[Path]:
+def pretrain_figures(config, stack: Stack, images: np.ndarray,
+                     normalizer: preprocess.Normalizer, out_dir: Path,
+                     records: list[dict] | None = None) -> list[Path]:
     """Filter grids and reconstructions of every layer, and the loss curves, into ``out_dir``.
 
     ``images`` are a few preprocessed float32 images to reconstruct.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    specs = stack.layer_specs(config, images.shape[-1])
-    pools = tuple(config.model.pool_sizes)
+    specs = stack.specs
     written = []
     x = images[:NUM_RECONSTRUCTIONS]
     originals = preprocess.to_uint8(np.asarray(x), normalizer)
-    for k in range(1, len(params) + 1):
+    for k in range(1, stack.depth + 1):
         n_maps, kern = specs[k - 1].maps, specs[k - 1].kernel
         how = "" if k == 1 else ", projected to pixels through the layers below"
         path = out_dir / f"filters_layer{k}.png"
-        plots.filters_figure(stack_filters(config, params, k),
+        plots.filters_figure(stack.project_filters(k),
                              f"CAE layer {k}: {n_maps} filters of {kern}x{kern}{how}", path)
         written.append(path)
-        recon = jax.jit(lambda v: stack.decode_to_image(specs, pools, params[:k], v))(x)
+        recon = stack.reconstruct(x, k)
         path = out_dir / f"reconstructions_layer{k}.png"
         how = "" if k == 1 else " (decoded back through the stack)"
         plots.reconstructions_figure(originals, preprocess.to_uint8(np.asarray(recon), normalizer),

@@ -40,7 +40,7 @@ def run(config, data: inputs_lib.Inputs, workdir: Path,
                                  records)
         mse = records[-1]["val_mse"]
         panels.append((f"{config.variants[name].title}\nvalidation MSE {mse:.4f}",
-                       figures.stack_filters(c, params, 1)))
+                       params.project_filters(1)))
     k = config.model.kernel_sizes[0]
     path = workdir / "filters.png"
     plots.filters_side_by_side(

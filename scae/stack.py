@@ -1,37 +1,40 @@
-"""Greedy layer-wise training of the CAE stack, resumable from orbax checkpoints.
+"""The CAE stack: the :class:`Stack` value and its greedy layer-wise pretraining.
 
-Layer k trains on the max-pooled, subsampled hidden maps of the frozen layers 1..k-1. Each
-layer has its own checkpoint folder ``pretrain/ckpt/layer<k>``; its last step holds the
-finished layer, so a rerun skips it, and periodic steps let a killed layer resume.
+Layer k trains on the max-pooled, subsampled hidden maps of the frozen layers 1..k-1 (the
+CNN's pooling). Each layer is one :class:`scae.driver.Phase` with its own checkpoint folder
+``pretrain/ckpt/layer<k>``; its last step holds the finished layer, so a rerun skips it, and
+periodic steps let a killed layer resume.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-import time
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
+import orbax.checkpoint as ocp
+from flax import nnx
 
-from scae import atomic, cae, checkpoint, loop, ops, optim, parallel, retry
+from scae import atomic, driver, models, ops, optim, parallel, preprocess
 from scae.errors import InputError
 
 Array = jax.Array
-Params = dict[str, Array]
-
 EVAL_BATCH = 500
 
 
-def layer_specs(config, in_channels: int) -> list[cae.CAESpec]:
+def layer_specs(config: ml_collections.ConfigDict, in_channels: int) -> list[models.CAESpec]:
     """The CAE of each pretrained layer, from the config's ``model`` and ``pretrain``."""
     m, p = config.model, config.pretrain
     specs, c = [], in_channels
     for k in range(p.layers):
-        specs.append(cae.CAESpec(
+        specs.append(models.CAESpec(
             in_channels=c, maps=m.features[k], kernel=m.kernel_sizes[k],
             sparsity_pool=p.sparsity_pool[k], activation=m.activation, decoder=p.decoder,
             noise=p.noise, noise_level=p.noise_level, init=m.init,
@@ -40,226 +43,355 @@ def layer_specs(config, in_channels: int) -> list[cae.CAESpec]:
     return specs
 
 
-def layer_input(specs: Sequence[cae.CAESpec], pools: Sequence[int], params: Sequence[Params],
-                x: Array) -> Array:
-    """The input of layer ``len(params)``: x through the given frozen layers, each encoded and
-    max-pooled with subsampling (the CNN's pooling)."""
-    for spec, p, pool in zip(specs, params, pools):
-        x = ops.max_pool(cae.encode(spec, p, x), pool)
-    return x
+class Stack(nnx.Module):
+    """A stack of CAE layers with the CNN's max-pooling (with subsampling) between them.
 
-
-def decode_to_image(specs: Sequence[cae.CAESpec], pools: Sequence[int],
-                    params: Sequence[Params], x: Array) -> Array:
-    """Reconstructs images ``x`` through the top layer of ``params`` and back down the stack.
-
-    The top CAE reconstructs its input; each layer below then unpools it at the switches of
-    its own forward pass and decodes it with its (tied) decoder, back to image space.
+    ``layers[k-1]`` is CAE layer k (:class:`scae.models.CAE`); ``pools[k-1]`` the pooling after
+    it. Encode images to any depth, reconstruct them, build the CNN with the stack's filters
+    (:meth:`to_cnn`), save and load it. Images given to the methods are float32 NHWC as the
+    stack was trained on (see :func:`scae.api.prepare` for uint8 images).
     """
-    hiddens, h = [], x
-    for spec, p, pool in zip(specs[:-1], params[:-1], pools):
-        hid = cae.encode(spec, p, h)
-        hiddens.append(hid)
-        h = ops.max_pool(hid, pool)
-    y = cae.reconstruct(specs[len(params) - 1], params[-1], h)
-    for spec, p, pool, hid in reversed(list(zip(specs, params, pools, hiddens))):
-        y = cae.decode(spec, p, ops.unpool(y, hid, pool))
-    return y
+
+    def __init__(self, specs: Sequence[models.CAESpec], pools: Sequence[int], *,
+                 rngs: nnx.Rngs):
+        if len(pools) < len(specs):
+            raise InputError(f"stack: {len(specs)} layers need {len(specs)} pool sizes, got "
+                             f"{len(pools)}")
+        self.pools = tuple(int(p) for p in pools)
+        self.layers = nnx.List([models.CAE(s, rngs=rngs) for s in specs])
+        # How uint8 pixels become the stack's inputs (scae.api.prepare), when known.
+        self.normalizer: preprocess.Normalizer | None = None
+
+    @property
+    def specs(self) -> list[models.CAESpec]:
+        return [layer.spec for layer in self.layers]
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def _check_depth(self, depth: int | None) -> int:
+        depth = self.depth if depth is None else depth
+        if not 0 <= depth <= self.depth:
+            raise InputError(f"depth {depth}: the stack has layers 1..{self.depth}")
+        return depth
+
+    def features(self, x: Array, depth: int | None = None, pooled: bool = True) -> Array:
+        """``x`` through layers 1..depth, each encoded and max-pooled (the last one only when
+        ``pooled``): the input of CAE layer depth+1, or the CNN's conv features. Traceable."""
+        depth = self._check_depth(depth)
+        for k, (layer, pool) in enumerate(zip(self.layers[:depth], self.pools), start=1):
+            x = layer.encode(x)
+            if pooled or k < depth:
+                x = ops.max_pool(x, pool)
+        return x
+
+    def decode_to_image(self, x: Array, depth: int | None = None) -> Array:
+        """Reconstructs images ``x`` through CAE layer ``depth`` and back down the stack.
+
+        The top CAE reconstructs its input; each layer below then unpools it at the switches
+        of its own forward pass and decodes it with its decoder, back to image space.
+        """
+        depth = self._check_depth(depth)
+        hiddens, h = [], x
+        for layer, pool in zip(self.layers[:depth - 1], self.pools):
+            hid = layer.encode(h)
+            hiddens.append(hid)
+            h = ops.max_pool(hid, pool)
+        y = self.layers[depth - 1].reconstruct(h)
+        for layer, pool, hid in reversed(list(zip(self.layers, self.pools, hiddens))):
+            y = layer.decode(ops.unpool(y, hid, pool))
+        return y
+
+    def encode(self, images: np.ndarray | Array, depth: int | None = None, pooled: bool = True,
+               batch_size: int = EVAL_BATCH) -> np.ndarray:
+        """:meth:`features` of ``images`` computed batch by batch into host memory, so any
+        number of images fits: float32 (N, H', W', maps of layer ``depth``)."""
+        depth = self._check_depth(depth)
+        self._check_input(images)
+        graphdef, params = models.split(self)
+        fn = jax.jit(lambda x: models.merge(graphdef, params).features(x, depth, pooled))
+        return driver.map_batches(fn, images, batch_size)
+
+    def reconstruct(self, images: np.ndarray | Array, depth: int | None = None,
+                    batch_size: int = EVAL_BATCH) -> np.ndarray:
+        """:meth:`decode_to_image` of ``images``, batch by batch into host memory."""
+        depth = self._check_depth(depth)
+        self._check_input(images)
+        graphdef, params = models.split(self)
+        fn = jax.jit(lambda x: models.merge(graphdef, params).decode_to_image(x, depth))
+        return driver.map_batches(fn, images, batch_size)
+
+    def _check_input(self, images) -> None:
+        c = self.layers[0].spec.in_channels if self.depth else None
+        if getattr(images, "ndim", 0) != 4 or (c is not None and images.shape[-1] != c):
+            raise InputError(f"images of shape {tuple(getattr(images, 'shape', ()))}: the "
+                             f"stack expects NHWC images with {c} channel(s)")
+
+    def project_filters(self, k: int) -> np.ndarray:
+        """Pixel-space pictures of layer ``k``'s filters, (maps, H, W, image channels).
+
+        A deeper filter lives on the pooled maps of the layer below, which no one can read. It
+        is projected down linearly: each pooled unit is spread over its pooling window (nearest
+        upsampling) and passed through the lower layer's tied decoder, down to the image. This
+        ignores the activations (near-linear around 0), so it shows what a filter prefers, not
+        an exact preimage.
+        """
+        f = jnp.moveaxis(self.layers[k - 1].w[...], 3, 0)  # each filter as a (kh, kw, c_in) map
+        for j in reversed(range(k - 1)):
+            p = self.pools[j]
+            f = ops.upsample_nearest(f, p, (f.shape[1] * p, f.shape[2] * p))
+            f = ops.conv_full_tied(f, self.layers[j].w[...])
+        return np.asarray(f)
+
+    def to_cnn(self, spec: models.CNNSpec, *, rngs: nnx.Rngs,
+               log: Callable[[str], None] = print) -> models.CNN:
+        """A fresh :class:`scae.models.CNN` of ``spec`` whose conv k takes CAE layer k's
+        encoder kernel and bias (model surgery on the state, as big_vision's
+        ``merge_params``). A shape mismatch is an :class:`InputError`; the map and every
+        parameter that keeps its fresh initialisation are logged."""
+        cnn = models.CNN(spec, rngs=rngs)
+        transfer(self, cnn, log)
+        return cnn
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the stack to the folder ``path`` (orbax parameters and ``stack.json`` with
+        the layer specs), replacing it whole: a kill leaves the old stack or the new one."""
+        path = Path(path).absolute()
+        tmp = path.with_name(f".{path.name}.saving")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "params", jax.device_get(models.params_of(self)))
+        norm = self.normalizer
+        atomic.write_text(tmp / "stack.json", json.dumps(
+            {"pools": list(self.pools), "specs": [dataclasses.asdict(s) for s in self.specs],
+             "normalizer": None if norm is None else {
+                 "scale": norm.scale,
+                 "mean": None if norm.mean is None else np.asarray(norm.mean).tolist(),
+                 "std": None if norm.std is None else np.asarray(norm.std).tolist()}},
+            indent=1))
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Stack:
+        """A stack written by :meth:`save`, or the finished stack of a pretrain workdir."""
+        path = Path(path)
+        if (path / "config.json").exists() and not (path / "stack.json").exists():
+            return from_workdir(path)
+        meta = path / "stack.json"
+        if not meta.exists():
+            raise InputError(f"{path}: not a saved stack (no stack.json) nor a pretrain workdir "
+                             f"(no config.json)")
+        try:
+            info = json.loads(meta.read_text())
+            specs = [models.CAESpec(**s) for s in info["specs"]]
+            pools = info["pools"]
+            norm = info.get("normalizer")
+            normalizer = None if norm is None else preprocess.Normalizer(
+                norm["scale"], *(None if norm[k] is None else np.asarray(norm[k], np.float32)
+                                 for k in ("mean", "std")))
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{meta}: unreadable ({e})") from None
+        stack = cls(specs, pools, rngs=nnx.Rngs(0))
+        stack.normalizer = normalizer
+        like = models.params_of(stack)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                params = ckptr.restore(path.absolute() / "params", abstract)
+        except Exception as e:  # noqa: BLE001 - orbax raises many kinds for a damaged folder
+            raise InputError(f"{path / 'params'}: cannot read the saved parameters "
+                             f"({type(e).__name__}); save the stack again") from None
+        nnx.update(stack, params)
+        return stack
 
 
-def _ckpt_dir(workdir: Path, k: int) -> Path:
-    return workdir / "pretrain" / "ckpt" / f"layer{k}"
+def transfer(stack: Stack, cnn: models.CNN, log: Callable[[str], None] = print) -> None:
+    """Copies CAE layer k's ``w`` and ``b`` into ``cnn``'s conv k, in place. The decoder
+    biases ``c`` (and an untied ``w_dec``) have no counterpart in the CNN."""
+    loaded = []
+    for k, layer in enumerate(stack.layers, start=1):
+        name = f"conv{k}"
+        if name not in cnn.spec.conv_names:
+            raise InputError(f"transfer: the CNN has no layer {name} for CAE layer {k}")
+        conv = getattr(cnn, name)
+        for p in ("w", "b"):
+            src, dst = getattr(layer, p), getattr(conv, p)
+            if src[...].shape != dst[...].shape:
+                raise InputError(f"transfer: CAE layer {k} {p} has shape "
+                                 f"{tuple(src[...].shape)}, CNN {name}.{p} expects "
+                                 f"{tuple(dst[...].shape)}")
+            dst[...] = jnp.asarray(src[...], dst[...].dtype)
+            loaded.append(f"layer{k}.{p}->{name}.{p}")
+    fresh = [".".join(str(k) for k in path) for path, _ in
+             nnx.to_flat_state(nnx.state(cnn, nnx.Param))
+             if f"{path[0]}.{path[-1]}" not in {m.split("->")[1] for m in loaded}]
+    log(f"transfer: {', '.join(loaded) or 'nothing'}; fresh initialisation kept for "
+        f"{', '.join(fresh) or 'nothing'}")
 
 
-class LayerTrainer:
-    """Trains CAE layer k of the stack; see :func:`pretrain`."""
-
-    def __init__(self, config, specs, k: int, lower: Sequence[Params], images: Array,
-                 val_images: Array, key: Array, lr_scale: float = 1.0):
-        self.config, self.spec, self.k = config, specs[k - 1], k
-        pc = config.pretrain
-        pools = tuple(config.model.pool_sizes)
-        feats = jax.jit(lambda x: layer_input(specs, pools, lower, x))
-        self.val = loop.batched_apply(feats, val_images, EVAL_BATCH) if k > 1 else val_images
-        if pc.cache_features or k == 1:
-            # Frozen features once, instead of re-encoding every batch on every step.
-            self.data = jax.jit(lambda x: loop.batched_apply(feats, x, EVAL_BATCH))(images)
-            encode_batch = lambda x: x
-        else:
-            self.data = images
-            encode_batch = feats
-        parallel.check_batch(pc.batch_size, "pretrain.batch_size")
-        self.plan = loop.plan(images.shape[0], pc.batch_size, pc.epochs[k - 1])
-        self.tx = optim.make(pc, self.plan.total_steps, lr_scale=lr_scale)
-        layer_key = jax.random.fold_in(key, k)
-        self.key_init, self.key_order, self.key_noise = jax.random.split(layer_key, 3)
-        spec = self.spec
-        loss_fn = lambda params, x, key: cae.loss(spec, params, encode_batch(x), key)
-        self._steps = {}  # compiled step functions by scan length
-        self._loss_fn = loss_fn
-        self.val_mse = jax.jit(lambda params: jnp.mean(loop.batched_apply(
-            lambda x: jnp.mean(jnp.square(cae.reconstruct(spec, params, x) - x), axis=(1, 2, 3)),
-            self.val, min(EVAL_BATCH, self.val.shape[0]))))
-
-    def init_state(self) -> dict:
-        params = cae.init(self.spec, self.key_init)
-        return {"params": params, "opt_state": self.tx.init(params)}
-
-    def steps(self, n: int) -> Callable:
-        if n not in self._steps:
-            self._steps[n] = loop.make_steps(self._loss_fn, self.tx, self.plan.batch_size, n)
-        return self._steps[n]
+# --- greedy layer-wise pretraining ---------------------------------------------------------
 
 
-def pretrain(config, images: Array, val_images: Array, workdir: str | os.PathLike,
-             log: Callable[[str], None] = print) -> list[Params]:
-    """Trains (or resumes) every layer of the stack; returns their parameters.
+def ckpt_dir(workdir: Path, k: int) -> Path:
+    return Path(workdir) / "pretrain" / "ckpt" / f"layer{k}"
+
+
+def pretrain(config: ml_collections.ConfigDict, images: Array, val_images: Array,
+             workdir: str | os.PathLike, log: Callable[[str], None] = print) -> Stack:
+    """Trains (or resumes) every layer of the stack; returns it.
 
     ``images`` are the unlabelled pretraining images and ``val_images`` the held-out ones for
-    the validation reconstruction error, both preprocessed float32 NHWC.
-    Writes ``pretrain/metrics.jsonl`` and the per-layer checkpoints in ``workdir``.
+    the validation reconstruction error, both preprocessed float32 NHWC. Writes
+    ``pretrain/metrics.jsonl`` and the per-layer checkpoints in ``workdir``.
     """
     workdir = Path(workdir)
     (workdir / "pretrain").mkdir(parents=True, exist_ok=True)
     specs = layer_specs(config, images.shape[-1])
+    stack = Stack(specs, config.model.pool_sizes, rngs=nnx.Rngs(config.seed))
     key = jax.random.PRNGKey(config.seed)
     val_images = val_images[: config.pretrain.eval_size]
     images, val_images = parallel.replicate((images, val_images))
-    stack: list[Params] = []
     records: list[dict] = []
     for k in range(1, len(specs) + 1):
-        params, layer_records = _train_layer_retrying(config, specs, k, stack, images,
-                                                      val_images, key, workdir, records, log)
-        stack.append(params)
-        records.extend(layer_records)
+        records += _train_layer(config, stack, k, images, val_images, key, workdir, records,
+                                log)
     atomic.write_jsonl(workdir / "pretrain" / "metrics.jsonl", records)
     return stack
 
 
-def _train_layer_retrying(config, specs, k, lower, images, val_images, key, workdir,
-                          done_records, log):
-    """:func:`_train_layer` under :func:`retry.halving_lr` with
-    ``pretrain.divergence_retries``."""
-    train = lambda scale: _train_layer(config, specs, k, lower, images, val_images, key,
-                                       workdir, done_records, log, lr_scale=scale)
-    return retry.halving_lr(train, retry.scale_file(_ckpt_dir(workdir, k)),
-                            config.pretrain.get("divergence_retries", 0), log)
+def _layer_records(k: int, evals: list[dict]) -> list[dict]:
+    return [{"layer": k, "epoch": e["epoch"], "step": e["step"], "train_mse": e["train_loss"],
+             "val_mse": e["val_mse"], "time_s": e["time_s"], "img_per_s": e["img_per_s"]}
+            for e in evals]
 
 
-def _train_layer(config, specs, k, lower, images, val_images, key, workdir, done_records, log,
-                 lr_scale: float = 1.0):
+def _train_layer(config, stack: Stack, k: int, images, val_images, key, workdir: Path,
+                 done: list[dict], log) -> list[dict]:
+    """Trains CAE layer k of ``stack`` in place on the features of layers 1..k-1."""
     pc = config.pretrain
-    ckpts = checkpoint.Checkpoints(_ckpt_dir(workdir, k))
-    latest = ckpts.latest_step()
-    total = loop.plan(images.shape[0], pc.batch_size, pc.epochs[k - 1]).total_steps
-    if latest is not None and latest >= total:
-        log(f"layer {k}: finished earlier ({latest} steps), kept")
-        params, record = _restore_params(ckpts, latest, cae.init(specs[k - 1], key))
-        ckpts.close()
-        return params, record["layer_records"]
-    tr = LayerTrainer(config, specs, k, lower, images, val_images, key, lr_scale)
-    state = tr.init_state()
-    step, record = 0, {"layer_records": [], "epoch_loss_sum": 0.0, "epoch_time": 0.0}
-    if latest is not None:
-        state, record = ckpts.restore(latest, state)
-        step = latest
-        log(f"layer {k}: resuming at step {step}/{tr.plan.total_steps}")
-    state = parallel.replicate(state)
-    spec = tr.spec
-    log(f"layer {k}: CAE {spec.in_channels}->{spec.maps} maps {spec.kernel}x{spec.kernel}, "
-        f"sparsity pool {spec.sparsity_pool}, noise {spec.noise}:{spec.noise_level}, "
-        f"decoder {spec.decoder}; {tr.data.shape[0]} images of {tuple(tr.data.shape[1:])}, "
-        f"{tr.plan.epochs} epochs of {tr.plan.steps_per_epoch} steps")
-    bar = tqdm(total=tr.plan.total_steps, initial=step, desc=f"layer {k}", unit="step",
-               dynamic_ncols=True, leave=True)
-    last_ckpt = step
-    pool_idx = jnp.arange(tr.data.shape[0])
-    order_fn = jax.jit(loop.epoch_order)
-    for epoch, offset, n in tr.plan.chunks(step, pc.steps_per_call):
-        t0 = time.perf_counter()
-        order = order_fn(tr.key_order, pool_idx, epoch)
-        params, opt_state, losses = tr.steps(n)(state["params"], state["opt_state"], tr.data,
-                                                order, offset, step, tr.key_noise)
-        losses = np.asarray(losses)
-        state = {"params": params, "opt_state": opt_state}
-        step += n
-        record["epoch_loss_sum"] += float(losses.sum())
-        record["epoch_time"] += time.perf_counter() - t0
-        bar.update(n)
-        bar.set_postfix(loss=f"{losses.mean():.5f}")
-        finite = np.isfinite(losses)
-        if not finite.all() or not loop.all_finite(state["params"]):
-            bar.close()
-            bad = int(np.argmax(~finite)) if not finite.all() else n - 1
-            raise FloatingPointError(
-                f"layer {k}: the loss or parameters became non-finite (loss {losses[bad]}) in "
-                f"epoch {epoch + 1} by step "
-                f"{step - n + bad + 1}; the last good checkpoint (step {last_ckpt}) is kept; "
-                f"lower config.pretrain.learning_rate and rerun to resume from it")
-        epoch_done = (offset + n) == tr.plan.steps_per_epoch
-        if epoch_done:
-            spe = tr.plan.steps_per_epoch
-            rec = {"layer": k, "epoch": epoch + 1, "step": step,
-                   "train_mse": record["epoch_loss_sum"] / spe,
-                   "val_mse": float(tr.val_mse(state["params"])),
-                   "time_s": record["epoch_time"],
-                   "img_per_s": spe * tr.plan.batch_size / max(record["epoch_time"], 1e-9)}
-            record["layer_records"].append(rec)
-            record["epoch_loss_sum"], record["epoch_time"] = 0.0, 0.0
-            log(f"layer {k} epoch {epoch + 1}: train mse {rec['train_mse']:.5f}, "
-                f"val mse {rec['val_mse']:.5f}, {rec['img_per_s']:.0f} img/s")
-        if epoch_done or step - last_ckpt >= pc.checkpoint_every_steps:
-            ckpts.save(step, state, record)
-            last_ckpt = step
-            if epoch_done:
-                atomic.write_jsonl(workdir / "pretrain" / "metrics.jsonl",
-                                   list(done_records) + record["layer_records"])
-    bar.close()
-    ckpts.close()
-    return jax.device_get(state["params"]), record["layer_records"]
+    layer = stack.layers[k - 1]
+    p = driver.plan(images.shape[0], pc.batch_size, pc.epochs[k - 1])
+    saved = driver.finished(ckpt_dir(workdir, k), p.total_steps)
+    if saved is not None:
+        state, record = saved
+        _restore_layer(layer, state["params"], ckpt_dir(workdir, k))
+        log(f"layer {k}: finished earlier ({p.total_steps} steps), kept")
+        return _layer_records(k, record.get("evals", []))
+
+    graphdef_below, below = models.split(stack)
+    feats = jax.jit(lambda x: models.merge(graphdef_below, below).features(x, k - 1))
+    val = driver.batched_apply(feats, val_images, EVAL_BATCH) if k > 1 else val_images
+    if pc.cache_features or k == 1:
+        # Frozen features once, instead of re-encoding every batch on every step.
+        data = jax.jit(lambda x: driver.batched_apply(feats, x, EVAL_BATCH))(images)
+        encode_batch = lambda x: x
+    else:
+        data, encode_batch = images, feats
+    parallel.check_batch(pc.batch_size, "pretrain.batch_size")
+    layer_key = jax.random.fold_in(key, k)
+    key_init, key_order, key_noise = jax.random.split(layer_key, 3)
+    # The layer's initial parameters come from its own key: a resumed or retrained layer k
+    # starts where an uninterrupted run starts, whatever happened to the layers below.
+    fresh = models.CAE(layer.spec, rngs=nnx.Rngs(key_init))
+    graphdef, params = models.split(fresh)
+    loss_fn = lambda q, x, step_key: models.merge(graphdef, q).loss(encode_batch(x), step_key)
+    eval_n = min(EVAL_BATCH, val.shape[0])
+    val_mse = jax.jit(lambda q: jnp.mean(driver.batched_apply(
+        lambda x: jnp.mean(jnp.square(models.merge(graphdef, q).reconstruct(x) - x),
+                           axis=(1, 2, 3)), val, eval_n)))
+    s = layer.spec
+    log(f"layer {k}: CAE {s.in_channels}->{s.maps} maps {s.kernel}x{s.kernel}, sparsity pool "
+        f"{s.sparsity_pool}, noise {s.noise}:{s.noise_level}, decoder {s.decoder}; "
+        f"{data.shape[0]} images of {tuple(data.shape[1:])}, {p.epochs} epochs of "
+        f"{p.steps_per_epoch} steps")
+
+    def evaluate(state, epoch):
+        rec = {"val_mse": float(val_mse(state["params"]))}
+        return state, rec
+
+    def on_eval(record):
+        e = record["evals"][-1]
+        log(f"layer {k} epoch {e['epoch']}: train mse {e['train_loss']:.5f}, val mse "
+            f"{e['val_mse']:.5f}, {e['img_per_s']:.0f} img/s")
+        atomic.write_jsonl(workdir / "pretrain" / "metrics.jsonl",
+                           list(done) + _layer_records(k, record["evals"]))
+
+    phase = driver.Phase(
+        name=f"layer {k}", ckpt_dir=ckpt_dir(workdir, k), plan=p, loss_fn=loss_fn,
+        make_tx=lambda scale: optim.make(pc, p.total_steps, lr_scale=scale), params=params,
+        data=data, pool=jnp.arange(data.shape[0]), order_key=key_order, step_key=key_noise,
+        steps_per_call=pc.steps_per_call, checkpoint_every=pc.checkpoint_every_steps,
+        evaluate=evaluate, on_eval=on_eval, lr_key="pretrain.learning_rate",
+        retries=pc.get("divergence_retries", 0), log=log)
+    result = driver.train(phase)
+    nnx.update(layer, jax.device_get(result.state["params"]))
+    return _layer_records(k, result.record["evals"])
 
 
-def load(config, workdir: str | os.PathLike, in_channels: int) -> list[Params]:
-    """The finished stack of a pretrain workdir (every layer), for transfer and plots."""
+def _restore_layer(layer: models.CAE, saved: dict, where: Path) -> None:
+    """Puts the saved parameters of a layer checkpoint into ``layer``, checking shapes."""
+    like = models.params_of(layer)
+    try:
+        params = {name: jnp.asarray(saved[name]) for name in like}
+    except KeyError as e:
+        raise InputError(f"{where}: the checkpoint lacks parameter {e}; the config's decoder "
+                         f"differs from the one it was trained with") from None
+    for name, v in params.items():
+        if v.shape != like[name].shape:
+            raise InputError(f"{where}: parameter {name} has shape {v.shape}, expected "
+                             f"{like[name].shape} from the config")
+    nnx.update(layer, params)
+
+
+def from_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
+                 in_channels: int | None = None) -> Stack:
+    """The finished stack of a pretrain workdir (every layer), from its checkpoints."""
     workdir = Path(workdir)
+    if config is None:
+        path = workdir / "config.json"
+        if not path.exists():
+            raise InputError(f"{path}: not found; is {workdir} a pretrain or compare workdir?")
+        try:
+            config = ml_collections.ConfigDict(json.loads(path.read_text()))
+        except ValueError as e:
+            raise InputError(f"{path}: not valid JSON ({e})") from None
+    if in_channels is None:
+        in_channels = _saved_in_channels(workdir)
     specs = layer_specs(config, in_channels)
-    stack = []
-    for k, spec in enumerate(specs, start=1):
-        ckpts = checkpoint.Checkpoints(_ckpt_dir(workdir, k))
-        step = ckpts.latest_step()
-        like = cae.init(spec, jax.random.PRNGKey(0))
-        if step is None:
-            raise InputError(f"{_ckpt_dir(workdir, k)}: no checkpoint of layer {k}; "
-                             f"run pipelines.pretrain on this workdir first")
-        restored, _ = _restore_params(ckpts, step, like)
-        stack.append(restored)
-        ckpts.close()
+    stack = Stack(specs, config.model.pool_sizes, rngs=nnx.Rngs(0))
+    for k, layer in enumerate(stack.layers, start=1):
+        saved = _latest(ckpt_dir(workdir, k))
+        if saved is None:
+            raise InputError(f"{ckpt_dir(workdir, k)}: no checkpoint of layer {k}; run "
+                             f"pipelines.pretrain on this workdir first")
+        _restore_layer(layer, saved[0]["params"], ckpt_dir(workdir, k))
     return stack
 
 
-def _restore_params(ckpts, step, like_params):
-    """Restores the params of a layer checkpoint without knowing its optimiser's state."""
-    state, record = ckpts.restore_raw(step)
-    params = {name: jnp.asarray(state["params"][name]) for name in like_params}
-    for name, v in params.items():
-        if v.shape != like_params[name].shape:
-            raise InputError(f"layer checkpoint {name}: shape {v.shape}, expected "
-                             f"{like_params[name].shape} from the config")
-    return params, record
+def _latest(folder: Path):
+    if not folder.exists():
+        return None
+    from scae import checkpoint
+
+    ckpts = checkpoint.Checkpoints(folder)
+    try:
+        step = ckpts.latest_step()
+        return None if step is None else ckpts.restore_raw(step)
+    finally:
+        ckpts.close()
 
 
-def project_filters(params: Sequence[Params], pools: Sequence[int], k: int) -> Array:
-    """Pixel-space pictures of layer ``k``'s filters, (maps, H, W, image channels).
-
-    A deeper filter lives on the pooled maps of the layer below, which no one can read. It is
-    projected down linearly: each pooled unit is spread over its pooling window (nearest
-    upsampling) and passed through the lower layer's tied decoder, down to the image. This
-    ignores the activations (near-linear around 0), so it shows what a filter prefers, not an
-    exact preimage.
-    """
-    f = jnp.moveaxis(params[k - 1]["w"], 3, 0)  # each filter as a (kh, kw, c_in) map
-    for j in reversed(range(k - 1)):
-        p = pools[j]
-        f = ops.upsample_nearest(f, p, (f.shape[1] * p, f.shape[2] * p))
-        f = ops.conv_full_tied(f, params[j]["w"])
-    return f
+def _saved_in_channels(workdir: Path) -> int:
+    """The image channels a workdir's stack was trained on, from layer 1's kernel."""
+    saved = _latest(ckpt_dir(workdir, 1))
+    if saved is None:
+        raise InputError(f"{ckpt_dir(workdir, 1)}: no checkpoint of layer 1; run "
+                         f"pipelines.pretrain on this workdir first")
+    return int(np.shape(saved[0]["params"]["w"])[2])

@@ -10,7 +10,9 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from scae import cae, cnn, loop, optim, parallel
+from flax import nnx
+
+from scae import driver, models, optim, parallel
 from scae import config as cfglib
 
 
@@ -25,15 +27,16 @@ def main(out: str) -> None:
     tx = optim.make(config.pretrain, 10)
     results = {"devices": np.array(parallel.num_devices())}
 
-    spec = cae.CAESpec(1, 8, 5, noise="mask", noise_level=0.2)
-    p = cae.init(spec, key)
-    run = loop.make_steps(lambda q, b, k: cae.loss(spec, q, b, k), tx, 32, 2)
+    spec = models.CAESpec(1, 8, 5, noise="mask", noise_level=0.2)
+    graphdef, p = models.split(models.CAE(spec, rngs=nnx.Rngs(key)))
+    run = driver.make_steps(lambda q, b, k: models.merge(graphdef, q).loss(b, k), tx, 32, 2)
     p, _, losses = run(*parallel.replicate((p, tx.init(p), x)), order, 0, 0, key)
     results.update({f"cae/{k}": np.asarray(v) for k, v in p.items()})
     results["cae/losses"] = np.asarray(losses)
 
-    q = cnn.init(config.model, (28, 28, 1), key)
-    run = loop.make_steps(lambda r, b, k: cnn.loss(config.model, r, b[0], b[1]), tx, 32, 2)
+    graphdef, q = models.split(models.CNN(models.CNNSpec.from_config(config.model, (28, 28, 1)),
+                                          rngs=nnx.Rngs(key)))
+    run = driver.make_steps(lambda r, b, k: models.merge(graphdef, r).loss(b[0], b[1]), tx, 32, 2)
     q, _, losses = run(*parallel.replicate((q, tx.init(q), (x, y))), order, 0, 0, key)
     flat = traverse_util.flatten_dict(jax.device_get(q), sep="/")
     results.update({f"cnn/{k}": np.asarray(v) for k, v in flat.items()})

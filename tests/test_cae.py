@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scae import cae, ops, stack
+from flax import nnx
+
+from scae import models, ops, stack
 from scae import config as cfglib
 
 
@@ -79,42 +81,45 @@ def test_pool_sparsify_gradient_flows_only_through_the_maxima():
 ])
 def test_shapes_through_the_paper_stack(dataset, image, expected):
     config = cfglib.base_config(dataset)
-    specs = stack.layer_specs(config, image[-1])
-    params = [cae.init(s, jax.random.PRNGKey(k)) for k, s in enumerate(specs)]
+    s = stack.Stack(stack.layer_specs(config, image[-1]), config.model.pool_sizes,
+                    rngs=nnx.Rngs(0))
     x = jnp.zeros((2,) + image)
-    for k, spec in enumerate(specs):
-        inp = stack.layer_input(specs, config.model.pool_sizes, params[:k], x)
+    for k, layer in enumerate(s.layers):
+        inp = s.features(x, k)
         assert inp.shape[1:] == expected[k]
-        assert cae.reconstruct(spec, params[k], inp).shape == inp.shape
-        decoded = stack.decode_to_image(specs, config.model.pool_sizes, params[:k + 1], x)
-        assert decoded.shape == x.shape
-        assert stack.project_filters(params, config.model.pool_sizes, k + 1).shape[-1] == image[-1]
+        assert layer.reconstruct(inp).shape == inp.shape
+        assert s.decode_to_image(x, k + 1).shape == x.shape
+        assert s.project_filters(k + 1).shape[-1] == image[-1]
+    # The CNN's conv features are the stack's pooled features, so the stack fits it.
+    spec = models.CNNSpec.from_config(config.model, image)
+    assert s.features(x).shape[1:] == spec.feature_shape
 
 
 def test_masking_noise_zeroes_about_p_and_gaussian_noise_adds():
     x = jnp.ones((4, 28, 28, 1))
-    spec = cae.CAESpec(1, 4, 5, noise="mask", noise_level=0.3)
-    y = cae.corrupt(spec, x, jax.random.PRNGKey(0))
+    layer = lambda **kw: models.CAE(models.CAESpec(1, 4, 5, **kw), rngs=nnx.Rngs(0))
+    y = layer(noise="mask", noise_level=0.3).corrupt(x, jax.random.PRNGKey(0))
     assert abs(float((y == 0).mean()) - 0.3) < 0.02
-    spec = cae.CAESpec(1, 4, 5, noise="gaussian", noise_level=0.5)
-    assert abs(float(jnp.std(cae.corrupt(spec, x, jax.random.PRNGKey(0)))) - 0.5) < 0.02
-    assert cae.corrupt(cae.CAESpec(1, 4, 5), x, jax.random.PRNGKey(0)) is x
+    y = layer(noise="gaussian", noise_level=0.5).corrupt(x, jax.random.PRNGKey(0))
+    assert abs(float(jnp.std(y)) - 0.5) < 0.02
+    assert layer().corrupt(x, jax.random.PRNGKey(0)) is x
 
 
 @pytest.mark.parametrize("decoder", ["tied", "untied", "upsample"])
 def test_every_decoder_learns_a_tiny_data_set(decoder):
     import optax
 
-    spec = cae.CAESpec(1, 6, 5, decoder=decoder, activation="tanh")
+    spec = models.CAESpec(1, 6, 5, decoder=decoder, activation="tanh")
     x = jax.random.uniform(jax.random.PRNGKey(0), (16, 12, 12, 1))
-    params = cae.init(spec, jax.random.PRNGKey(1))
+    graphdef, params = models.split(models.CAE(spec, rngs=nnx.Rngs(1)))
     assert ("w_dec" in params) == (decoder != "tied")
     tx = optax.adam(1e-2)
     state = tx.init(params)
 
     @jax.jit
     def step(params, state):
-        loss, g = jax.value_and_grad(lambda p: cae.loss(spec, p, x, jax.random.PRNGKey(0)))(params)
+        loss_fn = lambda p: models.merge(graphdef, p).loss(x, jax.random.PRNGKey(0))
+        loss, g = jax.value_and_grad(loss_fn)(params)
         updates, state = tx.update(g, state)
         return optax.apply_updates(params, updates), state, loss
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import configs.mnist
-from scae import checkpoint, figures, stack
+from scae import checkpoint, figures, models, stack
 
 
 def _config(**pretrain):
@@ -37,9 +37,7 @@ def test_loss_decreases_and_runs_are_deterministic(tmp_path, images):
     config = _config(epochs=(4, 1), learning_rate=0.05)
     a = stack.pretrain(config, images, images[:64], tmp_path / "a", log=_quiet)
     b = stack.pretrain(config, images, images[:64], tmp_path / "b", log=_quiet)
-    for pa, pb in zip(a, b):
-        for name in pa:
-            np.testing.assert_array_equal(pa[name], pb[name])
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(a), models.params_of(b))
     records = figures.read_jsonl(tmp_path / "a" / "pretrain" / "metrics.jsonl")
     layer1 = [r for r in records if r["layer"] == 1]
     assert [r["epoch"] for r in layer1] == [1, 2, 3, 4]
@@ -67,9 +65,8 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path, images, m
     logs = []
     resumed = stack.pretrain(config, images, images[:64], tmp_path / "run", log=logs.append)
     assert any("resuming at step" in m for m in logs)
-    for pa, pb in zip(reference, resumed):
-        for name in pa:
-            np.testing.assert_allclose(pa[name], pb[name], rtol=1e-6, atol=1e-7)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
+                 models.params_of(reference), models.params_of(resumed))
     # The per-epoch records survive the kill too (times differ; losses do not).
     keys = ("layer", "epoch", "step", "train_mse", "val_mse")
     ref = figures.read_jsonl(tmp_path / "ref" / "pretrain" / "metrics.jsonl")
@@ -82,5 +79,6 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path, images, m
     logs = []
     stack.pretrain(config, images, images[:64], tmp_path / "run", log=logs.append)
     assert sum("finished earlier" in m for m in logs) == 2
-    loaded = stack.load(config, tmp_path / "run", 1)
-    np.testing.assert_array_equal(loaded[1]["w"], resumed[1]["w"])
+    loaded = stack.from_workdir(tmp_path / "run", config, 1)
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(loaded),
+                 models.params_of(resumed))

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import configs.mnist
-from scae import cae, cnn, finetune, inputs, stack, transfer
+from flax import nnx
+
+from scae import finetuning, inputs, models, stack
 from scae.errors import InputError
 
 
@@ -24,45 +26,53 @@ def setup(tiny_npz_module):
     c.finetune.batch_size = 10
     c.finetune.steps_per_call = 2
     data = inputs.build(c.data, c.seed)
-    specs = stack.layer_specs(c, 1)
-    params = [cae.init(s, jax.random.PRNGKey(10 + k)) for k, s in enumerate(specs)]
-    return c, data, params
+    s = stack.Stack(stack.layer_specs(c, 1), c.model.pool_sizes, rngs=nnx.Rngs(10))
+    return c, data, s
 
 
 def test_transfer_copies_kernels_and_biases_and_leaves_the_head_random(setup):
-    c, data, params = setup
-    fresh = cnn.init(c.model, data.image_shape, jax.random.PRNGKey(0))
+    c, data, s = setup
+    spec = models.CNNSpec.from_config(c.model, data.image_shape)
+    fresh = models.params_of(models.CNN(spec, rngs=nnx.Rngs(0)))
     logs = []
-    out = transfer.load_stack(fresh, params, log=logs.append)
-    for k, p in enumerate(params, start=1):
-        np.testing.assert_array_equal(out[f"conv{k}"]["w"], p["w"])
-        np.testing.assert_array_equal(out[f"conv{k}"]["b"], p["b"])
+    out = models.params_of(s.to_cnn(spec, rngs=nnx.Rngs(0), log=logs.append))
+    params = models.params_of(s)["layers"]
+    for k in range(1, 4):
+        np.testing.assert_array_equal(out[f"conv{k}"]["w"], params[k - 1]["w"])
+        np.testing.assert_array_equal(out[f"conv{k}"]["b"], params[k - 1]["b"])
     for name in ("fc", "out"):
         for leaf in ("w", "b"):
             np.testing.assert_array_equal(out[name][leaf], fresh[name][leaf])
-    assert "fc.w" in logs[0] and "out.b" in logs[0] and "conv1" not in logs[0]
-    bad = [dict(params[0], w=jnp.zeros((3, 3, 1, 4)))] + params[1:]
+    fresh_part = logs[0].split("fresh initialisation kept for")[1]
+    assert "fc.w" in fresh_part and "out.b" in fresh_part and "conv1" not in fresh_part
+    assert "layer1.w->conv1.w" in logs[0]
+    bad = stack.Stack(stack.layer_specs(c, 1), c.model.pool_sizes, rngs=nnx.Rngs(10))
+    bad.layers[0].w = nnx.Param(jnp.zeros((3, 3, 1, 4)))
     with pytest.raises(InputError, match="conv1.w"):
-        transfer.load_stack(fresh, bad, log=lambda _: None)
+        bad.to_cnn(spec, rngs=nnx.Rngs(0), log=lambda _: None)
 
 
 def test_arms_share_subsets_and_the_frozen_arm_keeps_its_conv_weights(setup, tmp_path):
     c, data, params = setup
     out = {}
     for arm in ("random", "pretrained", "frozen"):
-        out[arm] = finetune.run_cell(c, data, params, 40, arm, [0, 1], tmp_path / arm,
+        out[arm] = finetuning.run_cell(c, data, params, 40, arm, [0, 1], tmp_path / arm,
                                      log=lambda _: None)
     digests = {arm: [r["subset"] for r in rows] for arm, (rows, _) in out.items()}
     assert digests["random"] == digests["pretrained"] == digests["frozen"]
     assert digests["random"][0] != digests["random"][1]
     _, best = out["frozen"]
-    for k, p in enumerate(params, start=1):
+    for k, p in enumerate(models.params_of(params)["layers"].values(), start=1):
         for seed in range(2):
             np.testing.assert_array_equal(best[f"conv{k}"]["w"][seed], p["w"])
     # The head did train, and the pretrained arm moved its conv weights.
-    fresh = finetune.initial_params(c, data.image_shape, params, "frozen", 0, log=lambda _: None)
+    spec = models.CNNSpec.from_config(c.model, data.image_shape)
+    fresh = models.params_of(finetuning.initial_model(spec, params, "frozen",
+                                                    finetuning.seed_keys(c.seed, 0)[0],
+                                                    log=lambda _: None))
+    np.testing.assert_array_equal(best["conv1"]["w"][0], fresh["conv1"]["w"])
     assert not np.allclose(best["fc"]["w"][0], fresh["fc"]["w"])
-    assert not np.allclose(out["pretrained"][1]["conv1"]["w"][0], params[0]["w"])
+    assert not np.allclose(out["pretrained"][1]["conv1"]["w"][0], params.layers[0].w[...])
     for rows, _ in out.values():
         for r in rows:
             assert 0 <= r["test_error"] <= 100 and 1 <= r["best_epoch"] <= r["epochs"]
@@ -71,10 +81,10 @@ def test_arms_share_subsets_and_the_frozen_arm_keeps_its_conv_weights(setup, tmp
 
 def test_vmapped_seeds_equal_sequential_runs(setup, tmp_path):
     c, data, params = setup
-    together, best = finetune.run_cell(c, data, params, 40, "pretrained", [0, 1],
+    together, best = finetuning.run_cell(c, data, params, 40, "pretrained", [0, 1],
                                        tmp_path / "v", log=lambda _: None)
     for i, seed in enumerate([0, 1]):
-        (alone,), best1 = finetune.run_cell(c, data, params, 40, "pretrained", [seed],
+        (alone,), best1 = finetuning.run_cell(c, data, params, 40, "pretrained", [seed],
                                             tmp_path / f"s{seed}", log=lambda _: None)
         np.testing.assert_allclose([p[1] for p in alone["curve"]],
                                    [p[1] for p in together[i]["curve"]], atol=1e-4)

@@ -1,0 +1,281 @@
+"""The one training driver: every resumable unit of training (a CAE layer of the stack, a
+fine-tuning cell of seeds trained together) is a :class:`Phase` run by :func:`train`.
+
+Data sets live on the device; each epoch is a seeded permutation of example indices, and a
+compiled ``lax.scan`` runs many steps per call, gathering its batches from the device arrays,
+so Python is off the per-step path. Randomness is ``fold_in(key, step)``: a run resumed from a
+checkpoint at step s draws exactly what an uninterrupted run draws. Around the compiled chunks
+the driver keeps the progress bar, the checkpoints (orbax, only complete ones are ever seen),
+the guard against non-finite losses or parameters, the divergence retries
+(:mod:`scae.retry`), and the per-evaluation records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from tqdm.auto import tqdm
+
+from scae import checkpoint, parallel, retry
+
+Array = jax.Array
+# loss_fn(params, batch, key) -> scalar loss, where batch = data[indices] (a pytree).
+LossFn = Callable[..., Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How many steps a run takes: whole epochs of ``batch_size``, the remainder dropped."""
+
+    num_examples: int
+    batch_size: int
+    epochs: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_examples // self.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def chunks(self, start_step: int, steps_per_call: int) -> Iterator[tuple[int, int, int]]:
+        """(epoch, offset within the epoch, number of steps) from ``start_step`` to the end;
+        chunks never cross an epoch boundary, so each sees one permutation."""
+        step = start_step
+        while step < self.total_steps:
+            epoch, within = divmod(step, self.steps_per_epoch)
+            n = min(steps_per_call, self.steps_per_epoch - within)
+            yield epoch, within, n
+            step += n
+
+
+def plan(num_examples: int, batch_size: int, epochs: int, min_steps: int = 0) -> Plan:
+    """A plan of at least ``epochs`` epochs and at least ``min_steps`` steps."""
+    if num_examples < batch_size:
+        batch_size = num_examples  # a tiny labelled set trains full-batch
+    spe = num_examples // batch_size
+    return Plan(num_examples, batch_size, max(epochs, math.ceil(min_steps / spe)))
+
+
+def epoch_order(key: Array, pool: Array, epoch: int | Array) -> Array:
+    """The indices of ``pool`` in the seeded order of ``epoch``."""
+    return jax.random.permutation(jax.random.fold_in(key, epoch), pool)
+
+
+def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int,
+               num_steps: int, seeds: bool = False) -> Callable:
+    """Compiles ``num_steps`` training steps as one call.
+
+    Returns ``run(params, opt_state, data, order, offset, step0, key) -> (params, opt_state,
+    losses)``: step i trains on ``data[order[offset + i*batch_size : ... + batch_size]]`` with
+    key ``fold_in(key, step0 + i)``. With ``seeds=True`` it is vmapped over a leading seed axis
+    of params, opt_state, order and key (the data are shared).
+    """
+
+    def run(params, opt_state, data, order, offset, step0, key):
+        def step(carry, i):
+            params, opt_state = carry
+            idx = lax.dynamic_slice_in_dim(order, offset + i * batch_size, batch_size)
+            batch = parallel.shard_batch(jax.tree.map(lambda a: a[idx], data))
+            step_key = jax.random.fold_in(key, step0 + i)
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch, step_key)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, opt_state), losses = lax.scan(step, (params, opt_state), jnp.arange(num_steps))
+        return params, opt_state, losses
+
+    if seeds:
+        run = jax.vmap(run, in_axes=(0, 0, None, 0, None, None, 0))
+    return jax.jit(run, donate_argnums=(0, 1))
+
+
+def batched_apply(fn: Callable[[Array], Array], x: Array, batch_size: int) -> Array:
+    """``fn`` over ``x`` in batches (inside jit: a ``lax.map``), bounding memory on big sets."""
+    n = x.shape[0]
+    pad = -n % batch_size
+    xp = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)) if pad else x
+    out = lax.map(fn, xp.reshape((-1, batch_size) + x.shape[1:]))
+    return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
+
+
+def map_batches(fn: Callable[[Array], Array], x: np.ndarray | Array,
+                batch_size: int) -> np.ndarray:
+    """``fn`` (jitted by the caller) over ``x`` batch by batch on the host, the results
+    gathered in host memory: device memory holds one batch whatever the size of ``x``. The
+    last batch is padded, so ``fn`` compiles once."""
+    n = x.shape[0]
+    outs = []
+    for start in range(0, n, batch_size):
+        xb = np.asarray(x[start:start + batch_size])
+        pad = batch_size - xb.shape[0] if n > batch_size else 0
+        if pad:
+            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
+        outs.append(np.asarray(fn(jnp.asarray(xb)))[: batch_size - pad])
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+
+
+@jax.jit
+def all_finite(tree) -> Array:
+    """Whether every value of every array in ``tree`` is finite (no NaN, no inf)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+# An evaluation hook: (state, epoch) -> (state, fields of the evaluation's record).
+Evaluate = Callable[[dict, int], tuple[dict, dict]]
+
+
+@dataclasses.dataclass
+class Phase:
+    """One resumable unit of training: what to train, on what, and how to checkpoint it."""
+
+    name: str  # names the unit in the progress bar and in messages, e.g. "layer 2"
+    ckpt_dir: Path
+    plan: Plan
+    loss_fn: LossFn
+    make_tx: Callable[[float], optax.GradientTransformation]  # lr_scale -> optimiser
+    params: Any  # initial parameters (a leading seed axis when ``seeds``)
+    data: Any  # a device pytree indexed by example
+    pool: Array  # the example indices each epoch permutes ((seeds, n) when ``seeds``)
+    order_key: Array  # batch order ((seeds, 2) when ``seeds``)
+    step_key: Array  # per-step randomness: noise, dropout, augmentation
+    seeds: Sequence[int] = ()  # non-empty: these seeds' models are trained together (vmap)
+    steps_per_call: int = 50
+    checkpoint_every: int = 0  # extra checkpoints every N steps; 0: only at evaluations
+    eval_epochs: frozenset[int] | None = None  # epochs (1-based) to evaluate after; None: all
+    evaluate: Evaluate | None = None
+    extra_state: dict = dataclasses.field(default_factory=dict)  # e.g. the best parameters
+    on_eval: Callable[[dict], None] | None = None  # called with the record after each save
+    where: str = ""  # names the unit in messages (default: ``name``)
+    lr_key: str = "learning_rate"  # the config key a divergence message tells to lower
+    retries: int = 0  # divergence retries (halvings of the learning rate)
+    log: Callable[[str], None] = print
+
+
+@dataclasses.dataclass
+class Result:
+    """The final state (``params``, ``opt_state`` and the phase's extra state), the record
+    (``evals``: one dict per evaluation; ``time_s``: training wall time) and the learning-rate
+    scale the phase finished at."""
+
+    state: dict
+    record: dict
+    lr_scale: float
+
+
+def train(phase: Phase) -> Result:
+    """Runs (or resumes, or returns the finished) ``phase``; on divergence halves the
+    learning rate and resumes from the last good checkpoint, up to ``phase.retries`` times."""
+    scale_path = retry.scale_file(phase.ckpt_dir)
+    return retry.halving_lr(lambda scale: _train(phase, scale), scale_path, phase.retries,
+                            phase.log)
+
+
+def finished(ckpt_dir: Path, total_steps: int) -> tuple[Any, dict] | None:
+    """(raw saved state, record) of a phase whose checkpoint holds all ``total_steps`` steps,
+    or None: lets a caller skip building a phase's inputs when there is nothing to train."""
+    if not Path(ckpt_dir).exists():
+        return None
+    ckpts = checkpoint.Checkpoints(ckpt_dir)
+    try:
+        step = ckpts.latest_step()
+        if step is None or step < total_steps:
+            return None
+        return ckpts.restore_raw(step)
+    finally:
+        ckpts.close()
+
+
+def _train(phase: Phase, lr_scale: float) -> Result:
+    p, seeded = phase.plan, bool(phase.seeds)
+    tx = phase.make_tx(lr_scale)
+    opt_state = (jax.vmap(tx.init) if seeded else tx.init)(phase.params)
+    # Fresh buffers: the compiled steps donate params and opt_state, which extra state (the
+    # best parameters so far) must not alias.
+    state = {"params": jax.tree.map(jnp.copy, phase.params), "opt_state": opt_state,
+             **phase.extra_state}
+    record = {"evals": [], "time_s": 0.0, "loss_sum": 0.0, "loss_steps": 0, "eval_time": 0.0}
+    ckpts = checkpoint.Checkpoints(phase.ckpt_dir)
+    step = ckpts.latest_step() or 0
+    if step:
+        state, record = ckpts.restore(step, state)
+        if step < p.total_steps:
+            phase.log(f"{phase.name}: resuming at step {step}/{p.total_steps}")
+    state = parallel.replicate(state)
+    compiled: dict[int, Callable] = {}
+    orders = jax.jit(jax.vmap(epoch_order, in_axes=(0, 0, None)) if seeded else epoch_order)
+    bar = tqdm(total=p.total_steps, initial=step, desc=phase.name, unit="step",
+               dynamic_ncols=True, leave=True, disable=step >= p.total_steps)
+    last_ckpt = step
+    try:
+        for epoch, offset, n in p.chunks(step, phase.steps_per_call):
+            t0 = time.perf_counter()
+            if n not in compiled:
+                compiled[n] = make_steps(phase.loss_fn, tx, p.batch_size, n, seeds=seeded)
+            order = orders(phase.order_key, phase.pool, epoch)
+            params, opt_state, losses = compiled[n](state["params"], state["opt_state"],
+                                                    phase.data, order, offset, step,
+                                                    phase.step_key)
+            state = dict(state, params=params, opt_state=opt_state)
+            step += n
+            losses = np.asarray(losses)
+            bar.update(n)
+            bar.set_postfix(loss=f"{losses.mean():.5f}")
+            if not np.isfinite(losses).all() or not all_finite(state["params"]):
+                raise FloatingPointError(_divergence(phase, losses, epoch, step, n, last_ckpt))
+            record["loss_sum"] += float(losses.mean(axis=0).sum() if seeded else losses.sum())
+            record["loss_steps"] += n
+            dt = time.perf_counter() - t0
+            record["time_s"] += dt
+            record["eval_time"] += dt
+            epoch_done = offset + n == p.steps_per_epoch
+            if epoch_done and (phase.eval_epochs is None or epoch + 1 in phase.eval_epochs):
+                entry = {"epoch": epoch + 1, "step": step,
+                         "train_loss": record["loss_sum"] / record["loss_steps"],
+                         "time_s": record["eval_time"],
+                         "img_per_s": record["loss_steps"] * p.batch_size
+                         * max(len(phase.seeds), 1) / max(record["eval_time"], 1e-9)}
+                if phase.evaluate is not None:
+                    state, fields = phase.evaluate(state, epoch + 1)
+                    entry.update(fields)
+                record["evals"].append(entry)
+                record.update(loss_sum=0.0, loss_steps=0, eval_time=0.0)
+                ckpts.save(step, state, record)
+                last_ckpt = step
+                if phase.on_eval is not None:
+                    phase.on_eval(record)
+            elif phase.checkpoint_every and step - last_ckpt >= phase.checkpoint_every:
+                ckpts.save(step, state, record)
+                last_ckpt = step
+    finally:
+        bar.close()
+        ckpts.close()
+    return Result(state, record, lr_scale)
+
+
+def _divergence(phase: Phase, losses: np.ndarray, epoch: int, step: int, n: int,
+                last_ckpt: int) -> str:
+    """The message of a non-finite loss or parameter: where, and what to do."""
+    bad = np.argwhere(~np.isfinite(losses))
+    where = phase.where or phase.name
+    if phase.seeds:
+        seed_i, i = bad[0] if len(bad) else (0, n - 1)
+        where += f", seed {phase.seeds[seed_i]}"
+        loss = losses[seed_i, i]
+    else:
+        i = int(bad[0][0]) if len(bad) else n - 1
+        loss = losses[i]
+    return (f"{where}: the loss or parameters became non-finite (loss {loss}) in epoch "
+            f"{epoch + 1} by step {step - n + i + 1}; the last good checkpoint (step "
+            f"{last_ckpt}) is kept; lower config.{phase.lr_key} and rerun to resume from it")

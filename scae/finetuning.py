@@ -1,0 +1,138 @@
+"""Fine-tuning the CNN for one cell of the comparison (a label size and an arm), every seed at
+once under ``jax.vmap``, as one resumable :class:`scae.driver.Phase`.
+
+Arms: ``random`` (everything from random initialisation), ``pretrained`` (conv layers from the
+CAE stack, everything fine-tuned) and ``frozen`` (conv layers from the stack, kept fixed by an
+optax partition built from an nnx filter: a probe). For a given seed every arm sees the same
+labelled subset, the same head initialisation, the same batch order, optimiser, schedule and
+number of steps. The model reported is the one with the lowest validation error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from scae import driver, inputs as inputs_lib, models, optim
+from scae.stack import Stack
+
+Array = jax.Array
+EVAL_BATCH = 500
+ARMS = ("random", "pretrained", "frozen")
+
+
+def seed_keys(root_seed: int, seed: int) -> tuple[Array, Array, Array]:
+    """(init key, batch-order key, per-step key for dropout and augmentation) of a seed:
+    shared by every arm, as fairness requires."""
+    return tuple(jax.random.split(jax.random.fold_in(jax.random.PRNGKey(root_seed), seed), 3))
+
+
+def subset_digest(indices: np.ndarray) -> str:
+    """A short fingerprint of a labelled subset, kept in the run records for audits."""
+    return hashlib.sha1(np.asarray(indices, np.int64).tobytes()).hexdigest()[:12]
+
+
+def eval_epochs(num_epochs: int, evals: int) -> list[int]:
+    """The epochs (1-based) after which the validation error is measured, evenly spread and
+    always including the last."""
+    evals = min(evals, num_epochs)
+    return sorted({int(round(e)) for e in np.linspace(num_epochs / evals, num_epochs, evals)})
+
+
+def initial_model(spec: models.CNNSpec, stack: Stack | None, arm: str, key: Array,
+                  log: Callable[[str], None] = print) -> models.CNN:
+    """The CNN of ``arm`` initialised from ``key``: random, or with conv k from CAE layer k."""
+    if arm not in ARMS:
+        raise ValueError(f"arm {arm!r} not in {ARMS}")
+    if arm == "random":
+        return models.CNN(spec, rngs=nnx.Rngs(key))
+    if stack is None:
+        raise ValueError(f"the {arm} arm needs a stack")
+    return stack.to_cnn(spec, rngs=nnx.Rngs(key), log=log)
+
+
+def error_fn(graphdef: nnx.GraphDef) -> Callable:
+    """``errors(params, images, labels) -> percent misclassified``, batched to bound memory."""
+
+    def errors(params, images, labels):
+        model = models.merge(graphdef, params)
+        logits = driver.batched_apply(model, images, min(EVAL_BATCH, images.shape[0]))
+        return 100.0 * jnp.mean(jnp.argmax(logits, -1) != labels)
+
+    return errors
+
+
+@jax.jit
+def keep_best(state: dict, errs: Array, epoch: int) -> dict:
+    """Per seed, takes the current parameters as the best if their validation error is lower."""
+    better = errs < state["best_val"]
+    pick = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+    return dict(state, best=jax.tree.map(pick, state["params"], state["best"]),
+                best_val=jnp.where(better, errs, state["best_val"]),
+                best_epoch=jnp.where(better, epoch, state["best_epoch"]))
+
+
+def run_cell(config, data: inputs_lib.Inputs, stack: Stack | None, label_size: int, arm: str,
+             seeds: Sequence[int], ckpt_dir: Path,
+             log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+    """Trains ``arm`` at ``label_size`` for ``seeds`` together (or resumes it).
+
+    Returns one record per seed and the selected parameters (leading seed axis, pure dict).
+    Each record: label_size, arm, seed, epochs, steps, best_epoch, val_error, test_error
+    (percent; the test error of the parameters with the lowest validation error),
+    cell_time_s (the wall time of the whole cell) and seeds_together (how many seeds shared
+    it), the labelled subset's fingerprint, the validation curve and ``lr_scale`` (the factor
+    on ``finetune.learning_rate``; below 1 after divergence retries).
+    """
+    fc = config.finetune
+    spec = models.CNNSpec.from_config(config.model, data.image_shape)
+    subsets = np.stack([inputs_lib.labelled(data, label_size, s) for s in seeds])
+    p = driver.plan(label_size, fc.batch_size, fc.epochs, fc.min_steps)
+    quiet = lambda _: None
+    nets = [initial_model(spec, stack, arm, seed_keys(config.seed, s)[0], log if i == 0 else quiet)
+            for i, s in enumerate(seeds)]
+    graphdef, _ = models.split(nets[0])
+    params = jax.tree.map(lambda *q: jnp.stack(q), *[models.params_of(m) for m in nets])
+    mask = models.frozen_mask(nets[0], models.conv_layers) if arm == "frozen" else None
+    n = len(seeds)
+    loss_fn = lambda q, batch, key: models.merge(graphdef, q).loss(batch[0], batch[1], key)
+    val_err = jax.jit(jax.vmap(error_fn(graphdef), in_axes=(0, None, None)))
+    val_x, val_y = data.val_images, jnp.asarray(data.val_labels)
+
+    def evaluate(state, epoch):
+        errs = val_err(state["params"], val_x, val_y)
+        return keep_best(state, errs, epoch), {"val_error": [float(e) for e in np.asarray(errs)]}
+
+    phase = driver.Phase(
+        name=f"{arm} {label_size} labels x{n} seeds", where=f"{arm} run at {label_size} labels",
+        ckpt_dir=ckpt_dir, plan=p,
+        loss_fn=loss_fn,
+        make_tx=lambda scale: optim.make(fc, p.total_steps, mask, lr_scale=scale),
+        params=params, data=(data.train_images, jnp.asarray(data.train_labels)),
+        pool=jnp.asarray(subsets), order_key=jnp.stack([seed_keys(config.seed, s)[1]
+                                                       for s in seeds]),
+        step_key=jnp.stack([seed_keys(config.seed, s)[2] for s in seeds]), seeds=tuple(seeds),
+        steps_per_call=fc.steps_per_call, eval_epochs=frozenset(eval_epochs(p.epochs, fc.evals)),
+        evaluate=evaluate,
+        extra_state={"best": jax.tree.map(jnp.copy, params), "best_val": jnp.full((n,), jnp.inf),
+                     "best_epoch": jnp.zeros((n,), jnp.int32)},
+        lr_key="finetune.learning_rate", retries=fc.get("divergence_retries", 0), log=log)
+    result = driver.train(phase)
+    state, record = result.state, result.record
+    test_err = (np.asarray(val_err(state["best"], data.test_images, jnp.asarray(data.test_labels)))
+                if len(data.test_labels) else np.full(n, np.nan))
+    curves = [[[e["epoch"], e["val_error"][i]] for e in record["evals"]] for i in range(n)]
+    rows = [{"label_size": label_size, "arm": arm, "seed": int(s), "epochs": p.epochs,
+             "steps": p.total_steps, "best_epoch": int(state["best_epoch"][i]),
+             "val_error": float(state["best_val"][i]), "test_error": float(test_err[i]),
+             "cell_time_s": record["time_s"], "seeds_together": n,
+             "subset": subset_digest(subsets[i]), "lr_scale": result.lr_scale,
+             "curve": curves[i]}
+            for i, s in enumerate(seeds)]
+    return rows, jax.tree.map(np.asarray, state["best"])
