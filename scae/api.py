@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from scae import config as cfglib
+from scae import data as data_lib
 from scae import finetuning
 from scae import inputs as inputs_lib
 from scae import models, preprocess
@@ -172,6 +173,13 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
         for r in rows:
             r["test_error"] = None
     return FinetuneResult(nets, rows)
+
+
+def load_data(source: str, split: str, data_dir: str | None = None) -> data_lib.Split:
+    """A split ('train' or 'test') of a data source as uint8 NHWC ``images`` and integer
+    ``labels`` (sources as ``config.data.source``: ``mnist``, ``cifar10``, ``npz:PATH``,
+    ``idx:DIR``, ``cifar:PATH``, ``folder:PATH``, ``tfds:NAME``; ``mnist`` works offline)."""
+    return data_lib.load(source, split, data_dir=data_dir)
 
 
 def load_stack(path: str | os.PathLike) -> Stack:

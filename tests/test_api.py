@@ -1,0 +1,159 @@
+"""The public Python API: the README's example as written, the Stack value (save/load,
+encode at every depth), the transfer the commands use, and the frozen arm."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from unittest import mock
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import configs.mnist
+import scae
+from scae import finetuning, models, stack as stack_lib
+from scae.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_example() -> str:
+    section = (ROOT / "README.md").read_text().split("## Use from Python", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(readme_example(), "README.md", "exec"), namespace)  # noqa: S102
+    out = capsys.readouterr().out
+    assert "(10000, 4, 4, 8)" in out
+    errors = namespace["result"].records
+    assert len(errors) == 2 and all(0 <= r["test_error"] <= 100 for r in errors)
+    assert namespace["logits"].shape == (5, 10)
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(namespace["stack"]),
+                 models.params_of(namespace["same"]))
+    assert (tmp_path / "runs" / "api" / "pretrain" / "ckpt" / "layer3").is_dir()
+
+
+def _stack(channels: int = 1, seed: int = 0) -> scae.Stack:
+    config = configs.mnist.get_config("smoke")
+    return scae.Stack(stack_lib.layer_specs(config, channels), config.model.pool_sizes,
+                      rngs=nnx.Rngs(seed))
+
+
+def test_save_then_load_is_bit_exact_and_replaces_a_saved_stack(tmp_path):
+    a, b = _stack(seed=1), _stack(seed=2)
+    a.normalizer = scae.api.preprocess.Normalizer("symmetric")
+    a.save(tmp_path / "s")
+    b.save(tmp_path / "s")  # over an existing one: the folder is replaced whole
+    b.save(tmp_path / "s")
+    loaded = scae.load_stack(tmp_path / "s")
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(b), models.params_of(loaded))
+    assert loaded.specs == b.specs and loaded.pools == b.pools
+    a.save(tmp_path / "t")
+    assert scae.load_stack(tmp_path / "t").normalizer.scale == "symmetric"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "t"]  # no leftovers
+    with pytest.raises(InputError, match="not a saved stack"):
+        scae.load_stack(tmp_path)
+
+
+@pytest.mark.parametrize("pooled", [True, False])
+def test_encode_shapes_at_each_depth_in_bounded_batches(pooled):
+    s = _stack()
+    x = np.random.default_rng(0).random((23, 28, 28, 1), np.float32)
+    expected = {True: [(28, 28, 1), (12, 12, 8), (4, 4, 8), (2, 2, 8)],
+                False: [(28, 28, 1), (24, 24, 8), (8, 8, 8), (2, 2, 8)]}[pooled]
+    for depth in range(4):
+        out = s.encode(x, depth, pooled, batch_size=5)
+        assert out.shape == (23,) + expected[depth]
+        whole = np.asarray(s.features(jax.numpy.asarray(x), depth, pooled))
+        np.testing.assert_allclose(out, whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="depth 4"):
+        s.encode(x, 4)
+    with pytest.raises(InputError, match="1 channel"):
+        s.encode(np.zeros((2, 28, 28, 3), np.float32))
+    assert s.reconstruct(x, 3, batch_size=7).shape == x.shape
+
+
+def test_api_transfer_equals_the_pipelines_transfer(tmp_path):
+    config = configs.mnist.get_config("smoke")
+    x = scae.prepare(scae.load_data("mnist", "train").images[:64])
+    trained = stack_lib.pretrain(config, jax.numpy.asarray(x), jax.numpy.asarray(x[:16]),
+                                 tmp_path, log=lambda _: None)
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    spec = models.CNNSpec.from_config(config.model, (28, 28, 1))
+    key = finetuning.seed_keys(config.seed, 3)[0]
+    pipeline = finetuning.initial_model(spec, trained, "pretrained", key, log=lambda _: None)
+    logs = []
+    api = scae.load_stack(tmp_path).to_cnn(spec, rngs=nnx.Rngs(key), log=logs.append)
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(pipeline),
+                 models.params_of(api))
+    assert "layer3.w->conv3.w" in logs[0] and "fc.w" in logs[0]
+
+
+def test_frozen_arm_leaves_the_stack_filters_unchanged_and_trains_the_head():
+    data = scae.load_data("mnist", "train")
+    x, y = data.images[:300], data.labels[:300]
+    s = _stack()
+    s.normalizer = scae.api.preprocess.Normalizer("unit")
+    result = scae.finetune(x[:200], y[:200], x[200:], y[200:], stack=s, arm="frozen",
+                           preset="smoke", log=lambda _: None)
+    net = result.model
+    for k, layer in enumerate(s.layers, start=1):
+        np.testing.assert_array_equal(getattr(net, f"conv{k}").w[...], layer.w[...])
+        np.testing.assert_array_equal(getattr(net, f"conv{k}").b[...], layer.b[...])
+    fresh = s.to_cnn(net.spec, rngs=nnx.Rngs(finetuning.seed_keys(0, 0)[0]), log=lambda _: None)
+    assert not np.allclose(net.fc.w[...], fresh.fc.w[...])
+    assert result.records[0]["test_error"] is None  # no test data given
+    with pytest.raises(InputError, match="needs a stack"):
+        scae.finetune(x[:20], y[:20], x[20:40], y[20:40], arm="pretrained", preset="smoke")
+    with pytest.raises(InputError, match="labels must lie in 0..9"):
+        scae.finetune(x[:20], y[:20] + 10, x[20:40], y[20:40], arm="random", preset="smoke")
+
+
+def test_keyword_overrides_name_config_keys():
+    c = scae.make_config("mnist", "quick", pretrain__epochs=(2, 1, 1))
+    assert c.pretrain.epochs == (2, 1, 1)
+    with pytest.raises(InputError, match="no such config key"):
+        scae.make_config("mnist", "quick", pretrain__epochz=3)
+    with pytest.raises(InputError, match="expected"):
+        scae.make_config("mnist", "quick", finetune__learning_rate=-1.0)
+
+
+def test_encode_command_writes_features_and_refuses_bad_input(tmp_path):
+    from absl import flags
+
+    from pipelines import common, encode
+
+    config = configs.mnist.get_config("smoke")
+    x = scae.prepare(scae.load_data("mnist", "train").images[:64])
+    stack_lib.pretrain(config, jax.numpy.asarray(x), jax.numpy.asarray(x[:16]), tmp_path / "w",
+                       log=lambda _: None)
+    (tmp_path / "w" / "config.json").write_text(json.dumps(json.loads(config.to_json())))
+    out = tmp_path / "f.npz"
+
+    def run(*args):  # what ``python -m pipelines.encode ARGS`` runs, in this process
+        flags.FLAGS.unparse_flags()
+        argv = ["pipelines/encode.py", f"--workdir={tmp_path / 'w'}", *args]
+        with mock.patch.object(sys, "argv", argv), pytest.raises(SystemExit) as exit_:
+            common.run(encode.main, needs_config=False)
+        return exit_.value.code
+
+    assert run(f"--out={out}", "--depth=2", "--split=test") in (0, None)
+    with np.load(out) as f:  # the smoke preset keeps 200 test images
+        assert f["features"].shape == (200, 4, 4, 8) and f["labels"].shape == (200,)
+        assert int(f["depth"]) == 2 and bool(f["pooled"])
+    assert run(f"--out={out}", "--depth=3", "--nopooled", "--split=validation") in (0, None)
+    with np.load(out) as f:
+        assert f["features"].shape == (200, 2, 2, 8)
+    assert run(f"--out={out}", "--depth=4") == 2
+    os.remove(tmp_path / "w" / "config.json")
+    assert run(f"--out={out}") == 2
