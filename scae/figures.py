@@ -77,8 +77,8 @@ def pretrain_figures(config, params, images: np.ndarray, normalizer: preprocess.
 
 
 def _fine_tuned_filters(compare_dir: Path, arm: str, size: int) -> np.ndarray | None:
-    """The first-layer filters (N, H, W, C) the ``arm`` run of seed 0 at ``size`` labels ended
-    with, if ``compare`` kept them (``conv1_<arm>_<size>.npy``)."""
+    """The first-layer filters (N, H, W, C) one ``arm`` run at ``size`` labels ended with, if
+    ``compare`` kept them (``conv1_<arm>_<size>.npy``)."""
     path = compare_dir / f"conv1_{arm}_{size}.npy"
     return np.moveaxis(np.load(path), 3, 0) if path.is_file() else None
 
@@ -106,7 +106,7 @@ def comparison_figures(config, data, params, rows: list[dict], compare_dir: Path
         w = _fine_tuned_filters(compare_dir, arm, sizes[-1])
         if w is not None:
             after[f"{comparison_plots.arm_label(arm)}, after fine-tuning\n"
-                  f"on {sizes[-1]:,} labels (seed 0)"] = w
+                  f"on {sizes[-1]:,} labels (one seed)"] = w
     path = out_dir / "filters_conv1.png"
     comparison_plots.filters_before_after_figure(
         np.moveaxis(np.asarray(params[0]["w"]), 3, 0), after, path, title)
@@ -138,7 +138,7 @@ def filters_compared_figure(config, params, random_filters: np.ndarray, compare_
             kept.append((int(size), arm))
     for size, arm in sorted(kept, key=lambda sa: (sa[0], sa[1] != "pretrained")):
         panels.append((f"{comparison_plots.arm_label(arm)}, after fine-tuning\non {size:,} "
-                       f"labels (seed 0)", _fine_tuned_filters(compare_dir, arm, size)))
+                       f"labels (one seed)", _fine_tuned_filters(compare_dir, arm, size)))
     n, h, w = panels[0][1].shape[:3]
     plots.filters_side_by_side(panels, path, plots.titled(
         title, f"first-layer filters ({n} of {h}x{w} pixels) before and after fine-tuning"))

@@ -230,3 +230,16 @@ def test_crowded_tick_labels_are_dropped_not_overlapped(drawn, tmp_path):
               "folder", tmp_path / "e.png", "my data")
     check_legible(s, "my data")
     assert 1 < len(s.x_tick_texts[0]) < len(sizes)
+
+
+def test_visualize_style():
+    import matplotlib
+
+    from pipelines import visualize
+    from scae.errors import InputError
+
+    with matplotlib.rc_context():
+        visualize._use_style("ggplot")
+        assert matplotlib.rcParams["axes.facecolor"] == "#E5E5E5"
+    with pytest.raises(InputError, match="--style: 'no-such-style'"):
+        visualize._use_style("no-such-style")
