@@ -20,6 +20,7 @@ from absl import app, flags
 
 from flax import nnx
 
+from pipelines import usage
 from scae import driver, flops, models, ops, optim, stack
 from scae import config as cfglib
 
@@ -134,13 +135,5 @@ def main(argv):
     print(json.dumps(out), flush=True)
 
 
-def _parse(argv):
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse)
+    app.run(main, flags_parser=usage.parse_plain)

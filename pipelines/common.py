@@ -17,6 +17,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from pipelines import usage
 from scae import config as cfglib
 from scae import atomic, parallel
 from scae.errors import InputError
@@ -44,21 +45,33 @@ def fail(message: str, status: int = 2) -> None:
     sys.exit(status)
 
 
-def _config_path(argv: list[str]) -> str | None:
+def _config_spec(argv: list[str]) -> str | None:
+    """The ``FILE[:PRESET]`` of ``--config``, if given."""
     for i, a in enumerate(argv):
         if a.startswith("--config="):
-            return a.split("=", 1)[1].split(":", 1)[0]
+            return a.split("=", 1)[1]
         if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1].split(":", 1)[0]
+            return argv[i + 1]
     return None
 
 
+def _config_path(argv: list[str]) -> str | None:
+    spec = _config_spec(argv)
+    return None if spec is None else spec.split(":", 1)[0]
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with ``--help`` answered here (exit 0) and every error as one line.
+
+    ``--help`` with ``--config`` (and overrides) lists that config's keys as resolved, so the
+    flags are parsed first; a bad one is reported as without ``--help``.
+    """
+    argv, wants_help = usage.split_help(argv)
     path = _config_path(argv)
     if path is not None and not Path(path).is_file():
         fail(f"--config: {path}: no such config file")
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except flags.Error as e:
         message = str(e)
         # A config file's own InputError arrives wrapped in a traceback; keep its message.
@@ -67,24 +80,29 @@ def _parse_flags(argv: list[str]) -> list[str]:
         fail(message)
     except InputError as e:
         fail(str(e))
-    except (KeyError, AttributeError) as e:
-        unknown = _unknown_override(argv, e)
-        fail(f"{unknown}: no such config key" if unknown
-             else f"--config: cannot load the config file: {e}")
+    except (KeyError, AttributeError, TypeError, IndexError) as e:
+        fail(_unknown_override(argv, e))
     except (FileNotFoundError, SyntaxError, ImportError) as e:
         fail(f"--config: cannot load the config file: {e}")
+    if wants_help:
+        print(usage.command_help(_CONFIG.value, _config_spec(argv)), end="")
+        sys.exit(0)
+    return rest
 
 
-def _unknown_override(argv: list[str], error: Exception) -> str | None:
-    """The ``--config.a.b`` flag whose key ``error`` (ml_collections' KeyError or
-    AttributeError for an absent field) complains about, if one matches."""
-    key = str(error).strip("'\" ")
-    for a in argv:
-        if a.startswith("--config."):
-            name = a.split("=", 1)[0]
-            if key in name[len("--config."):].split("."):
-                return name
-    return None
+def _unknown_override(argv: list[str], error: Exception) -> str:
+    """The message for ml_collections' KeyError, AttributeError or TypeError (a key below a
+    value) while applying the ``--config.KEY=VALUE`` overrides: the first KEY the config lacks,
+    with the nearest keys."""
+    spec = _config_spec(argv)
+    try:
+        config = usage.load_config(spec) if spec else None
+    except Exception:  # noqa: BLE001 - it loaded once already; fall back to the raw error
+        config = None
+    key = usage.missing_key(config, argv) if config is not None else None
+    if key is None:
+        return f"--config: cannot load the config file: {' '.join(str(error).split())}"
+    return usage.unknown_key_message(config, key, spec)
 
 
 def config_dict(config) -> dict:

@@ -3,9 +3,18 @@ label sizes and seeds, and compare them (pretrains first if the workdir has no s
 
   python -m pipelines.compare --config=configs/mnist.py:quick --workdir=runs/mnist_quick
 
-Writes compare/runs.csv, compare/summary.csv, compare/summary.md, compare/error_vs_labels.png,
-compare/curves.png, compare/filters_conv1.png and compare/embedding.png (and everything
-pipelines.pretrain writes). Rerunning on the same workdir resumes; finished runs are kept.
+Writes everything pipelines.pretrain writes, and in compare/:
+  runs.jsonl             one record per run (label size, arm, seed, errors, validation curve):
+                         the source of every table and figure
+  runs.csv               the same, one row per run, without the curves
+  summary.csv, summary.md  mean and spread per label size and arm, differences with 95% CIs
+                         and Welch p-values, the paper's figures beside (summary.md is printed)
+  error_vs_labels.png, curves.png, filters_conv1.png, embedding.png   the figures
+  conv1_<arm>_<labels>.npy   first-layer filters (kh, kw, channels, maps) of one fine-tuned
+                         run per pretrained and random cell
+  ckpt/<labels>_<arm>_s<seeds>/   the cell's latest checkpoint, what a killed run resumes from
+Rerunning on the same workdir resumes; finished runs are kept. pipelines.visualize redraws
+the figures from these files.
 """
 
 from __future__ import annotations

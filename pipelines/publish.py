@@ -16,6 +16,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from pipelines import usage
 from scae import atomic, figures, report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished pretrain, compare or filters workdir.")
@@ -82,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=usage.parse_plain)

@@ -1,11 +1,18 @@
-"""Figures from an existing pretrain or compare workdir.
+"""Redraws every figure of an existing pretrain or compare workdir from what the training
+wrote (checkpoints and records), without training, into <workdir>/figures/.
 
   python -m pipelines.visualize --workdir=runs/mnist_quick
+  python -m pipelines.visualize --workdir=runs/mnist_quick --style=ggplot
 
-Reads the workdir's config.json (``--config`` is not needed; if given, only its flags'
-overrides matter for reading data) and writes into ``figures/``: the stack's filters and
-reconstructions per layer, the pretraining loss, a random-initialisation filter grid for
-contrast, and for compare workdirs the first layer's filters after fine-tuning.
+Reads the workdir's config.json (--config is not needed; if given, it is used instead, e.g. to
+point --config.data.source at the data set on this machine) and the stack's checkpoints
+(pretrain/ckpt/layer<k>). Writes into figures/:
+  filters_layer<k>.png, reconstructions_layer<k>.png, loss.png   the stack, per layer
+  filters_conv1_compared.png   first-layer filters: stack, random init, and every fine-tuned
+                               run compare kept (compare/conv1_<arm>_<labels>.npy)
+and for a compare workdir, from compare/runs.jsonl: error_vs_labels.png, curves.png,
+filters_conv1.png and embedding.png (as compare draws them).
+--style restyles them: any matplotlib style name or .mplstyle file.
 """
 
 from __future__ import annotations
@@ -13,14 +20,35 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 from flax import nnx
 
 from pipelines import common
-from scae import figures, inputs, models, plots, stack
+from scae import figures, inputs, models, stack
+from scae.errors import InputError
+
+_STYLE = flags.DEFINE_string(
+    "style", None, "A matplotlib style for the figures: a name (e.g. ggplot, seaborn-v0_8) or "
+    "a .mplstyle file.")
+
+
+def _use_style(style: str | None) -> None:
+    import matplotlib.pyplot as plt
+
+    if not style:
+        return
+    if style not in plt.style.available and not Path(style).is_file():
+        raise InputError(f"--style: {style!r} is neither a matplotlib style ("
+                         f"{', '.join(sorted(plt.style.available)[:6])}, ...) nor a file")
+    try:
+        plt.style.use(style)
+    except (OSError, ValueError) as e:
+        raise InputError(f"--style: {style}: cannot be read ({e})") from None
 
 
 def main(config, workdir: Path) -> None:
     config = common.load_workdir_config(workdir) if config is None else config
+    _use_style(_STYLE.value)
     data = inputs.build(config.data, config.seed)
     params = stack.from_workdir(workdir, config, data.image_shape[-1])
     out = workdir / "figures"
@@ -29,15 +57,13 @@ def main(config, workdir: Path) -> None:
         figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"))
     fresh = models.CNN(models.CNNSpec.from_config(config.model, data.image_shape),
                        rngs=nnx.Rngs(config.seed))
-    panels = [("CAE stack, layer 1", params.project_filters(1)),
-              ("random initialisation", np.moveaxis(np.asarray(fresh.conv1.w[...]), 3, 0))]
-    for npy in sorted((workdir / "compare").glob("conv1_*_*.npy")):
-        _, arm, size = npy.stem.split("_")
-        panels.append((f"{arm} arm after fine-tuning, {size} labels",
-                       np.moveaxis(np.load(npy), 3, 0)))
-    path = out / "filters_conv1_compared.png"
-    plots.filters_side_by_side(panels, path, "First-layer filters")
-    written.append(path)
+    written.append(figures.filters_compared_figure(
+        config, params, np.moveaxis(np.asarray(fresh.conv1.w[...]), 3, 0),
+        workdir / "compare", out / "filters_conv1_compared.png"))
+    rows = figures.read_jsonl(workdir / "compare" / "runs.jsonl")
+    if rows:
+        written += figures.comparison_figures(config, data, params, rows, workdir / "compare",
+                                              out)
     common.log("wrote " + ", ".join(str(p) for p in written))
 
 

@@ -15,9 +15,6 @@ from scae import atomic, driver, figures, finetuning, inputs as inputs_lib, repo
 from scae import stack as stack_lib
 from scae.errors import InputError
 
-EMBEDDING_POINTS = 2000
-
-
 def check_label_sizes(config, data: inputs_lib.Inputs) -> None:
     """Raises :class:`InputError` for a label size the non-validation training set lacks."""
     n = data.train_images.shape[0]
@@ -135,20 +132,4 @@ def write_tables(config, rows: list[dict], out: Path) -> None:
 def write_figures(config, data: inputs_lib.Inputs, stack: stack_lib.Stack, rows: list[dict],
                   out: Path) -> None:
     """error_vs_labels.png, curves.png, filters_conv1.png and embedding.png."""
-    report.error_vs_labels_figure(rows, config.dataset, out / "error_vs_labels.png")
-    report.curves_figure(rows, out / "curves.png")
-    sizes = sorted({r["label_size"] for r in rows})
-    if sizes:
-        saved = {arm: out / f"conv1_{arm}_{sizes[-1]}.npy" for arm in ("pretrained", "random")}
-        after = {arm: np.load(path) for arm, path in saved.items() if path.exists()}
-        report.filters_before_after_figure(
-            np.moveaxis(np.asarray(stack.layers[0].w[...]), 3, 0),
-            {f"{arm} after fine-tuning ({sizes[-1]} labels)": np.moveaxis(w, 3, 0)
-             for arm, w in after.items()},
-            out / "filters_conv1.png")
-        x = data.test_images[:EMBEDDING_POINTS]
-        feats = stack.encode(x)
-        report.embedding_figure(np.asarray(x).reshape(x.shape[0], -1),
-                                feats.reshape(x.shape[0], -1),
-                                data.test_labels[:EMBEDDING_POINTS], data.class_names,
-                                out / "embedding.png")
+    figures.comparison_figures(config, data, stack, rows, out, out)

@@ -1,4 +1,4 @@
-"""Tables and figures of the comparison, written from run records.
+"""Tables of the comparison, written from run records (its figures: scae.comparison_plots).
 
 Run records are the dicts the fine-tuning produces, one per (label size, arm, seed):
 ``dataset``, ``label_size``, ``arm``, ``seed``, ``epochs``, ``steps``, ``best_epoch``,
@@ -15,18 +15,24 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-from matplotlib import ticker
-
-from scae import atomic, plots, stats
-from scae.plots import plt
+from scae import atomic, stats
+from scae.comparison_plots import (  # noqa: F401 - the figures, importable from here too
+    ARM_COLORS,
+    _log_y_if_wide,
+    _mean_curve,
+    _size_label,
+    curves_figure,
+    embedding_figure,
+    error_vs_labels_figure,
+    filters_before_after_figure,
+    pca_2d,
+)
 
 RUN_COLUMNS = ("dataset", "label_size", "arm", "seed", "epochs", "steps", "best_epoch",
                "val_error", "test_error", "time_s", "lr_scale")
 SUMMARY_COLUMNS = ("dataset", "label_size", "arm", "n", "mean_test_error", "std_test_error",
                    "diff_vs_random", "ci_low", "ci_high", "p_value", "paper_test_error")
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
-ARM_COLORS = {"random": "tab:blue", "pretrained": "tab:orange", "frozen": "tab:green"}
 ARM_LABELS = {"random": "random init", "pretrained": "CAE pretrained",
               "frozen": "CAE frozen"}
 
@@ -200,191 +206,3 @@ def _verdict(size: int, d: stats.Difference, dataset: str) -> str:
                        f"lower than random initialisation ({ci}).{paper}")
     return head + (f"pretraining hurt significantly: test error {d.diff:.2f} points higher "
                    f"than random initialisation ({ci}).{paper}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures
-
-
-def _log_y_if_wide(ax, values: Sequence[float]) -> None:
-    """A log y axis with plain-number labels when the values span more than a factor of 10.
-
-    Errors often fall by an order of magnitude across epochs or label sizes; on a log axis the
-    small errors, where the arms differ, stay readable.
-    """
-    v = [x for x in values if not math.isnan(x)]
-    if not v or min(v) <= 0 or max(v) / min(v) <= 10:
-        return
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
-    # Only the 2s and 5s of each decade are labelled, so the labels do not crowd.
-    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(
-        lambda y, _: f"{y:g}" if f"{y:.0e}"[0] in "25" else ""))
-
-
-def _size_label(n: int) -> str:
-    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
-
-
-def error_vs_labels_figure(rows: Sequence[Mapping], dataset: str,
-                           path: str | os.PathLike) -> None:
-    """Test error against label size (log x): mean ± std per arm, seeds as faint points, and
-    the paper's figures as hollow markers."""
-    cells, _ = stats.summarize(rows)
-    arms = sorted({c.arm for c in cells}, key=stats.arm_key)
-    fig, ax = plt.subplots(figsize=(5.6, 4.0))
-    # Arms are spread slightly along x so their bars and seed points do not hide each other.
-    shift = {a: 1.06 ** (i - (len(arms) - 1) / 2) for i, a in enumerate(arms)}
-    for a in arms:
-        cs = [c for c in cells if c.arm == a]
-        color = ARM_COLORS.get(a)
-        xs = np.array([c.label_size for c in cs], float) * shift[a]
-        ax.errorbar(xs, [c.mean for c in cs], yerr=[0 if math.isnan(c.std) else c.std for c in cs],
-                    fmt="o-", color=color, capsize=3, lw=1.5, ms=5, label=ARM_LABELS.get(a, a),
-                    zorder=3)
-        for x, c in zip(xs, cs):
-            ax.scatter(np.full(c.n, x), c.values, s=12, color=color, alpha=0.3, lw=0, zorder=2)
-    paper_sizes = sorted({s for (d, _, s) in stats.PAPER if d == dataset})
-    for a, marker in (("random", "o"), ("pretrained", "s")):
-        ys = [stats.PAPER[dataset, a, s] for s in paper_sizes]
-        if ys:
-            ax.plot(paper_sizes, ys, marker, ls=":", lw=0.8, ms=8, mfc="none",
-                    color=ARM_COLORS[a], label=f"paper: {'random' if a == 'random' else 'CAE'}",
-                    zorder=1)
-    sizes = sorted({c.label_size for c in cells} | set(paper_sizes))
-    ax.set_xscale("log")
-    _log_y_if_wide(ax, [v for c in cells for v in c.values]
-                   + [v for (d, _, _), v in stats.PAPER.items() if d == dataset])
-    if sizes:
-        ax.set_xticks(sizes, [_size_label(s) for s in sizes])
-        ax.xaxis.set_minor_locator(ticker.NullLocator())
-    else:
-        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("labelled training images")
-    ax.set_ylabel("test error (%)")
-    ax.set_title(f"{_dataset_name(dataset)}: test error vs labels (mean ± std over seeds)",
-                 fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    if cells or paper_sizes:
-        ax.legend(fontsize=8)
-    plots.save(fig, path)
-
-
-def _mean_curve(curves: Sequence[Sequence[Sequence[float]]]):
-    """Epochs common to all curves, and the mean, min and max validation error there."""
-    maps = [{float(e): float(v) for e, v in c} for c in curves if len(c)]
-    if not maps:
-        return None
-    epochs = sorted(set.intersection(*(set(m) for m in maps)))
-    if not epochs:
-        return None
-    vals = np.array([[m[e] for e in epochs] for m in maps])
-    return np.array(epochs), vals.mean(0), vals.min(0), vals.max(0)
-
-
-def curves_figure(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
-    """Validation error per epoch, one panel per label size: the mean curve of each arm over
-    its seeds with a shaded min–max band."""
-    sizes = sorted({int(r["label_size"]) for r in rows})
-    n = max(len(sizes), 1)
-    fig, axes = plt.subplots(1, n, figsize=(max(3.8 * n, 5.2), 3.4), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
-        rs = [r for r in rows if int(r["label_size"]) == size]
-        extent = []
-        for a in sorted({r["arm"] for r in rs}, key=stats.arm_key):
-            curve = _mean_curve([r.get("curve") or [] for r in rs if r["arm"] == a])
-            if curve is None:
-                continue
-            ep, mean, lo, hi = curve
-            k = sum(r["arm"] == a for r in rs)
-            color = ARM_COLORS.get(a)
-            ax.plot(ep, mean, "-", color=color, lw=1.5, label=f"{ARM_LABELS.get(a, a)} (n={k})")
-            ax.fill_between(ep, lo, hi, color=color, alpha=0.2, lw=0)
-            extent += [lo.min(), hi.max()]
-        _log_y_if_wide(ax, extent)
-        ax.set_title(f"{size:,} labels", fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-        ax.set_ylabel("validation error (%)")
-        ax.grid(alpha=0.3, which="both")
-        if extent:
-            ax.legend(fontsize=8)
-    if not sizes:
-        axes[0, 0].text(0.5, 0.5, "no finished runs", ha="center", va="center",
-                        transform=axes[0, 0].transAxes)
-    fig.suptitle("Validation error during fine-tuning (mean over seeds, band: min–max)",
-                 fontsize=10)
-    fig.tight_layout()
-    plots.save(fig, path)
-
-
-def pca_2d(x: np.ndarray, power_iters: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """The (N, 2) projection of ``x`` (N, D) on its first two principal components, and the
-    fraction of the total variance each explains.
-
-    A full SVD of thousands of images by thousands of pixels takes tens of seconds on a small
-    CPU, so large inputs go through randomized subspace iteration (Halko et al. 2011): a few
-    passes of ``x`` over a 10-column basis, then the SVD of a 10 x D matrix. Deterministic.
-    """
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    x = x - x.mean(0)
-    total = float(np.sum(x * x))
-    if min(x.shape) <= 64:
-        u, s, _ = np.linalg.svd(x, full_matrices=False)
-    else:
-        q = x @ np.random.default_rng(0).standard_normal((x.shape[1], 10))
-        for _ in range(power_iters):
-            # Re-orthonormalising each pass keeps the basis from collapsing onto PC1.
-            q, _ = np.linalg.qr(x @ (x.T @ np.linalg.qr(q)[0]))
-        ub, s, _ = np.linalg.svd(q.T @ x, full_matrices=False)
-        u = q @ ub
-    k = min(2, s.size)
-    proj = np.zeros((len(x), 2))
-    proj[:, :k] = u[:, :k] * s[:k]
-    ratio = np.zeros(2)
-    if total > 0:
-        ratio[:k] = s[:k] ** 2 / total
-    return proj, ratio
-
-
-def embedding_figure(raw: np.ndarray, feats: np.ndarray, labels: np.ndarray,
-                     class_names: Sequence[str] | None, path: str | os.PathLike) -> None:
-    """2-D PCA of raw pixels (N, D) beside that of the stack's top-layer features (N, F) of the
-    same images, coloured by class."""
-    labels = np.asarray(labels).reshape(-1)
-    classes = np.unique(labels)
-    cmap = plt.get_cmap("tab10" if classes.size <= 10 else "tab20")
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.6))
-    names = list(class_names or [])
-    panels = ((axes[0], raw, "raw pixels"), (axes[1], feats, "CAE stack top-layer features"))
-    for ax, x, what in panels:
-        proj, ratio = pca_2d(x)
-        for i, k in enumerate(classes):
-            m = labels == k
-            name = names[int(k)] if int(k) < len(names) else str(k)
-            ax.scatter(proj[m, 0], proj[m, 1], s=5, alpha=0.6, lw=0, color=cmap(i % cmap.N),
-                       label=name)
-        ax.set_title(f"PCA of {what} ({len(labels)} images, "
-                     f"D={np.asarray(x).reshape(len(x), -1).shape[1]})\n"
-                     f"PC1 {100 * ratio[0]:.1f}% + PC2 {100 * ratio[1]:.1f}% "
-                     f"= {100 * ratio.sum():.1f}% of variance", fontsize=9)
-        ax.set_xlabel("PC1")
-        ax.set_ylabel("PC2")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[1].legend(fontsize=7, markerscale=2.5, loc="center left", bbox_to_anchor=(1.01, 0.5),
-                   frameon=False)
-    plots.save(fig, path)
-
-
-def filters_before_after_figure(before: np.ndarray, after: Mapping[str, np.ndarray],
-                                path: str | os.PathLike) -> None:
-    """First-layer filters (N, H, W, C) of the CAE stack and, beside them, of the CNN after
-    fine-tuning for each arm in ``after`` (keyed by arm or by a panel title)."""
-    panels = [("CAE stack (before fine-tuning)", np.asarray(before))]
-    for key, w in after.items():
-        title = f"{ARM_LABELS.get(key, key)}, after fine-tuning" if key in ARM_LABELS else key
-        panels.append((title, np.asarray(w)))
-    n, h, w_, _ = panels[0][1].shape
-    plots.filters_side_by_side(panels, path,
-                               suptitle=f"First conv layer: {n} filters of {h}x{w_}")

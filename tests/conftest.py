@@ -50,6 +50,27 @@ def tiny_npz_module(tmp_path_factory) -> Path:
                      test_images=test.images[:50, ..., 0], test_labels=test.labels[:50])
 
 
+# Full copies of the data sets beside the project's folder (../shared/data), where development
+# machines and CI keep them; a fresh clone elsewhere has none, and the tests that read them skip.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_FILES = {
+    "mnist.npz": "the full MNIST (70,000 digits) as an npz file with train_images, train_labels, "
+                 "test_images and test_labels",
+    "cifar10-jpeg.tar.gz": "CIFAR-10 as an image-folder archive "
+                           "cifar10-jpeg/{train,test}/<class>/<n>.jpg",
+}
+
+
+def shared_data(name: str) -> Path:
+    """``../shared/data/<name>``, or a skip that says what is missing and how to provide it."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"needs {SHARED_FILES.get(name, name)} at {path}; that folder exists on the "
+                    f"project's development machines and CI, not in a fresh clone. Put the file "
+                    f"there to run this test (README: 'Data sets on an offline machine').")
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def xla_cache(tmp_path_factory) -> Path:
     """The commands the tests run share one persistent compilation cache per test session, as

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import shared_data
 from scae import data
 from scae.errors import InputError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHA256 = {
     "mnist.npz": "39b9b1ffaa0ba4d8995a616551f0966941fe02a3fe79ba4a9db7373db16d53ad",
     "cifar10-jpeg.tar.gz": "a9b417d49ece03275aaed3eda6397fb05543766d0cb8e04271acd5de448ff826",
@@ -493,7 +493,8 @@ def test_bare_cifar10_without_tfds_says_what_to_pass(tmp_path, no_network):
 
 
 def test_tfds_mocked(tmp_path, no_network):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    tfds = pytest.importorskip("tensorflow_datasets", reason="needs tensorflow_datasets, which "
+                               "the project installs (pip install -e .)")
     with tfds.testing.mock_data(num_examples=7):
         got = data.load("tfds:mnist", "train", data_dir=str(tmp_path))
     assert got.images.shape == (7, 28, 28, 1) and got.images.dtype == np.uint8
@@ -512,9 +513,7 @@ def test_tfds_not_prepared(tmp_path, no_network, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(SHA256))
 def test_shared_data_checksums(name):
-    path = SHARED / name
-    if not path.exists():
-        pytest.skip(f"{path} absent")
+    path = shared_data(name)
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -523,9 +522,7 @@ def test_shared_data_checksums(name):
 
 
 def test_shared_mnist_npz():
-    path = SHARED / "mnist.npz"
-    if not path.exists():
-        pytest.skip(f"{path} absent")
+    path = shared_data("mnist.npz")
     train, test = (data.load(f"npz:{path}", s) for s in ("train", "test"))
     assert train.images.shape == (60000, 28, 28, 1) and len(test) == 10000
     embedded = data.load("npz:" + str(Path(data.__file__).parent / "assets" / "mnist.npz"), "test")
@@ -534,9 +531,7 @@ def test_shared_mnist_npz():
 
 @pytest.mark.slow
 def test_shared_cifar_jpeg_test_split():
-    path = SHARED / "cifar10-jpeg.tar.gz"
-    if not path.exists():
-        pytest.skip(f"{path} absent")
+    path = shared_data("cifar10-jpeg.tar.gz")
     test = data.load(f"folder:{path}", "test")
     assert test.images.shape == (10000, 32, 32, 3)
     assert test.class_names == data.CIFAR10_CLASSES
