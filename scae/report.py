@@ -71,7 +71,7 @@ def fmt_p(p: float) -> str:
     return f"{p:.1e}" if p < 0.001 else f"{p:#.3g}"
 
 
-def _p_phrase(p: float) -> str:
+def p_phrase(p: float) -> str:
     """``p = 0.0123`` or ``p < 1e-6``, for sentences."""
     s = fmt_p(p)
     return f"p {s}" if s.startswith("<") else f"p = {s}"
@@ -113,13 +113,18 @@ def _dataset_name(dataset: str) -> str:
 # Tables
 
 
-def write_runs_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
-    """``runs.csv``: one row per run (no curve), sorted by label size, arm, seed."""
+def runs_csv_text(rows: Sequence[Mapping]) -> str:
+    """The text of ``runs.csv``: one row per run (no curve), sorted by label size, arm, seed."""
     # Records from before divergence retries existed ran at the configured rate: lr_scale 1.
     body = [[_num(r.get(k)) if k in ("val_error", "test_error", "time_s")
              else r.get(k, 1.0 if k == "lr_scale" else "") for k in RUN_COLUMNS]
             for r in _sort_rows(rows)]
-    atomic.write_text(path, _csv_text(RUN_COLUMNS, body))
+    return _csv_text(RUN_COLUMNS, body)
+
+
+def write_runs_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
+    """``runs.csv`` (see :func:`runs_csv_text`)."""
+    atomic.write_text(path, runs_csv_text(rows))
 
 
 def data_identity(rows: Sequence[Mapping],
@@ -142,11 +147,16 @@ def data_identity(rows: Sequence[Mapping],
 
 
 def label_text(size: int, rows: Sequence[Mapping]) -> str:
-    """``1,000``, or ``all (45,000)`` when the label size takes the whole labelled pool (the
-    records' ``pool_size``)."""
-    pools = {int(r["pool_size"]) for r in rows
-             if int(r["label_size"]) == size and r.get("pool_size") is not None}
-    return f"all ({size:,})" if pools and size >= min(pools) else f"{size:,}"
+    """``1,000``, or ``all (45,000)`` when the label size takes the whole labelled pool: the
+    records' ``pool_size`` says so, or (records without it) every seed drew the same subset
+    (``subset`` digests), which a seeded draw from a larger pool does not."""
+    at = [r for r in rows if int(r["label_size"]) == size]
+    pools = {int(r["pool_size"]) for r in at if r.get("pool_size") is not None}
+    if pools:
+        return f"all ({size:,})" if size >= min(pools) else f"{size:,}"
+    subsets = {r["subset"] for r in at if r.get("subset")}
+    seeds = {int(r.get("seed", 0)) for r in at if r.get("subset")}
+    return f"all ({size:,})" if len(subsets) == 1 and len(seeds) > 1 else f"{size:,}"
 
 
 def stack_statement(rows: Sequence[Mapping]) -> str:
@@ -205,6 +215,15 @@ def write_summary(rows: Sequence[Mapping],
     :func:`stacks_line`). In the csv, the difference, ``ci_low``, ``ci_high``, ``t``, ``df``
     and ``p_value`` are the paired t-test's; Welch's are in the ``welch_*`` columns.
     """
+    csv_text, md_text = summary_texts(rows, identity, stacks)
+    atomic.write_text(csv_path, csv_text)
+    atomic.write_text(md_path, md_text)
+
+
+def summary_texts(rows: Sequence[Mapping],
+                  identity: provenance.DataIdentity | str | None = None,
+                  stacks: Sequence[Sequence[Mapping]] | None = None) -> tuple[str, str]:
+    """The texts of ``summary.csv`` and ``summary.md`` (see :func:`write_summary`)."""
     ident = data_identity(rows, identity)
     cells, welch = stats.summarize(rows)
     wmap = {(d.label_size, d.arm_a): d for d in welch}
@@ -220,8 +239,8 @@ def write_summary(rows: Sequence[Mapping],
                      _num_p(d.p) if d else "", _num_p(d.wilcoxon_p) if d else "",
                      _num(w.ci_low) if w else "", _num(w.ci_high) if w else "",
                      _num_p(w.p) if w else "", _num(paper)])
-    atomic.write_text(csv_path, _csv_text(SUMMARY_COLUMNS, body))
-    atomic.write_text(md_path, summary_markdown(rows, ident, stacks) + _retried_note(rows))
+    return (_csv_text(SUMMARY_COLUMNS, body),
+            summary_markdown(rows, ident, stacks) + _retried_note(rows))
 
 
 def _retried_note(rows: Sequence[Mapping]) -> str:
@@ -341,7 +360,7 @@ def _verdict(d: stats.PairedDifference, label: str, paper_key: str | None) -> st
         return head + (f"pretrained − random = {fmt_signed(d.diff)} points; no paired test "
                        f"({d.reason}).{paper}")
     ci = (f"paired over {d.n} seeds: 95% CI {fmt_signed(d.ci_low)} to {fmt_signed(d.ci_high)}, "
-          f"{_p_phrase(d.p)}")
+          f"{p_phrase(d.p)}")
     if not d.significant:
         return head + (f"no significant difference between pretraining and random "
                        f"initialisation ({fmt_signed(d.diff)} points, {ci}).{paper}")

@@ -183,6 +183,13 @@ def test_whole_pool_cells_are_named_and_explained(tmp_path):
     report.write_summary(rows, "cifar10", tmp_path / "s.csv", tmp_path / "s.md")
     _, body = read_csv(tmp_path / "s.csv")
     assert {r["labels"] for r in body} == {"1,000", "all (45,000)"}
+    # Records without pool_size: every seed drawing the same subset means the whole pool.
+    legacy = [{k: v for k, v in r.items() if k != "pool_size"}
+              | {"subset": "same" if r["label_size"] == 45000 else f"s{r['seed']}"}
+              for r in rows]
+    assert [report.label_text(s, legacy) for s in (1000, 45000)] == ["1,000", "all (45,000)"]
+    one_seed = [r for r in legacy if r["seed"] == 0]
+    assert report.label_text(45000, one_seed) == "45,000"  # one seed cannot tell
 
 
 @pytest.mark.parametrize("stack_of,expected", [
