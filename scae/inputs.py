@@ -66,7 +66,9 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
     train, test = _load_both(c)
     train_idx, val_idx = splits.validation_split(len(train), c.validation_size)
     pool = train.images[: len(train_idx)]  # validation is the tail, so the pool is a view
-    normalizer = fit_normalizer(pool, c.scale, c.standardize)
+    # Workdir configs from before these keys existed mean no GCN/ZCA.
+    normalizer = fit_normalizer(pool, c.scale, c.standardize, c.get("preprocess", "none"),
+                                c.get("zca_epsilon", 0.1))
     train_images = jnp.asarray(normalizer(pool))
     if c.pretrain_size:
         chosen = splits.pretrain_indices(len(pool), c.pretrain_size, seed)
