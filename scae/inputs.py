@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from scae import data, splits
+from scae import data, provenance, splits
 from scae.errors import InputError
 from scae.preprocess import Normalizer, fit_normalizer
 
@@ -31,6 +31,9 @@ class Inputs:
     test_labels: np.ndarray
     class_names: tuple[str, ...]
     normalizer: Normalizer
+    # What the test split is, by content: names it in tables and figures and decides whether
+    # the paper's figures are shown beside ours.
+    identity: provenance.DataIdentity | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -86,6 +89,7 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
         test_labels=test.labels[:test_n],
         class_names=train.class_names,
         normalizer=normalizer,
+        identity=provenance.identify(c.source, test.images[:test_n], test.labels[:test_n]),
     )
 
 

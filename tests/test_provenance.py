@@ -112,3 +112,13 @@ def test_machine_record(monkeypatch):
                                         "cpu_vector_flags": ["avx2", "fma"], "jax": "0.9",
                                         "devices": ["1 x cpu"]})
     assert line == "Xeon X (2 cores; avx2 fma), jax 0.9 on 1 x cpu"
+
+
+def test_inputs_carry_the_identity_of_their_test_split(tiny_npz_module):
+    from scae import config, inputs
+
+    c = config.base_config("mnist").data  # a config named "mnist" ...
+    c.source = f"npz:{tiny_npz_module}"  # ... run on 50 of MNIST's test digits
+    c.validation_size = 50
+    got = inputs.build(c, seed=0).identity
+    assert (got.title, got.paper_key) == (c.source, None)
