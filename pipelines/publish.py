@@ -131,6 +131,8 @@ def machine_text(machine: Mapping) -> str:
                 "command wrote `machine.json`).")
     wall = machine.get("wall_time_s")
     took = f", {_duration(wall)} wall time" if wall is not None else ""
+    if wall is not None and machine.get("resumed"):
+        took += " (of the last session only: the job was resumed)"
     return f"Measured on {provenance.describe_machine(machine)}{took}."
 
 

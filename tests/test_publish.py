@@ -105,6 +105,13 @@ def test_blocks_pending_then_filled(tmp_path):
     assert "Measured on AMD EPYC" in filled.split("<!-- scae:machine:mnist_paper -->")[1]
 
 
+def test_machine_text():
+    assert publish.machine_text(dict(MACHINE, wall_time_s=7300)).endswith(
+        "on 1 x cpu, 2 h 01 min wall time.")
+    assert "resumed" in publish.machine_text(dict(MACHINE, resumed=True))
+    assert publish.machine_text({}).startswith("Hardware and wall time not recorded")
+
+
 def test_unknown_block_is_refused(tmp_path):
     with pytest.raises(ValueError, match="README block 'summary:x'"):
         publish.fill("<!-- scae:summary:x -->\n<!-- /scae:summary:x -->", tmp_path)
