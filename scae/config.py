@@ -191,7 +191,8 @@ def _validate_recipe(c: ml_collections.ConfigDict) -> None:
                          f"each image)")
     _positive_float(c, "model.dropout", allow_zero=True)
     if not c.model.dropout < 1:
-        raise InputError(f"config.model.dropout: expected a rate in [0, 1), got {c.model.dropout!r}")
+        raise InputError(f"config.model.dropout: expected a rate in [0, 1), "
+                         f"got {c.model.dropout!r}")
     _positive_ints(c, "finetune.augment_translate", allow_zero=True)
     _bool(c, "finetune.augment_flip")
     _bool(c, "finetune.refit_full")

@@ -6,13 +6,13 @@ file's name says nothing about that (``configs/mnist.py`` runs on any 28x28 sour
 :func:`identify` looks at the test images and labels themselves:
 
 1. an exact content fingerprint of a known copy: the official MNIST test set (the embedded
-   copy, tfds, the IDX files), or the JPEG copy of the CIFAR-10 test set that the project's
-   development data holds (every image re-encoded at JPEG quality 75: the paper's test set,
-   but not pixel for pixel);
-2. otherwise, a low-resolution signature of the test set (each class's mean image in 4x4-pixel blocks,
-   ``assets/test_signatures.npz``), close to that of a known test set: a re-encoded or
-   otherwise re-packaged copy, such as the original CIFAR-10 binary release, whose exact
-   fingerprint cannot be checked here. Such a copy counts as the paper's test set but is
+   copy, or any pixel-exact copy of the official files, whatever its format or order), or
+   the JPEG copy of the CIFAR-10 test set that the project's development data holds (every
+   image re-encoded at JPEG quality 75: the paper's test set, but not pixel for pixel);
+2. otherwise, a low-resolution signature of the test set (each class's mean image in
+   4x4-pixel blocks, ``assets/test_signatures.npz``), close to that of a known test set: a
+   re-encoded or otherwise re-packaged copy, such as the original CIFAR-10 binary release,
+   whose exact fingerprint could not be computed here (no copy of it was at hand). Such a copy counts as the paper's test set but is
    marked not verified. A different set of images of the same classes (CIFAR-10's training
    images, say) differs in these means by about twice the threshold;
 3. otherwise an unknown data set: titled by its source, with no paper figures.

@@ -91,7 +91,8 @@ def test_blocks_pending_then_filled(tmp_path):
     assert quick.startswith("Expected output (`results/mnist_quick`, 3 seeds; mean ± std over "
                             "seeds): at 1,000 labels: random 6.50 ± 0.20 %, pretrained 5.95 ± "
                             "0.25 %, frozen 8.70 ± 0.20 % test error; pretrained − random "
-                            "−0.55 points (paired over 3 seeds: 95% CI −0.67 to −0.43, p = 0.00274). ")
+                            "−0.55 points (paired over 3 seeds: 95% CI −0.67 to −0.43, "
+                            "p = 0.00274). ")
     assert quick.endswith("Measured on AMD EPYC (2 cores; avx2), jax 0.10.2 on 1 x cpu, "
                           "8 min 56 s wall time.")
     table = filled.split("<!-- scae:table:mnist_paper -->\n")[1].split("\n<!--")[0]
