@@ -286,12 +286,13 @@ def summary_markdown(rows: Sequence[Mapping],
               "in brackets.", ""]
     header = ["labels"] + [ARM_LABELS.get(a, a) for a in arms]
     if has_paper:
-        header += ["paper random", "paper CAE"]
+        header += ["paper random", "paper CAE", "ours − paper (random, CAE)"]
     body = []
     for s in sizes:
         row = [labels[s]] + [_fmt_cell(cmap.get((s, a))) for a in arms]
         if has_paper:
             row += [_fmt_paper(stats.PAPER.get((key, a, s))) for a in ("random", "pretrained")]
+            row.append(_paper_gap(cmap, key, s))
         body.append(row)
     lines += ["| " + " | ".join(header) + " |",
               "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
@@ -300,7 +301,9 @@ def summary_markdown(rows: Sequence[Mapping],
         exact = ("" if ident.exact or ident.note == provenance.LEGACY_NOTE else
                  " Our test set is the paper's, but not pixel for pixel (see above).")
         lines += ["Paper: Masci et al. (2011), test error in percent of random and CAE-stack "
-                  "initialisation (single figures, no spread reported)." + exact, ""]
+                  "initialisation (single figures, no spread reported); ours − paper is our mean "
+                  "minus the paper's figure (positive: ours is behind the paper by that many "
+                  "points)." + exact, ""]
     whole = [s for s in sizes if labels[s].startswith("all")]
     if whole:
         refit = any(r.get("refit_full") for r in rows if int(r["label_size"]) in whole)
@@ -345,6 +348,14 @@ def _fmt_wilcoxon(d: stats.PairedDifference) -> str:
         return fmt_p(d.wilcoxon_p)
     few = d.wilcoxon_reason.split(" ", 1)[0]
     return f"n/a ({few} pairs)" if few.isdigit() else f"n/a ({d.wilcoxon_reason})"
+
+
+def _paper_gap(cmap: Mapping[tuple[int, str], stats.Cell], key: str | None, size: int) -> str:
+    gaps = []
+    for arm in ("random", "pretrained"):
+        paper, cell = stats.PAPER.get((key, arm, size)), cmap.get((size, arm))
+        gaps.append("" if paper is None or cell is None else fmt_signed(cell.mean - paper))
+    return ", ".join(gaps) if any(gaps) else ""
 
 
 def _fmt_paper(x: float | None) -> str:

@@ -99,6 +99,9 @@ def test_summary_csv_and_md(rows, tmp_path):
     assert report.fmt_p(paired.pvalue) in md and report.fmt_p(welch) in md
     assert "n/a (4 pairs)" in md and "cannot reach p < 0.05" in md
     assert "7.63" in md and "7.23" in md  # the paper's figures beside
+    # ... and how far ours is from them: 1k random 7.80 vs 7.63, CAE 7.20 vs 7.23.
+    assert "| 7.63 | 7.23 | +0.17, −0.03 |" in md
+    assert "| 0.79 | 0.71 | +0.01, −0.01 |" in md
     assert "paired by seed" in md and "Welch" in md and "Wilcoxon" in md
     assert "percent" in md and "standard deviation" in md
     # Welch alone would call 1k significant; the paired test, which the verdict uses, does not.
