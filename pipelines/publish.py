@@ -1,28 +1,67 @@
-"""Copies a finished workdir's records and figures into ``results/`` and rewrites its tables
-from the run records, so that committed tables are always the code's output.
+"""Copies a finished workdir's records and figures into ``results/``, rewrites its tables from
+the run records, and rewrites every block of README.md and results/README.md that quotes
+results, so that no committed number or timing is typed by hand.
 
-  python -m pipelines.publish --workdir=runs/mnist_paper --out=results/mnist
+  python -m pipelines.publish --workdir=runs/mnist_paper --out=results/mnist_paper
+  python -m pipelines.publish --readmes_only      # only rewrite the README blocks
 
-Copies config.json, compare/runs.jsonl, pretrain/metrics.jsonl and every figure; writes
-runs.csv, summary.csv and summary.md anew from runs.jsonl, and puts that summary into the
-``<!-- summary:<out name> -->`` block of the README.md beside ``--out``.
+Copies config.json, machine.json (hardware and wall time, written by the compare command),
+compare/runs.jsonl and the pretraining metrics (``metrics.jsonl``, or ``metrics_<stack>.jsonl``
+for one stack per seed) and every figure; writes runs.csv, summary.csv and summary.md anew.
+
+A README block is the text between ``<!-- scae:NAME -->`` and ``<!-- /scae:NAME -->``; NAME
+says what it holds, from the folder ``results/<dir>``:
+
+- ``table:<dir>``: the summary (without its title), and the cells the config asks for that
+  have no finished runs yet, marked pending;
+- ``machine:<dir>``: the hardware and wall time the results were measured on;
+- ``expected:<dir>``: a short paragraph of the job's numbers, the machine and wall time (the
+  README's quick job); "pending", with the commands that produce it, while the folder has no
+  records.
+
+``tests/test_publish.py`` fails when a committed README block or table differs from what this
+module writes from the committed records.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from absl import app, flags
 
 from pipelines import usage
-from scae import atomic, figures, report
+from scae import atomic, figures, provenance, report, stats
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished pretrain, compare or filters workdir.")
 _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
+_READMES_ONLY = flags.DEFINE_bool("readmes_only", False,
+                                  "Only rewrite the result blocks of the READMEs.")
 
-FILES = ("config.json", "compare/runs.jsonl", "pretrain/metrics.jsonl")
+ROOT = Path(__file__).resolve().parents[1]
+READMES = ("README.md", "results/README.md")
+FILES = ("config.json", "machine.json", "compare/runs.jsonl")
+TABLES = ("runs.csv", "summary.csv", "summary.md")
+_BLOCK = re.compile(r"<!-- scae:(?P<name>[\w:.-]+) -->\n.*?<!-- /scae:(?P=name) -->", re.S)
+# The commands that make each expected-output folder, for its "pending" block.
+COMMANDS = {
+    "mnist_quick": "python -m pipelines.compare --config=configs/mnist.py:quick "
+                   "--workdir=runs/mnist_quick",
+}
+
+
+def _metrics_files(workdir: Path) -> list[tuple[Path, str]]:
+    """Each stack's pretraining metrics and the name it is published under."""
+    one = workdir / "pretrain" / "metrics.jsonl"
+    found = [(one, "metrics.jsonl")] if one.is_file() else []
+    for path in sorted((workdir / "pretrain").glob("*/metrics.jsonl")):
+        found.append((path, f"metrics_{path.parent.name}.jsonl"))
+    return found
 
 
 def publish(workdir: Path, out: Path) -> list[Path]:
@@ -31,54 +70,161 @@ def publish(workdir: Path, out: Path) -> list[Path]:
         raise FileNotFoundError(f"{workdir / 'config.json'}: not found; not a workdir")
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in FILES:
-        if (workdir / name).is_file():
-            dst = out / Path(name).name
-            shutil.copyfile(workdir / name, dst)
-            written.append(dst)
+    copies = [(workdir / name, Path(name).name) for name in FILES] + _metrics_files(workdir)
+    for src, name in copies:
+        if src.is_file():
+            shutil.copyfile(src, out / name)
+            written.append(out / name)
     pngs = [p for d in (".", "pretrain", "compare") for p in sorted((workdir / d).glob("*.png"))]
     for png in pngs:
         rel = png.relative_to(workdir)
         dst = out / (rel.name if rel.parent == Path(".") else f"{rel.parent.name}_{rel.name}")
         shutil.copyfile(png, dst)
         written.append(dst)
-    rows = figures.read_jsonl(workdir / "compare" / "runs.jsonl")
-    if rows:
-        dataset = rows[0]["dataset"]
-        report.write_runs_csv(rows, out / "runs.csv")
-        report.write_summary(rows, dataset, out / "summary.csv", out / "summary.md")
-        written += [out / "runs.csv", out / "summary.csv", out / "summary.md"]
+    for name, text in tables(out).items():
+        atomic.write_text(out / name, text)
+        written.append(out / name)
     return written
 
 
-def update_index(index: Path, name: str, summary_md: Path) -> bool:
-    """Replaces the block between ``<!-- summary:NAME -->`` and ``<!-- /summary -->`` in
-    ``index`` with the table and sentences of ``summary_md``; returns whether it did."""
-    if not index.is_file() or not summary_md.is_file():
-        return False
-    text = index.read_text()
-    start, end = f"<!-- summary:{name} -->", "<!-- /summary -->"
-    if start not in text:
-        return False
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    body = summary_md.read_text().split("\n", 1)[1].strip()  # without the summary's title
-    atomic.write_text(index, f"{head}{start}\n{body}\n{end}{tail}")
-    return True
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def tables(folder: Path) -> dict[str, str]:
+    """runs.csv, summary.csv and summary.md as written from ``folder``'s records ({} when it
+    has no runs)."""
+    rows = figures.read_jsonl(folder / "runs.jsonl")
+    if not rows:
+        return {}
+    stacks = [figures.read_jsonl(p) for p in sorted(folder.glob("metrics*.jsonl"))]
+    csv_text, md_text = report.summary_texts(rows, None, stacks)
+    return {"runs.csv": report.runs_csv_text(rows), "summary.csv": csv_text,
+            "summary.md": md_text}
+
+
+def pending_cells(config: Mapping, rows: Sequence[Mapping]) -> list[str]:
+    """'<labels> <arm> (k of n seeds)' for every cell of the config with missing seeds."""
+    c = config.get("compare", {})
+    seeds = set(range(int(c.get("num_seeds", 0))))
+    out = []
+    for size in c.get("label_sizes", ()):
+        for arm in c.get("arms", ()):
+            done = {int(r["seed"]) for r in rows
+                    if int(r["label_size"]) == int(size) and r["arm"] == arm}
+            if seeds - done:
+                out.append(f"{report.label_text(int(size), rows)} labels {arm} "
+                           f"({len(done & seeds)} of {len(seeds)} seeds)")
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")
+
+
+def machine_text(machine: Mapping) -> str:
+    """'Measured on <hardware>, in <wall time>' from a machine.json record."""
+    if not machine:
+        return ("Hardware and wall time not recorded (these runs were made before the compare "
+                "command wrote `machine.json`).")
+    wall = machine.get("wall_time_s")
+    took = f", {_duration(wall)} wall time" if wall is not None else ""
+    if wall is not None and machine.get("resumed"):
+        took += " (of the last session only: the job was resumed)"
+    return f"Measured on {provenance.describe_machine(machine)}{took}."
+
+
+def _table_block(folder: Path) -> str:
+    if not (folder / "runs.jsonl").is_file():
+        return f"Pending: no finished runs in `results/{folder.name}` yet."
+    rows = figures.read_jsonl(folder / "runs.jsonl")
+    md = tables(folder)["summary.md"]
+    body = md.split("\n", 1)[1].strip()  # without the summary's title
+    pending = pending_cells(_json(folder / "config.json"), rows)
+    if pending:
+        body += ("\n\nPending (no finished runs yet; rerun the command to continue): "
+                 + "; ".join(pending) + ".")
+    return body
+
+
+def _expected_block(folder: Path) -> str:
+    """The job's numbers in one paragraph, with its machine and wall time."""
+    rows = figures.read_jsonl(folder / "runs.jsonl")
+    if not rows:
+        command = COMMANDS.get(folder.name, "python -m pipelines.compare ...")
+        return (f"Expected output: pending (no committed record yet). To produce it: "
+                f"`{command} && python -m pipelines.publish --workdir=runs/{folder.name} "
+                f"--out=results/{folder.name}`.")
+    cells, _ = stats.summarize(rows)
+    sizes = sorted({c.label_size for c in cells})
+    seeds = max(c.n for c in cells)
+    parts = []
+    for size in sizes:
+        arms = ", ".join(f"{c.arm} {c.mean:.2f}" + ("" if c.n < 2 else f" ± {c.std:.2f}") + " %"
+                         for c in cells if c.label_size == size)
+        parts.append(f"at {report.label_text(size, rows)} labels: {arms} test error")
+        for d in stats.paired_tests(rows):
+            if d.label_size == size and d.arm_a == "pretrained":
+                test = (d.reason if math.isnan(d.p) else
+                        f"paired over {d.n} seeds: 95% CI {report.fmt_signed(d.ci_low)} to "
+                        f"{report.fmt_signed(d.ci_high)}, {report.p_phrase(d.p)}")
+                parts[-1] += (f"; pretrained − random {report.fmt_signed(d.diff)} points "
+                              f"({test})")
+    machine = machine_text(_json(folder / "machine.json"))
+    return (f"Expected output (`results/{folder.name}`, {seeds} seeds; mean ± std over seeds): "
+            + "; ".join(parts) + f". {machine}")
+
+
+def render(name: str, results: Path) -> str:
+    """The body of the README block ``name`` (see the module docstring)."""
+    kind, _, folder = name.partition(":")
+    if not folder or "/" in folder or kind not in ("table", "machine", "expected"):
+        raise ValueError(f"README block {name!r}: expected table:<dir>, machine:<dir> or "
+                         f"expected:<dir> of results/<dir>")
+    if kind == "table":
+        return _table_block(results / folder)
+    if kind == "machine":
+        return machine_text(_json(results / folder / "machine.json"))
+    return _expected_block(results / folder)
+
+
+def fill(text: str, results: Path) -> str:
+    """``text`` with every ``<!-- scae:NAME -->`` block rewritten from ``results``."""
+    return _BLOCK.sub(lambda m: f"<!-- scae:{m['name']} -->\n{render(m['name'], results)}\n"
+                                f"<!-- /scae:{m['name']} -->", text)
+
+
+def update_readmes(root: Path = ROOT) -> list[Path]:
+    """Rewrites the result blocks of README.md and results/README.md; returns those changed."""
+    changed = []
+    for name in READMES:
+        path = root / name
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        new = fill(text, root / "results")
+        if new != text:
+            atomic.write_text(path, new)
+            changed.append(path)
+    return changed
 
 
 def main(argv):
-    if len(argv) > 1 or not _WORKDIR.value or not _OUT.value:
-        print("error: usage: --workdir=DIR --out=DIR", file=sys.stderr)
+    if len(argv) > 1 or (not _READMES_ONLY.value and (not _WORKDIR.value or not _OUT.value)):
+        print("error: usage: --workdir=DIR --out=results/NAME, or --readmes_only",
+              file=sys.stderr)
         sys.exit(2)
+    written = []
     try:
-        written = publish(Path(_WORKDIR.value), Path(_OUT.value))
-    except FileNotFoundError as e:
+        if not _READMES_ONLY.value:
+            written = publish(Path(_WORKDIR.value), Path(_OUT.value))
+        written += update_readmes()
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    out = Path(_OUT.value)
-    if update_index(out.parent / "README.md", out.name, out / "summary.md"):
-        written.append(out.parent / "README.md")
     print("\n".join(str(p) for p in written))
 
 

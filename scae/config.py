@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from scae import models, ops
+from scae import models, ops, preprocess
 from scae.errors import InputError
 
 ARMS = ("random", "pretrained", "frozen")
@@ -29,6 +29,11 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.data.test_size = 0  # 0 = the whole test split
     c.data.scale = "unit"  # 'unit': [0, 1], 'symmetric': [-1, 1]
     c.data.standardize = False  # per-channel mean/std computed on the training split
+    # 'gcn': per-image global contrast normalisation; 'gcn_zca': GCN, then ZCA whitening fitted
+    # on the training split (the usual CIFAR-10 recipe). Whitened pixels reach well beyond a
+    # scaled-tanh decoder's +-1.716, so the CAE then needs a linear decoder output.
+    c.data.preprocess = "none"
+    c.data.zca_epsilon = 0.1  # added to the eigenvalues: bounds how much ZCA amplifies noise
     c.data.tfds_data_dir = ""  # '' = tfds's default
 
     c.model = ml_collections.ConfigDict()
@@ -40,6 +45,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.model.activation = "scaled_tanh"  # 1.7159 * tanh(2x/3); the paper's constants are unknown
     c.model.init = "glorot_uniform"  # the same family for the CAEs and the random CNN
     c.model.conv_impl = "auto"  # 'xla' | 'matmul' (patches x kernel); 'auto': matmul on CPU
+    c.model.dropout = 0.0  # dropout rate before the classifier when fine-tuning; 0 = off (paper)
 
     c.pretrain = ml_collections.ConfigDict()
     c.pretrain.layers = 3  # how many CAEs of the stack to train (<= len(model.features))
@@ -77,6 +83,14 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     # the scale used is kept in each run record (lr_scale).
     c.finetune.divergence_retries = 0
     c.finetune.steps_per_call = 50
+    # Augmentation inside the jitted step, keyed by (seed, step): every arm of a seed sees the
+    # same augmented batches. Off by default, as in the paper.
+    c.finetune.augment_translate = 0  # random shifts by up to N pixels, zero padding; 0 = off
+    c.finetune.augment_flip = False  # random horizontal flips (for CIFAR-10, not for digits)
+    # True: once the schedule is chosen on validation, train again on every training image
+    # (validation included) with that schedule and test the final model; the refit does no
+    # selection on validation. For a full-label cell comparable to the paper's 50k.
+    c.finetune.refit_full = False
 
     c.compare = ml_collections.ConfigDict()
     c.compare.label_sizes = (1000, 10000, 50000)
@@ -158,6 +172,30 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not arms or any(a not in ARMS for a in arms):
         raise InputError(f"config.compare.arms: expected a non-empty subset of {', '.join(ARMS)}, "
                          f"got {arms!r}")
+    _validate_recipe(c)
+
+
+def _bool(c: ml_collections.ConfigDict, key: str) -> None:
+    section, name = key.split(".")
+    if not isinstance(c[section][name], bool):
+        raise InputError(f"config.{key}: expected True or False, got {c[section][name]!r}")
+
+
+def _validate_recipe(c: ml_collections.ConfigDict) -> None:
+    """The preprocessing, augmentation, dropout and refit options."""
+    _choice(c, "data.preprocess", preprocess.PREPROCESS)
+    _positive_float(c, "data.zca_epsilon")
+    if c.data.preprocess != "none" and c.data.standardize:
+        raise InputError(f"config.data.standardize: give either standardize=True or "
+                         f"preprocess={c.data.preprocess!r}, not both (GCN already normalises "
+                         f"each image)")
+    _positive_float(c, "model.dropout", allow_zero=True)
+    if not c.model.dropout < 1:
+        raise InputError(f"config.model.dropout: expected a rate in [0, 1), "
+                         f"got {c.model.dropout!r}")
+    _positive_ints(c, "finetune.augment_translate", allow_zero=True)
+    _bool(c, "finetune.augment_flip")
+    _bool(c, "finetune.refit_full")
 
 
 # The paper's four variants: name -> (title, masking noise probability, sparsity window).

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from scae import data, splits
+from scae import data, provenance, splits
 from scae.errors import InputError
 from scae.preprocess import Normalizer, fit_normalizer
 
@@ -31,6 +31,9 @@ class Inputs:
     test_labels: np.ndarray
     class_names: tuple[str, ...]
     normalizer: Normalizer
+    # What the test split is, by content: names it in tables and figures and decides whether
+    # the paper's figures are shown beside ours.
+    identity: provenance.DataIdentity | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -66,7 +69,9 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
     train, test = _load_both(c)
     train_idx, val_idx = splits.validation_split(len(train), c.validation_size)
     pool = train.images[: len(train_idx)]  # validation is the tail, so the pool is a view
-    normalizer = fit_normalizer(pool, c.scale, c.standardize)
+    # Workdir configs from before these keys existed mean no GCN/ZCA.
+    normalizer = fit_normalizer(pool, c.scale, c.standardize, c.get("preprocess", "none"),
+                                c.get("zca_epsilon", 0.1))
     train_images = jnp.asarray(normalizer(pool))
     if c.pretrain_size:
         chosen = splits.pretrain_indices(len(pool), c.pretrain_size, seed)
@@ -84,6 +89,7 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
         test_labels=test.labels[:test_n],
         class_names=train.class_names,
         normalizer=normalizer,
+        identity=provenance.identify(c.source, test.images[:test_n], test.labels[:test_n]),
     )
 
 

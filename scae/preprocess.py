@@ -1,4 +1,19 @@
-"""Pixel scaling: uint8 images to float32 network inputs, and back for plotting."""
+"""Pixel preprocessing: uint8 images to float32 network inputs, and back for plotting.
+
+Every statistic is fitted on the images passed to :func:`fit_normalizer` (the training split
+only, so nothing leaks from validation or test data), then applied unchanged to every split:
+
+1. a fixed scale: 'unit' (x / 255) or 'symmetric' (x / 127.5 - 1);
+2. optionally per-channel standardisation (``data.standardize``); or instead
+3. ``data.preprocess``: 'gcn', per-image global contrast normalisation (each image minus its
+   own mean, divided by its own standard deviation over all pixels and channels), or
+   'gcn_zca', GCN followed by ZCA whitening (Coates & Ng 2011; Goodfellow et al. 2013 use
+   both for CIFAR-10) with a whitening matrix fitted on the training images.
+
+Standardised and whitened inputs leave the [0, 1] or [-1, 1] range (whitened pixels reach
+several units), beyond what a scaled-tanh decoder (|y| < 1.716) can reconstruct: a CAE trained
+on them needs a linear decoder output.
+"""
 
 from __future__ import annotations
 
@@ -9,31 +24,59 @@ import numpy as np
 from scae.errors import InputError
 
 SCALES = ("unit", "symmetric")
+PREPROCESS = ("none", "gcn", "gcn_zca")
 _CHUNK = 4096  # images per chunk when computing statistics, to bound float64 temporaries
+# GCN leaves a (near-)constant image at zero instead of blowing up its noise (pylearn2's
+# min_divisor).
+GCN_MIN_STD = 1e-8
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Normalizer:
-    """Maps uint8 pixels to float32: a fixed scale, then optional per-channel standardisation.
+    """Maps uint8 pixels to float32: a fixed scale, then per-channel standardisation or GCN and
+    ZCA whitening, with statistics of the training images.
 
-    ``scale`` is 'unit' (x / 255, in [0, 1]) or 'symmetric' (x / 127.5 - 1, in [-1, 1]);
-    ``mean`` and ``std`` (shape (C,), on the scaled values) are None when not standardising.
+    ``scale`` is 'unit' or 'symmetric'; ``mean`` and ``std`` (shape (C,), on the scaled values)
+    are None when not standardising. ``preprocess`` is one of :data:`PREPROCESS`; with GCN,
+    ``gcn_mean`` and ``gcn_std`` are the training images' average per-image mean and standard
+    deviation (used only to draw images back, see :func:`to_uint8`); with ZCA, ``zca_mean``
+    (D,), ``zca`` (D, D) and ``zca_inverse`` (D, D) act on flattened GCN images of D pixels.
     """
 
     scale: str
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    preprocess: str = "none"
+    gcn_mean: float = 0.0
+    gcn_std: float = 1.0
+    zca_mean: np.ndarray | None = None
+    zca: np.ndarray | None = None
+    zca_inverse: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.scale not in SCALES:
             raise InputError(f"config.data.scale: expected one of {', '.join(SCALES)}, "
                              f"got {self.scale!r}")
+        if self.preprocess not in PREPROCESS:
+            raise InputError(f"config.data.preprocess: expected one of {', '.join(PREPROCESS)}, "
+                             f"got {self.preprocess!r}")
         if (self.mean is None) != (self.std is None):
             raise ValueError("Normalizer: give both mean and std, or neither")
+        if (self.preprocess == "gcn_zca") != (self.zca is not None):
+            raise ValueError("Normalizer: a ZCA matrix goes with preprocess='gcn_zca' only")
 
     def __call__(self, images_uint8: np.ndarray) -> np.ndarray:
-        """float32 images of the same shape as the uint8 ``images_uint8`` (..., C)."""
-        x = np.asarray(images_uint8).astype(np.float32)  # a fresh copy, then in place
+        """float32 images of the same shape as the uint8 ``images_uint8`` (N, H, W, C)."""
+        images = np.asarray(images_uint8)
+        if self.preprocess == "none" or images.ndim < 4 or len(images) <= _CHUNK:
+            return self._apply(images)
+        out = np.empty(images.shape, np.float32)
+        for start in range(0, len(images), _CHUNK):
+            out[start:start + _CHUNK] = self._apply(images[start:start + _CHUNK])
+        return out
+
+    def _apply(self, images: np.ndarray) -> np.ndarray:
+        x = images.astype(np.float32)  # a fresh copy, then in place
         if self.scale == "unit":
             x /= 255.0
         else:
@@ -42,21 +85,63 @@ class Normalizer:
         if self.mean is not None:
             x -= self.mean
             x /= self.std
+        if self.preprocess != "none":
+            x = gcn(x)
+        if self.zca is not None:
+            flat = x.reshape(len(x), -1) - self.zca_mean
+            x = (flat @ self.zca).astype(np.float32).reshape(x.shape)
         return x
+
+
+def gcn(x: np.ndarray) -> np.ndarray:
+    """Per-image global contrast normalisation of float images (N, H, W, C): each image minus
+    its mean, divided by its standard deviation (over all its pixels and channels)."""
+    x = np.asarray(x, np.float32)
+    axes = tuple(range(1, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True, dtype=np.float64)
+    std = x.std(axis=axes, keepdims=True, dtype=np.float64)
+    return ((x - mean) / np.maximum(std, GCN_MIN_STD)).astype(np.float32)
 
 
 def _scaled(values: np.ndarray, scale: str) -> np.ndarray:
     return values / 255.0 if scale == "unit" else values / 127.5 - 1.0
 
 
-def fit_normalizer(images: np.ndarray, scale: str, standardize: bool) -> Normalizer:
-    """A :class:`Normalizer` whose per-channel statistics come from ``images`` (N, H, W, C).
+def fit_normalizer(images: np.ndarray, scale: str, standardize: bool,
+                   preprocess: str = "none", zca_epsilon: float = 0.1) -> Normalizer:
+    """A :class:`Normalizer` whose statistics come from ``images`` (N, H, W, C).
 
     Pass the training images only, so that no statistic leaks from validation or test data.
+    ``zca_epsilon`` is added to the covariance's eigenvalues before whitening (on GCN images,
+    whose pixels have about unit variance): it keeps the whitening from amplifying the
+    smallest, noisiest components without bound.
     """
-    if not standardize:
-        return Normalizer(scale)
+    if preprocess not in PREPROCESS:
+        raise InputError(f"config.data.preprocess: expected one of {', '.join(PREPROCESS)}, "
+                         f"got {preprocess!r}")
     images = np.asarray(images)
+    base = _fit_standardize(images, scale) if standardize else Normalizer(scale)
+    if preprocess == "none":
+        return base
+    # Per-image statistics of the scaled images, only to draw GCN images back to pixels.
+    means, stds = [], []
+    for start in range(0, len(images), _CHUNK):
+        x = base(images[start:start + _CHUNK]).reshape(min(_CHUNK, len(images) - start), -1)
+        means.append(x.mean(1, dtype=np.float64))
+        stds.append(x.std(1, dtype=np.float64))
+    gcn_mean = float(np.concatenate(means).mean()) if means else 0.0
+    gcn_std = float(np.concatenate(stds).mean()) if stds else 1.0
+    fields = dict(scale=scale, mean=base.mean, std=base.std, gcn_mean=gcn_mean,
+                  gcn_std=gcn_std if gcn_std > 0 else 1.0)
+    if preprocess == "gcn":
+        return Normalizer(preprocess="gcn", **fields)
+    if not zca_epsilon > 0:
+        raise InputError(f"config.data.zca_epsilon: expected a number > 0, got {zca_epsilon!r}")
+    mean, w, w_inv = _fit_zca(Normalizer(preprocess="gcn", **fields), images, zca_epsilon)
+    return Normalizer(preprocess="gcn_zca", zca_mean=mean, zca=w, zca_inverse=w_inv, **fields)
+
+
+def _fit_standardize(images: np.ndarray, scale: str) -> Normalizer:
     channels = images.shape[-1]
     total = np.zeros(channels)
     squares = np.zeros(channels)
@@ -73,9 +158,43 @@ def fit_normalizer(images: np.ndarray, scale: str, standardize: bool) -> Normali
     return Normalizer(scale, _scaled(mean, scale).astype(np.float32), std.astype(np.float32))
 
 
+def _fit_zca(gcn_normalizer: Normalizer, images: np.ndarray, epsilon: float):
+    """The mean (D,), whitening matrix W and its inverse (D, D) of the GCN images:
+    W = U diag(1 / sqrt(s + epsilon)) U^T for the covariance's eigenpairs (s, U)."""
+    n = len(images)
+    if n < 2:
+        raise InputError(f"config.data.preprocess=gcn_zca: needs at least 2 training images, "
+                         f"got {n}")
+    d = int(np.prod(images.shape[1:]))
+    total = np.zeros(d)
+    gram = np.zeros((d, d))
+    for start in range(0, n, _CHUNK):
+        x = gcn_normalizer(images[start:start + _CHUNK]).reshape(-1, d).astype(np.float64)
+        total += x.sum(0)
+        gram += x.T @ x
+    mean = total / n
+    cov = (gram - n * np.outer(mean, mean)) / (n - 1)
+    s, u = np.linalg.eigh(cov)
+    s = np.maximum(s, 0.0)  # rounding can make the null space's eigenvalues slightly negative
+    w = (u / np.sqrt(s + epsilon)) @ u.T
+    w_inv = (u * np.sqrt(s + epsilon)) @ u.T
+    return mean.astype(np.float32), w.astype(np.float32), w_inv.astype(np.float32)
+
+
 def to_uint8(images_float: np.ndarray, normalizer: Normalizer) -> np.ndarray:
-    """The inverse of ``normalizer``, rounded and clipped to uint8 0..255 (for plotting)."""
+    """The inverse of ``normalizer``, rounded and clipped to uint8 0..255 (for plotting).
+
+    Exact up to rounding for scaling and standardisation; ZCA is undone with the stored
+    inverse matrix. GCN drops each image's own mean and contrast, which cannot be recovered:
+    images come back with the training images' average mean and contrast instead.
+    """
     x = np.asarray(images_float, dtype=np.float32)
+    if normalizer.zca_inverse is not None:
+        shape = x.shape
+        x = (x.reshape(-1, normalizer.zca_inverse.shape[0]) @ normalizer.zca_inverse
+             + normalizer.zca_mean).reshape(shape)
+    if normalizer.preprocess != "none":
+        x = x * normalizer.gcn_std + normalizer.gcn_mean
     if normalizer.mean is not None:
         x = x * normalizer.std + normalizer.mean
     x = x * 255.0 if normalizer.scale == "unit" else (x + 1.0) * 127.5

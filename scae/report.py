@@ -2,7 +2,11 @@
 
 Run records are the dicts the fine-tuning produces, one per (label size, arm, seed):
 ``dataset``, ``label_size``, ``arm``, ``seed``, ``epochs``, ``steps``, ``best_epoch``,
-``val_error``, ``test_error`` (percent), ``time_s`` and ``curve`` ([epoch, val_error] pairs).
+``val_error``, ``test_error`` (percent), ``cell_time_s`` (the wall time of the cell, shared by
+``seeds_together`` seeds trained together) and ``curve`` ([epoch, val_error] pairs);
+optionally ``stack_seed`` (the seed of the stack a pretrained or frozen run started from),
+``pool_size`` (the labelled pool a subset was drawn from), ``refit_full`` and the test split's
+identity (:meth:`scae.provenance.DataIdentity.to_record`).
 Every file is written via a temporary name in its folder and a rename, so a reader never
 sees a half-written file.
 """
@@ -15,12 +19,9 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
-from scae import atomic, stats
+from scae import atomic, provenance, stats
 from scae.comparison_plots import (  # noqa: F401 - the figures, importable from here too
     ARM_COLORS,
-    _log_y_if_wide,
-    _mean_curve,
-    _size_label,
     curves_figure,
     embedding_figure,
     error_vs_labels_figure,
@@ -29,9 +30,8 @@ from scae.comparison_plots import (  # noqa: F401 - the figures, importable from
 )
 
 RUN_COLUMNS = ("dataset", "label_size", "arm", "seed", "epochs", "steps", "best_epoch",
-               "val_error", "test_error", "time_s", "lr_scale")
-SUMMARY_COLUMNS = ("dataset", "label_size", "arm", "n", "mean_test_error", "std_test_error",
-                   "diff_vs_random", "ci_low", "ci_high", "p_value", "paper_test_error")
+               "val_error", "test_error", "cell_time_s", "seeds_together", "lr_scale",
+               "stack_seed", "pool_size")
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 ARM_LABELS = {"random": "random init", "pretrained": "CAE pretrained",
               "frozen": "CAE frozen"}
@@ -39,6 +39,8 @@ ARM_LABELS = {"random": "random init", "pretrained": "CAE pretrained",
 
 # ---------------------------------------------------------------------------------------------
 # Writing and formatting
+
+MINUS = "\u2212"  # a typographic minus in the tables, so a sign is never lost in a font
 
 
 def _csv_text(header: Sequence[str], rows: Sequence[Sequence]) -> str:
@@ -59,22 +61,40 @@ def _num(x, digits: int = 6) -> str:
     return f"{round(x, 9) + 0.0:.{digits}g}"
 
 
+def _num_p(p: float) -> str:
+    """A CSV p-value: significant digits, never rounded to 0 (p = 1e-12 stays 1e-12)."""
+    return "" if p is None or math.isnan(p) else f"{p:.6g}"
+
+
 def fmt_p(p: float) -> str:
-    """A p-value to 3 significant digits, ``<0.001`` below that, ``n/a`` when undefined."""
-    if math.isnan(p):
+    """A p-value for a table: 3 significant digits down to 0.001, then two in scientific
+    notation, ``< 1e-6`` below that (never 0), ``n/a`` when undefined."""
+    if p is None or math.isnan(p):
         return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:#.3g}"
+    if p < 1e-6:
+        return "< 1e-6"
+    return f"{p:.1e}" if p < 0.001 else f"{p:#.3g}"
 
 
-def _signed(x: float) -> str:
-    # Adding 0.0 turns a rounded -0.0 into 0.0, so no "-0.00" is printed.
-    return f"{round(x, 2) + 0.0:+.2f}"
+def p_phrase(p: float) -> str:
+    """``p = 0.0123`` or ``p < 1e-6``, for sentences."""
+    s = fmt_p(p)
+    return f"p {s}" if s.startswith("<") else f"p = {s}"
 
 
-def _fmt_diff(d: stats.Difference) -> str:
-    if math.isnan(d.ci_low):
-        return _signed(d.diff)
-    return f"{_signed(d.diff)} [{_signed(d.ci_low)}, {_signed(d.ci_high)}]"
+def fmt_signed(x: float, digits: int = 2) -> str:
+    """A difference with its sign: ``+0.85``, ``−0.85``; a value too small for ``digits``
+    decimals gets as many more as its first significant digit needs (−0.004 prints as
+    ``−0.004``, never ``+0.00``); zero (below 1e-6, the precision of a recorded error) is
+    ``0.00``; nan is ``n/a``."""
+    if math.isnan(x):
+        return "n/a"
+    if abs(x) < 1e-6:
+        return f"{0:.{digits}f}"
+    k = digits
+    while round(abs(x), k) == 0:
+        k += 1
+    return f"{'+' if x > 0 else MINUS}{abs(x):.{k}f}"
 
 
 def _fmt_cell(c: stats.Cell | None) -> str:
@@ -98,30 +118,134 @@ def _dataset_name(dataset: str) -> str:
 # Tables
 
 
-def write_runs_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
-    """``runs.csv``: one row per run (no curve), sorted by label size, arm, seed."""
+def runs_csv_text(rows: Sequence[Mapping]) -> str:
+    """The text of ``runs.csv``: one row per run (no curve), sorted by label size, arm, seed."""
     # Records from before divergence retries existed ran at the configured rate: lr_scale 1.
-    body = [[_num(r.get(k)) if k in ("val_error", "test_error", "time_s")
+    body = [[_num(r.get(k)) if k in ("val_error", "test_error", "cell_time_s")
              else r.get(k, 1.0 if k == "lr_scale" else "") for k in RUN_COLUMNS]
             for r in _sort_rows(rows)]
-    atomic.write_text(path, _csv_text(RUN_COLUMNS, body))
+    return _csv_text(RUN_COLUMNS, body)
 
 
-def write_summary(rows: Sequence[Mapping], dataset: str, csv_path: str | os.PathLike,
-                  md_path: str | os.PathLike) -> None:
+def write_runs_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
+    """``runs.csv`` (see :func:`runs_csv_text`)."""
+    atomic.write_text(path, runs_csv_text(rows))
+
+
+def data_identity(rows: Sequence[Mapping],
+                  identity: provenance.DataIdentity | str | None = None
+                  ) -> provenance.DataIdentity:
+    """The identity of the data the runs were evaluated on: ``identity`` when given as one,
+    else the one the run records carry (see :func:`scae.provenance.from_record`), else, for
+    records from before identities were recorded, the config's data set name ``identity``."""
+    if isinstance(identity, provenance.DataIdentity):
+        return identity
+    found = {provenance.from_record(r) for r in rows if "data_title" in r}
+    if len(found) > 1:
+        raise ValueError(f"run records of several test sets mixed: "
+                         f"{sorted(i.title for i in found)}")
+    if found:
+        return found.pop()
+    name = identity if identity is not None else next((r["dataset"] for r in rows
+                                                       if "dataset" in r), "")
+    return provenance.from_record({"dataset": name})
+
+
+def label_text(size: int, rows: Sequence[Mapping]) -> str:
+    """``1,000``, or ``all (45,000)`` when the label size takes the whole labelled pool: the
+    records' ``pool_size`` says so, or (records without it) every seed drew the same subset
+    (``subset`` digests), which a seeded draw from a larger pool does not."""
+    at = [r for r in rows if int(r["label_size"]) == size]
+    pools = {int(r["pool_size"]) for r in at if r.get("pool_size") is not None}
+    if pools:
+        return f"all ({size:,})" if size >= min(pools) else f"{size:,}"
+    subsets = {r["subset"] for r in at if r.get("subset")}
+    seeds = {int(r.get("seed", 0)) for r in at if r.get("subset")}
+    return f"all ({size:,})" if len(subsets) == 1 and len(seeds) > 1 else f"{size:,}"
+
+
+def stack_statement(rows: Sequence[Mapping]) -> str:
+    """One sentence on which CAE stack the pretrained and frozen runs started from, from the
+    records' ``stack_seed``; '' when the records do not say."""
+    used = [r for r in rows if r.get("stack_seed") is not None]
+    if not used:
+        return ""
+    stacks = {int(r["stack_seed"]) for r in used}
+    seeds = {int(r.get("seed", 0)) for r in used}
+    if len(stacks) == 1 and len(seeds) > 1:
+        return ("One stack shared by every seed (pretraining variance not included): seeds "
+                "differ in fine-tuning only, so the spreads and tests leave out the variance of "
+                "pretraining itself.")
+    if all(int(r["stack_seed"]) == int(r.get("seed", 0)) for r in used):
+        if len(seeds) == 1:
+            return "One stack, pretrained with the run's seed (a single seed)."
+        return ("One stack per seed: seed i's pretrained and frozen runs start from the stack "
+                "pretrained with seed i (its own initialisation, noise and batch order), so the "
+                "spreads and tests include the variance of pretraining.")
+    return (f"{len(stacks)} stacks over {len(seeds)} seeds (the stack of each run is its "
+            f"stack_seed in runs.jsonl).")
+
+
+def stacks_line(metrics: Sequence[Sequence[Mapping]] | None) -> str:
+    """The final validation reconstruction MSE of each CAE layer, as mean ± std over the
+    stacks whose ``pretrain/metrics.jsonl`` records are given (one list per stack)."""
+    spreads = stats.over_stacks(metrics or [])
+    if not spreads:
+        return ""
+    n = max(s.n for s in spreads.values())
+    parts = [f"layer {k} {s.mean:.3g}" + ("" if math.isnan(s.std) else f" ± {s.std:.2g}")
+             + ("" if s.n == n else f" ({s.n} stacks)") for k, s in spreads.items()]
+    over = "one stack" if n == 1 else f"mean ± std over {n} stacks"
+    return (f"Reconstruction MSE of the CAE stack on validation images after its last epoch "
+            f"({over}): {', '.join(parts)}.")
+
+
+SUMMARY_COLUMNS = ("dataset", "label_size", "labels", "arm", "n", "mean_test_error",
+                   "std_test_error", "n_pairs", "diff_vs_random", "ci_low", "ci_high", "t",
+                   "df", "p_value", "wilcoxon_p", "welch_ci_low", "welch_ci_high", "welch_p",
+                   "paper_test_error")
+
+
+def write_summary(rows: Sequence[Mapping],
+                  identity: provenance.DataIdentity | str | None,
+                  csv_path: str | os.PathLike, md_path: str | os.PathLike,
+                  stacks: Sequence[Sequence[Mapping]] | None = None) -> None:
     """``summary.csv`` (one row per label size and arm) and ``summary.md`` (a readable table
-    of means, differences from random with CIs and p-values, and the paper's figures)."""
-    cells, diffs = stats.summarize(rows)
-    dmap = {(d.label_size, d.arm_a): d for d in diffs}
+    of means, paired differences from random with CIs and tests, and, when the test split is
+    the paper's, the paper's figures).
+
+    ``identity`` is the test split's :class:`~scae.provenance.DataIdentity` (None: the one the
+    records carry; a string: the config's data set name, for records made before identities
+    were recorded). ``stacks`` are the pretraining metrics of each stack (see
+    :func:`stacks_line`). In the csv, the difference, ``ci_low``, ``ci_high``, ``t``, ``df``
+    and ``p_value`` are the paired t-test's; Welch's are in the ``welch_*`` columns.
+    """
+    csv_text, md_text = summary_texts(rows, identity, stacks)
+    atomic.write_text(csv_path, csv_text)
+    atomic.write_text(md_path, md_text)
+
+
+def summary_texts(rows: Sequence[Mapping],
+                  identity: provenance.DataIdentity | str | None = None,
+                  stacks: Sequence[Sequence[Mapping]] | None = None) -> tuple[str, str]:
+    """The texts of ``summary.csv`` and ``summary.md`` (see :func:`write_summary`)."""
+    ident = data_identity(rows, identity)
+    cells, welch = stats.summarize(rows)
+    wmap = {(d.label_size, d.arm_a): d for d in welch}
+    pmap = {(d.label_size, d.arm_a): d for d in stats.paired_tests(rows)}
     body = []
     for c in cells:
-        d = dmap.get((c.label_size, c.arm))
-        body.append([dataset, c.label_size, c.arm, c.n, _num(c.mean), _num(c.std),
-                     _num(d.diff) if d else "", _num(d.ci_low) if d else "",
-                     _num(d.ci_high) if d else "", _num(d.p) if d else "",
-                     _num(stats.PAPER.get((dataset, c.arm, c.label_size)))])
-    atomic.write_text(csv_path, _csv_text(SUMMARY_COLUMNS, body))
-    atomic.write_text(md_path, summary_markdown(cells, diffs, dataset) + _retried_note(rows))
+        d, w = pmap.get((c.label_size, c.arm)), wmap.get((c.label_size, c.arm))
+        paper = stats.PAPER.get((ident.paper_key, c.arm, c.label_size))
+        body.append([ident.title, c.label_size, label_text(c.label_size, rows), c.arm, c.n,
+                     _num(c.mean), _num(c.std), d.n if d else "", _num(d.diff) if d else "",
+                     _num(d.ci_low) if d else "", _num(d.ci_high) if d else "",
+                     _num(d.t) if d else "", _num(d.df) if d else "",
+                     _num_p(d.p) if d else "", _num_p(d.wilcoxon_p) if d else "",
+                     _num(w.ci_low) if w else "", _num(w.ci_high) if w else "",
+                     _num_p(w.p) if w else "", _num(paper)])
+    return (_csv_text(SUMMARY_COLUMNS, body),
+            summary_markdown(rows, ident, stacks) + _retried_note(rows))
 
 
 def _retried_note(rows: Sequence[Mapping]) -> str:
@@ -135,74 +259,130 @@ def _retried_note(rows: Sequence[Mapping]) -> str:
             f"(config *.divergence_retries; lr_scale in runs.csv): {runs}.\n")
 
 
-def summary_markdown(cells: Sequence[stats.Cell], diffs: Sequence[stats.Difference],
-                     dataset: str) -> str:
-    """The text of ``summary.md`` for the cells and differences of :func:`stats.summarize`."""
-    name = _dataset_name(dataset)
-    lines = [f"# {name}: CAE-pretrained CNN against random initialisation", ""]
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |",
+             "| " + " | ".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + " |"]
+            + ["| " + " | ".join(row) + " |" for row in body] + [""])
+
+
+def summary_markdown(rows: Sequence[Mapping],
+                     identity: provenance.DataIdentity | str | None = None,
+                     stacks: Sequence[Sequence[Mapping]] | None = None) -> str:
+    """The text of ``summary.md`` for run records (see :func:`write_summary`)."""
+    ident = data_identity(rows, identity)
+    lines = [f"# {ident.title}: CAE-pretrained CNN against random initialisation", ""]
+    if ident.note:
+        lines += [f"Test set: {ident.note}.", ""]
+    cells, welch = stats.summarize(rows)
     if not cells:
         return "\n".join(lines + ["No finished runs yet.", ""])
     sizes = sorted({c.label_size for c in cells})
     arms = sorted({c.arm for c in cells}, key=stats.arm_key)
     cmap = {(c.label_size, c.arm): c for c in cells}
-    dmap = {(d.label_size, d.arm_a): d for d in diffs}
-    others = [a for a in arms if a != stats.BASELINE and any((s, a) in dmap for s in sizes)]
-    has_paper = any((dataset, a, s) in stats.PAPER for a in ("random", "pretrained") for s in sizes)
+    wmap = {(d.label_size, d.arm_a): d for d in welch}
+    paired = stats.paired_tests(rows)
+    pmap = {(d.label_size, d.arm_a): d for d in paired}
+    key = ident.paper_key
+    has_paper = any((key, a, s) in stats.PAPER for a in ("random", "pretrained") for s in sizes)
+    labels = {s: label_text(s, rows) for s in sizes}
 
-    lines += [
-        "Test error in percent on the test set, at the epoch of lowest validation error: "
-        "mean ± sample standard deviation (ddof=1) over seeds, with the number of seeds in "
-        "brackets. Differences are arm − random (negative: the arm has lower error than random "
-        "initialisation) with their 95% Welch–Satterthwaite confidence interval; p is the "
-        "two-sided Welch t-test (unequal variances) p-value.",
-        "",
-    ]
+    lines += ["Test error in percent on the test set, at the epoch of lowest validation error: "
+              "mean ± sample standard deviation (ddof=1) over seeds, with the number of seeds "
+              "in brackets.", ""]
     header = ["labels"] + [ARM_LABELS.get(a, a) for a in arms]
-    for a in others:
-        header += [f"{a} − random [95% CI]", f"p ({a})"]
     if has_paper:
-        header += ["paper random", "paper CAE"]
+        header += ["paper random", "paper CAE", "ours − paper (random, CAE)"]
+    body = []
+    for s in sizes:
+        row = [labels[s]] + [_fmt_cell(cmap.get((s, a))) for a in arms]
+        if has_paper:
+            row += [_fmt_paper(stats.PAPER.get((key, a, s))) for a in ("random", "pretrained")]
+            row.append(_paper_gap(cmap, key, s))
+        body.append(row)
     lines += ["| " + " | ".join(header) + " |",
               "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
-    for s in sizes:
-        row = [f"{s:,}"] + [_fmt_cell(cmap.get((s, a))) for a in arms]
-        for a in others:
-            d = dmap.get((s, a))
-            row += [_fmt_diff(d), fmt_p(d.p)] if d else ["", ""]
-        if has_paper:
-            row += [_fmt_paper(stats.PAPER.get((dataset, a, s))) for a in ("random", "pretrained")]
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
+    lines += ["| " + " | ".join(row) + " |" for row in body] + [""]
     if has_paper:
+        exact = ("" if ident.exact or ident.note == provenance.LEGACY_NOTE else
+                 " Our test set is the paper's, but not pixel for pixel (see above).")
         lines += ["Paper: Masci et al. (2011), test error in percent of random and CAE-stack "
-                  "initialisation (single figures, no spread reported).", ""]
-    lines += [_verdict(s, dmap[s, "pretrained"], dataset) for s in sizes
-              if (s, "pretrained") in dmap]
+                  "initialisation (single figures, no spread reported); ours − paper is our mean "
+                  "minus the paper's figure (positive: ours is behind the paper by that many "
+                  "points)." + exact, ""]
+    whole = [s for s in sizes if labels[s].startswith("all")]
+    if whole:
+        refit = any(r.get("refit_full") for r in rows if int(r["label_size"]) in whole)
+        lines += [f"{', '.join(labels[s] for s in whole)}: the label size takes the whole "
+                  "labelled pool, so every seed trains on the same images; seeds then differ "
+                  "only in initialisation and order."
+                  + (" Refit on every training image, the validation images included, for the "
+                     "schedule chosen on validation beforehand; no selection on validation in "
+                     "the refit: the final model is tested." if refit else ""), ""]
+    for sentence in (stack_statement(rows), stacks_line(stacks)):
+        if sentence:
+            lines += [sentence, ""]
+
+    if paired:
+        lines += ["Differences are arm − random, paired by seed (for one seed, the arms share "
+                  "the labelled subset, the head initialisation and the batch order): the mean "
+                  "of the per-seed differences with its 95% confidence interval and the "
+                  "two-sided paired t-test p (the test the verdicts use); the Wilcoxon "
+                  "signed-rank p as a check; Welch's unpaired t-test p as a secondary column. "
+                  "Negative: the arm has lower error than random initialisation.", ""]
+        body = [[labels[d.label_size], f"{d.arm_a} − {d.arm_b}", str(d.n),
+                 _fmt_paired(d), fmt_p(d.p), _fmt_wilcoxon(d),
+                 fmt_p(wmap[d.label_size, d.arm_a].p)] for d in paired]
+        lines += _table(["labels", "difference", "pairs", "mean [95% CI]", "p (paired t)",
+                         "p (Wilcoxon)", "p (Welch)"], body)
+        if any(d.wilcoxon_reason[:1].isdigit() for d in paired):
+            lines += [f"Wilcoxon n/a (k pairs): with fewer than {stats.WILCOXON_MIN_PAIRS} "
+                      f"non-zero differences the signed-rank test cannot reach p < "
+                      f"{stats.ALPHA:g} (its smallest two-sided p is 2/2^k).", ""]
+    lines += [_verdict(d, labels[d.label_size], key) for d in paired if d.arm_a == "pretrained"]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _fmt_paired(d: stats.PairedDifference) -> str:
+    if math.isnan(d.ci_low):
+        return fmt_signed(d.diff)
+    return f"{fmt_signed(d.diff)} [{fmt_signed(d.ci_low)}, {fmt_signed(d.ci_high)}]"
+
+
+def _fmt_wilcoxon(d: stats.PairedDifference) -> str:
+    if not math.isnan(d.wilcoxon_p):
+        return fmt_p(d.wilcoxon_p)
+    few = d.wilcoxon_reason.split(" ", 1)[0]
+    return f"n/a ({few} pairs)" if few.isdigit() else f"n/a ({d.wilcoxon_reason})"
+
+
+def _paper_gap(cmap: Mapping[tuple[int, str], stats.Cell], key: str | None, size: int) -> str:
+    gaps = []
+    for arm in ("random", "pretrained"):
+        paper, cell = stats.PAPER.get((key, arm, size)), cmap.get((size, arm))
+        gaps.append("" if paper is None or cell is None else fmt_signed(cell.mean - paper))
+    return ", ".join(gaps) if any(gaps) else ""
 
 
 def _fmt_paper(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}"
 
 
-def _verdict(size: int, d: stats.Difference, dataset: str) -> str:
-    """One sentence on whether pretraining changed the test error at ``size`` labels."""
-    head = f"- {size:,} labels: "
-    pr, pc = (stats.PAPER.get((dataset, a, size)) for a in ("random", "pretrained"))
-    paper = f" The paper: {_signed(pc - pr)}." if pr is not None and pc is not None else ""
+def _verdict(d: stats.PairedDifference, label: str, paper_key: str | None) -> str:
+    """One sentence on whether pretraining changed the test error, by the paired t-test."""
+    head = f"- {label} labels: "
+    pr, pc = (stats.PAPER.get((paper_key, a, d.label_size)) for a in ("random", "pretrained"))
+    paper = f" The paper: {fmt_signed(pc - pr)}." if pr is not None and pc is not None else ""
     if math.isnan(d.p):
-        why = ("needs at least 2 seeds per arm" if min(d.n_a, d.n_b) < 2
-               else "all seeds of both arms gave the same error")
-        return head + (f"pretrained − random = {_signed(d.diff)} points; no significance test "
-                       f"({why}).{paper}")
-    p = fmt_p(d.p)
-    p = p if p.startswith("<") else "= " + p
-    ci = f"95% CI {_signed(d.ci_low)} to {_signed(d.ci_high)}, p {p}"
+        return head + (f"pretrained − random = {fmt_signed(d.diff)} points; no paired test "
+                       f"({d.reason}).{paper}")
+    ci = (f"paired over {d.n} seeds: 95% CI {fmt_signed(d.ci_low)} to {fmt_signed(d.ci_high)}, "
+          f"{p_phrase(d.p)}")
     if not d.significant:
         return head + (f"no significant difference between pretraining and random "
-                       f"initialisation ({_signed(d.diff)} points, {ci}).{paper}")
+                       f"initialisation ({fmt_signed(d.diff)} points, {ci}).{paper}")
     if d.diff < 0:
-        return head + (f"pretraining helped significantly: test error {-d.diff:.2f} points "
-                       f"lower than random initialisation ({ci}).{paper}")
-    return head + (f"pretraining hurt significantly: test error {d.diff:.2f} points higher "
-                   f"than random initialisation ({ci}).{paper}")
+        return head + (f"pretraining helped significantly: test error "
+                       f"{fmt_signed(-d.diff).lstrip('+')} points lower than random "
+                       f"initialisation ({ci}).{paper}")
+    return head + (f"pretraining hurt significantly: test error {fmt_signed(d.diff).lstrip('+')} "
+                   f"points higher than random initialisation ({ci}).{paper}")

@@ -1,7 +1,10 @@
-"""Summary statistics of the comparison: per-cell means over seeds and Welch tests between arms.
+"""Summary statistics of the comparison: per-cell means over seeds, paired tests between arms
+(the design's primary test) and Welch tests (kept as a secondary check).
 
-All errors are test errors in percent. A difference is ``mean(arm) - mean(random)``, so a
-negative difference means the arm beats random initialisation.
+All errors are test errors in percent. A difference is ``arm - random``, so a negative
+difference means the arm beats random initialisation. For one seed, every arm shares the
+labelled subset, the head initialisation and the batch order, so the arms are compared seed
+by seed: :func:`paired_tests` matches runs by seed and tests the per-seed differences.
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ import scipy.stats
 ARMS = ("random", "pretrained", "frozen")
 BASELINE = "random"
 ALPHA = 0.05
+# Per-seed differences closer than this (percentage points) count as equal: recorded test
+# errors are float32 percentages, so "equal" differences can disagree in the 7th digit, and
+# that noise must not turn into a spurious spread (and a p-value of ~0).
+TIE_TOLERANCE = 1e-6
+# The Wilcoxon signed-rank test cannot give p < ALPHA with fewer non-zero differences than
+# this (its smallest two-sided p with m pairs is 2 / 2**m: 0.0625 at m = 5).
+WILCOXON_MIN_PAIRS = 6
 
 # Masci et al. (2011), test error in percent, as recorded in docs/paper.md. 'pretrained' is the
 # paper's "CAE stack" row.
@@ -148,3 +158,131 @@ def summarize(rows: Iterable[Mapping]) -> tuple[list[Cell], list[Difference]]:
     diffs = [welch(c, by_key[c.label_size, BASELINE]) for c in cells
              if c.arm != BASELINE and (c.label_size, BASELINE) in by_key]
     return cells, diffs
+
+
+@dataclass
+class PairedDifference:
+    """The per-seed differences ``arm_a - arm_b`` at one label size, over the seeds both arms
+    ran, with a paired t-test (the primary test), its 95% CI, and a Wilcoxon signed-rank test.
+
+    ``ci_low``, ``ci_high``, ``t``, ``df`` and ``p`` are nan when fewer than two pairs exist or
+    all differences are equal (the t-test is undefined there; ``reason`` says which).
+    ``wilcoxon_p`` is nan when the signed-rank test cannot inform (``wilcoxon_reason`` says
+    why): all differences zero, or too few non-zero ones to ever reach p < 0.05.
+    """
+
+    label_size: int
+    arm_a: str
+    arm_b: str
+    seeds: list[int]
+    differences: list[float]
+    diff: float  # mean of the per-seed differences
+    ci_low: float
+    ci_high: float
+    t: float
+    df: float
+    p: float
+    reason: str = ""
+    wilcoxon_p: float = math.nan
+    wilcoxon_reason: str = ""
+
+    @property
+    def n(self) -> int:
+        """The number of seed-matched pairs."""
+        return len(self.seeds)
+
+    @property
+    def significant(self) -> bool:
+        """Whether the paired t-test gives p < 0.05 (False when p is nan)."""
+        return bool(self.p < ALPHA)
+
+
+def paired(label_size: int, arm_a: str, a: Mapping[int, float], arm_b: str,
+           b: Mapping[int, float], confidence: float = 0.95) -> PairedDifference:
+    """Paired comparison of ``a`` and ``b`` (test errors keyed by seed) on their common seeds.
+
+    The t-test and its interval come from :func:`scipy.stats.ttest_rel` and
+    ``TtestResult.confidence_interval``; the check is :func:`scipy.stats.wilcoxon`.
+    """
+    seeds = sorted(set(a) & set(b))
+    va = np.array([a[s] for s in seeds], np.float64)
+    vb = np.array([b[s] for s in seeds], np.float64)
+    d = va - vb
+    nan = math.nan
+    out = PairedDifference(label_size=int(label_size), arm_a=arm_a, arm_b=arm_b,
+                           seeds=[int(s) for s in seeds], differences=[float(x) for x in d],
+                           diff=float(d.mean()) if d.size else nan, ci_low=nan, ci_high=nan,
+                           t=nan, df=nan, p=nan)
+    if d.size < 2:
+        out.reason = "needs at least 2 seeds run by both arms"
+    elif np.ptp(d) <= TIE_TOLERANCE:
+        out.reason = "every seed gave the same difference"
+    else:
+        res = scipy.stats.ttest_rel(va, vb)
+        ci = res.confidence_interval(confidence)
+        out.t, out.p, out.df = float(res.statistic), float(res.pvalue), float(res.df)
+        out.ci_low, out.ci_high = float(ci.low), float(ci.high)
+    nonzero = d[np.abs(d) > TIE_TOLERANCE]
+    if nonzero.size == 0:
+        out.wilcoxon_reason = "all differences zero" if d.size else "no pairs"
+    elif nonzero.size < WILCOXON_MIN_PAIRS:
+        out.wilcoxon_reason = (f"{nonzero.size} non-zero pair{'s' * (nonzero.size > 1)}: "
+                               f"cannot reach p < {ALPHA:g}")
+    else:
+        # Differences within the tolerance are ties at zero, dropped as Wilcoxon prescribes.
+        out.wilcoxon_p = float(scipy.stats.wilcoxon(nonzero).pvalue)
+    return out
+
+
+def paired_tests(rows: Iterable[Mapping]) -> list[PairedDifference]:
+    """Each arm's seed-matched comparison with random, per label size, from run records.
+
+    Sorted by label size then arm. A seed that only one of the two arms has finished is left
+    out of that pair (``n`` says how many pairs entered).
+    """
+    by_cell: dict[tuple[int, str], dict[int, float]] = {}
+    for r in rows:
+        by_cell.setdefault((int(r["label_size"]), str(r["arm"])), {})[int(r.get("seed", 0))] = \
+            float(r["test_error"])
+    out = []
+    for size, arm in sorted(by_cell, key=lambda k: (k[0], arm_key(k[1]))):
+        if arm == BASELINE or (size, BASELINE) not in by_cell:
+            continue
+        out.append(paired(size, arm, by_cell[size, arm], BASELINE, by_cell[size, BASELINE]))
+    return out
+
+
+@dataclass
+class Spread:
+    """Mean and sample standard deviation (ddof=1; nan for one value) of ``n`` values."""
+
+    mean: float
+    std: float
+    n: int
+
+
+def over_stacks(metrics: Sequence[Sequence[Mapping]], key: str = "val_mse"
+                ) -> dict[int, Spread]:
+    """Per layer, the final ``key`` (the last epoch's record) of each stack, as mean ± std.
+
+    ``metrics`` holds one list of ``pretrain/metrics.jsonl`` records (``layer``, ``epoch``,
+    ``key``) per stack, e.g. one stack per seed. A stack without a record for a layer is left
+    out of that layer's spread.
+    """
+    finals: dict[int, list[float]] = {}
+    for records in metrics:
+        last: dict[int, Mapping] = {}
+        for r in records:
+            if key in r and ("layer" in r):
+                k = int(r["layer"])
+                if k not in last or r.get("epoch", 0) >= last[k].get("epoch", 0):
+                    last[k] = r
+        for k, r in last.items():
+            finals.setdefault(k, []).append(float(r[key]))
+    out = {}
+    for k in sorted(finals):
+        v = np.asarray(finals[k])
+        var = _sample_var(v)
+        out[k] = Spread(float(v.mean()), math.sqrt(var) if not math.isnan(var) else math.nan,
+                        int(v.size))
+    return out

@@ -73,7 +73,7 @@ def test_smoke_compare_writes_every_output_and_resumes(smoke_compare):
     rows = list(csv.DictReader(open(w / "compare" / "runs.csv")))
     assert len(rows) == 2 * 3  # seeds x arms at one label size
     assert {r["arm"] for r in rows} == {"random", "pretrained", "frozen"}
-    assert "p (pretrained)" in (w / "compare" / "summary.md").read_text()
+    assert "| pretrained − random | 2 |" in (w / "compare" / "summary.md").read_text()
 
     before = (w / "compare" / "runs.jsonl").read_text()
     again = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from scae import report
+from scae import provenance, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ERRORS = {  # (label size, arm) -> test errors of seeds 0, 1, ...
@@ -70,29 +70,58 @@ def test_summary_csv_and_md(rows, tmp_path):
     assert len(body) == len(ERRORS)
     cell = {(int(r["label_size"]), r["arm"]): r for r in body}
     pre, rnd = ERRORS[1000, "pretrained"], ERRORS[1000, "random"]
-    p = scipy.stats.ttest_ind(pre, rnd, equal_var=False).pvalue
+    paired = scipy.stats.ttest_rel(pre, rnd)
+    ci = paired.confidence_interval(0.95)
+    welch = scipy.stats.ttest_ind(pre, rnd, equal_var=False).pvalue
     r = cell[1000, "pretrained"]
-    assert int(r["n"]) == 4
+    assert int(r["n"]) == 4 and int(r["n_pairs"]) == 4
     assert float(r["mean_test_error"]) == pytest.approx(np.mean(pre), abs=1e-4)
     assert float(r["std_test_error"]) == pytest.approx(np.std(pre, ddof=1), abs=1e-4)
     assert float(r["diff_vs_random"]) == pytest.approx(np.mean(pre) - np.mean(rnd), abs=1e-4)
-    assert float(r["ci_low"]) < float(r["diff_vs_random"]) < float(r["ci_high"])
-    assert float(r["p_value"]) == pytest.approx(p, rel=1e-4)
+    assert float(r["ci_low"]) == pytest.approx(ci.low, rel=1e-5)
+    assert float(r["ci_high"]) == pytest.approx(ci.high, rel=1e-5)
+    assert float(r["p_value"]) == pytest.approx(paired.pvalue, rel=1e-4)
+    assert float(r["df"]) == 3
+    assert float(r["welch_p"]) == pytest.approx(welch, rel=1e-4)
+    assert r["wilcoxon_p"] == ""  # 4 pairs: the signed-rank test cannot inform
     assert float(r["paper_test_error"]) == 7.23
+    assert r["dataset"] == "MNIST" and r["labels"] == "1,000"
     assert cell[1000, "random"]["diff_vs_random"] == ""  # no difference of random from itself
     assert cell[1000, "frozen"]["paper_test_error"] == ""  # the paper has no frozen arm
     assert cell[50000, "random"]["std_test_error"] == ""  # one seed: no spread
     assert cell[50000, "pretrained"]["p_value"] == ""
 
     md = md_path.read_text()
+    assert md.startswith("# MNIST: ")
     assert "| labels |" in md and "| 1,000 |" in md and "| 50,000 |" in md
     assert "7.20 ± 0.18 (4)" in md  # mean ± sample std (n) of pretrained at 1k
-    assert report.fmt_p(p) in md
+    assert f"| 1,000 | pretrained − random | 4 | −0.60 [{report.fmt_signed(ci.low)}, " in md
+    assert report.fmt_p(paired.pvalue) in md and report.fmt_p(welch) in md
+    assert "n/a (4 pairs)" in md and "cannot reach p < 0.05" in md
     assert "7.63" in md and "7.23" in md  # the paper's figures beside
-    assert "Welch" in md and "percent" in md and "standard deviation" in md
-    assert "1,000 labels: pretraining helped significantly" in md
+    # ... and how far ours is from them: 1k random 7.80 vs 7.63, CAE 7.20 vs 7.23.
+    assert "| 7.63 | 7.23 | +0.17, −0.03 |" in md
+    assert "| 0.79 | 0.71 | +0.01, −0.01 |" in md
+    assert "paired by seed" in md and "Welch" in md and "Wilcoxon" in md
+    assert "percent" in md and "standard deviation" in md
+    # Welch alone would call 1k significant; the paired test, which the verdict uses, does not.
+    assert welch < 0.05 < paired.pvalue
+    assert ("1,000 labels: no significant difference between pretraining and random "
+            "initialisation (−0.60 points, paired over 4 seeds: 95% CI") in md
     assert "10,000 labels: no significant difference" in md
-    assert "50,000 labels:" in md and "no significance test" in md
+    assert "50,000 labels:" in md and "no paired test (needs at least 2 seeds" in md
+
+
+def test_verdict_follows_the_paired_test(tmp_path):
+    # Seed-to-seed spread swamps the unpaired test, but every seed gains about 0.3 points.
+    rnd = [5.0, 6.0, 7.0, 8.0, 9.0]
+    pre = [4.6, 5.8, 6.7, 7.6, 8.8]
+    rows = [{"dataset": "mnist", "label_size": 1000, "arm": arm, "seed": s, "test_error": e}
+            for arm, errs in (("random", rnd), ("pretrained", pre)) for s, e in enumerate(errs)]
+    assert scipy.stats.ttest_ind(pre, rnd, equal_var=False).pvalue > 0.5
+    assert scipy.stats.ttest_rel(pre, rnd).pvalue < 0.01
+    md = report.summary_markdown(rows, "mnist")
+    assert "1,000 labels: pretraining helped significantly" in md
 
 
 def test_summary_says_when_pretraining_hurt(tmp_path):
@@ -102,14 +131,114 @@ def test_summary_says_when_pretraining_hurt(tmp_path):
     report.write_summary(rows, "cifar10", tmp_path / "s.csv", tmp_path / "s.md")
     md = (tmp_path / "s.md").read_text()
     assert "100 labels: pretraining hurt significantly" in md
-    assert "paper" not in md.split("\n\n")[2].lower()  # no paper column at a size it lacks
+    assert "paper random" not in md  # no paper column at a size the paper lacks
 
 
-def test_p_value_format():
-    assert report.fmt_p(0.0001234) == "<0.001"
+def test_numbers_keep_their_sign_and_small_values():
+    assert report.fmt_signed(-0.004) == "−0.004"
+    assert report.fmt_signed(0.004) == "+0.004"
+    assert report.fmt_signed(-0.0004) == "−0.0004"
+    assert report.fmt_signed(-0.005) == "−0.01"  # rounds at the precision shown, sign kept
+    assert report.fmt_signed(-1.234) == "−1.23" and report.fmt_signed(0.85) == "+0.85"
+    for zero in (0.0, -0.0, 4e-16, -3e-9):
+        assert report.fmt_signed(zero) == "0.00"
+    assert report.fmt_signed(float("nan")) == "n/a"
+    assert report.fmt_p(0.0001234) == "1.2e-04"
     assert report.fmt_p(0.01234) == "0.0123"
     assert report.fmt_p(0.5) == "0.500"
+    assert report.fmt_p(0.00320) == "0.00320"
+    for tiny in (9.9e-7, 1e-12, 0.0):
+        assert report.fmt_p(tiny) == "< 1e-6"
     assert report.fmt_p(float("nan")) == "n/a"
+
+
+def test_tiny_differences_and_p_values_in_the_tables(tmp_path):
+    # Seeds whose differences are -0.004 on average, and a gap so steady that p < 1e-6.
+    rows = [{"dataset": "mnist", "label_size": size, "arm": arm, "seed": s, "test_error": e}
+            for size, arm, errs in (
+                (1000, "random", [5.0, 6.0, 7.0]), (1000, "pretrained", [4.99, 6.0, 6.998]),
+                (10000, "random", [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]),
+                (10000, "pretrained", [1.0, 2.0 + 1e-5, 3.0, 4.0 - 1e-5, 5.0, 6.0 + 2e-5]))
+            for s, e in enumerate(errs)]
+    report.write_summary(rows, "mnist", tmp_path / "s.csv", tmp_path / "s.md")
+    md = (tmp_path / "s.md").read_text()
+    assert "| 1,000 | pretrained − random | 3 | −0.004 [" in md
+    assert "+0.00" not in md and "−0.00 " not in md and "| 0 |" not in md
+    assert "p < 1e-6" in md  # the 10k verdict
+    _, body = read_csv(tmp_path / "s.csv")
+    p = float(next(r for r in body if r["label_size"] == "10000" and r["arm"] == "pretrained")
+              ["p_value"])
+    assert 0 < p < 1e-6
+
+
+def test_whole_pool_cells_are_named_and_explained(tmp_path):
+    rows = [{"dataset": "cifar10", "label_size": size, "arm": arm, "seed": s,
+             "test_error": e + s, "pool_size": 45000}
+            for size in (1000, 45000) for arm, e in (("random", 40.0), ("pretrained", 39.0))
+            for s in range(3)]
+    md = report.summary_markdown(rows, "cifar10")
+    assert "| all (45,000) |" in md and "| 1,000 |" in md and "all (1,000)" not in md
+    assert "seeds then differ only in initialisation and order" in md
+    assert "Refit" not in md
+    md = report.summary_markdown([dict(r, refit_full=r["label_size"] == 45000) for r in rows],
+                                 "cifar10")
+    assert "no selection on validation in the refit" in md
+    report.write_summary(rows, "cifar10", tmp_path / "s.csv", tmp_path / "s.md")
+    _, body = read_csv(tmp_path / "s.csv")
+    assert {r["labels"] for r in body} == {"1,000", "all (45,000)"}
+    # Records without pool_size: every seed drawing the same subset means the whole pool.
+    legacy = [{k: v for k, v in r.items() if k != "pool_size"}
+              | {"subset": "same" if r["label_size"] == 45000 else f"s{r['seed']}"}
+              for r in rows]
+    assert [report.label_text(s, legacy) for s in (1000, 45000)] == ["1,000", "all (45,000)"]
+    one_seed = [r for r in legacy if r["seed"] == 0]
+    assert report.label_text(45000, one_seed) == "45,000"  # one seed cannot tell
+
+
+@pytest.mark.parametrize("stack_of,expected", [
+    (lambda seed: 0, "One stack shared by every seed (pretraining variance not included)"),
+    (lambda seed: seed, "One stack per seed"),
+    (lambda seed: seed // 2, "2 stacks over 4 seeds"),
+])
+def test_stack_statement(stack_of, expected):
+    rows = [{"dataset": "mnist", "label_size": 100, "arm": arm, "seed": s, "test_error": 5.0 + s,
+             "stack_seed": None if arm == "random" else stack_of(s)}
+            for arm in ("random", "pretrained", "frozen") for s in range(4)]
+    assert expected in report.summary_markdown(rows, "mnist")
+    legacy = [{k: v for k, v in r.items() if k != "stack_seed"} for r in rows]
+    assert report.stack_statement(legacy) == ""  # records that do not say: no claim
+
+
+def test_reconstruction_error_over_stacks_in_the_summary():
+    rows = [{"dataset": "mnist", "label_size": 100, "arm": "random", "seed": 0, "test_error": 5.0}]
+    stacks = [[{"layer": 1, "epoch": 1, "val_mse": 0.5}, {"layer": 1, "epoch": 2, "val_mse": v}]
+              for v in (0.010, 0.012, 0.014)]
+    md = report.summary_markdown(rows, "mnist", stacks)
+    assert "(mean ± std over 3 stacks): layer 1 0.012 ± 0.002." in md
+    assert "(one stack): layer 1 0.01." in report.summary_markdown(rows, "mnist", stacks[:1])
+
+
+def test_titles_and_paper_columns_follow_the_test_set_identity(rows, tmp_path):
+    other = provenance.DataIdentity("idx:/data/kmnist", None, False,
+                                    "idx:/data/kmnist: not a known test set; no paper figures")
+    report.write_summary(rows, other, tmp_path / "s.csv", tmp_path / "s.md")
+    md = (tmp_path / "s.md").read_text()
+    assert md.startswith("# idx:/data/kmnist: CAE-pretrained CNN")
+    assert "MNIST" not in md and "paper" not in md.lower().replace("no paper figures", "")
+    assert "7.63" not in md and "7.23" not in md
+    _, body = read_csv(tmp_path / "s.csv")
+    assert {r["paper_test_error"] for r in body} == {""}
+    assert {r["dataset"] for r in body} == {"idx:/data/kmnist"}
+    # The identity can come with the records instead; a record from a config named "mnist"
+    # run on other data is then not given the paper's figures.
+    tagged = [dict(r, **other.to_record()) for r in rows]
+    assert report.summary_markdown(tagged, "mnist") == report.summary_markdown(rows, other)
+    jpeg = provenance.DataIdentity("CIFAR-10 (JPEG copy)", "cifar10", False, "JPEG copy, not exact")
+    md = report.summary_markdown([dict(r, dataset="cifar10") for r in rows], jpeg)
+    assert md.startswith("# CIFAR-10 (JPEG copy): ") and "55.52" in md
+    assert "not pixel for pixel" in md
+    with pytest.raises(ValueError, match="several test sets"):
+        report.summary_markdown(tagged[:3] + [dict(r, **jpeg.to_record()) for r in rows[3:]])
 
 
 def test_figures(rows, tmp_path):

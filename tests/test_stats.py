@@ -131,3 +131,113 @@ def test_welch_matches_scipy_on_any_samples(a, b):
     assert d.p == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
     assert d.t == pytest.approx(ref.statistic, rel=1e-6)
     assert d.ci_low <= d.diff <= d.ci_high
+
+
+# Two-sided 95% quantiles of Student's t, t(0.975; df), from printed tables, so that the
+# intervals below are checked without scipy.
+T975 = {2: 4.302652729911275, 3: 3.182446305284263, 4: 2.7764451051977987,
+        9: 2.2621571627409915}
+
+
+def paired_records(values: dict[tuple[int, str], dict[int, float]]) -> list[dict]:
+    """Run records from {(size, arm): {seed: test error}}, in a scrambled order."""
+    rows = [{"dataset": "mnist", "label_size": size, "arm": arm, "seed": seed, "test_error": v}
+            for (size, arm), by_seed in values.items() for seed, v in by_seed.items()]
+    return rows[::-1][1::2] + rows[::-1][0::2]
+
+
+@pytest.mark.parametrize("a,b", [
+    ([7.1, 7.4, 7.0, 7.3, 7.2], [7.9, 7.5, 8.1, 7.7, 7.6]),
+    ([2.2, 2.3, 2.1], [2.3, 2.1, 2.2]),
+    ([50.0, 52.5, 49.0, 51.0], [51.0, 52.0, 51.5, 50.0]),
+    ([0.8, 0.82, 0.79, 0.85, 0.81, 0.8, 0.83, 0.78, 0.84, 0.8],
+     [0.9, 0.88, 0.91, 0.86, 0.93, 0.9, 0.87, 0.92, 0.89, 0.95]),
+])
+def test_paired_interval_and_df_by_hand(a, b):
+    d = np.subtract(a, b)
+    n = d.size
+    half = T975[n - 1] * d.std(ddof=1) / math.sqrt(n)
+    (p,) = stats.paired_tests(paired_records({
+        (1000, "pretrained"): dict(enumerate(a)), (1000, "random"): dict(enumerate(b))}))
+    assert p.n == n and p.df == n - 1
+    assert p.diff == pytest.approx(d.mean(), abs=1e-12)
+    assert p.ci_low == pytest.approx(d.mean() - half, rel=1e-9, abs=1e-12)
+    assert p.ci_high == pytest.approx(d.mean() + half, rel=1e-9, abs=1e-12)
+    assert p.t == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(n)), rel=1e-9)
+    # The paired interval is not the Welch one: pairing removes the between-seed spread.
+    _, (w,) = stats.summarize(records({(1000, "random"): b, (1000, "pretrained"): a}))
+    assert (w.ci_high - w.ci_low) != pytest.approx(p.ci_high - p.ci_low, rel=1e-3)
+
+
+def test_paired_matches_scipy_and_pairs_by_seed():
+    # Seeds listed in different orders per arm, and seed 7 only finished for pretrained: the
+    # pairs must be matched by seed, not by position, and seed 7 left out.
+    pre = {3: 7.0, 0: 7.1, 1: 7.4, 2: 7.3, 7: 1.0}
+    rnd = {0: 7.9, 2: 8.1, 1: 7.5, 3: 7.6}
+    fro = {2: 9.1, 0: 9.0, 1: 8.8, 3: 9.3}
+    tests = stats.paired_tests(paired_records({(1000, "frozen"): fro, (1000, "random"): rnd,
+                                               (1000, "pretrained"): pre}))
+    assert [(t.arm_a, t.arm_b) for t in tests] == [("pretrained", "random"),
+                                                   ("frozen", "random")]
+    for t, arm in zip(tests, (pre, fro)):
+        seeds = [0, 1, 2, 3]
+        a, b = [arm[s] for s in seeds], [rnd[s] for s in seeds]
+        ref = scipy.stats.ttest_rel(a, b)
+        ci = ref.confidence_interval(0.95)
+        assert t.seeds == seeds
+        assert t.differences == pytest.approx(np.subtract(a, b).tolist())
+        assert (t.t, t.p, t.df) == (pytest.approx(ref.statistic), pytest.approx(ref.pvalue),
+                                    ref.df)
+        assert (t.ci_low, t.ci_high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+        assert math.isnan(t.wilcoxon_p) and "4 non-zero pairs" in t.wilcoxon_reason
+    assert tests[0].diff < 0 < tests[1].diff
+    assert tests[0].significant
+
+
+def test_wilcoxon_matches_scipy_and_drops_zero_differences():
+    a = [7.1, 7.4, 7.0, 7.3, 7.2, 6.9, 7.5, 7.0]
+    b = [7.9, 7.5, 8.1, 7.7, 7.6, 7.2, 7.5, 7.4]  # seed 6: a zero difference
+    (t,) = stats.paired_tests(paired_records({(10, "pretrained"): dict(enumerate(a)),
+                                              (10, "random"): dict(enumerate(b))}))
+    d = np.subtract(a, b)
+    ref = scipy.stats.wilcoxon(d[np.abs(d) > 1e-9])
+    assert t.wilcoxon_p == pytest.approx(ref.pvalue)
+    assert t.wilcoxon_reason == ""
+
+
+@pytest.mark.parametrize("a,b,reason,wreason", [
+    ([7.0], [8.0], "at least 2 seeds", "1 non-zero pair:"),
+    ([7.0, 8.0, 9.0], [7.0, 8.0, 9.0], "same difference", "all differences zero"),
+    # float32 noise on equal differences is not a spread, and is not a non-zero difference
+    ([float(np.float32(5.57)), float(np.float32(6.57))], [5.0, 6.0], "same difference",
+     "2 non-zero pairs"),
+])
+def test_degenerate_pairs_give_nan_with_a_reason(a, b, reason, wreason):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (t,) = stats.paired_tests(paired_records({(10, "pretrained"): dict(enumerate(a)),
+                                                  (10, "random"): dict(enumerate(b))}))
+    for x in (t.p, t.t, t.df, t.ci_low, t.ci_high, t.wilcoxon_p):
+        assert math.isnan(x)
+    assert reason in t.reason and wreason in t.wilcoxon_reason
+    assert not t.significant
+
+
+def test_no_pairs_without_common_seeds():
+    (t,) = stats.paired_tests(paired_records({(10, "pretrained"): {0: 1.0, 1: 2.0},
+                                              (10, "random"): {2: 1.0, 3: 2.0}}))
+    assert t.n == 0 and math.isnan(t.diff) and "at least 2" in t.reason
+    assert stats.paired_tests(paired_records({(10, "pretrained"): {0: 1.0}})) == []
+
+
+def test_reconstruction_error_over_stacks():
+    def stack(finals):
+        return [{"layer": k, "epoch": e, "step": 10 * e, "val_mse": v + (2 - e)}
+                for k, v in enumerate(finals, 1) for e in (1, 2)]
+    got = stats.over_stacks([stack([0.5, 0.2]), stack([0.7, 0.4]), stack([0.6])])
+    assert sorted(got) == [1, 2]
+    assert (got[1].mean, got[1].n) == (pytest.approx(0.6), 3)
+    assert got[1].std == pytest.approx(np.std([0.5, 0.7, 0.6], ddof=1))
+    assert (got[2].mean, got[2].n) == (pytest.approx(0.3), 2)
+    one = stats.over_stacks([stack([0.5])])
+    assert one[1].n == 1 and math.isnan(one[1].std)
