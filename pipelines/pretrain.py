@@ -18,10 +18,11 @@ from scae import figures, inputs, stack
 def main(config, workdir: Path) -> None:
     data = inputs.build(config.data, config.seed)
     common.guard_workdir(config, workdir, common.PRETRAIN_KEYS, common.overwrite())
-    params = stack.pretrain(config, data.pretrain, data.val_images, workdir, log=common.log)
+    trained = stack.pretrain(config, data.pretrain, data.val_images, workdir, log=common.log)
     records = figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl")
-    written = figures.pretrain_figures(config, params, data.val_images, data.normalizer,
-                                       workdir / "pretrain", records)
+    written = figures.pretrain_figures(config, trained, data.val_images, data.normalizer,
+                                       workdir / "pretrain", records,
+                                       dataset_title=data.identity.title if data.identity else None)
     common.log("wrote " + ", ".join(str(p) for p in written))
 
 

@@ -72,7 +72,8 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
     if not (workdir / "pretrain" / "loss.png").exists():
         figures.pretrain_figures(config, stack, data.val_images, data.normalizer,
                                  workdir / "pretrain",
-                                 figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"))
+                                 figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"),
+                                 dataset_title=data.identity.title if data.identity else None)
     rows_path = out / "runs.jsonl"
     rows = figures.read_jsonl(rows_path)
     fc = config.finetune
@@ -91,6 +92,10 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
         new, best = _run_group(config, data, stack, size, arm, group, out, log)
         for r in new:
             r["dataset"] = config.dataset
+            r.update(data.identity.to_record() if data.identity else {})
+            r["pool_size"] = int(data.train_images.shape[0])
+            # Every seed's pretrained and frozen arms start from the one stack of config.seed.
+            r["stack_seed"] = None if arm == "random" else int(config.seed)
         # Every output of the cell is written before the record that says it is done.
         if arm in ("pretrained", "random"):
             with atomic.replacing(out / f"conv1_{arm}_{size}.npy") as tmp, tmp.open("wb") as f:
@@ -126,7 +131,11 @@ def _run_group(config, data, stack, size, arm, group, out, log):
 def write_tables(config, rows: list[dict], out: Path) -> None:
     """runs.csv, summary.csv and summary.md from the run records."""
     report.write_runs_csv(rows, out / "runs.csv")
-    report.write_summary(rows, config.dataset, out / "summary.csv", out / "summary.md")
+    metrics = figures.read_jsonl(out.parent / "pretrain" / "metrics.jsonl")
+    # The records carry the test split's identity (title, paper or not); older ones do not.
+    identity = None if rows and "data_title" in rows[0] else config.dataset
+    report.write_summary(rows, identity, out / "summary.csv", out / "summary.md",
+                         stacks=[metrics] if metrics else None)
 
 
 def write_figures(config, data: inputs_lib.Inputs, stack: stack_lib.Stack, rows: list[dict],

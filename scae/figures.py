@@ -92,10 +92,13 @@ def comparison_figures(config, data, stack: Stack, rows: list[dict], compare_dir
     ``data`` is the workdir's :class:`scae.inputs.Inputs`, ``stack`` its stack, ``rows`` the
     run records of ``compare_dir/runs.jsonl``.
     """
-    title = dataset_title or display_name(config)
+    identity = getattr(data, "identity", None)
+    title = dataset_title or (identity.title if identity else display_name(config))
+    # The paper's figures are drawn only beside a test split that is the paper's.
+    paper_key = identity.paper_key if identity else config.dataset
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "error_vs_labels.png", out_dir / "curves.png"]
-    comparison_plots.error_vs_labels_figure(rows, config.dataset, written[0], title)
+    comparison_plots.error_vs_labels_figure(rows, paper_key, written[0], title)
     comparison_plots.curves_figure(rows, written[1], title)
     sizes = sorted({int(r["label_size"]) for r in rows})
     if not sizes:

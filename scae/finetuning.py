@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scae import driver, inputs as inputs_lib, models, optim
+from scae import augment, driver, inputs as inputs_lib, models, optim
 from scae.stack import Stack
 
 Array = jax.Array
@@ -93,7 +93,15 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | None, label_size: i
     fc = config.finetune
     spec = models.CNNSpec.from_config(config.model, data.image_shape)
     subsets = np.stack([inputs_lib.labelled(data, label_size, s) for s in seeds])
-    p = driver.plan(label_size, fc.batch_size, fc.epochs, fc.min_steps)
+    train_x, train_y = data.train_images, np.asarray(data.train_labels)
+    # The refit: a cell that takes the whole labelled pool trains on the validation images
+    # too, for the schedule chosen on validation beforehand, and reports its final model.
+    refit = bool(fc.get("refit_full", False)) and label_size == train_x.shape[0]
+    if refit:
+        train_x = jnp.concatenate([train_x, data.val_images])
+        train_y = np.concatenate([train_y, np.asarray(data.val_labels)])
+        subsets = np.stack([np.arange(train_x.shape[0])] * len(seeds))
+    p = driver.plan(subsets.shape[1], fc.batch_size, fc.epochs, fc.min_steps)
     quiet = lambda _: None
     nets = [initial_model(spec, stack, arm, seed_keys(config.seed, s)[0], log if i == 0 else quiet)
             for i, s in enumerate(seeds)]
@@ -101,11 +109,24 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | None, label_size: i
     params = jax.tree.map(lambda *q: jnp.stack(q), *[models.params_of(m) for m in nets])
     mask = models.frozen_mask(nets[0], models.conv_layers) if arm == "frozen" else None
     n = len(seeds)
-    loss_fn = lambda q, batch, key: models.merge(graphdef, q).loss(batch[0], batch[1], key)
+    shift, flip = int(fc.get("augment_translate", 0)), bool(fc.get("augment_flip", False))
+
+    def loss_fn(q, batch, key):
+        # The key is the seed's step key, the same in every arm: the arms see the same
+        # augmented batches and dropout masks.
+        x, (aug_key, drop_key) = batch[0], jax.random.split(key)
+        if shift or flip:
+            x = augment.augment(x, aug_key, shift, flip)
+        return models.merge(graphdef, q).loss(x, batch[1], drop_key)
+
     val_err = jax.jit(jax.vmap(error_fn(graphdef), in_axes=(0, None, None)))
     val_x, val_y = data.val_images, jnp.asarray(data.val_labels)
 
     def evaluate(state, epoch):
+        if refit:  # no held-out images: the last epoch's model is the one reported
+            return dict(state, best=jax.tree.map(jnp.copy, state["params"]),
+                        best_epoch=jnp.full((n,), epoch, jnp.int32)), \
+                {"val_error": [float("nan")] * n}
         errs = val_err(state["params"], val_x, val_y)
         return keep_best(state, errs, epoch), {"val_error": [float(e) for e in np.asarray(errs)]}
 
@@ -114,11 +135,12 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | None, label_size: i
         ckpt_dir=ckpt_dir, plan=p,
         loss_fn=loss_fn,
         make_tx=lambda scale: optim.make(fc, p.total_steps, mask, lr_scale=scale),
-        params=params, data=(data.train_images, jnp.asarray(data.train_labels)),
+        params=params, data=(train_x, jnp.asarray(train_y)),
         pool=jnp.asarray(subsets), order_key=jnp.stack([seed_keys(config.seed, s)[1]
                                                        for s in seeds]),
         step_key=jnp.stack([seed_keys(config.seed, s)[2] for s in seeds]), seeds=tuple(seeds),
-        steps_per_call=fc.steps_per_call, eval_epochs=frozenset(eval_epochs(p.epochs, fc.evals)),
+        steps_per_call=fc.steps_per_call,
+        eval_epochs=frozenset([p.epochs] if refit else eval_epochs(p.epochs, fc.evals)),
         evaluate=evaluate,
         extra_state={"best": jax.tree.map(jnp.copy, params), "best_val": jnp.full((n,), jnp.inf),
                      "best_epoch": jnp.zeros((n,), jnp.int32)},
@@ -130,7 +152,9 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | None, label_size: i
     curves = [[[e["epoch"], e["val_error"][i]] for e in record["evals"]] for i in range(n)]
     rows = [{"label_size": label_size, "arm": arm, "seed": int(s), "epochs": p.epochs,
              "steps": p.total_steps, "best_epoch": int(state["best_epoch"][i]),
-             "val_error": float(state["best_val"][i]), "test_error": float(test_err[i]),
+             "val_error": float("nan") if refit else float(state["best_val"][i]),
+             "test_error": float(test_err[i]), "refit_full": refit,
+             "train_size": int(subsets.shape[1]),
              "cell_time_s": record["time_s"], "seeds_together": n,
              "subset": subset_digest(subsets[i]), "lr_scale": result.lr_scale,
              "curve": curves[i]}
