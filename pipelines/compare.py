@@ -19,17 +19,31 @@ the figures from these files.
 
 from __future__ import annotations
 
+import json
+import sys
+import time
 from pathlib import Path
 
+import jax
+
 from pipelines import common
-from scae import compare, inputs
+from scae import atomic, compare, figures, inputs, provenance
 
 
 def main(config, workdir: Path) -> None:
+    t0 = time.monotonic()
     data = inputs.build(config.data, config.seed)
     compare.check_label_sizes(config, data)
     common.guard_workdir(config, workdir, common.COMPARE_KEYS, common.overwrite())
-    compare.compare(config, data, workdir, log=common.log)
+    resumed = (workdir / "pretrain" / "metrics.jsonl").exists()
+    before = len(figures.read_jsonl(workdir / "compare" / "runs.jsonl"))
+    rows = compare.compare(config, data, workdir, log=common.log)
+    if jax.process_index() == 0 and len(rows) > before:
+        # Where and how long the work took, published beside the results; a rerun that
+        # found everything finished keeps the record of the run that did the work.
+        record = provenance.machine(time.monotonic() - t0, " ".join(sys.argv))
+        atomic.write_text(workdir / "machine.json",
+                          json.dumps(record | {"resumed": resumed}, indent=2) + "\n")
     print((workdir / "compare" / "summary.md").read_text())
 
 

@@ -178,8 +178,26 @@ def _expected_block(folder: Path) -> str:
             + "; ".join(parts) + f". {machine}")
 
 
+def _timings_block(results: Path) -> str:
+    """One row per committed result whose job recorded its machine: how long it took, where."""
+    rows = []
+    for folder in sorted(p for p in results.iterdir() if p.is_dir()):
+        machine, config = _json(folder / "machine.json"), _json(folder / "config.json")
+        if machine:
+            preset = config.get("preset", "?") if config else "?"
+            rows.append(f"| `results/{folder.name}` | {preset} | {machine_text(machine)} |")
+    if not rows:
+        return ("Pending: no committed result has recorded its machine and wall time yet "
+                "(`python -m pipelines.compare` writes `machine.json`; `pipelines.publish` "
+                "copies it into `results/`).")
+    return "\n".join(["| result | preset | hardware and wall time |", "| --- | --- | --- |"]
+                     + rows)
+
+
 def render(name: str, results: Path) -> str:
     """The body of the README block ``name`` (see the module docstring)."""
+    if name == "timings":
+        return _timings_block(results)
     kind, _, folder = name.partition(":")
     if not folder or "/" in folder or kind not in ("table", "machine", "expected"):
         raise ValueError(f"README block {name!r}: expected table:<dir>, machine:<dir> or "
