@@ -41,7 +41,8 @@ def main(config, workdir: Path) -> None:
     if jax.process_index() == 0 and len(rows) > before:
         # Where and how long the work took, published beside the results; a rerun that
         # found everything finished keeps the record of the run that did the work.
-        record = provenance.machine(time.monotonic() - t0, " ".join(sys.argv))
+        command = "python -m pipelines.compare " + " ".join(sys.argv[1:])
+        record = provenance.machine(time.monotonic() - t0, command)
         atomic.write_text(workdir / "machine.json",
                           json.dumps(record | {"resumed": resumed}, indent=2) + "\n")
     print((workdir / "compare" / "summary.md").read_text())
