@@ -87,15 +87,27 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
                 else []
             todo += [(size, arm, group, steps) for group in groups]
     progress = Progress([(steps, len(group)) for *_, group, steps in todo], log)
+    per_seed = bool(config.compare.get("stack_per_seed", False))
+    stacks = {0: stack}
+
+    def stack_of(seed: int) -> stack_lib.Stack:
+        """Seed ``seed``'s stack: its own when stacks are per seed, else seed 0's."""
+        i = seed if per_seed else 0
+        if i not in stacks:
+            stacks[i] = stack_lib.pretrain(config, data.pretrain, data.val_images, workdir,
+                                           log=log, seed_index=i)
+        return stacks[i]
+
     for size, arm, group, _ in todo:
         progress.start()
-        new, best = _run_group(config, data, stack, size, arm, group, out, log)
+        group_stacks = None if arm == "random" else [stack_of(s) for s in group]
+        new, best = _run_group(config, data, group_stacks, size, arm, group, out, log)
         for r in new:
             r["dataset"] = config.dataset
             r.update(data.identity.to_record() if data.identity else {})
             r["pool_size"] = int(data.train_images.shape[0])
-            # Every seed's pretrained and frozen arms start from the one stack of config.seed.
-            r["stack_seed"] = None if arm == "random" else int(config.seed)
+            # Which compare seed's stack the run started from (see stack_lib.pretrain_dir).
+            r["stack_seed"] = None if arm == "random" else (r["seed"] if per_seed else 0)
         # Every output of the cell is written before the record that says it is done.
         if arm in ("pretrained", "random"):
             with atomic.replacing(out / f"conv1_{arm}_{size}.npy") as tmp, tmp.open("wb") as f:
@@ -111,18 +123,18 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
     return rows
 
 
-def _run_group(config, data, stack, size, arm, group, out, log):
+def _run_group(config, data, stacks, size, arm, group, out, log):
     ckpt = out / "ckpt" / f"{size}_{arm}_s{'-'.join(map(str, group))}"
     try:
-        return finetuning.run_cell(config, data, stack, size, arm, group, ckpt, log)
+        return finetuning.run_cell(config, data, stacks, size, arm, group, ckpt, log)
     except Exception as e:  # noqa: BLE001 - only a device out-of-memory falls back
         if not is_device_oom(e) or len(group) == 1:
             raise
         log(f"{arm} at {size} labels: {len(group)} seeds do not fit in memory together; "
             f"training them one at a time")
         rows, best = [], None
-        for s in group:
-            r, b = _run_group(config, data, stack, size, arm, [s], out, log)
+        for i, s in enumerate(group):
+            r, b = _run_group(config, data, stacks and [stacks[i]], size, arm, [s], out, log)
             rows += r
             best = best or b
         return rows, best
@@ -131,11 +143,15 @@ def _run_group(config, data, stack, size, arm, group, out, log):
 def write_tables(config, rows: list[dict], out: Path) -> None:
     """runs.csv, summary.csv and summary.md from the run records."""
     report.write_runs_csv(rows, out / "runs.csv")
-    metrics = figures.read_jsonl(out.parent / "pretrain" / "metrics.jsonl")
+    # The pretraining records of every stack the runs started from (seed 0's, and the
+    # per-seed ones), for the reconstruction error over stacks.
+    used = sorted({r["stack_seed"] for r in rows if r.get("stack_seed") is not None} | {0})
+    metrics = [figures.read_jsonl(stack_lib.pretrain_dir(out.parent, i) / "metrics.jsonl")
+               for i in used]
     # The records carry the test split's identity (title, paper or not); older ones do not.
     identity = None if rows and "data_title" in rows[0] else config.dataset
     report.write_summary(rows, identity, out / "summary.csv", out / "summary.md",
-                         stacks=[metrics] if metrics else None)
+                         stacks=[m for m in metrics if m] or None)
 
 
 def write_figures(config, data: inputs_lib.Inputs, stack: stack_lib.Stack, rows: list[dict],

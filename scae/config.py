@@ -97,6 +97,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.compare.num_seeds = 5
     c.compare.arms = ARMS
     c.compare.vmap_seeds = True  # train the seeds of one cell together under jax.vmap
+    # True: seed i's pretrained and frozen arms start from a stack pretrained for seed i
+    # (pretraining seed config.seed + i), so the spread over seeds includes pretraining's.
+    # False: every seed shares the stack of seed 0 (cheaper; the summary says so).
+    c.compare.stack_per_seed = True
     return c
 
 
@@ -196,6 +200,7 @@ def _validate_recipe(c: ml_collections.ConfigDict) -> None:
     _positive_ints(c, "finetune.augment_translate", allow_zero=True)
     _bool(c, "finetune.augment_flip")
     _bool(c, "finetune.refit_full")
+    _bool(c, "compare.stack_per_seed")
 
 
 # The paper's four variants: name -> (title, masking noise probability, sparsity window).
@@ -264,6 +269,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
         c.finetune.steps_per_call = 4
         c.compare.label_sizes = (100,)
         c.compare.num_seeds = 2
+        c.compare.stack_per_seed = False
     elif preset == "quick":
         c.data.validation_size = 1000
         c.data.pretrain_size = 10000
@@ -278,6 +284,7 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
         c.finetune.evals = 5
         c.compare.label_sizes = (1000,)
         c.compare.num_seeds = 3
+        c.compare.stack_per_seed = False  # one stack for time; the summary says so
 
 
 def preset_arg(arg: str | None, presets: Sequence[str]) -> str:

@@ -78,10 +78,11 @@ def keep_best(state: dict, errs: Array, epoch: int) -> dict:
                 best_epoch=jnp.where(better, epoch, state["best_epoch"]))
 
 
-def run_cell(config, data: inputs_lib.Inputs, stack: Stack | None, label_size: int, arm: str,
-             seeds: Sequence[int], ckpt_dir: Path,
+def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | None,
+             label_size: int, arm: str, seeds: Sequence[int], ckpt_dir: Path,
              log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
-    """Trains ``arm`` at ``label_size`` for ``seeds`` together (or resumes it).
+    """Trains ``arm`` at ``label_size`` for ``seeds`` together (or resumes it); ``stack`` is
+    the stack every seed starts from, or one stack per seed.
 
     Returns one record per seed and the selected parameters (leading seed axis, pure dict).
     Each record: label_size, arm, seed, epochs, steps, best_epoch, val_error, test_error
@@ -103,7 +104,9 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | None, label_size: i
         subsets = np.stack([np.arange(train_x.shape[0])] * len(seeds))
     p = driver.plan(subsets.shape[1], fc.batch_size, fc.epochs, fc.min_steps)
     quiet = lambda _: None
-    nets = [initial_model(spec, stack, arm, seed_keys(config.seed, s)[0], log if i == 0 else quiet)
+    stacks = list(stack) if isinstance(stack, (list, tuple)) else [stack] * len(seeds)
+    nets = [initial_model(spec, stacks[i], arm, seed_keys(config.seed, s)[0],
+                          log if i == 0 else quiet)
             for i, s in enumerate(seeds)]
     graphdef, _ = models.split(nets[0])
     params = jax.tree.map(lambda *q: jnp.stack(q), *[models.params_of(m) for m in nets])

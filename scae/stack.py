@@ -239,20 +239,42 @@ def transfer(stack: Stack, cnn: models.CNN, log: Callable[[str], None] = print) 
 # --- greedy layer-wise pretraining ---------------------------------------------------------
 
 
-def ckpt_dir(workdir: Path, k: int) -> Path:
-    return Path(workdir) / "pretrain" / "ckpt" / f"layer{k}"
+def pretrain_dir(workdir: str | os.PathLike, seed_index: int = 0) -> Path:
+    """Where the stack of compare seed ``seed_index`` keeps its records and checkpoints:
+    ``pretrain/`` for seed 0 (the stack every seed shares when stacks are not per seed),
+    ``pretrain/seed<i>/`` for the others."""
+    folder = Path(workdir) / "pretrain"
+    return folder if seed_index == 0 else folder / f"seed{seed_index}"
+
+
+def ckpt_dir(workdir: Path, k: int, seed_index: int = 0) -> Path:
+    return pretrain_dir(workdir, seed_index) / "ckpt" / f"layer{k}"
+
+
+def seed_config(config: ml_collections.ConfigDict, seed_index: int) -> ml_collections.ConfigDict:
+    """``config`` with the pretraining seed of compare seed ``seed_index`` (config.seed + i):
+    its own initialisation, noise and batch order."""
+    if seed_index == 0:
+        return config
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.seed = int(config.seed) + seed_index
+    return c
 
 
 def pretrain(config: ml_collections.ConfigDict, images: Array, val_images: Array,
-             workdir: str | os.PathLike, log: Callable[[str], None] = print) -> Stack:
+             workdir: str | os.PathLike, log: Callable[[str], None] = print,
+             seed_index: int = 0) -> Stack:
     """Trains (or resumes) every layer of the stack; returns it.
 
     ``images`` are the unlabelled pretraining images and ``val_images`` the held-out ones for
     the validation reconstruction error, both preprocessed float32 NHWC. Writes
-    ``pretrain/metrics.jsonl`` and the per-layer checkpoints in ``workdir``.
+    ``metrics.jsonl`` and the per-layer checkpoints in :func:`pretrain_dir` of ``workdir``;
+    ``seed_index`` i > 0 trains the stack of compare seed i (:func:`seed_config`).
     """
     workdir = Path(workdir)
-    (workdir / "pretrain").mkdir(parents=True, exist_ok=True)
+    config = seed_config(config, seed_index)
+    folder = pretrain_dir(workdir, seed_index)
+    folder.mkdir(parents=True, exist_ok=True)
     specs = layer_specs(config, images.shape[-1])
     stack = Stack(specs, config.model.pool_sizes, rngs=nnx.Rngs(config.seed))
     key = jax.random.PRNGKey(config.seed)
@@ -260,10 +282,14 @@ def pretrain(config: ml_collections.ConfigDict, images: Array, val_images: Array
     images, val_images = parallel.replicate((images, val_images))
     records: list[dict] = []
     for k in range(1, len(specs) + 1):
-        records += _train_layer(config, stack, k, images, val_images, key, workdir, records,
-                                log)
-    atomic.write_jsonl(workdir / "pretrain" / "metrics.jsonl", records)
+        records += _train_layer(config, stack, k, images, val_images, key, folder, records,
+                                log if seed_index == 0 else _prefixed(log, seed_index))
+    atomic.write_jsonl(folder / "metrics.jsonl", records)
     return stack
+
+
+def _prefixed(log: Callable[[str], None], seed_index: int) -> Callable[[str], None]:
+    return lambda message: log(f"stack of seed {seed_index}, {message}")
 
 
 def _layer_records(k: int, evals: list[dict]) -> list[dict]:
@@ -272,16 +298,18 @@ def _layer_records(k: int, evals: list[dict]) -> list[dict]:
             for e in evals]
 
 
-def _train_layer(config, stack: Stack, k: int, images, val_images, key, workdir: Path,
+def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: Path,
                  done: list[dict], log) -> list[dict]:
-    """Trains CAE layer k of ``stack`` in place on the features of layers 1..k-1."""
+    """Trains CAE layer k of ``stack`` in place on the features of layers 1..k-1; its
+    checkpoints and the metrics go into the pretrain ``folder``."""
     pc = config.pretrain
     layer = stack.layers[k - 1]
     p = driver.plan(images.shape[0], pc.batch_size, pc.epochs[k - 1])
-    saved = driver.finished(ckpt_dir(workdir, k), p.total_steps)
+    layer_dir = folder / "ckpt" / f"layer{k}"
+    saved = driver.finished(layer_dir, p.total_steps)
     if saved is not None:
         state, record = saved
-        _restore_layer(layer, state["params"], ckpt_dir(workdir, k))
+        _restore_layer(layer, state["params"], layer_dir)
         log(f"layer {k}: finished earlier ({p.total_steps} steps), kept")
         return _layer_records(k, record.get("evals", []))
 
@@ -320,11 +348,11 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, workdir:
         e = record["evals"][-1]
         log(f"layer {k} epoch {e['epoch']}: train mse {e['train_loss']:.5f}, val mse "
             f"{e['val_mse']:.5f}, {e['img_per_s']:.0f} img/s")
-        atomic.write_jsonl(workdir / "pretrain" / "metrics.jsonl",
+        atomic.write_jsonl(folder / "metrics.jsonl",
                            list(done) + _layer_records(k, record["evals"]))
 
     phase = driver.Phase(
-        name=f"layer {k}", ckpt_dir=ckpt_dir(workdir, k), plan=p, loss_fn=loss_fn,
+        name=f"layer {k}", ckpt_dir=layer_dir, plan=p, loss_fn=loss_fn,
         make_tx=lambda scale: optim.make(pc, p.total_steps, lr_scale=scale), params=params,
         data=data, pool=jnp.arange(data.shape[0]), order_key=key_order, step_key=key_noise,
         steps_per_call=pc.steps_per_call, checkpoint_every=pc.checkpoint_every_steps,

@@ -90,3 +90,50 @@ def test_vmapped_seeds_equal_sequential_runs(setup, tmp_path):
                                    [p[1] for p in together[i]["curve"]], atol=1e-4)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b[0], rtol=1e-4, atol=1e-5),
                      best, best1)
+
+
+def test_augmentation_and_dropout_keys_are_the_same_in_every_arm(setup, tmp_path, monkeypatch):
+    from scae import driver
+
+    c, data, params = setup
+    phases = {}
+    real_train = driver.train
+
+    def spy(phase):
+        phases[phase.name.split()[0]] = phase
+        return real_train(phase)
+
+    monkeypatch.setattr(driver, "train", spy)
+    c2 = c.copy_and_resolve_references()
+    c2.finetune.augment_translate = 2
+    c2.finetune.augment_flip = True
+    c2.model.dropout = 0.25
+    for arm in ("random", "pretrained"):
+        finetuning.run_cell(c2, data, params, 40, arm, [0, 1], tmp_path / arm, log=lambda _: None)
+    a, b = phases["random"], phases["pretrained"]
+    np.testing.assert_array_equal(a.step_key, b.step_key)
+    np.testing.assert_array_equal(a.order_key, b.order_key)
+    assert not np.array_equal(a.step_key[0], a.step_key[1])  # but each seed has its own
+    # The loss really augments: the same key gives the same loss, another key another one.
+    q = jax.tree.map(lambda x: x[0], a.params)
+    batch = (data.train_images[:8], jnp.asarray(data.train_labels[:8]))
+    key = jax.random.fold_in(a.step_key[0], 5)
+    assert float(a.loss_fn(q, batch, key)) == float(b.loss_fn(q, batch, key))
+    assert float(a.loss_fn(q, batch, key)) != float(a.loss_fn(q, batch, jax.random.fold_in(key, 1)))
+
+
+def test_refit_trains_on_validation_images_too_and_selects_nothing(setup, tmp_path):
+    c, data, params = setup
+    c2 = c.copy_and_resolve_references()
+    c2.finetune.refit_full = True
+    pool = data.train_images.shape[0]
+    rows, _ = finetuning.run_cell(c2, data, None, pool, "random", [0], tmp_path / "refit",
+                                  log=lambda _: None)
+    (r,) = rows
+    assert r["refit_full"] and r["train_size"] == pool + data.val_images.shape[0]
+    assert np.isnan(r["val_error"]) and r["best_epoch"] == r["epochs"]
+    assert [e for e, _ in r["curve"]] == [r["epochs"]]
+    # A smaller label size is not the full cell: it selects on validation as usual.
+    rows, _ = finetuning.run_cell(c2, data, None, 40, "random", [0], tmp_path / "small",
+                                  log=lambda _: None)
+    assert not rows[0]["refit_full"] and not np.isnan(rows[0]["val_error"])

@@ -82,3 +82,14 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path, images, m
     loaded = stack.from_workdir(tmp_path / "run", config, 1)
     jax.tree.map(np.testing.assert_array_equal, models.params_of(loaded),
                  models.params_of(resumed))
+
+
+def test_per_seed_stacks_differ_and_are_reproducible(tmp_path, images):
+    config = _config(epochs=(1, 1))
+    one = stack.pretrain(config, images, images[:64], tmp_path / "a", log=_quiet, seed_index=1)
+    again = stack.pretrain(config, images, images[:64], tmp_path / "b", log=_quiet, seed_index=1)
+    zero = stack.pretrain(config, images, images[:64], tmp_path / "a", log=_quiet)
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(one), models.params_of(again))
+    assert not np.allclose(one.layers[0].w[...], zero.layers[0].w[...])
+    assert (tmp_path / "a" / "pretrain" / "seed1" / "metrics.jsonl").is_file()
+    assert (tmp_path / "a" / "pretrain" / "metrics.jsonl").is_file()
