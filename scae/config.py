@@ -53,6 +53,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.pretrain.noise = "none"  # 'none' | 'mask' (binomial masking) | 'gaussian'
     c.pretrain.noise_level = 0.0  # masking probability, or the Gaussian's std
     c.pretrain.decoder = "tied"  # 'tied' (paper) | 'untied' | 'upsample' (NN-upsample + conv)
+    # 'activation' (paper): reconstructions pass the activation, range about ±1.716 for
+    # scaled_tanh; 'linear': for standardised or whitened inputs, which reach beyond it.
+    c.pretrain.decoder_output = "activation"
     c.pretrain.epochs = (10, 10, 10)  # per layer
     c.pretrain.batch_size = 128
     # The paper used plain on-line gradient descent, rate and epochs unknown. Adam reaches
@@ -160,6 +163,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _choice(c, "data.scale", ("unit", "symmetric"))
     _choice(c, "pretrain.noise", models.NOISES)
     _choice(c, "pretrain.decoder", models.DECODERS)
+    _choice(c, "pretrain.decoder_output", models.DECODER_OUTPUTS)
     for section in ("pretrain", "finetune"):
         _choice(c, f"{section}.optimizer", ("sgd", "adam"))
         _choice(c, f"{section}.schedule", ("constant", "cosine"))

@@ -27,6 +27,7 @@ Array = jax.Array
 Params = dict  # the pure-dict form of a module's nnx.Param state
 
 DECODERS = ("tied", "untied", "upsample")
+DECODER_OUTPUTS = ("activation", "linear")
 NOISES = ("none", "mask", "gaussian")
 INITIALIZERS = {
     "glorot_uniform": jax.nn.initializers.glorot_uniform,
@@ -84,8 +85,13 @@ class CAESpec:
     noise_level: float = 0.0
     init: str = "glorot_uniform"
     conv_impl: str = "auto"  # see scae.ops.resolve_impl
+    # 'activation': y = act(...) as the paper; 'linear': y = full-conv + c, for inputs beyond
+    # the activation's range (standardised or whitened pixels).
+    decoder_output: str = "activation"
 
     def __post_init__(self):
+        if self.decoder_output not in DECODER_OUTPUTS:
+            raise ValueError(f"decoder_output {self.decoder_output!r} not in {DECODER_OUTPUTS}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder {self.decoder!r} not in {DECODERS}")
         if self.noise not in NOISES:
@@ -127,11 +133,14 @@ class CAE(nnx.Module):
         return ops.pool_sparsify(h, p)
 
     def decode(self, h_sparse: Array) -> Array:
-        """Reconstruction y = act(full-conv(h, W~) + c), back at the input's size."""
+        """Reconstruction y = act(full-conv(h, W~) + c) (no act for a linear decoder output),
+        back at the input's size."""
         if self.spec.decoder == "tied":
             z = ops.conv_full_tied(h_sparse, self.w[...], self.spec.conv_impl)
         else:
             z = ops.conv_full(h_sparse, self.w_dec[...], self.spec.conv_impl)
+        if self.spec.decoder_output == "linear":
+            return z + self.c[...]
         return ops.activation(self.spec.activation)(z + self.c[...])
 
     def corrupt(self, x: Array, key: Array) -> Array:

@@ -38,7 +38,8 @@ def layer_specs(config: ml_collections.ConfigDict, in_channels: int) -> list[mod
             in_channels=c, maps=m.features[k], kernel=m.kernel_sizes[k],
             sparsity_pool=p.sparsity_pool[k], activation=m.activation, decoder=p.decoder,
             noise=p.noise, noise_level=p.noise_level, init=m.init,
-            conv_impl=m.get("conv_impl", "auto")))
+            conv_impl=m.get("conv_impl", "auto"),
+            decoder_output=p.get("decoder_output", "activation")))
         c = m.features[k]
     return specs
 

@@ -128,3 +128,14 @@ def test_every_decoder_learns_a_tiny_data_set(decoder):
         params, state, loss = step(params, state)
         first = first if first is not None else float(loss)
     assert float(loss) < 0.5 * first
+
+
+def test_linear_decoder_output_is_the_activation_free_reconstruction():
+    x = 3.0 * jax.random.normal(jax.random.PRNGKey(0), (2, 12, 12, 1))
+    spec = models.CAESpec(1, 4, 5)
+    act = models.CAE(spec, rngs=nnx.Rngs(0))
+    lin = models.CAE(models.CAESpec(1, 4, 5, decoder_output="linear"), rngs=nnx.Rngs(0))
+    y_act, y_lin = act.reconstruct(x), lin.reconstruct(x)
+    assert float(jnp.abs(y_act).max()) < 1.7159
+    np.testing.assert_allclose(y_act, ops.scaled_tanh(y_lin), rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(y_lin).max()) > 1.7159  # standardised inputs can be reconstructed
