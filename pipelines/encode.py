@@ -1,7 +1,7 @@
 """Writes a data set's split through a pretrained encoder as features with labels, for use in
 other tools (scikit-learn, for example).
 
-  python -m pipelines.encode --workdir=runs/mnist_quick --split=test --depth=2 --out=feats.npz
+  python -m pipelines.encode --workdir=runs/mnist_quick --split=test --depth=2 --output=feats.npz
 
 Reads the workdir's config.json and stack (a pretrain or compare workdir), loads the split of
 the workdir's data source (or of --source, preprocessed as the stack was trained), encodes it
@@ -25,15 +25,15 @@ _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"],
                            "Which split to encode.")
 _DEPTH = flags.DEFINE_integer("depth", None, "Encode through CAE layers 1..depth (default: all).")
 _POOLED = flags.DEFINE_bool("pooled", True, "Max-pool the top layer's maps as the CNN does.")
-_OUT = flags.DEFINE_string("out", None, "The .npz file to write.")
+_OUTPUT = flags.DEFINE_string("output", None, "The .npz file to write.")
 _SOURCE = flags.DEFINE_string("source", None, "Another data source to encode (default: the "
                               "workdir's config.data.source), e.g. npz:/path/data.npz.")
 _BATCH = flags.DEFINE_integer("batch", 500, "Images per encoding batch (bounds memory).")
 
 
 def main(config, workdir: Path) -> None:
-    if not _OUT.value:
-        raise InputError("--out: required, e.g. --out=features.npz")
+    if not _OUTPUT.value:
+        raise InputError("--output: required, e.g. --output=features.npz")
     if _BATCH.value < 1:
         raise InputError(f"--batch: expected an integer >= 1, got {_BATCH.value}")
     config = common.load_workdir_config(workdir) if config is None else config
@@ -57,7 +57,7 @@ def main(config, workdir: Path) -> None:
         raise InputError(f"{config.data.source}: images of {tuple(images.shape[1:])} are too "
                          f"small for the stack's kernels and pools ({e})") from None
     feats = s.encode(images, depth, _POOLED.value, _BATCH.value)
-    out = Path(_OUT.value)
+    out = Path(_OUTPUT.value)
     with atomic.replacing(out) as tmp, tmp.open("wb") as f:
         np.savez(f, features=feats, labels=np.asarray(labels), depth=depth,
                  pooled=_POOLED.value)

@@ -3,7 +3,7 @@ the run records, and rewrites every block of README.md and results/README.md tha
 results, so that no committed number or timing is typed by hand.
 
   python -m pipelines.publish --workdir=runs/mnist_paper --out=results/mnist_paper
-  python -m pipelines.publish --readmes_only      # only rewrite the README blocks
+  python -m pipelines.publish --readmes_only      # every table and README block from the records
 
 Copies config.json, machine.json (hardware and wall time, written by the compare command),
 compare/runs.jsonl and the pretraining metrics (``metrics.jsonl``, or ``metrics_<stack>.jsonl``
@@ -35,13 +35,14 @@ from pathlib import Path
 
 from absl import app, flags
 
-from pipelines import usage
+from pipelines import common, usage
 from scae import atomic, figures, provenance, report, stats
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A finished pretrain, compare or filters workdir.")
+_WORKDIR = common._WORKDIR  # a finished pretrain, compare or filters workdir
 _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
 _READMES_ONLY = flags.DEFINE_bool("readmes_only", False,
-                                  "Only rewrite the result blocks of the READMEs.")
+                                  "Rewrite the tables of every results/ folder and the README "
+                                  "blocks from the committed records (no workdir).")
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "results/README.md")
@@ -215,6 +216,19 @@ def fill(text: str, results: Path) -> str:
                                 f"<!-- /scae:{m['name']} -->", text)
 
 
+def refresh_results(root: Path = ROOT) -> list[Path]:
+    """Rewrites the tables of every folder under ``results/`` from its run records; returns
+    the files that changed."""
+    changed = []
+    for folder in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
+        for name, text in tables(folder).items():
+            path = folder / name
+            if not path.is_file() or path.read_text() != text:
+                atomic.write_text(path, text)
+                changed.append(path)
+    return changed
+
+
 def update_readmes(root: Path = ROOT) -> list[Path]:
     """Rewrites the result blocks of README.md and results/README.md; returns those changed."""
     changed = []
@@ -239,6 +253,8 @@ def main(argv):
     try:
         if not _READMES_ONLY.value:
             written = publish(Path(_WORKDIR.value), Path(_OUT.value))
+        else:  # every committed result's tables again from its records, as the code writes them
+            written = refresh_results()
         written += update_readmes()
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -147,13 +147,13 @@ def test_encode_command_writes_features_and_refuses_bad_input(tmp_path):
             common.run(encode.main, needs_config=False)
         return exit_.value.code
 
-    assert run(f"--out={out}", "--depth=2", "--split=test") in (0, None)
+    assert run(f"--output={out}", "--depth=2", "--split=test") in (0, None)
     with np.load(out) as f:  # the smoke preset keeps 200 test images
         assert f["features"].shape == (200, 4, 4, 8) and f["labels"].shape == (200,)
         assert int(f["depth"]) == 2 and bool(f["pooled"])
-    assert run(f"--out={out}", "--depth=3", "--nopooled", "--split=validation") in (0, None)
+    assert run(f"--output={out}", "--depth=3", "--nopooled", "--split=validation") in (0, None)
     with np.load(out) as f:
         assert f["features"].shape == (200, 2, 2, 8)
-    assert run(f"--out={out}", "--depth=4") == 2
+    assert run(f"--output={out}", "--depth=4") == 2
     os.remove(tmp_path / "w" / "config.json")
-    assert run(f"--out={out}") == 2
+    assert run(f"--output={out}") == 2

@@ -12,7 +12,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from scae import comparison_plots, figures, plots
+from flax import nnx
+
+from scae import comparison_plots, figures, models, plots
+from scae.stack import Stack
 
 ARMS = ("random", "pretrained", "frozen")
 SIZES = {"MNIST": ("mnist", (1000, 10000, 50000)), "CIFAR-10": ("cifar10", (1000, 10000, 45000)),
@@ -187,7 +190,7 @@ def test_filters_compared_with_many_runs(drawn, tmp_path):
     for size, arm in itertools.product((1000, 10000, 45000), ("pretrained", "random")):
         np.save(compare / f"conv1_{arm}_{size}.npy", rng.normal(size=(5, 5, 3, 20)))
     config = ml_collections.ConfigDict({"dataset": "cifar10", "model": {"pool_sizes": (2,)}})
-    params = [{"w": rng.normal(size=(5, 5, 3, 20)).astype(np.float32)}]
+    params = Stack([models.CAESpec(3, 20, 5)], (2,), rngs=nnx.Rngs(0))
     s = drawn(figures.filters_compared_figure, config, params, rng.normal(size=(20, 5, 5, 3)),
               compare, tmp_path / "f.png")
     check_legible(s, "CIFAR-10")

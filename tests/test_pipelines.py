@@ -194,7 +194,7 @@ def test_sigkill_anywhere_then_rerun_matches_the_uninterrupted_run(smoke_compare
     assert [[r[k] for k in RUN_KEYS] for r in ref] == [[r[k] for k in RUN_KEYS] for r in got]
     assert (w / "compare" / "summary.md").read_text() == \
         (smoke_compare / "compare" / "summary.md").read_text()
-    records = lambda d: [{k: v for k, v in r.items() if k not in ("time_s", "img_per_s")}
+    records = lambda d: [{k: v for k, v in r.items() if k not in ("time_s", "cell_time_s", "img_per_s")}
                          for r in figures.read_jsonl(d / "pretrain" / "metrics.jsonl")]
     assert len(records(w)) == len(records(smoke_compare))
     # Nothing half-written is left behind.
@@ -212,7 +212,7 @@ def test_two_processes_give_identical_parameters_and_metrics(smoke_compare, tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     _same_stack(smoke_compare, w, exact=True)
     for name in ("pretrain/metrics.jsonl", "compare/runs.jsonl"):
-        strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "img_per_s")}
+        strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "cell_time_s", "img_per_s")}
                               for r in rows]
         assert strip(figures.read_jsonl(w / name)) == \
             strip(figures.read_jsonl(smoke_compare / name)), name
