@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from scae import plots, preprocess, stack
+from scae import atomic, plots, preprocess, stack
 
 NUM_RECONSTRUCTIONS = 10
 
@@ -54,4 +54,4 @@ def read_jsonl(path: Path) -> list[dict]:
     """The records of a JSON-lines file (an absent file has none)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return atomic.read_jsonl(path)
