@@ -10,16 +10,31 @@ the remedy; a save that fails for lack of space or permission raises
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from scae import interrupt
-from scae.errors import InputError, Interrupted, as_write_error
+from scae.errors import InputError, Interrupted, WriteError, as_write_error
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Hides orbax's own error log (a traceback) of a failed save: the failure is raised,
+    classified, and reported once by the caller."""
+    previous = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(previous)
 
 
 class Checkpoints:
@@ -43,7 +58,7 @@ class Checkpoints:
     def save(self, step: int, state: Any, record: dict) -> None:
         """Saves ``state`` (a pytree of arrays) and ``record`` (JSON) as ``step``, blocking."""
         state = jax.device_get(state)
-        with interrupt.deferred():
+        with interrupt.deferred(), _quiet_orbax():
             try:
                 self._manager.save(step, args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
@@ -56,7 +71,7 @@ class Checkpoints:
                 error = as_write_error(e)
                 if error is None:
                     raise
-                raise type(error)(error.path or self.directory / str(step), error.cause) from e
+                raise WriteError(self.directory / str(step), error.cause) from e
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
         """The state saved at ``step``, with the structure, shapes and dtypes of ``like``."""

@@ -15,12 +15,15 @@ import signal
 
 # errno values that say "this write cannot succeed by trying again": no space, over quota,
 # a read-only file system, no permission.
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                          errno.EFBIG})
 # The same faults as they appear in the text of errors that lost their errno on the way
 # (orbax and tensorstore re-raise them as ValueError, RuntimeError or XlaRuntimeError).
 _WRITE_TEXT = re.compile(
     r"no space left on device|disk quota exceeded|read-only file system|permission denied|"
-    r"\bENOSPC\b|\bEDQUOT\b|\bEROFS\b|\bEACCES\b", re.IGNORECASE)
+    r"file too large|\bENOSPC\b|\bEDQUOT\b|\bEROFS\b|\bEACCES\b", re.IGNORECASE)
+# tensorstore's form: "... [os_error_code='28']".
+_ERRNO_TEXT = re.compile(r"os_error_code='?(\d+)")
 # A path in such a text: tensorstore and orbax quote it, or put it after "file"/"path".
 _PATH_TEXT = re.compile(r"""["'](/[^"']+)["']|(?:file|path|directory)[ :=]+(/\S+)""")
 
@@ -84,6 +87,11 @@ def as_write_error(exc: BaseException) -> WriteError | None:
     for e in _chain(exc):
         text = str(e)
         found = _WRITE_TEXT.search(text)
+        code = _ERRNO_TEXT.search(text)
+        if code and int(code.group(1)) in WRITE_ERRNOS:
+            path = _PATH_TEXT.search(text)
+            return WriteError(path and (path.group(1) or path.group(2)),
+                              os.strerror(int(code.group(1))).lower())
         if found:
             path = _PATH_TEXT.search(text)
             path = (path.group(1) or path.group(2)) if path else None
