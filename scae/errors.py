@@ -83,7 +83,7 @@ def as_write_error(exc: BaseException) -> WriteError | None:
         if isinstance(e, WriteError):
             return e
         if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
-            return WriteError(e.filename, os.strerror(e.errno))
+            return WriteError(e.filename, os.strerror(e.errno).lower())
     for e in _chain(exc):
         text = str(e)
         found = _WRITE_TEXT.search(text)

@@ -103,3 +103,303 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("killed mid-write")
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["runs.jsonl"]
+
+
+# --- 1. a workdir never reports results made under other settings ---------------------------
+
+import errno  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import weakref  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from pipelines import common  # noqa: E402
+from scae import checkpoint, errors, interrupt, workdir as workdir_lib  # noqa: E402
+from scae.errors import InputError, Interrupted, WriteError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _results(w: Path, *stages: str) -> None:
+    """Stand-in records for ``stages``: the guard looks at what exists, not at its content."""
+    for s in stages:
+        (w / s).mkdir(parents=True, exist_ok=True)
+        (w / s / ("runs.jsonl" if s == "compare" else "metrics.jsonl")).write_text("{}\n")
+
+
+def _smoke(**changes):
+    config = configs.mnist.get_config("smoke")
+    for key, value in changes.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def test_pretrain_with_other_finetune_settings_does_not_relabel_the_compare_runs(tmp_path):
+    # compare (lr 0.02), then pretrain with lr 0.5, then compare with lr 0.5: the last must not
+    # take the old runs as its own. The old code rewrote config.json in the pretrain step.
+    w = tmp_path / "w"
+    common.guard_workdir(_smoke(), w, common.COMPARE_KEYS, overwrite=False)
+    _results(w, "pretrain", "compare")
+    other = _smoke(**{"finetune.learning_rate": 0.5})
+    common.guard_workdir(other, w, common.PRETRAIN_KEYS, overwrite=False)  # the stack is valid
+    assert json.loads((w / "config.json").read_text())["finetune"]["learning_rate"] == 0.02
+    with pytest.raises(InputError) as refused:
+        common.guard_workdir(other, w, common.COMPARE_KEYS, overwrite=False)
+    line = str(refused.value)
+    assert "finetune.learning_rate: 0.02 in the workdir, 0.5 now" in line
+    assert "--overwrite" in line and "new --workdir" in line and "\n" not in line
+    assert (w / "compare" / "runs.jsonl").exists()
+    # --overwrite deletes the stale runs only: the stack does not depend on fine-tuning.
+    common.guard_workdir(other, w, common.COMPARE_KEYS, overwrite=True)
+    assert not (w / "compare" / "runs.jsonl").exists()
+    assert (w / "pretrain" / "metrics.jsonl").exists()
+    assert json.loads((w / "config.json").read_text())["finetune"]["learning_rate"] == 0.5
+    recorded = json.loads((w / "compare" / "settings.json").read_text())
+    assert recorded["digest"] == workdir_lib.settings_digest(other, "compare")
+
+
+def test_a_changed_stack_makes_both_stages_stale(tmp_path):
+    w = tmp_path / "w"
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=False)
+    _results(w, "pretrain", "compare", "figures")
+    changed = _smoke(**{"model.fc_width": 8})
+    with pytest.raises(InputError, match=r"model.fc_width: 16 in the workdir, 8 now"):
+        workdir_lib.guard(changed, w, "pretrain", overwrite=False)
+    workdir_lib.guard(changed, w, "pretrain", overwrite=True)
+    assert not any((w / d).exists() for d in ("compare", "figures"))
+    assert not (w / "pretrain" / "metrics.jsonl").exists()
+    assert not [p for p in w.iterdir() if p.name.startswith(".trash")]
+
+
+def test_label_sizes_and_seeds_select_runs_without_making_them_stale(tmp_path):
+    w = tmp_path / "w"
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=False)
+    _results(w, "pretrain", "compare")
+    more = _smoke(**{"compare.label_sizes": (100, 200), "compare.num_seeds": 5,
+                     "compare.vmap_seeds": False, "finetune.divergence_retries": 2})
+    assert workdir_lib.settings_digest(more, "compare") == \
+        workdir_lib.settings_digest(_smoke(), "compare")
+    workdir_lib.guard(more, w, "compare", overwrite=False)
+    assert (w / "compare" / "runs.jsonl").exists()
+    assert json.loads((w / "config.json").read_text())["compare"]["num_seeds"] == 5
+    assert workdir_lib.settings_digest(_smoke(**{"finetune.epochs": 3}), "compare") != \
+        workdir_lib.settings_digest(_smoke(), "compare")
+    assert workdir_lib.settings_digest(_smoke(**{"finetune.epochs": 3}), "pretrain") == \
+        workdir_lib.settings_digest(_smoke(), "pretrain")
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda w: w.write_text("x"), "is a file"),
+    (lambda w: (w.parent / "f").write_text("x"), "which is a file"),
+    (lambda w: (w.mkdir(), (w / "compare").write_text("x")), "compare: is a file"),
+    (lambda w: (w.mkdir(), (w / "config.json").mkdir()), "is a folder"),
+])
+def test_unusable_workdirs_are_refused_before_the_lock(tmp_path, make, fragment):
+    w = tmp_path / "w"
+    make(w)
+    target = tmp_path / "f" / "w" if fragment == "which is a file" else w
+    with pytest.raises(InputError, match=fragment):
+        workdir_lib.guard(_smoke(), target, "compare", overwrite=False)
+    assert not (target / ".lock").exists() if target.is_dir() else True
+
+
+def test_a_read_only_workdir_is_refused(tmp_path, monkeypatch):
+    # Root may write anywhere, so the file system's refusal is injected where the probe meets it.
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(workdir_lib.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(InputError, match="read-only file system"):
+        workdir_lib.guard(_smoke(), tmp_path / "w", "compare", overwrite=False)
+    assert not (tmp_path / "w").exists()
+
+
+# --- 2. cleanup that a kill cannot leave half done -------------------------------------------
+
+
+def test_a_kill_during_cleanup_leaves_nothing_half_deleted(tmp_path, monkeypatch):
+    ckpt = tmp_path / "pretrain" / "ckpt" / "layer1" / "8"
+    (ckpt / "state").mkdir(parents=True)
+    (ckpt / "state" / "data").write_text("x")
+    (ckpt / "record").mkdir()
+
+    def killed(path, *args, **kwargs):  # dies after deleting part of the folder
+        for p in sorted(Path(path).rglob("data")):
+            p.unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic.remove_tree(tmp_path / "pretrain")
+    monkeypatch.undo()
+    assert not (tmp_path / "pretrain").exists()  # gone whole, never seen half deleted
+    trash = [p.name for p in tmp_path.iterdir()]
+    assert len(trash) == 1 and trash[0].startswith(atomic.TRASH_PREFIX)
+    assert [p.name for p in atomic.sweep(tmp_path)] == trash and not any(tmp_path.iterdir())
+
+
+def test_atomic_writes_keep_the_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic.write_text(tmp_path / "a.txt", "x")
+        plain = tmp_path / "b.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o640
+
+
+# --- 3. faults named for what they are -----------------------------------------------------
+
+
+def test_write_failures_are_classified_through_wrappers_and_text():
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/w/compare/runs.jsonl")
+    try:
+        try:
+            raise full
+        except OSError as e:
+            raise ValueError("RESOURCE_EXHAUSTED: could not write") from e
+    except ValueError as wrapped:
+        error = errors.as_write_error(wrapped)
+    assert error.path == "/w/compare/runs.jsonl" and "no space left" in error.cause.lower()
+    orbax = RuntimeError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local '
+                         'file "/w/pretrain/ckpt/layer1/8.orbax-checkpoint-tmp/": Failed to '
+                         "write 338156 bytes: [os_error_code='28']")
+    assert "no space left" in errors.as_write_error(orbax).cause
+    assert not errors.is_device_oom(orbax)  # a full disk must not look like a small GPU
+    assert errors.as_write_error(ValueError("RESOURCE_EXHAUSTED: Out of memory")) is None
+    assert errors.as_write_error(OSError(errno.ENOENT, "no such file")) is None
+
+
+def test_only_a_real_device_out_of_memory_counts_as_one():
+    import jax.numpy as jnp
+
+    with pytest.raises(Exception) as oom:  # noqa: PT011 - jax's runtime error type
+        jnp.zeros((2**42,), jnp.float32).block_until_ready()
+    assert errors.is_device_oom(oom.value)
+    assert not errors.is_device_oom(RuntimeError("RESOURCE_EXHAUSTED: Out of memory"))
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_a_write_error(tmp_path):
+    # A real file-system refusal inside orbax/tensorstore: the file-size limit (EFBIG).
+    code = ("import resource, signal, sys, numpy as np\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "from scae import checkpoint\n"
+            "c = checkpoint.Checkpoints(sys.argv[1])\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+            "try:\n"
+            "    c.save(1, {'w': np.random.rand(100000).astype(np.float32)}, {'a': 1})\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "l1")], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.stdout.startswith("WriteError cannot write "), proc.stdout + proc.stderr[-2000:]
+    assert str(tmp_path / "l1" / "1") in proc.stdout and "file too large" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+# --- 5. damaged files ------------------------------------------------------------------------
+
+
+def _checkpoint(folder: Path):
+    state = {"params": {"w": np.arange(40, dtype=np.float32).reshape(5, 8)},
+             "opt": (np.zeros(3, np.float32),)}
+    c = checkpoint.Checkpoints(folder)
+    c.save(8, state, {"layer_records": []})
+    c.close()
+    return state
+
+
+@pytest.mark.parametrize("damage", ["truncate_manifest", "flip_data", "truncate_record",
+                                    "delete_metadata"])
+def test_a_damaged_checkpoint_is_one_line_naming_the_folder_and_the_remedy(tmp_path, damage):
+    folder = tmp_path / "layer1"
+    state = _checkpoint(folder)
+    step = folder / "8"
+    if damage == "truncate_manifest":
+        p = step / "state" / "manifest.ocdbt"
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    elif damage == "flip_data":
+        p = next(f for f in (step / "state" / "d").iterdir())
+        raw = bytearray(p.read_bytes())
+        raw[len(raw) // 2] ^= 0x40
+        p.write_bytes(bytes(raw))
+    elif damage == "truncate_record":
+        p = step / "record" / "metadata"
+        p.write_bytes(p.read_bytes()[:5])
+    else:
+        (step / "state" / "_METADATA").unlink()
+    c = checkpoint.Checkpoints(folder)
+    with pytest.raises(InputError) as refused:
+        c.restore(c.latest_step(), state)
+    c.close()
+    line = str(refused.value)
+    assert str(step) in line and "damaged checkpoint" in line and "\n" not in line
+    assert f"delete {folder}" in line and "--overwrite" in line
+
+
+def test_a_torn_last_line_is_dropped_and_a_damaged_middle_line_refused(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"seed": 0}\n{"seed": 1}\n{"seed": 2, "test_err')
+    assert atomic.read_jsonl(path) == [{"seed": 0}, {"seed": 1}]
+    path.write_bytes(b'{"seed": 0}\n{"seed": 1}\n\xff\xfe\n')
+    assert atomic.read_jsonl(path) == [{"seed": 0}, {"seed": 1}]
+    path.write_text('{"seed": 0}\n{"se\n{"seed": 2}\n')
+    with pytest.raises(InputError, match=r"runs.jsonl: line 2 is not valid JSON"):
+        atomic.read_jsonl(path)
+    assert atomic.read_jsonl(tmp_path / "absent.jsonl") == []
+    from scae import figures
+
+    path.write_text('{"layer": 1}\n{"lay')
+    assert figures.read_jsonl(path) == [{"layer": 1}]
+    (tmp_path / "scale.json").write_text('{"lr_sc')
+    assert atomic.read_json(tmp_path / "scale.json", {"lr_scale": 1.0}) == {"lr_scale": 1.0}
+
+
+# --- 6. signals ------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_swallowed_in_a_weakref_callback_is_not_lost(monkeypatch):
+    monkeypatch.setattr(interrupt, "REDELIVER_S", 0.2)
+    interrupt.install()
+    try:
+        class Thing:
+            pass
+
+        thing = Thing()
+        # The handler's exception lands inside the callback, where Python only prints it.
+        ref = weakref.ref(thing, lambda _: (os.kill(os.getpid(), signal.SIGINT),
+                                            [None for _ in range(1000)]))
+        del thing
+        assert ref() is None
+        assert interrupt.pending() is not None  # recorded, even though the raise was lost
+        with pytest.raises(Interrupted) as caught:  # and re-delivered within the grace time
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert caught.value.exit_status == 130
+    finally:
+        interrupt.uninstall()
+
+
+def test_a_deferred_block_holds_the_first_signal_until_it_ends():
+    interrupt.install()
+    try:
+        done = []
+        with pytest.raises(Interrupted, match="interrupted at saving"):
+            with interrupt.at("saving"), interrupt.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                done.append(True)
+        assert done == [True]
+        with pytest.raises(Interrupted):
+            interrupt.check()
+    finally:
+        interrupt.uninstall()
