@@ -15,14 +15,20 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
+from scae import interrupt
 
-from scae import config as cfglib
-from scae import errors, interrupt, parallel
-from scae import workdir as workdir_lib
-from scae.errors import InputError, Interrupted
+if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", "").startswith(
+        "pipelines."):
+    interrupt.early()  # a command is starting: hold signals during the slow imports below
+
+import ml_collections  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from scae import config as cfglib  # noqa: E402
+from scae import errors, parallel  # noqa: E402
+from scae import workdir as workdir_lib  # noqa: E402
+from scae.errors import InputError, Interrupted  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/mnist.py:quick (presets: smoke, quick, paper).",
@@ -41,7 +47,8 @@ NEUTRAL_KEYS = tuple(sorted(workdir_lib.NEUTRAL))
 def fail(message: str, status: int = 2) -> None:
     """Ends the process with one line on stderr."""
     line = " ".join(str(message).split())
-    print(f"error: {line}", file=sys.stderr, flush=True)
+    log(f"error: {line}")  # on a line of its own, even below a progress bar
+    sys.stderr.flush()
     sys.exit(status)
 
 
@@ -155,6 +162,7 @@ def run(main: Callable, needs_config: bool = True) -> None:
 
     def _envelope(argv):
         try:
+            interrupt.check("start-up")
             enable_compilation_cache()
             parallel.initialize_distributed()
             if len(argv) > 1:

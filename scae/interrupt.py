@@ -2,22 +2,21 @@
 
 Python runs a signal handler between two bytecodes of the main thread, wherever that is. An
 exception raised there can land in a weakref callback or a ``__del__``, where Python prints
-"Exception ignored" and carries on: that is how a Ctrl-C used to vanish and a run finish with
-exit status 0. So the signal is first *recorded*, and every path out of a command consults
-the record:
+"Exception ignored" and carries on (that is how a Ctrl-C used to vanish and a run finish
+with exit status 0), or inside a callback that jax's C++ code made, which can crash the
+process. So the handler never raises. It records the signal, and:
 
-* the handler raises :class:`~scae.errors.Interrupted` at once (outside a :func:`deferred`
-  block), which stops data loading, compilation and training within seconds;
-* if that exception was swallowed, a watchdog thread re-delivers the signal every
-  ``REDELIVER_S`` seconds until the command ends;
-* the training driver calls :func:`check` between compiled chunks, and the command envelope
-  calls it after the command's main returns, so a recorded signal always ends in exit status
-  130 (SIGINT) or 143 (SIGTERM), never 0.
-
-Inside a :func:`deferred` block (a checkpoint being saved) the first signal only records; the
-block raises as it ends. A second signal raises at once, wherever the process is.
-What is on disk stays consistent either way: every file is written under a temporary name
-and renamed (see :mod:`scae.atomic`), so stopping anywhere is no worse than a kill.
+* the training driver calls :func:`check` between compiled chunks (and the command envelope
+  before it starts and after the command's main returns), which raises
+  :class:`~scae.errors.Interrupted`: the envelope prints one line and exits with 130 (SIGINT)
+  or 143 (SIGTERM);
+* if no :func:`check` comes within ``GRACE_S`` seconds (data loading, compilation, code
+  without check points), a watchdog thread prints the same line and ends the process with the
+  same status. That is as safe as a kill, which every write already survives: files are
+  written under a temporary name and renamed (:mod:`scae.atomic`), checkpoints by orbax's
+  rename, and the next run sweeps what is left. It waits for a :func:`deferred` block (a
+  checkpoint save) to end first;
+* a second signal ends the process at once, the same way.
 """
 
 from __future__ import annotations
@@ -32,7 +31,8 @@ from collections.abc import Iterator
 from scae.errors import Interrupted
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-REDELIVER_S = 2.0  # how long a swallowed interruption may go unnoticed
+GRACE_S = 4.0  # how long the process may run on after a signal before it is ended
+MAX_DEFER_S = 60.0  # the longest a deferred block holds the end back
 
 
 class _State:
@@ -41,35 +41,48 @@ class _State:
         self.where: str | None = None  # what the command was doing then
         self.at: str | None = None  # what the command says it is doing now (see :func:`at`)
         self.defer = 0  # depth of deferred() blocks
-        self.redelivering = False  # the next handler call is the watchdog's
-        self.done = False  # the envelope is ending the process: handle nothing more
+        self.done = False  # the envelope is ending the process: the watchdog stands down
         self.installed = False
+        self.early = False  # early() is in force
         self.previous: dict[int, object] = {}
-        self.watchdog: threading.Thread | None = None
-        self.generation = 0  # install() count: an old watchdog ends when it changes
+        self.generation = 0  # install() count: an older watchdog stands down
 
 
 _state = _State()
 
 
+def early() -> None:
+    """Records SIGINT and SIGTERM from a command's first moment (before the slow imports)
+    until :func:`install`, which keeps what was recorded."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _state.early = True
+    for signum in SIGNALS:
+        signal.signal(signum, _handler)
+
+
 def install() -> None:
-    """Installs the SIGINT and SIGTERM handlers (main thread only; elsewhere a no-op) and
-    forgets any earlier signal. Called once by the command envelope."""
+    """Installs the SIGINT and SIGTERM handlers (main thread only; elsewhere a no-op). Forgets
+    an earlier signal unless :func:`early` recorded it. Called once by the command envelope."""
     if threading.current_thread() is not threading.main_thread():
         return
     s = _state
-    s.pending, s.where, s.at, s.defer, s.redelivering, s.done = None, None, None, 0, False, False
+    if not s.early:
+        s.pending, s.where = None, None
+    s.early, s.at, s.defer, s.done = False, None, 0, False
     s.generation += 1
     for signum in SIGNALS:
         previous = signal.signal(signum, _handler)
         if not s.installed:
             s.previous[signum] = previous
     s.installed = True
+    if s.pending is not None:
+        _start_watchdog()
 
 
 def uninstall() -> None:
-    """Puts back the handlers :func:`install` replaced (for callers that run commands
-    in-process, such as tests)."""
+    """Stands the watchdog down and puts back the handlers :func:`install` replaced (for
+    callers that run commands in-process, such as tests)."""
     s = _state
     s.done = True
     if s.installed and threading.current_thread() is threading.main_thread():
@@ -86,11 +99,11 @@ def pending() -> Interrupted | None:
 
 def check(where: str | None = None) -> None:
     """Raises :class:`~scae.errors.Interrupted` if SIGINT or SIGTERM arrived. The training
-    driver calls this between compiled chunks; ``where`` (e.g. "layer 2, step 40/120") names
-    the point in the message when the signal itself came at no named point."""
+    driver calls this between compiled chunks, with ``where`` such as "layer 2, step 40/120"
+    for the message."""
     s = _state
     if s.pending is not None:
-        raise Interrupted(s.pending, s.where or where or s.at or "")
+        raise Interrupted(s.pending, where or s.at or s.where or "")
 
 
 @contextlib.contextmanager
@@ -106,8 +119,8 @@ def at(where: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """A block that a first signal does not break (a second one does): the interruption is
-    raised when the block ends. For short critical sections such as a checkpoint save."""
+    """A block the watchdog lets finish (up to ``MAX_DEFER_S``) before ending the process:
+    a checkpoint save. A recorded interruption is raised when the block ends."""
     s = _state
     s.defer += 1
     try:
@@ -119,18 +132,17 @@ def deferred() -> Iterator[None]:
 
 
 def finish() -> None:
-    """Called by the envelope once it is ending the process: no more raising, no more
-    re-delivery."""
+    """Called by the envelope once it is ending the process itself: the watchdog stands down."""
     _state.done = True
 
 
 def _location(frame) -> str:
-    """The innermost frame of this project's code, as 'file.py:function'."""
+    """The innermost frame of this project's code, as 'scae/file.py:function'."""
     while frame is not None:
-        path = frame.f_code.co_filename
-        parts = path.replace(os.sep, "/").split("/")
+        path = frame.f_code.co_filename.replace(os.sep, "/")
+        parts = path.split("/")
         if len(parts) >= 2 and parts[-2] in ("scae", "pipelines") \
-                and not path.endswith("interrupt.py"):
+                and not path.endswith("scae/interrupt.py"):
             return f"{parts[-2]}/{parts[-1]}:{frame.f_code.co_name}"
         frame = frame.f_back
     return ""
@@ -138,34 +150,32 @@ def _location(frame) -> str:
 
 def _handler(signum: int, frame) -> None:
     s = _state
-    if s.done:
-        return
-    redelivered, s.redelivering = s.redelivering, False
-    repeated = s.pending is not None and not redelivered
-    if s.pending is None:
-        s.pending = signum
-        s.where = s.at or _location(frame) or "start-up"
+    if s.pending is not None:  # asked twice: end now
+        _end(Interrupted(s.pending, s.at or s.where or ""))
+    s.pending = signum
+    s.where = s.at or _location(frame) or "start-up"
+    if not s.early:
         _start_watchdog()
-    if s.defer and not repeated and not redelivered:
-        return
-    raise Interrupted(s.pending, s.where)
+
+
+def _end(interruption: Interrupted) -> None:
+    """Prints the one line and ends the process with the interruption's status."""
+    os.write(2, f"\nerror: {interruption}\n".encode())
+    os._exit(interruption.exit_status)
 
 
 def _start_watchdog() -> None:
     s = _state
-    if s.watchdog is not None and s.watchdog.is_alive():
-        return
-    main, generation = threading.main_thread().ident, s.generation
+    generation, received = s.generation, time.monotonic()
 
-    def redeliver():
+    def watch():
+        deadline = received + GRACE_S
         while True:
-            time.sleep(REDELIVER_S)
-            if s.done or s.pending is None or s.generation != generation:
+            time.sleep(0.1)
+            if s.done or s.generation != generation or s.pending is None:
                 return
-            if s.defer:
-                continue  # the block raises when it ends
-            s.redelivering = True
-            signal.pthread_kill(main, s.pending)
+            now = time.monotonic()
+            if now >= deadline and (not s.defer or now >= received + MAX_DEFER_S):
+                _end(Interrupted(s.pending, s.at or s.where or ""))
 
-    s.watchdog = threading.Thread(target=redeliver, name="interrupt-redeliver", daemon=True)
-    s.watchdog.start()
+    threading.Thread(target=watch, name="interrupt-watchdog", daemon=True).start()

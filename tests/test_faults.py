@@ -365,26 +365,23 @@ def test_a_torn_last_line_is_dropped_and_a_damaged_middle_line_refused(tmp_path)
 # --- 6. signals ------------------------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_signal_swallowed_in_a_weakref_callback_is_not_lost(monkeypatch):
-    monkeypatch.setattr(interrupt, "REDELIVER_S", 0.2)
+def test_a_signal_in_a_weakref_callback_is_not_lost():
+    # Raised from the handler, the interruption would land in the callback, where Python
+    # only prints it: the old bug. Recorded instead, it is raised at the next check.
     interrupt.install()
     try:
         class Thing:
             pass
 
         thing = Thing()
-        # The handler's exception lands inside the callback, where Python only prints it.
         ref = weakref.ref(thing, lambda _: (os.kill(os.getpid(), signal.SIGINT),
                                             [None for _ in range(1000)]))
         del thing
         assert ref() is None
-        assert interrupt.pending() is not None  # recorded, even though the raise was lost
-        with pytest.raises(Interrupted) as caught:  # and re-delivered within the grace time
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                time.sleep(0.01)
+        with pytest.raises(Interrupted) as caught:
+            interrupt.check("layer 1, step 8/16")
         assert caught.value.exit_status == 130
+        assert "interrupted at layer 1, step 8/16 (SIGINT)" in str(caught.value)
     finally:
         interrupt.uninstall()
 
@@ -403,3 +400,67 @@ def test_a_deferred_block_holds_the_first_signal_until_it_ends():
             interrupt.check()
     finally:
         interrupt.uninstall()
+
+
+def _command_process(tmp_path: Path, module: str = "pretrain") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", f"pipelines.{module}", "--config=configs/mnist.py:smoke",
+         "--config.pretrain.epochs=(50,1,1)", f"--workdir={tmp_path / 'w'}"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+                           PYTHONUNBUFFERED="1"),
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_training_stops_within_seconds(tmp_path, signum, status):
+    proc = _command_process(tmp_path)
+    seen = ""
+    try:
+        for line in proc.stderr:  # wait until layer 1 trains
+            seen += line
+            if "layer 1: CAE" in line:
+                break
+        time.sleep(1.0)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        rest = proc.communicate(timeout=60)[1]
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == status, (seen + rest)[-3000:]
+    assert took < 15, took
+    assert "Traceback" not in rest
+    errors_seen = _error_lines(rest)
+    assert len(errors_seen) == 1 and errors_seen[0].startswith("error: interrupted at "), rest
+    assert not list((tmp_path / "w").rglob("*.tmp"))  # what is on disk stays consistent
+
+
+def test_a_signal_at_start_up_is_not_lost(tmp_path):
+    proc = _command_process(tmp_path)
+    try:
+        time.sleep(0.5)  # importing jax
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, rest[-3000:]
+    assert _error_lines(rest) == [line for line in rest.splitlines() if line.strip()][-1:]
+    assert not (tmp_path / "w" / "pretrain").exists()
+
+
+def test_without_a_check_point_the_watchdog_ends_the_process(tmp_path):
+    # Code that never reaches interrupt.check (a long compilation, say) still stops.
+    code = ("import os, signal, time\n"
+            "from scae import interrupt\n"
+            "interrupt.install()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(60)\n")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    assert proc.returncode == 143 and time.monotonic() - start < interrupt.GRACE_S + 10
+    assert proc.stderr.strip().startswith("error: interrupted at start-up (SIGTERM)")
