@@ -17,8 +17,10 @@ from pathlib import Path
 
 from scae import interrupt
 
-if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", "").startswith(
-        "pipelines."):
+# Whether this process is a command (python -m pipelines.x), not a caller of run() in-process.
+_AS_COMMAND = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name",
+                      "").startswith("pipelines.")
+if _AS_COMMAND:
     interrupt.early()  # a command is starting: hold signals during the slow imports below
 
 import ml_collections  # noqa: E402
@@ -49,6 +51,11 @@ def fail(message: str, status: int = 2) -> None:
     line = " ".join(str(message).split())
     log(f"error: {line}")  # on a line of its own, even below a progress bar
     sys.stderr.flush()
+    if _AS_COMMAND:
+        # The one line is said. Library threads that a failure left behind (orbax's and
+        # tensorstore's event loops) print tracebacks while Python shuts down; drop them.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
     sys.exit(status)
 
 

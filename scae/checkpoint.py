@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,26 @@ def _quiet_orbax() -> Iterator[None]:
         yield
     finally:
         absl_logging.set_verbosity(previous)
+
+
+def _is_closed_loop_noise(value: BaseException | None) -> bool:
+    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
+def _silence_closed_loop_noise() -> None:
+    """After a failed save or restore, tensorstore's callbacks still call into the event loop
+    orbax has closed, and each prints a 'RuntimeError: Event loop is closed' traceback from
+    its thread. They say nothing the raised error does not; this drops those, and only those."""
+    hook = sys.excepthook
+    if getattr(hook, "_drops_closed_loop_noise", False):
+        return
+
+    def excepthook(kind, value, tb):
+        if not _is_closed_loop_noise(value):
+            hook(kind, value, tb)
+
+    excepthook._drops_closed_loop_noise = True
+    sys.excepthook = excepthook
 
 
 class Checkpoints:
@@ -66,6 +87,7 @@ class Checkpoints:
                 self._manager.wait_until_finished()
             except (Exception, Interrupted) as e:
                 self._broken = True  # closing orbax after a failure prints thread tracebacks
+                _silence_closed_loop_noise()
                 if isinstance(e, Interrupted):
                     raise
                 error = as_write_error(e)
@@ -99,6 +121,7 @@ class Checkpoints:
             raise
         except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types
             self._broken = True
+            _silence_closed_loop_noise()
             raise self._failure(e, step) from None
         if not isinstance(out.get("record"), dict):
             self._broken = True

@@ -464,3 +464,37 @@ def test_without_a_check_point_the_watchdog_ends_the_process(tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
     assert proc.returncode == 143 and time.monotonic() - start < interrupt.GRACE_S + 10
     assert proc.stderr.strip().startswith("error: interrupted at start-up (SIGTERM)")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs, almost full; skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                                            str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a size-limited tmpfs here")
+    try:
+        stat = os.statvfs(mount)
+        (mount / "filler").write_bytes(bytes(stat.f_bavail * stat.f_frsize - 6 * 4096))
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_exit_74_and_the_rerun_resumes(small_disk):
+    w = small_disk / "w"
+    args = [sys.executable, "-m", "pipelines.pretrain", "--config=configs/mnist.py:smoke",
+            "--config.pretrain.layers=1", f"--workdir={w}"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith("layer 1")]
+    assert proc.returncode == 74, proc.stderr[-3000:]
+    assert len(lines) == 1 and "no space left on device" in lines[0], proc.stderr[-3000:]
+    assert str(w / "pretrain" / "ckpt" / "layer1") in lines[0]
+    assert json.loads((w / "config.json").read_text())["seed"] == 0  # written whole
+    (small_disk / "filler").unlink()
+    again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not list(w.rglob("*orbax-checkpoint-tmp*")) and not list(w.rglob("*.tmp"))
