@@ -17,9 +17,11 @@ import numpy as np
 
 from pipelines import common
 from scae import cnn, figures, inputs, plots, stack
+from scae import workdir as workdir_lib
 
 
 def main(config, workdir: Path) -> None:
+    workdir_lib.hold(workdir)  # no other command writes while the figures are drawn
     config = common.load_workdir_config(workdir) if config is None else config
     data = inputs.build(config.data, config.seed)
     params = stack.load(config, workdir, data.image_shape[-1])

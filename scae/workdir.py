@@ -353,6 +353,17 @@ def lock(workdir: str | os.PathLike) -> None:
     _LOCKS[key] = f
 
 
+def hold(workdir: str | os.PathLike) -> None:
+    """Takes the lock of an existing workdir for a command that reads it (and draws figures
+    into it), so that it never sees another command's half-written state: refuses a workdir
+    that does not exist, is not a writable folder, or is in use."""
+    workdir = Path(workdir)
+    if not workdir.exists():
+        raise InputError(f"--workdir {workdir}: not found")
+    check_writable(workdir)
+    lock(workdir)
+
+
 def load_config(workdir: str | os.PathLike):
     """The config a workdir's records describe (for commands that only read a workdir)."""
     import ml_collections

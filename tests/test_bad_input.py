@@ -53,7 +53,7 @@ def command(capsys, module: str, *args: str) -> tuple[int, str]:
     capsys.readouterr()
     with mock.patch.object(sys, "argv", [f"pipelines/{module}.py", *args]), \
             pytest.raises(SystemExit) as exit_info:
-        common.run(main)
+        common.run(main, needs_config=module != "visualize")
     return exit_info.value.code, capsys.readouterr().err
 
 
@@ -484,7 +484,7 @@ def test_signals_end_with_their_exit_status(capsys, tmp_path, signum, status, sw
     with mock.patch.object(sys, "argv", ["pipelines/pretrain.py", SMOKE,
                                          f"--workdir={tmp_path}"]), \
             pytest.raises(SystemExit) as exit_info:
-        common.run(main)
+        common.run(main, needs_config=module != "visualize")
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert exit_info.value.code == status, err
@@ -515,3 +515,56 @@ def test_data_the_model_cannot_take(capsys, tmp_path, workdir, module, kind):
         path = write_npz(tmp_path / "h.npz", num_train=500, num_test=20, shape=(28, 28, 2))
         fragments = ["2 channels", "1 (grayscale) and 3 (RGB)"]
     assert_refused(capsys, workdir, [f"--config.data.source=npz:{path}"], fragments, module)
+
+
+# --- damaged files in a workdir ---------------------------------------------------------------
+
+
+@pytest.fixture
+def stack_workdir(tmp_path: Path) -> Path:
+    """A pretrain workdir of the smoke config whose three layers are finished checkpoints of
+    freshly initialised CAEs (what visualize reads; no training needed)."""
+    import jax
+
+    from scae import cae, checkpoint, stack
+    from scae import workdir as workdir_lib
+
+    config = configs.mnist.get_config("smoke")
+    w = tmp_path / "stack"
+    workdir_lib.guard(config, w, "pretrain", overwrite=False)
+    for k, spec in enumerate(stack.layer_specs(config, 1), start=1):
+        c = checkpoint.Checkpoints(w / "pretrain" / "ckpt" / f"layer{k}")
+        c.save(8, {"params": cae.init(spec, jax.random.PRNGKey(k))}, {"layer_records": []})
+        c.close()
+    workdir_lib._LOCKS.pop(str(w.resolve())).close()  # as if that command had ended
+    return w
+
+
+def test_a_damaged_checkpoint_is_refused_by_the_command(capsys, stack_workdir):
+    manifest = stack_workdir / "pretrain" / "ckpt" / "layer2" / "8" / "state" / "manifest.ocdbt"
+    manifest.write_bytes(manifest.read_bytes()[:10])
+    before = snapshot(stack_workdir)
+    status, err = command(capsys, "visualize", f"--workdir={stack_workdir}")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1, err[-3000:]
+    assert str(stack_workdir / "pretrain" / "ckpt" / "layer2") in lines[0]
+    assert "damaged checkpoint" in lines[0] and "--overwrite" in lines[0]
+    assert {k: v for k, v in snapshot(stack_workdir).items() if k != ".lock"} == \
+        {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_visualize_takes_the_lock(capsys, stack_workdir):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from scae import workdir; workdir.lock(Path(sys.argv[1])); "
+         "print('locked', flush=True); time.sleep(600)", str(stack_workdir)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        status, err = command(capsys, "visualize", f"--workdir={stack_workdir}")
+        assert status == 2 and "in use by a running command" in err, err[-2000:]
+    finally:
+        holder.kill()
+        holder.wait()
+    status, err = command(capsys, "visualize", f"--workdir={stack_workdir / 'absent'}")
+    assert status == 2 and "not found" in err and not (stack_workdir / "absent").exists()
