@@ -128,6 +128,21 @@ def _show(value) -> str:
     return "absent" if value is None else json.dumps(value)
 
 
+def asked_runs(config, rows: Sequence[dict]) -> list[dict]:
+    """The run records of ``rows`` that ``config`` asks for and that its settings made: label
+    size in ``compare.label_sizes``, arm in ``compare.arms``, seed below ``compare.num_seeds``,
+    and (for records that carry one) ``settings`` equal to the compare stage's digest. What a
+    summary reports, so that shrinking a selection never mixes in runs no longer asked, and a
+    record of other settings is never counted."""
+    c = config.compare
+    sizes, arms = set(c.label_sizes), set(c.arms)
+    digest = settings_digest(config, "compare")
+    return [r for r in rows
+            if r.get("label_size") in sizes and r.get("arm") in arms
+            and isinstance(r.get("seed"), int) and 0 <= r["seed"] < c.num_seeds
+            and r.get("settings", digest) == digest]
+
+
 # --- where each stage's results and settings live ------------------------------------------
 
 

@@ -296,10 +296,27 @@ def test_tfds_not_prepared_or_unknown(capsys, tmp_path, workdir, monkeypatch):
     (["--config.pretrain.layers=5"], ["config.pretrain.layers"]),
     (["--config.finetune.divergence_retries=-1"], ["config.finetune.divergence_retries"]),
     (["--config.data.validation_size=70000"], ["config.data.validation_size"]),
-    (["--config.data.source=cifar10"], ["cifar10"]),
 ])
 def test_bad_config(capsys, workdir, args, fragments):
     assert_refused(capsys, workdir, args, fragments)
+
+
+def test_cifar10_by_name_without_a_prepared_copy(capsys, workdir, monkeypatch):
+    # Whether this machine's tfds has cifar10 must not decide the outcome.
+    monkeypatch.setattr(data, "_tfds_state", lambda name, data_dir: "absent")
+    assert_refused(capsys, workdir, ["--config.data.source=cifar10"],
+                   ["'cifar10'", "tfds has no prepared copy", "folder:", "cifar:"])
+
+
+def test_a_divergence_is_exit_3_naming_where(capsys, tmp_path):
+    w = tmp_path / "w"
+    status, err = command(capsys, "pretrain", SMOKE, f"--workdir={w}",
+                          "--config.pretrain.optimizer=sgd", "--config.pretrain.learning_rate=1e30",
+                          "--config.model.activation=relu", "--config.pretrain.layers=1")
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert status == 3, err[-2000:]
+    assert len(lines) == 1 and "layer 1" in lines[0] and "non-finite" in lines[0], err[-2000:]
+    assert "Traceback" not in err
 
 
 def test_label_size_above_the_labelled_images(capsys, tmp_path, workdir):

@@ -12,14 +12,31 @@ from scae import atomic, compare, inputs, retry, stack
 def test_divergence_stops_with_the_layer_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
     config = configs.mnist.get_config("smoke")
     config.pretrain.optimizer = "sgd"
-    config.pretrain.learning_rate = 1e30
+    config.pretrain.learning_rate = 0.01
     config.model.activation = "relu"  # unbounded, so the huge steps overflow
-    config.pretrain.epochs = (2, 1, 1)
+    config.pretrain.layers = 1
+    config.pretrain.epochs = (1,)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(64, 28, 28, 1)), jnp.float32)
-    with pytest.raises(FloatingPointError, match=r"layer 1: .* epoch \d+ by step \d+"):
+    stack.pretrain(config, x, x[:16], tmp_path, log=lambda _: None)  # a good checkpoint first
+    folder = tmp_path / "pretrain" / "ckpt" / "layer1"
+    good = checkpoint.Checkpoints(folder)
+    assert good.latest_step() == 2
+    kept, _ = good.restore_raw(2)
+    good.close()
+    config.pretrain.epochs = (3,)  # train on from it, at a rate that diverges at once
+    config.pretrain.learning_rate = 1e30
+    with pytest.raises(FloatingPointError,
+                       match=r"layer 1: .* epoch 2 by step [34]; the last good checkpoint "
+                             r"\(step 2\) is kept"):
         stack.pretrain(config, x, x[:16], tmp_path, log=lambda _: None)
-    ckpts = list((tmp_path / "pretrain" / "ckpt" / "layer1").glob("*"))
-    assert all(p.name.isdigit() for p in ckpts)  # only finished checkpoints, if any
+    after = checkpoint.Checkpoints(folder)
+    assert after.latest_step() == 2
+    np.testing.assert_array_equal(after.restore_raw(2)[0]["params"]["w"], kept["params"]["w"])
+    after.close()
+    config.pretrain.learning_rate = 0.01  # a rerun resumes from that checkpoint
+    logs = []
+    stack.pretrain(config, x, x[:16], tmp_path, log=logs.append)
+    assert any("resuming at step 2/6" in m for m in logs), logs
 
 
 def test_divergence_retries_halve_the_learning_rate_and_remember_it(tmp_path):
@@ -191,6 +208,20 @@ def test_label_sizes_and_seeds_select_runs_without_making_them_stale(tmp_path):
         workdir_lib.settings_digest(_smoke(), "compare")
     assert workdir_lib.settings_digest(_smoke(**{"finetune.epochs": 3}), "pretrain") == \
         workdir_lib.settings_digest(_smoke(), "pretrain")
+
+
+def test_a_summary_reports_only_the_runs_asked_under_these_settings():
+    config = _smoke(**{"compare.label_sizes": (100, 200), "compare.num_seeds": 2,
+                       "compare.arms": ("random", "pretrained")})
+    digest = workdir_lib.settings_digest(config, "compare")
+    rows = [{"label_size": size, "arm": arm, "seed": seed, "settings": digest}
+            for size in (100, 200, 300) for arm in ("random", "frozen") for seed in range(3)]
+    rows.append({"label_size": 100, "arm": "random", "seed": 0, "settings": "0123456789ab"})
+    rows.append({"label_size": 200, "arm": "random", "seed": 1})  # older records: no digest
+    kept = workdir_lib.asked_runs(config, rows)
+    assert {(r["label_size"], r["seed"]) for r in kept} == {(100, 0), (100, 1), (200, 0), (200, 1)}
+    assert all(r["arm"] == "random" and r.get("settings", digest) == digest for r in kept)
+    assert len(kept) == 5
 
 
 @pytest.mark.parametrize("make,fragment", [
