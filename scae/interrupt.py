@@ -154,8 +154,7 @@ def _handler(signum: int, frame) -> None:
         _end(Interrupted(s.pending, s.at or s.where or ""))
     s.pending = signum
     s.where = s.at or _location(frame) or "start-up"
-    if not s.early:
-        _start_watchdog()
+    _start_watchdog()
 
 
 def _end(interruption: Interrupted) -> None:

@@ -490,8 +490,13 @@ def _signalling_main(signum, swallow):
 
 @pytest.mark.parametrize("signum,status", [("SIGINT", 130), ("SIGTERM", 143)])
 @pytest.mark.parametrize("swallow", [False, True])
-def test_signals_end_with_their_exit_status(capsys, tmp_path, signum, status, swallow):
+def test_signals_end_with_their_exit_status(capsys, tmp_path, monkeypatch, signum, status,
+                                           swallow):
     import signal
+
+    from scae import interrupt
+
+    monkeypatch.setattr(interrupt, "GRACE_S", 600.0)  # no watchdog exit of the test process
 
     main = _signalling_main(getattr(signal, signum), swallow)
     flags.FLAGS.unparse_flags()
@@ -501,7 +506,7 @@ def test_signals_end_with_their_exit_status(capsys, tmp_path, signum, status, sw
     with mock.patch.object(sys, "argv", ["pipelines/pretrain.py", SMOKE,
                                          f"--workdir={tmp_path}"]), \
             pytest.raises(SystemExit) as exit_info:
-        common.run(main, needs_config=module != "visualize")
+        common.run(main)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert exit_info.value.code == status, err

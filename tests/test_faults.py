@@ -1,12 +1,27 @@
-"""Divergence stops a run cleanly, naming where, and the learning-rate retries recover from
-it; killing runs is tested in test_pipelines.py (it shares that file's reference run)."""
+"""The fault-injection suite: divergence, settings provenance, interrupted cleanup, write
+failures (injected and on a real full disk), damaged checkpoints and records, signals, umask.
+Killing runs at named writes is tested in test_pipelines.py (it shares that file's reference
+run); bad input through the commands in test_bad_input.py. See docs/reliability.md."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import configs.mnist
-from scae import atomic, compare, inputs, retry, stack
+from pipelines import common
+from scae import atomic, checkpoint, compare, errors, inputs, interrupt, retry, stack
+from scae import workdir as workdir_lib
+from scae.errors import InputError, Interrupted
 
 
 def test_divergence_stops_with_the_layer_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
@@ -123,20 +138,6 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
 
 
 # --- 1. a workdir never reports results made under other settings ---------------------------
-
-import errno  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import weakref  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from pipelines import common  # noqa: E402
-from scae import checkpoint, errors, interrupt, workdir as workdir_lib  # noqa: E402
-from scae.errors import InputError, Interrupted, WriteError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -396,9 +397,10 @@ def test_a_torn_last_line_is_dropped_and_a_damaged_middle_line_refused(tmp_path)
 # --- 6. signals ------------------------------------------------------------------------------
 
 
-def test_a_signal_in_a_weakref_callback_is_not_lost():
+def test_a_signal_in_a_weakref_callback_is_not_lost(monkeypatch):
     # Raised from the handler, the interruption would land in the callback, where Python
     # only prints it: the old bug. Recorded instead, it is raised at the next check.
+    monkeypatch.setattr(interrupt, "GRACE_S", 600.0)  # no watchdog exit of the test process
     interrupt.install()
     try:
         class Thing:
@@ -417,7 +419,8 @@ def test_a_signal_in_a_weakref_callback_is_not_lost():
         interrupt.uninstall()
 
 
-def test_a_deferred_block_holds_the_first_signal_until_it_ends():
+def test_a_deferred_block_holds_the_first_signal_until_it_ends(monkeypatch):
+    monkeypatch.setattr(interrupt, "GRACE_S", 600.0)
     interrupt.install()
     try:
         done = []
