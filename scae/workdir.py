@@ -115,13 +115,31 @@ def settings_digest(config, stage: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def _differences(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+_ABSENT = object()
+
+
+def _differences(old, new, defaults=None, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, old, new) for every leaf that differs. A key the old record lacks counts as
+    equal when the new value is the key's default: the key was added to the code later, and
+    its default keeps what the code did before."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new)):
-            out += _differences(old.get(k), new.get(k), f"{prefix}{k}.")
+            sub = defaults.get(k, _ABSENT) if isinstance(defaults, dict) else _ABSENT
+            out += _differences(old.get(k, _ABSENT), new.get(k, _ABSENT), sub, f"{prefix}{k}.")
         return out
-    return [] if old == new else [(prefix.rstrip("."), old, new)]
+    if old is _ABSENT and defaults is not _ABSENT and new == defaults:
+        return []
+    if old == new:
+        return []
+    return [(prefix.rstrip("."), None if old is _ABSENT else old, None if new is _ABSENT else new)]
+
+
+def _defaults(config) -> dict:
+    """The defaults of every config key, as plain JSON types."""
+    from scae import config as cfglib
+
+    return config_dict(cfglib.base_config(config_dict(config).get("dataset", "mnist")))
 
 
 def _show(value) -> str:
@@ -253,7 +271,7 @@ def stale_stages(config, workdir: Path, stage: str) -> dict[str, list[str]]:
         if recorded is None:
             stale[s] = [w.config_error or f"{workdir}: no record of the settings of {s}/"]
             continue
-        diffs = _differences(_strip(recorded), stage_settings(config, s))
+        diffs = _differences(_strip(recorded), stage_settings(config, s), _defaults(config))
         if diffs:
             stale[s] = [f"{k}: {_show(a)} in the workdir, {_show(b)} now" for k, a, b in diffs]
     for s, st in STAGES.items():  # what was computed from a stale stage goes with it

@@ -225,6 +225,22 @@ def test_a_summary_reports_only_the_runs_asked_under_these_settings():
     assert len(kept) == 5
 
 
+def test_a_key_added_later_with_its_default_keeps_old_workdirs_valid(tmp_path):
+    w = tmp_path / "w"
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=False)
+    _results(w, "pretrain", "compare")
+    for name in ("config.json", "pretrain/settings.json", "compare/settings.json"):
+        record = json.loads((w / name).read_text())
+        sections = record.get("sections", record)
+        if "finetune" in sections:
+            del sections["finetune"]["weight_decay"]  # as written before the key existed
+        (w / name).write_text(json.dumps(record))
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=False)  # default 0.0: same experiment
+    _results(w, "compare")
+    with pytest.raises(InputError, match=r"finetune.weight_decay: 0.0 in the workdir, 0.1 now"):
+        workdir_lib.guard(_smoke(**{"finetune.weight_decay": 0.1}), w, "compare", False)
+
+
 @pytest.mark.parametrize("make,fragment", [
     (lambda w: w.write_text("x"), "is a file"),
     (lambda w: (w.parent / "f").write_text("x"), "which is a file"),
