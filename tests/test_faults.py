@@ -548,3 +548,36 @@ def test_a_full_disk_is_one_line_exit_74_and_the_rerun_resumes(small_disk):
     again = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not list(w.rglob("*orbax-checkpoint-tmp*")) and not list(w.rglob("*.tmp"))
+
+
+def test_a_sigkill_during_overwrite_cleanup_leaves_no_half_deleted_checkpoint(tmp_path):
+    import jax
+
+    from scae import cae
+
+    config = configs.mnist.get_config("smoke")
+    w = tmp_path / "w"
+    workdir_lib.guard(config, w, "pretrain", overwrite=False)
+    for k, spec in enumerate(stack.layer_specs(config, 1), start=1):
+        c = checkpoint.Checkpoints(w / "pretrain" / "ckpt" / f"layer{k}")
+        c.save(8, {"params": cae.init(spec, jax.random.PRNGKey(k))}, {"layer_records": []})
+        c.close()
+    workdir_lib._LOCKS.pop(str(w.resolve())).close()  # as if that command had ended
+    args = ["pipelines.pretrain", "--config=configs/mnist.py:smoke", "--config.model.fc_width=8",
+            "--config.pretrain.layers=0", "--overwrite", f"--workdir={w}"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    # SIGKILL at the second checkpoint file that the deletion of the stale stack removes
+    # (rmtree names them relative to their folder's descriptor).
+    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_at.py"), "os.remove",
+                             "^(_CHECKPOINT_METADATA|commit_success.txt|manifest.ocdbt)$", "2",
+                             *args], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL and "killed at os.remove" in killed.stderr, \
+        killed.stderr[-2000:]
+    assert not (w / "pretrain").exists(), killed.stderr[-500:]  # moved away whole
+    assert [p.name for p in w.iterdir() if p.name.startswith(atomic.TRASH_PREFIX)]
+    again = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not [p for p in w.rglob("*") if p.name.startswith(atomic.TRASH_PREFIX)]
+    assert json.loads((w / "config.json").read_text())["model"]["fc_width"] == 8
