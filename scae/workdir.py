@@ -16,7 +16,8 @@ variant folders and ``filters.png``). Each stage's records depend on some config
 Keys that say how to run rather than what to compute (:data:`NEUTRAL`) are left out.
 
 Each stage's folder holds ``settings.json``, the exact settings its records were made with
-(with :func:`settings_digest`, which the records also carry). ``config.json`` is the config
+(with :func:`settings_digest`, which the records also carry); a filter-experiment workdir holds
+that one stage, and its ``config.json`` records it. ``config.json`` is the config
 the workdir's records describe: a command that runs one stage keeps the recorded sections of
 the other stages it leaves in place (pretrain run on a compared workdir keeps describing the
 compare runs' fine-tuning). Workdirs from before ``settings.json`` existed fall back on
