@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,24 +39,26 @@ def _quiet_orbax() -> Iterator[None]:
         absl_logging.set_verbosity(previous)
 
 
-def _is_closed_loop_noise(value: BaseException | None) -> bool:
-    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+@contextlib.contextmanager
+def _muted_stderr(settle_s: float = 0.0) -> Iterator[None]:
+    """Sends file descriptor 2 to /dev/null inside the block (and ``settle_s`` after it).
 
-
-def _silence_closed_loop_noise() -> None:
-    """After a failed save or restore, tensorstore's callbacks still call into the event loop
-    orbax has closed, and each prints a 'RuntimeError: Event loop is closed' traceback from
-    its thread. They say nothing the raised error does not; this drops those, and only those."""
-    hook = sys.excepthook
-    if getattr(hook, "_drops_closed_loop_noise", False):
-        return
-
-    def excepthook(kind, value, tb):
-        if not _is_closed_loop_noise(value):
-            hook(kind, value, tb)
-
-    excepthook._drops_closed_loop_noise = True
-    sys.excepthook = excepthook
+    When a save fails, tensorstore's callbacks still call into the event loop that orbax has
+    closed, and its threads print a 'RuntimeError: Event loop is closed' traceback each,
+    straight to the descriptor (no Python hook sees them). They say nothing the raised error
+    does not. The main thread writes nothing during a save, so nothing else is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        if settle_s and sys.exc_info()[0] is not None:
+            time.sleep(settle_s)  # let the orphaned callbacks fire while muted
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class Checkpoints:
@@ -79,7 +82,7 @@ class Checkpoints:
     def save(self, step: int, state: Any, record: dict) -> None:
         """Saves ``state`` (a pytree of arrays) and ``record`` (JSON) as ``step``, blocking."""
         state = jax.device_get(state)
-        with interrupt.deferred(), _quiet_orbax():
+        with interrupt.deferred(), _quiet_orbax(), _muted_stderr(settle_s=0.5):
             try:
                 self._manager.save(step, args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
@@ -87,7 +90,6 @@ class Checkpoints:
                 self._manager.wait_until_finished()
             except (Exception, Interrupted) as e:
                 self._broken = True  # closing orbax after a failure prints thread tracebacks
-                _silence_closed_loop_noise()
                 if isinstance(e, Interrupted):
                     raise
                 error = as_write_error(e)
@@ -116,12 +118,12 @@ class Checkpoints:
 
     def _restore(self, step: int, args) -> dict:
         try:
-            out = self._manager.restore(step, args=args)
+            with _muted_stderr(settle_s=0.5):
+                out = self._manager.restore(step, args=args)
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - orbax and tensorstore raise many types
             self._broken = True
-            _silence_closed_loop_noise()
             raise self._failure(e, step) from None
         if not isinstance(out.get("record"), dict):
             self._broken = True

@@ -85,6 +85,7 @@ def uninstall() -> None:
     callers that run commands in-process, such as tests)."""
     s = _state
     s.done = True
+    s.pending, s.where = None, None  # what this command received ends with it
     if s.installed and threading.current_thread() is threading.main_thread():
         for signum, previous in s.previous.items():
             signal.signal(signum, previous)
