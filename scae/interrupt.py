@@ -46,6 +46,7 @@ class _State:
         self.early = False  # early() is in force
         self.previous: dict[int, object] = {}
         self.generation = 0  # install() count: an older watchdog stands down
+        self.stderr_fd: int | None = None  # stderr as installed (a save may mute descriptor 2)
 
 
 _state = _State()
@@ -56,6 +57,7 @@ def early() -> None:
     until :func:`install`, which keeps what was recorded."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _keep_stderr()
     _state.early = True
     for signum in SIGNALS:
         signal.signal(signum, _handler)
@@ -67,6 +69,7 @@ def install() -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     s = _state
+    _keep_stderr()
     if not s.early:
         s.pending, s.where = None, None
     s.early, s.at, s.defer, s.done = False, None, 0, False
@@ -78,6 +81,14 @@ def install() -> None:
     s.installed = True
     if s.pending is not None:
         _start_watchdog()
+
+
+def _keep_stderr() -> None:
+    if _state.stderr_fd is None:
+        try:
+            _state.stderr_fd = os.dup(2)
+        except OSError:
+            pass
 
 
 def uninstall() -> None:
@@ -160,7 +171,8 @@ def _handler(signum: int, frame) -> None:
 
 def _end(interruption: Interrupted) -> None:
     """Prints the one line and ends the process with the interruption's status."""
-    os.write(2, f"\nerror: {interruption}\n".encode())
+    os.write(_state.stderr_fd if _state.stderr_fd is not None else 2,
+             f"\nerror: {interruption}\n".encode())
     os._exit(interruption.exit_status)
 
 
