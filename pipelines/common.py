@@ -182,7 +182,7 @@ def run(main: Callable, needs_config: bool = True) -> None:
             if config is not None:
                 _validate(config, command)
             main(config, Path(_WORKDIR.value))
-            interrupt.check("the end")  # a signal some library swallowed still counts
+            interrupt.check("the end")  # a signal no check point acted on still ends it so
         except InputError as e:
             fail(str(e))
         except FloatingPointError as e:  # divergence: the message names where; exit 3
