@@ -15,13 +15,19 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from scae import interrupt
-
 # Whether this process is a command (python -m pipelines.x), not a caller of run() in-process.
 _AS_COMMAND = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name",
                       "").startswith("pipelines.")
+_EARLY_SIGNALS: list[int] = []
+if _AS_COMMAND:  # a command is starting: record signals from the first moment (importing
+    # scae imports jax, which takes seconds); scae.interrupt takes over below
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda signum, frame: _EARLY_SIGNALS.append(signum))
+
+from scae import interrupt  # noqa: E402
+
 if _AS_COMMAND:
-    interrupt.early()  # a command is starting: hold signals during the slow imports below
+    interrupt.early(_EARLY_SIGNALS)
 
 import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402

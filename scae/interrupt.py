@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from scae.errors import Interrupted
 
@@ -52,15 +52,18 @@ class _State:
 _state = _State()
 
 
-def early() -> None:
+def early(received: Sequence[int] = ()) -> None:
     """Records SIGINT and SIGTERM from a command's first moment (before the slow imports)
-    until :func:`install`, which keeps what was recorded."""
+    until :func:`install`, which keeps what was recorded. ``received``: the signals a
+    simpler handler recorded before this module could be imported."""
     if threading.current_thread() is not threading.main_thread():
         return
     _keep_stderr()
     _state.early = True
     for signum in SIGNALS:
         signal.signal(signum, _handler)
+    for signum in received:
+        _handler(signum, None)
 
 
 def install() -> None:

@@ -492,7 +492,7 @@ def test_a_signal_during_training_stops_within_seconds(tmp_path, signum, status)
 def test_a_signal_at_start_up_is_not_lost(tmp_path):
     proc = _command_process(tmp_path)
     try:
-        time.sleep(0.5)  # importing jax
+        time.sleep(1.0)  # importing jax
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=60)[1]
     finally:
