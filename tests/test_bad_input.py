@@ -426,7 +426,7 @@ def test_config_files_that_do_not_give_a_config(capsys, tmp_path, body, fragment
 
 def test_an_override_below_a_value_is_refused(capsys, workdir):
     assert_refused(capsys, workdir, ["--config.model.features.x=1"],
-                   ["--config.model.features.x", "not a section"])
+                   ["--config.model.features.x"])
 
 
 # --- workdirs that cannot be used ------------------------------------------------------------
@@ -544,32 +544,29 @@ def test_data_the_model_cannot_take(capsys, tmp_path, workdir, module, kind):
 
 @pytest.fixture
 def stack_workdir(tmp_path: Path) -> Path:
-    """A pretrain workdir of the smoke config whose three layers are finished checkpoints of
-    freshly initialised CAEs (what visualize reads; no training needed)."""
-    import jax
-
-    from scae import cae, checkpoint, stack
+    """A pretrain workdir of the smoke config with a checkpoint of layer 1 (its content does
+    not matter to these tests: they fail before it is used)."""
+    from scae import checkpoint
     from scae import workdir as workdir_lib
 
     config = configs.mnist.get_config("smoke")
     w = tmp_path / "stack"
     workdir_lib.guard(config, w, "pretrain", overwrite=False)
-    for k, spec in enumerate(stack.layer_specs(config, 1), start=1):
-        c = checkpoint.Checkpoints(w / "pretrain" / "ckpt" / f"layer{k}")
-        c.save(8, {"params": cae.init(spec, jax.random.PRNGKey(k))}, {"layer_records": []})
-        c.close()
+    c = checkpoint.Checkpoints(w / "pretrain" / "ckpt" / "layer1")
+    c.save(8, {"params": {"w": np.zeros((5, 5, 1, 8), np.float32)}}, {"layer_records": []})
+    c.close()
     workdir_lib._LOCKS.pop(str(w.resolve())).close()  # as if that command had ended
     return w
 
 
 def test_a_damaged_checkpoint_is_refused_by_the_command(capsys, stack_workdir):
-    manifest = stack_workdir / "pretrain" / "ckpt" / "layer2" / "8" / "state" / "manifest.ocdbt"
+    manifest = stack_workdir / "pretrain" / "ckpt" / "layer1" / "8" / "state" / "manifest.ocdbt"
     manifest.write_bytes(manifest.read_bytes()[:10])
     before = snapshot(stack_workdir)
     status, err = command(capsys, "visualize", f"--workdir={stack_workdir}")
     lines = [line for line in err.splitlines() if line.strip()]
     assert status == 2 and len(lines) == 1, err[-3000:]
-    assert str(stack_workdir / "pretrain" / "ckpt" / "layer2") in lines[0]
+    assert str(stack_workdir / "pretrain" / "ckpt" / "layer1") in lines[0]
     assert "damaged checkpoint" in lines[0] and "--overwrite" in lines[0]
     assert {k: v for k, v in snapshot(stack_workdir).items() if k != ".lock"} == \
         {k: v for k, v in before.items() if k != ".lock"}
