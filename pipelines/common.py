@@ -1,26 +1,44 @@
-"""What every command shares: flags, config checks, the workdir guard and the exit-2 errors.
+"""What every command shares: flags, config checks, and the envelope that turns each kind of
+failure into one line on stderr and its exit status.
 
 Each pipeline is ``common.run(main)`` with ``main(config, workdir)``; a bad flag, config file,
-config value or data file ends with one line on stderr and exit status 2, before anything in
-the workdir is written.
+config value or data file ends with exit status 2 before anything in the workdir is written;
+a divergence with 3, a failed write with 74, SIGINT and SIGTERM with 130 and 143. What a
+workdir may hold and reuse is :mod:`scae.workdir`'s; the names below keep the commands' calls.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+# Whether this process is a command (python -m pipelines.x), not a caller of run() in-process.
+_AS_COMMAND = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name",
+                      "").startswith("pipelines.")
+_EARLY_SIGNALS: list[int] = []
+if _AS_COMMAND:  # a command is starting: record signals from the first moment (importing
+    # scae imports jax, which takes seconds); scae.interrupt takes over below
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda signum, frame: _EARLY_SIGNALS.append(signum))
 
-from pipelines import usage
-from scae import config as cfglib
-from scae import atomic, parallel
-from scae.errors import InputError
+from scae import interrupt  # noqa: E402
+
+if _AS_COMMAND:
+    interrupt.early(_EARLY_SIGNALS)
+
+import ml_collections  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from scae import config as cfglib  # noqa: E402
+from scae import errors, parallel  # noqa: E402
+from scae import workdir as workdir_lib  # noqa: E402
+from scae.errors import InputError, Interrupted  # noqa: E402
+
+from pipelines import usage  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/mnist.py:quick (presets: smoke, quick, paper).",
@@ -29,19 +47,23 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, records
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete results in --workdir that came from a different config.")
 
-# The config sections whose change invalidates what a command finds in a workdir.
+# The config sections of each stage, as the commands name them (see scae.workdir.STAGES).
 PRETRAIN_KEYS = ("seed", "data", "model", "pretrain")
 COMPARE_KEYS = PRETRAIN_KEYS + ("finetune",)
 RESULT_DIRS = ("pretrain", "compare", "figures")
-# Keys that say how to react to a failure, not what to compute: a workdir made with other
-# values (or before they existed) is still the same experiment.
-NEUTRAL_KEYS = ("pretrain.divergence_retries", "finetune.divergence_retries")
+NEUTRAL_KEYS = tuple(sorted(workdir_lib.NEUTRAL))
 
 
 def fail(message: str, status: int = 2) -> None:
     """Ends the process with one line on stderr."""
     line = " ".join(str(message).split())
-    print(f"error: {line}", file=sys.stderr, flush=True)
+    log(f"error: {line}")  # on a line of its own, even below a progress bar
+    sys.stderr.flush()
+    if _AS_COMMAND:
+        # The one line is said. Library threads that a failure left behind (orbax's and
+        # tensorstore's event loops) print tracebacks while Python shuts down; drop them.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
     sys.exit(status)
 
 
@@ -107,128 +129,102 @@ def _unknown_override(argv: list[str], error: Exception) -> str:
 
 def config_dict(config) -> dict:
     """The config as plain JSON types (tuples become lists)."""
-    return json.loads(config.to_json())
-
-
-def _differences(old: dict, new: dict, keys: Sequence[str], prefix: str = "") -> list[str]:
-    out = []
-    for k in keys:
-        if f"{prefix}{k}" in NEUTRAL_KEYS:
-            continue
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, sorted(set(a) | set(b)), f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} in the workdir, {b!r} now")
-    return out
+    return workdir_lib.config_dict(config)
 
 
 def guard_workdir(config, workdir: Path, keys: Sequence[str], overwrite: bool) -> None:
-    """Refuses a workdir whose results came from a config that differs in ``keys``.
-
-    With ``overwrite`` the old results are deleted instead. Then takes the workdir's lock
-    (refusing a workdir another command is running in), removes what killed writes left
-    behind, and writes ``config.json``.
-    """
-    path = workdir / "config.json"
-    new = config_dict(config)
-    diffs = []
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise InputError(f"{path}: unreadable ({e}); use a new --workdir or --overwrite")
-        diffs = _differences(old, new, keys)
-        if diffs and not overwrite:
-            raise InputError(f"{workdir} holds results of a different config ({diffs[0]}"
-                             f"{'; ...' if len(diffs) > 1 else ''}); use a new --workdir or "
-                             f"pass --overwrite to delete them")
-    import jax
-
-    primary = jax.process_index() == 0  # the other hosts of a multi-host run share the workdir
-    if primary:
-        lock_workdir(workdir)
-    if diffs:
-        for d in RESULT_DIRS:
-            shutil.rmtree(workdir / d, ignore_errors=True)
-        logging.warning("deleted the results of a different config in %s", workdir)
-    if primary:
-        atomic.sweep(workdir)
-    atomic.write_text(path, json.dumps(new, indent=2) + "\n")
+    """:func:`scae.workdir.guard` for the stage whose config sections are ``keys``
+    (:data:`PRETRAIN_KEYS`, :data:`COMPARE_KEYS`, or with ``variants`` the filter experiment)."""
+    workdir_lib.guard(config, workdir, workdir_lib.stage_for_keys(keys), overwrite)
 
 
-_LOCKS = {}  # workdir -> open lock file: a lock lasts as long as its process, however it ends
+lock_workdir = workdir_lib.lock
+load_workdir_config = workdir_lib.load_config
 
 
-def lock_workdir(workdir: Path) -> None:
-    """Takes ``workdir/.lock`` for this process, or raises :class:`InputError` naming the
-    process that holds it. The operating system releases it when the process ends, even by
-    SIGKILL, so a killed run never leaves a stale lock. (POSIX only; elsewhere a no-op.)"""
+def _command(main: Callable) -> str:
+    """The command's name (``pretrain``, ``compare``, ...) from its module's file."""
+    module = sys.modules.get(main.__module__)
+    return Path(getattr(module, "__file__", None) or sys.argv[0]).stem
+
+
+def _parse_flags_or_fail(argv: list[str]) -> list[str]:
+    """:func:`_parse_flags`, with what a config file's own code raises (its ``get_config``
+    failing, an override of a key that is not a section) as one line and exit 2."""
     try:
-        import fcntl
-    except ImportError:
-        return
-    key = str(workdir.resolve())
-    if key in _LOCKS:  # this process holds it already
-        return
-    workdir.mkdir(parents=True, exist_ok=True)
-    f = open(workdir / ".lock", "a+")  # noqa: SIM115 - held open for the process's lifetime
+        return _parse_flags(argv)
+    except (TypeError, KeyError, AttributeError, IndexError) as e:
+        overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+        nested = [o for o in overrides if o.count(".") >= 2] or overrides
+        if nested:
+            fail(f"{', '.join(nested)}: cannot set this config key (a parent key is a value, "
+                 f"not a section: {type(e).__name__}: {e})")
+        fail(f"--config: {_config_path(argv)}: get_config failed ({type(e).__name__}: {e})")
+    except Exception as e:  # noqa: BLE001 - a config file's code may raise anything
+        fail(f"--config: {_config_path(argv)}: get_config failed ({type(e).__name__}: {e})")
+
+
+def _validate(config, command: str) -> None:
+    """:func:`scae.config.validate` for ``command``, with a foreign config named as such."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise InputError(f"--config: get_config() returned a {type(config).__name__}, "
+                         "expected an ml_collections.ConfigDict")
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise InputError(f"{workdir} is in use by a running command ({holder}); wait for it "
-                         f"to end or use another --workdir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}\n")
-    f.flush()
-    _LOCKS[key] = f
-
-
-def load_workdir_config(workdir: Path):
-    """The config a workdir was made with (for commands that only read a workdir)."""
-    import ml_collections
-
-    path = workdir / "config.json"
-    if not path.exists():
-        raise InputError(f"{path}: not found; is {workdir} a pretrain or compare workdir?")
-    try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
-    except ValueError as e:
-        raise InputError(f"{path}: not valid JSON ({e})")
+        cfglib.validate(config, command)
+    except (KeyError, AttributeError, TypeError, IndexError) as e:
+        raise InputError(f"--config: not a config for this project ({type(e).__name__}: {e}); "
+                         "start from configs/mnist.py") from None
 
 
 def run(main: Callable, needs_config: bool = True) -> None:
-    """Parses the flags and calls ``main(config, workdir)`` with errors mapped to exit 2."""
+    """Parses the flags and calls ``main(config, workdir)``, turning every expected failure
+    into one line on stderr and its exit status: bad input 2, divergence 3, a failed write
+    74, SIGINT 130, SIGTERM 143 (see :mod:`scae.errors`)."""
+    command = _command(main)
 
     def _main(argv):
         # absl's INFO stream carries orbax's and jax's chatter; the pipelines report through
         # :func:`log` (tqdm-safe) instead.
         logging.set_verbosity(logging.WARNING)
-        enable_compilation_cache()
-        parallel.initialize_distributed()
-        if len(argv) > 1:
-            fail(f"unexpected arguments: {' '.join(argv[1:])}")
-        if not _WORKDIR.value:
-            fail("--workdir: required")
-        config = _CONFIG.value
-        if config is None and needs_config:
-            fail("--config: required, e.g. --config=configs/mnist.py:quick")
+        interrupt.install()
         try:
+            _envelope(argv)
+        finally:
+            interrupt.uninstall()
+
+    def _envelope(argv):
+        try:
+            interrupt.check("start-up")
+            enable_compilation_cache()
+            parallel.initialize_distributed()
+            if len(argv) > 1:
+                fail(f"unexpected arguments: {' '.join(argv[1:])}")
+            if not _WORKDIR.value:
+                fail("--workdir: required")
+            config = _CONFIG.value
+            if config is None and needs_config:
+                fail("--config: required, e.g. --config=configs/mnist.py:quick")
             if config is not None:
-                cfglib.validate(config)
+                _validate(config, command)
             main(config, Path(_WORKDIR.value))
+            interrupt.check("the end")  # a signal no check point acted on still ends it so
         except InputError as e:
             fail(str(e))
         except FloatingPointError as e:  # divergence: the message names where; exit 3
             fail(str(e), status=3)
+        except Interrupted as e:
+            interrupt.finish()
+            fail(str(e), status=e.exit_status)
         except KeyboardInterrupt:
-            fail("interrupted; rerun the same command to resume", status=130)
+            interrupt.finish()
+            fail(str(interrupt.pending() or Interrupted(signal.SIGINT, "")), status=130)
+        except Exception as e:
+            error = errors.as_write_error(e)
+            if error is None:
+                raise
+            fail(str(error), status=74)
 
-    app.run(_main, flags_parser=_parse_flags)
+    app.run(_main, flags_parser=_parse_flags_or_fail)
 
 
 def enable_compilation_cache() -> Path | None:

@@ -25,6 +25,7 @@ from flax import nnx
 
 from pipelines import common
 from scae import figures, inputs, models, stack
+from scae import workdir as workdir_lib
 from scae.errors import InputError
 
 _STYLE = flags.DEFINE_string(
@@ -47,6 +48,7 @@ def _use_style(style: str | None) -> None:
 
 
 def main(config, workdir: Path) -> None:
+    workdir_lib.hold(workdir)  # no other command writes while the figures are drawn
     config = common.load_workdir_config(workdir) if config is None else config
     _use_style(_STYLE.value)
     data = inputs.build(config.data, config.seed)

@@ -6,7 +6,8 @@ Config files in ``configs/`` build on :func:`base_config` and pick a preset; the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 
@@ -14,6 +15,12 @@ from scae import models, ops, preprocess
 from scae.errors import InputError
 
 ARMS = ("random", "pretrained", "frozen")
+# jax.random.PRNGKey keeps only the low 32 bits of a seed: 2**32 would silently repeat seed 0.
+MAX_SEED = 2**32 - 1
+# Image channels the figures can draw (grayscale, RGB); others are refused up front.
+CHANNELS = (1, 3)
+# What each command needs of the config beyond :func:`validate`.
+COMMANDS = ("pretrain", "compare", "filters", "visualize", "encode", "export")
 
 
 def base_config(dataset: str) -> ml_collections.ConfigDict:
@@ -132,8 +139,31 @@ def _positive_float(c: ml_collections.ConfigDict, key: str, allow_zero: bool = F
         raise InputError(f"config.{key}: expected a number {bound}, got {v!r}")
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Raises :class:`InputError` naming the first impossible value in ``c``."""
+def _leaves(value, path: str) -> Iterator[tuple[str, object]]:
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+        for k in value.keys():
+            yield from _leaves(value[k], f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def _finite(c: ml_collections.ConfigDict) -> None:
+    for path, v in _leaves(c, "config"):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InputError(f"{path}: expected a finite number, got {v}")
+
+
+def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
+    """Raises :class:`InputError` naming the first impossible value in ``c``.
+
+    With ``command`` (``pretrain``, ``compare``, ...) also what that command needs: compare
+    fine-tunes from the stack (``pretrain.layers`` >= 1) and picks each run's best epoch on
+    the validation set (``data.validation_size`` >= 1); pretraining measures each layer on it.
+    """
+    _finite(c)
     for key in ("model.features", "model.kernel_sizes", "model.pool_sizes", "model.fc_width",
                 "model.num_classes", "pretrain.sparsity_pool", "pretrain.epochs",
                 "pretrain.batch_size", "pretrain.steps_per_call", "pretrain.checkpoint_every_steps",
@@ -180,6 +210,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not arms or any(a not in ARMS for a in arms):
         raise InputError(f"config.compare.arms: expected a non-empty subset of {', '.join(ARMS)}, "
                          f"got {arms!r}")
+    if c.seed > MAX_SEED:
+        raise InputError(f"config.seed: expected 0..{MAX_SEED} (a JAX random key holds 32 bits), "
+                         f"got {c.seed}")
+    if command is not None:
+        _validate_for(c, command)
     _validate_recipe(c)
 
 
@@ -205,6 +240,44 @@ def _validate_recipe(c: ml_collections.ConfigDict) -> None:
     _bool(c, "finetune.augment_flip")
     _bool(c, "finetune.refit_full")
     _bool(c, "compare.stack_per_seed")
+
+
+def _validate_for(c: ml_collections.ConfigDict, command: str) -> None:
+    trains = command in ("pretrain", "filters") and c.pretrain.layers > 0
+    if command == "compare" and c.pretrain.layers < 1:
+        raise InputError("config.pretrain.layers: compare fine-tunes from the pretrained stack, "
+                         "expected >= 1, got 0 (run pipelines.pretrain for a stack-free check)")
+    if (command == "compare" or trains) and c.data.validation_size < 1:
+        why = ("picks each run's best epoch on the validation set" if command == "compare"
+               else "measures each layer's reconstruction on the validation set")
+        raise InputError(f"config.data.validation_size: {command} {why}; expected >= 1, got 0")
+
+
+def check_model_fits(c: ml_collections.ConfigDict, image_shape: Sequence[int],
+                     num_classes: int | None = None, command: str = "compare") -> None:
+    """Raises :class:`InputError` unless images of ``image_shape`` (H, W, C) and a data set of
+    ``num_classes`` classes fit the model: every conv layer the command trains keeps at least
+    one pixel after its kernel and pool, the channels are ones the figures draw, and the
+    model has an output for every class. Call it before anything is written."""
+    h, w, channels = (int(d) for d in image_shape)
+    if channels not in CHANNELS:
+        raise InputError(f"data: images with {channels} channels; supported are 1 (grayscale) "
+                         f"and 3 (RGB)")
+    m = c.model
+    layers = len(m.features) if command == "compare" else c.pretrain.layers
+    for k in range(layers):
+        kern, pool = m.kernel_sizes[k], m.pool_sizes[k]
+        if h < kern or w < kern:
+            raise InputError(
+                f"config.model.kernel_sizes: layer {k + 1}'s kernel of {kern}x{kern} does not fit "
+                f"its {h}x{w} input (images of {image_shape[0]}x{image_shape[1]} through kernels "
+                f"{tuple(m.kernel_sizes)} and pools {tuple(m.pool_sizes)}); use larger images or "
+                f"smaller kernels")
+        h, w = -(-(h - kern + 1) // pool), -(-(w - kern + 1) // pool)
+    if num_classes is not None and num_classes > m.num_classes:
+        raise InputError(f"config.model.num_classes: the data set has {num_classes} classes, the "
+                         f"model outputs {m.num_classes}; set config.model.num_classes="
+                         f"{num_classes}")
 
 
 # The paper's four variants: name -> (title, masking noise probability, sparsity window).

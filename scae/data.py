@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import gzip
 import hashlib
@@ -16,6 +17,7 @@ import importlib.resources
 import importlib.util
 import io
 import logging
+import math
 import os
 import pickle
 import re
@@ -41,6 +43,11 @@ _FILE_ERRORS = (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, 
 _ALTERNATIVES = ("pass data.source=npz:<file.npz>, idx:<dir>, "
                  "cifar:<dir or cifar-10-python.tar.gz> or folder:<dir or .tar.gz>")
 _CACHE_VERSION = 1
+# A compressed file may expand to at most this many times its size (or MIN_EXPANSION_LIMIT
+# bytes, whichever is more). Real image data sets compress 2-10x; a file that expands 1000x
+# is a decompression bomb, refused while streaming instead of exhausting the memory.
+MAX_EXPANSION = 100
+MIN_EXPANSION_LIMIT = 256 << 20
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -198,11 +205,45 @@ def _read_npz(path: Path, split: str) -> Split:
         raise InputError(f"{path}: expected an .npz archive, found a single .npy array")
     with archive:
         try:
+            _check_npz_members(archive, path, split)
             return _split_from_npz(archive, path, split)
         except InputError:
             raise
         except _FILE_ERRORS as e:  # a damaged member only shows when it is read
             raise InputError(f"{path}: not a readable .npz archive ({_one_line(e)})") from None
+
+
+def expansion_limit(compressed_bytes: int) -> int:
+    """How many bytes a compressed file of ``compressed_bytes`` may expand to."""
+    return max(MIN_EXPANSION_LIMIT, MAX_EXPANSION * compressed_bytes)
+
+
+def _check_npz_members(archive: np.lib.npyio.NpzFile, path: Path, split: str) -> None:
+    """Refuses, before anything is allocated, a member whose header declares more data than
+    the member holds (a damaged or hostile header would otherwise ask numpy for any amount of
+    memory) and a compressed member that expands far beyond its size."""
+    zf = archive.zip
+    for name in (f"{split}_images", f"{split}_labels", "class_names"):
+        member = f"{name}.npy"
+        if member not in zf.namelist():
+            continue
+        info = zf.getinfo(member)
+        if info.file_size > expansion_limit(info.compress_size):
+            raise InputError(f"{path}: {name}: expands from {info.compress_size} to "
+                             f"{info.file_size} bytes, beyond any real data set; refused")
+        with zf.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f, max_header_size=10000)
+            header = f.tell()
+        if dtype.hasobject:
+            raise InputError(f"{path}: {name}: holds Python objects; expected numbers")
+        declared = math.prod(shape) * dtype.itemsize
+        if declared > info.file_size - header:
+            raise InputError(f"{path}: {name}: header declares {dtype} {tuple(shape)} = "
+                             f"{declared} bytes, but the member holds only "
+                             f"{info.file_size - header}")
 
 
 def _split_from_npz(archive: np.lib.npyio.NpzFile, path: Path, split: str) -> Split:
@@ -260,7 +301,10 @@ def _idx_array(path: Path, magic: int, ndim: int) -> np.ndarray:
     raw = _nonempty_file(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":  # gzip magic; names alone are not trusted
         try:
-            raw = gzip.decompress(raw)
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+                raw = _Bounded(f, expansion_limit(len(raw)), path).read()
+        except InputError:
+            raise
         except _FILE_ERRORS as e:
             raise InputError(f"{path}: corrupt or truncated gzip file ({_one_line(e)})") from None
     header = 4 + 4 * ndim
@@ -271,7 +315,7 @@ def _idx_array(path: Path, magic: int, ndim: int) -> np.ndarray:
         kind = "images" if magic == _IDX_IMAGES else "labels"
         raise InputError(f"{path}: wrong magic number {found}, expected {magic} (IDX {kind})")
     dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims))
+    expected = math.prod(dims)  # Python ints: a hostile header cannot overflow it
     if len(raw) - header != expected:
         raise InputError(f"{path}: header says {'x'.join(map(str, dims))} = {expected} bytes of "
                          f"data, found {len(raw) - header}")
@@ -403,12 +447,67 @@ def _open_tar(path: Path) -> Iterator[Iterator[_Member]]:
         except _FILE_ERRORS as e:
             raise corrupt(e) from None
 
+    raw = open(path, "rb")  # noqa: SIM115 - closed below
     try:
-        tar = tarfile.open(path, "r|*")
+        stream = _Bounded(_decompressed(raw), expansion_limit(path.stat().st_size), path)
+        tar = tarfile.open(fileobj=stream, mode="r|")
+    except InputError:
+        raw.close()
+        raise
     except _FILE_ERRORS as e:
+        raw.close()
         raise InputError(f"{path}: not a readable tar archive ({_one_line(e)})") from None
-    with tar:
+    with raw, tar:
         yield members(tar)
+
+
+def _decompressed(raw) -> io.BufferedIOBase:
+    """``raw``'s bytes, decompressed as gzip, bzip2 or xz by their magic numbers."""
+    import bz2
+    import lzma
+
+    magic = raw.peek(6)[:6] if hasattr(raw, "peek") else b""
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw)
+    if magic.startswith(b"BZh"):
+        return bz2.BZ2File(raw)
+    if magic.startswith(b"\xfd7zXZ"):
+        return lzma.LZMAFile(raw)
+    return raw
+
+
+class _Bounded(io.RawIOBase):
+    """A read-only stream that raises :class:`InputError` once more than ``limit`` bytes
+    came out of ``inner``: a decompression bomb stops at the limit, not at the memory's."""
+
+    def __init__(self, inner, limit: int, path: Path):
+        self.inner, self.limit, self.path, self.count = inner, limit, path, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.inner.read(len(buffer))
+        self._add(len(data))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            chunks = []
+            while chunk := self.read(1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        data = self.inner.read(size)
+        self._add(len(data))
+        return data
+
+    def _add(self, n: int) -> None:
+        self.count += n
+        if self.count > self.limit:
+            raise InputError(f"{self.path}: expands beyond {self.limit} bytes "
+                             f"({MAX_EXPANSION}x its size), far beyond any real data set; "
+                             "refused")
 
 
 # --- image folder trees --------------------------------------------------------------------
@@ -457,16 +556,38 @@ def _wrong_depth(name: str) -> InputError:
     return InputError(f"{name}: expected images at {'|'.join(SPLITS)}/<class>/<image>")
 
 
-def _dir_tree(path: Path) -> Iterator[_TreeImage]:
-    for root, dirs, files in os.walk(path):
+def _tree_files(path: Path) -> Iterator[Path]:
+    """Every file under folder ``path``, sorted, following symbolic links to files and
+    folders; a broken link or a link loop raises :class:`InputError` naming it."""
+    for root, dirs, files in os.walk(path, followlinks=True):
+        here = os.path.realpath(root)
+        for d in sorted(dirs):
+            full = Path(root) / d
+            real = os.path.realpath(full)
+            if full.is_symlink() and (here == real or here.startswith(real + os.sep)):
+                raise InputError(f"{full}: symbolic link loop (points back to {real})")
         dirs.sort()
         for file in sorted(files):
             full = Path(root) / file
-            parts = _tree_parts(full.relative_to(path).parts)
-            if parts == ():
-                raise _wrong_depth(str(full))
-            if parts:
-                yield _TreeImage(*parts, str(full), full.read_bytes)
+            if full.is_symlink() and not full.exists():
+                try:
+                    full.stat()
+                except OSError as e:
+                    if e.errno == errno.ELOOP:
+                        raise InputError(f"{full}: symbolic link loop") from None
+                raise InputError(f"{full}: broken symbolic link (points to "
+                                 f"{os.readlink(full)}, which does not exist)")
+            if full.is_file():
+                yield full
+
+
+def _dir_tree(path: Path) -> Iterator[_TreeImage]:
+    for full in _tree_files(path):
+        parts = _tree_parts(full.relative_to(path).parts)
+        if parts == ():
+            raise _wrong_depth(str(full))
+        if parts:
+            yield _TreeImage(*parts, str(full), full.read_bytes)
 
 
 def _tar_tree(members: Iterator[_Member], path: Path) -> Iterator[_TreeImage]:
@@ -538,7 +659,7 @@ def cache_dir() -> Path:
 def _cache_file(path: Path, split: str) -> Path:
     """A cache file named by the tree's absolute path, split and every file's size and mtime."""
     digest = hashlib.sha256(f"{_CACHE_VERSION}\0{path.resolve()}\0{split}\n".encode())
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else list(_tree_files(path))
     for file in files:
         stat = file.stat()
         digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

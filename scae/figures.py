@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scae import comparison_plots, plots, preprocess
+from scae import atomic, comparison_plots, plots, preprocess
 from scae.stack import Stack
 
 NUM_RECONSTRUCTIONS = 10
@@ -149,4 +149,4 @@ def read_jsonl(path: Path) -> list[dict]:
     """The records of a JSON-lines file (an absent file has none)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return atomic.read_jsonl(path)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from scae import config as cfglib
 from scae import data, provenance, splits
 from scae.errors import InputError
 from scae.preprocess import Normalizer, fit_normalizer
@@ -96,3 +97,11 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
 def labelled(inputs: Inputs, size: int, seed: int) -> np.ndarray:
     """Sorted indices into ``inputs.train_images`` of the seeded, class-balanced labelled subset."""
     return splits.labelled_subset(inputs.train_labels, size, seed, len(inputs.class_names))
+
+
+def check_for(config: ml_collections.ConfigDict, inputs: Inputs, command: str) -> None:
+    """Raises :class:`InputError` if ``inputs`` cannot go through ``config``'s model for
+    ``command``: images too small for the kernels and pools, an unsupported channel count,
+    more classes than the model outputs (see :func:`scae.config.check_model_fits`). The
+    commands call it right after :func:`build`, before the workdir is touched."""
+    cfglib.check_model_fits(config, inputs.image_shape, inputs.num_classes, command)

@@ -22,6 +22,7 @@ import sys
 def main() -> None:
     event, pattern, nth, module, *args = sys.argv[1:]
     regex, nth, seen = re.compile(pattern), int(nth), 0
+    report = os.dup(2)  # stderr as it is now: the command may point descriptor 2 elsewhere
 
     def hook(name: str, hook_args: tuple) -> None:
         nonlocal seen
@@ -34,7 +35,7 @@ def main() -> None:
         if regex.search(path):
             seen += 1
             if seen == nth:
-                os.write(2, f"\nkilled at {name} {path}\n".encode())
+                os.write(report, f"\nkilled at {name} {path}\n".encode())
                 os.kill(os.getpid(), signal.SIGKILL)
 
     sys.argv = [module, *args]

@@ -536,3 +536,83 @@ def test_shared_cifar_jpeg_test_split():
     assert test.images.shape == (10000, 32, 32, 3)
     assert test.class_names == data.CIFAR10_CLASSES
     assert list(np.bincount(test.labels)) == [1000] * 10
+
+
+# --- hostile files: links, headers, bombs ---------------------------------------------------
+
+
+def test_folder_tree_links(tmp_path):
+    write_tree(tmp_path / "t")
+    link = tmp_path / "t" / "train" / "cat" / "9999.png"
+    link.symlink_to("nowhere.png")
+    bad(f"folder:{tmp_path / 't'}", "train", str(link), "broken symbolic link")
+    link.unlink()
+    link.symlink_to(link.name)  # itself
+    bad(f"folder:{tmp_path / 't'}", "train", str(link), "symbolic link loop")
+    link.unlink()
+    up = tmp_path / "t" / "train" / "cat" / "up"
+    up.symlink_to("..")
+    bad(f"folder:{tmp_path / 't'}", "train", str(up), "symbolic link loop")
+    up.unlink()
+    # A link to a real class folder is followed: its images count.
+    (tmp_path / "t" / "train" / "gnu").symlink_to(tmp_path / "t" / "train" / "cat")
+    got = data.load(f"folder:{tmp_path / 't'}", "train")
+    assert len(got) == 12 and "gnu" in got.class_names
+
+
+def _npz_with_header(path: Path, shape: tuple[int, ...]) -> Path:
+    """An npz whose train_images header declares ``shape`` but holds 16 bytes of data."""
+    import io
+    import zipfile
+
+    def member(array_shape, payload):
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buf, {"descr": "|u1", "fortran_order": False, "shape": array_shape})
+        return buf.getvalue() + payload
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("train_images.npy", member(shape, bytes(16)))
+        z.writestr("train_labels.npy", member((1,), bytes(1)))
+        z.writestr("test_images.npy", member((1, 4, 4), bytes(16)))
+        z.writestr("test_labels.npy", member((1,), bytes(1)))
+    return path
+
+
+def test_npz_header_declaring_a_huge_array(tmp_path):
+    path = _npz_with_header(tmp_path / "h.npz", (10**6, 10**6, 10**3))
+    bad(f"npz:{path}", "train", str(path), "train_images", "header declares", "holds only 16")
+    ok = _npz_with_header(tmp_path / "ok.npz", (1, 4, 4))
+    assert data.load(f"npz:{ok}", "train").images.shape == (1, 4, 4, 1)
+
+
+def test_idx_dimensions_whose_product_overflows(tmp_path):
+    write_idx(tmp_path / "m", compress=False)
+    path = tmp_path / "m" / "train-images-idx3-ubyte"
+    dims = (2**31, 2**31, 2**31)  # 2**93 bytes: int64 wraps around, Python ints do not
+    path.write_bytes((2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+                     + bytes(30))
+    bad(f"idx:{tmp_path / 'm'}", "train", str(path), str(2**93), "found 30")
+
+
+def test_compressed_files_that_expand_too_far_are_refused_while_streaming(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MIN_EXPANSION_LIMIT", 1 << 20)
+    write_idx(tmp_path / "m", compress=True)
+    bomb = tmp_path / "m" / "train-images-idx3-ubyte.gz"
+    zeros = gzip.compress(bytes(64 << 20))  # 64 MiB of zeros in ~64 KiB: 1000x
+    bomb.write_bytes(zeros)
+    bad(f"idx:{tmp_path / 'm'}", "train", str(bomb), "expands beyond")
+    # a tar.gz bomb stops at the limit, not after decompressing all of it
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "data_batch_1").write_bytes(bytes(64 << 20))
+    archive = targz(big, tmp_path / "bomb.tar.gz")
+    assert archive.stat().st_size < (1 << 20)
+    bad(f"cifar:{archive}", "train", str(archive), "expands beyond")
+    # an npz member that expands the same way
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "z.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("train_images.npy", bytes(64 << 20))
+        z.writestr("train_labels.npy", bytes(10))
+    bad(f"npz:{tmp_path / 'z.npz'}", "train", "train_images", "expands from")

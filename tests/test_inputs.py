@@ -105,3 +105,44 @@ def test_normalizer_constant_channel_and_clipping():
     assert to_uint8(np.array([-5.0, 5.0]), Normalizer("unit")).tolist() == [0, 255]
     with pytest.raises(InputError, match="config.data.scale"):
         Normalizer("percent")
+
+
+# --- what the model can take, checked before any work --------------------------------------
+
+
+def smoke():
+    c = config.base_config("mnist")
+    config.apply_preset(c, "smoke")  # kernels 5, 5, 3; pools 2, 2, 1
+    return c
+
+
+def test_model_fits_the_image_size_exactly_or_refuses():
+    c = smoke()
+    # 21: conv 5 -> 17, pool 2 -> 9, conv 5 -> 5, pool 2 -> 3, conv 3 -> 1. 20 ends at 2x2.
+    config.check_model_fits(c, (21, 21, 1))
+    with pytest.raises(InputError, match=r"layer 3's kernel of 3x3 does not fit its 2x3 input"):
+        config.check_model_fits(c, (20, 21, 1))
+    c.pretrain.layers = 2
+    config.check_model_fits(c, (20, 20, 1), command="pretrain")  # only the pretrained layers
+    with pytest.raises(InputError, match="layer 1's kernel of 5x5 does not fit its 4x28"):
+        config.check_model_fits(c, (4, 28, 1), command="pretrain")
+
+
+@pytest.mark.parametrize("channels,ok", [(1, True), (2, False), (3, True), (4, False)])
+def test_channel_counts_the_figures_can_draw(channels, ok):
+    if ok:
+        config.check_model_fits(smoke(), (28, 28, channels))
+    else:
+        with pytest.raises(InputError, match=f"{channels} channels; supported are 1"):
+            config.check_model_fits(smoke(), (28, 28, channels))
+
+
+def test_more_classes_than_the_model_outputs(make_npz, tmp_path):
+    c = smoke()
+    path = make_npz(tmp_path / "c.npz", num_train=300, shape=(28, 28), num_classes=12)
+    c.data.source, c.data.validation_size, c.data.pretrain_size = f"npz:{path}", 50, 0
+    data = inputs.build(c.data, c.seed)
+    with pytest.raises(InputError, match=r"the data set has 12 classes, the model outputs 10"):
+        inputs.check_for(c, data, "compare")
+    c.model.num_classes = 12
+    inputs.check_for(c, data, "compare")

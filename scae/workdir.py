@@ -1,0 +1,418 @@
+"""A workdir's integrity: which settings made its records, what a new config may reuse, the
+lock, and the checks that run before anything in it is written.
+
+A workdir holds the results of *stages*: ``pretrain`` (the stack: ``pretrain/``) and
+``compare`` (the fine-tuning runs: ``compare/``), or ``filters`` (the filter experiment's
+variant folders and ``filters.png``). Each stage's records depend on some config sections:
+
+* ``pretrain``: ``seed``, ``data``, ``model``, ``pretrain``;
+* ``compare``: those, plus ``finetune``, ``compare`` and ``dataset``, except
+  ``compare.label_sizes``, ``compare.num_seeds`` and ``compare.arms``, which only *select*
+  runs: every run record names its label size, arm and seed, so asking for more keeps the
+  finished runs and adds the new ones, and asking for fewer reports only the runs still asked
+  (the others stay on disk, unreported, and count again if asked again);
+* ``filters``: ``seed``, ``data``, ``model``, ``pretrain``, ``variants``.
+
+Keys that say how to run rather than what to compute (:data:`NEUTRAL`) are left out.
+
+Each stage's folder holds ``settings.json``, the exact settings its records were made with
+(with :func:`settings_digest`, which the records also carry); a filter-experiment workdir holds
+that one stage, and its ``config.json`` records it. ``config.json`` is the config
+the workdir's records describe: a command that runs one stage keeps the recorded sections of
+the other stages it leaves in place (pretrain run on a compared workdir keeps describing the
+compare runs' fine-tuning). Workdirs from before ``settings.json`` existed fall back on
+``config.json``.
+
+:func:`guard` compares every stage that has results with the new config. A stage the command
+uses or writes that was made with other settings is *stale*: the command stops with one line
+naming the differing keys, their old and new values and the remedy, or, with ``--overwrite``,
+deletes only the stale stages (and what was computed from them): a still-valid stack is kept
+when only fine-tuning settings changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from scae import atomic
+from scae.errors import InputError
+
+SETTINGS_FILE = "settings.json"
+# Keys that say how to run, not what to compute: results made with other values (or before
+# the key existed) are the same experiment.
+NEUTRAL = frozenset({"pretrain.divergence_retries", "finetune.divergence_retries",
+                     "compare.vmap_seeds", "data.tfds_data_dir"})
+# Keys that select which runs of a stage are asked for; each record names its own.
+SELECTION = frozenset({"compare.label_sizes", "compare.num_seeds", "compare.arms"})
+DERIVED = ("figures",)  # drawn from the other stages; deleted whenever one of them is
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A unit of a workdir's results and the config sections it depends on."""
+
+    name: str
+    sections: tuple[str, ...]  # every section its records depend on, upstream ones included
+    own: tuple[str, ...]  # the sections it adds to its upstream stage's
+    upstream: tuple[str, ...] = ()
+
+
+STAGES = {
+    "pretrain": Stage("pretrain", ("seed", "data", "model", "pretrain"),
+                      ("seed", "data", "model", "pretrain")),
+    "compare": Stage("compare", ("seed", "data", "model", "pretrain", "finetune", "compare",
+                                 "dataset"), ("finetune", "compare", "dataset"), ("pretrain",)),
+    "filters": Stage("filters", ("seed", "data", "model", "pretrain", "variants", "dataset"),
+                     ("seed", "data", "model", "pretrain", "variants", "dataset")),
+}
+# The stages each stage's command reads or writes (compare pretrains first if needed).
+USES = {"pretrain": ("pretrain",), "compare": ("pretrain", "compare"), "filters": ("filters",)}
+_LEGACY_KEYS = {("seed", "data", "model", "pretrain"): "pretrain",
+                ("seed", "data", "model", "pretrain", "finetune"): "compare",
+                ("seed", "data", "model", "pretrain", "variants"): "filters"}
+
+
+def config_dict(config) -> dict:
+    """The config as plain JSON types (tuples become lists)."""
+    if isinstance(config, dict):
+        return json.loads(json.dumps(config))
+    return json.loads(config.to_json())
+
+
+def _strip(tree: dict, prefix: str = "") -> dict:
+    """``tree`` without the neutral and selection keys."""
+    out = {}
+    for k, v in tree.items():
+        name = f"{prefix}{k}"
+        if name in NEUTRAL or name in SELECTION:
+            continue
+        out[k] = _strip(v, f"{name}.") if isinstance(v, dict) else v
+    return out
+
+
+def _sections(full: dict, stage: str) -> dict:
+    return {s: full[s] for s in STAGES[stage].sections if s in full}
+
+
+def stage_settings(config, stage: str) -> dict:
+    """The settings ``stage``'s records depend on: its config sections (upstream ones
+    included) less the neutral and selection keys, as plain JSON types."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    return _strip(_sections(config_dict(config), stage))
+
+
+def settings_digest(config, stage: str) -> str:
+    """A short hash of :func:`stage_settings`: equal digests, same settings. Records carry it
+    so that a reader can tell which settings made each of them."""
+    text = json.dumps(stage_settings(config, stage), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+_ABSENT = object()
+
+
+def _differences(old, new, defaults=None, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(key, old, new) for every leaf that differs. A key the old record lacks counts as
+    equal when the new value is the key's default: the key was added to the code later, and
+    its default keeps what the code did before."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            sub = defaults.get(k, _ABSENT) if isinstance(defaults, dict) else _ABSENT
+            out += _differences(old.get(k, _ABSENT), new.get(k, _ABSENT), sub, f"{prefix}{k}.")
+        return out
+    if old is _ABSENT and defaults is not _ABSENT and new == defaults:
+        return []
+    if old == new:
+        return []
+    return [(prefix.rstrip("."), None if old is _ABSENT else old, None if new is _ABSENT else new)]
+
+
+def _defaults(config) -> dict:
+    """The defaults of every config key, as plain JSON types."""
+    from scae import config as cfglib
+
+    return config_dict(cfglib.base_config(config_dict(config).get("dataset", "mnist")))
+
+
+def _show(value) -> str:
+    return "absent" if value is None else json.dumps(value)
+
+
+def asked_runs(config, rows: Sequence[dict]) -> list[dict]:
+    """The run records of ``rows`` that ``config`` asks for and that its settings made: label
+    size in ``compare.label_sizes``, arm in ``compare.arms``, seed below ``compare.num_seeds``,
+    and (for records that carry one) ``settings`` equal to the compare stage's digest. What a
+    summary reports, so that shrinking a selection never mixes in runs no longer asked, and a
+    record of other settings is never counted."""
+    c = config.compare
+    sizes, arms = set(c.label_sizes), set(c.arms)
+    digest = settings_digest(config, "compare")
+    return [r for r in rows
+            if r.get("label_size") in sizes and r.get("arm") in arms
+            and isinstance(r.get("seed"), int) and 0 <= r["seed"] < c.num_seeds
+            and r.get("settings", digest) == digest]
+
+
+# --- where each stage's results and settings live ------------------------------------------
+
+
+def _folders(stage: str, workdir: Path, recorded: dict | None) -> list[Path]:
+    """The files and folders holding ``stage``'s results."""
+    if stage == "filters":
+        names = set((recorded or {}).get("variants") or {})
+        return [workdir / n for n in sorted(names)] + [workdir / "filters.png"]
+    return [workdir / stage]
+
+
+def _has_results(stage: str, workdir: Path, recorded: dict | None) -> bool:
+    for path in _folders(stage, workdir, recorded):
+        if path.is_file():
+            return True
+        if path.is_dir() and any(p.name != SETTINGS_FILE for p in path.iterdir()):
+            return True
+    return False
+
+
+class _Workdir:
+    """What a workdir records, read once."""
+
+    def __init__(self, workdir: Path):
+        self.path = workdir
+        self.config_error = None
+        self.config = None
+        config_path = workdir / "config.json"
+        if config_path.exists():
+            try:
+                value = json.loads(config_path.read_text())
+                if not isinstance(value, dict):
+                    raise ValueError("not a JSON object")
+                self.config = value
+            except (OSError, ValueError) as e:
+                self.config_error = f"{config_path}: unreadable ({' '.join(str(e).split())})"
+
+    def recorded(self, stage: str) -> dict | None:
+        """The full config sections ``stage``'s records were made with, or None if unknown."""
+        if stage != "filters":
+            value = atomic.read_json(self.path / stage / SETTINGS_FILE)
+            if isinstance(value, dict) and isinstance(value.get("sections"), dict):
+                return value["sections"]
+        return None if self.config is None else _sections(self.config, stage)
+
+    def has_results(self, stage: str) -> bool:
+        return _has_results(stage, self.path, self.recorded(stage) or self.config)
+
+
+# --- the checks before the lock ------------------------------------------------------------
+
+
+def check_writable(workdir: Path) -> None:
+    """Raises :class:`InputError` unless ``workdir`` is (or can be made) a writable folder
+    whose result paths are what they should be: not a file, not under a file, not read-only,
+    and ``pretrain``, ``compare``, ``figures`` folders and ``config.json`` a file."""
+    if workdir.exists() and not workdir.is_dir():
+        raise InputError(f"--workdir {workdir}: is a file; expected a folder")
+    existing = workdir
+    while not existing.exists():
+        if existing.is_symlink():
+            raise InputError(f"--workdir {workdir}: {existing} is a dangling symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--workdir {workdir}: lies under {existing}, which is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".probe-"):
+            pass
+    except OSError as e:
+        cause = os.strerror(e.errno) if e.errno else str(e)
+        if e.errno in (errno.EROFS,):
+            cause = "read-only file system"
+        raise InputError(f"--workdir {workdir}: cannot write in {existing} ({cause.lower()}); "
+                         f"use another --workdir") from None
+    for name in ("pretrain", "compare", "figures"):
+        p = workdir / name
+        if p.exists() and not p.is_dir():
+            raise InputError(f"{p}: is a file, expected the folder of {name} results; move it "
+                             f"away or use another --workdir")
+    for name in ("config.json", ".lock"):
+        p = workdir / name
+        if p.is_dir():
+            raise InputError(f"{p}: is a folder, expected a file; move it away or use another "
+                             f"--workdir")
+
+
+# --- the guard ------------------------------------------------------------------------------
+
+
+def stage_for_keys(keys: Sequence[str]) -> str:
+    """The stage a command's old-style list of config sections stands for."""
+    keys = tuple(keys)
+    if keys in _LEGACY_KEYS:
+        return _LEGACY_KEYS[keys]
+    return "filters" if "variants" in keys else "compare" if "finetune" in keys else "pretrain"
+
+
+def stale_stages(config, workdir: Path, stage: str) -> dict[str, list[str]]:
+    """The stages with results in ``workdir`` that a ``stage`` command must not reuse, each
+    with the reasons (differing keys with old and new values). Includes the stages computed
+    from a stale one (compare from a stale stack)."""
+    w = _Workdir(workdir)
+    stale: dict[str, list[str]] = {}
+    for s in USES[stage]:
+        if not w.has_results(s):
+            continue
+        recorded = w.recorded(s)
+        if recorded is None:
+            stale[s] = [w.config_error or f"{workdir}: no record of the settings of {s}/"]
+            continue
+        diffs = _differences(_strip(recorded), stage_settings(config, s), _defaults(config))
+        if diffs:
+            stale[s] = [f"{k}: {_show(a)} in the workdir, {_show(b)} now" for k, a, b in diffs]
+    for s, st in STAGES.items():  # what was computed from a stale stage goes with it
+        if s not in stale and any(u in stale for u in st.upstream) and w.has_results(s):
+            stale[s] = [f"made from the stale {', '.join(u for u in st.upstream if u in stale)}"]
+    return stale
+
+
+def guard(config, workdir: str | os.PathLike, stage: str, overwrite: bool) -> None:
+    """Makes ``workdir`` ready for a command that runs ``stage``, or refuses it.
+
+    Before anything is written: refuses a workdir that is a file, lies under a file or is
+    read-only, and one whose results of a stage this command uses or writes were made with
+    other settings (one line naming the keys, old and new values, and the remedy). With
+    ``overwrite`` those stale results are deleted instead, and only they. Then takes the
+    workdir's lock, sweeps what killed writes left, and records the settings (``settings.json``
+    of each stage written, and ``config.json``).
+    """
+    import jax
+
+    workdir = Path(workdir)
+    if stage not in USES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(USES)}")
+    check_writable(workdir)
+    stale = stale_stages(config, workdir, stage)
+    if stale and not overwrite:
+        first = next(iter(stale))
+        reasons = stale[first]
+        shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3
+                                         else "")
+        kept = [s for s in ("pretrain",) if s not in stale and (workdir / s).is_dir()]
+        raise InputError(
+            f"{workdir} holds results of a different config ({first}: {shown}); pass "
+            f"--overwrite to delete the stale {' and '.join(f'{s}/' for s in stale)} results"
+            f"{' (' + ', '.join(f'{s}/' for s in kept) + ' is kept)' if kept else ''}, or use "
+            f"a new --workdir")
+    primary = jax.process_index() == 0  # the other hosts of a multi-host run share the workdir
+    if primary:
+        lock(workdir)
+        w = _Workdir(workdir)
+        if stale:
+            for s in stale:
+                for path in _folders(s, workdir, w.recorded(s) or w.config):
+                    atomic.remove_tree(path)
+            for name in DERIVED:
+                atomic.remove_tree(workdir / name)
+            from absl import logging
+
+            logging.warning("deleted the stale %s results in %s", ", ".join(stale), workdir)
+        atomic.sweep(workdir)
+        _record(config, workdir, stage, _Workdir(workdir))
+
+
+def _record(config, workdir: Path, stage: str, w: _Workdir) -> None:
+    """Writes the settings of the stages ``stage`` writes, and config.json as the config
+    the workdir's records describe."""
+    full = config_dict(config)
+    uses = USES[stage]
+    for s in uses:
+        if s == "filters":
+            continue
+        atomic.write_text(workdir / s / SETTINGS_FILE, json.dumps(
+            {"stage": s, "digest": settings_digest(config, s), "sections": _sections(full, s)},
+            indent=2) + "\n")
+    described = dict(full)
+    for s, st in STAGES.items():  # stages left in place keep describing their records
+        if s in uses or not w.has_results(s):
+            continue
+        recorded = w.recorded(s)
+        if recorded is not None:
+            for section in st.own:
+                if section in recorded:
+                    described[section] = recorded[section]
+    atomic.write_text(workdir / "config.json", json.dumps(described, indent=2) + "\n")
+
+
+# --- the lock -------------------------------------------------------------------------------
+
+_LOCKS = {}  # workdir -> open lock file: a lock lasts as long as its process, however it ends
+
+
+def lock(workdir: str | os.PathLike) -> None:
+    """Takes ``workdir/.lock`` for this process, or raises :class:`InputError` naming the
+    process that holds it. The operating system releases it when the process ends, even by
+    SIGKILL, so a killed run never leaves a stale lock. (POSIX only; elsewhere a no-op.)"""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    workdir = Path(workdir)
+    key = str(workdir.resolve())
+    if key in _LOCKS:  # this process holds it already
+        return
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        f = open(workdir / ".lock", "a+")  # noqa: SIM115 - held open for the process's lifetime
+    except OSError as e:
+        raise InputError(f"--workdir {workdir}: cannot take its lock ({e.strerror or e}); use "
+                         f"another --workdir") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise InputError(f"{workdir} is in use by a running command ({holder}); wait for it "
+                         f"to end or use another --workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    _LOCKS[key] = f
+
+
+def hold(workdir: str | os.PathLike) -> None:
+    """Takes the lock of an existing workdir for a command that reads it (and draws figures
+    into it), so that it never sees another command's half-written state: refuses a workdir
+    that does not exist, is not a writable folder, or is in use."""
+    workdir = Path(workdir)
+    if not workdir.exists():
+        raise InputError(f"--workdir {workdir}: not found")
+    check_writable(workdir)
+    lock(workdir)
+
+
+def load_config(workdir: str | os.PathLike):
+    """The config a workdir's records describe (for commands that only read a workdir)."""
+    import ml_collections
+
+    workdir = Path(workdir)
+    path = workdir / "config.json"
+    if workdir.exists() and not workdir.is_dir():
+        raise InputError(f"--workdir {workdir}: is a file; expected a folder")
+    if not path.exists():
+        raise InputError(f"{path}: not found; is {workdir} a pretrain or compare workdir?")
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not valid JSON ({' '.join(str(e).split())})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object (a config), got "
+                         f"{type(value).__name__}")
+    return ml_collections.ConfigDict(value)
