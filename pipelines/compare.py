@@ -28,15 +28,18 @@ import jax
 
 from pipelines import common
 from scae import atomic, compare, figures, inputs, provenance
+from scae import workdir as workdir_lib
 
 
 def main(config, workdir: Path) -> None:
     t0 = time.monotonic()
     data = inputs.build(config.data, config.seed)
+    inputs.check_for(config, data, "compare")
     compare.check_label_sizes(config, data)
     common.guard_workdir(config, workdir, common.COMPARE_KEYS, common.overwrite())
     resumed = (workdir / "pretrain" / "metrics.jsonl").exists()
-    before = len(figures.read_jsonl(workdir / "compare" / "runs.jsonl"))
+    before = len(workdir_lib.asked_runs(config, figures.read_jsonl(
+        workdir / "compare" / "runs.jsonl")))
     rows = compare.compare(config, data, workdir, log=common.log)
     if jax.process_index() == 0 and len(rows) > before:
         # Where and how long the work took, published beside the results; a rerun that

@@ -19,6 +19,7 @@ from absl import flags
 
 from pipelines import common
 from scae import atomic, inputs, stack
+from scae import workdir as workdir_lib
 from scae.errors import InputError
 
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"],
@@ -36,6 +37,7 @@ def main(config, workdir: Path) -> None:
         raise InputError("--output: required, e.g. --output=features.npz")
     if _BATCH.value < 1:
         raise InputError(f"--batch: expected an integer >= 1, got {_BATCH.value}")
+    workdir_lib.hold(workdir)  # no other command writes the stack while it is read
     config = common.load_workdir_config(workdir) if config is None else config
     s = stack.from_workdir(workdir, config)
     depth = s.depth if _DEPTH.value is None else _DEPTH.value

@@ -17,6 +17,7 @@ from scae import figures, inputs, stack
 
 def main(config, workdir: Path) -> None:
     data = inputs.build(config.data, config.seed)
+    inputs.check_for(config, data, "pretrain")
     common.guard_workdir(config, workdir, common.PRETRAIN_KEYS, common.overwrite())
     trained = stack.pretrain(config, data.pretrain, data.val_images, workdir, log=common.log)
     records = figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl")

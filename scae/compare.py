@@ -13,7 +13,8 @@ import numpy as np
 
 from scae import atomic, driver, figures, finetuning, inputs as inputs_lib, report
 from scae import stack as stack_lib
-from scae.errors import InputError
+from scae import workdir as workdir_lib
+from scae.errors import InputError, is_device_oom
 
 def check_label_sizes(config, data: inputs_lib.Inputs) -> None:
     """Raises :class:`InputError` for a label size the non-validation training set lacks."""
@@ -23,13 +24,6 @@ def check_label_sizes(config, data: inputs_lib.Inputs) -> None:
             raise InputError(f"config.compare.label_sizes: {size} labels asked, but only {n} "
                              f"non-validation training images exist")
         inputs_lib.labelled(data, size, 0)  # raises if a class has too few images
-
-
-def is_device_oom(error: BaseException) -> bool:
-    """Whether ``error`` is the accelerator (or host) running out of memory for a compiled
-    program, the one failure that training fewer seeds at once can cure; a full disk is not."""
-    return (type(error).__name__ == "XlaRuntimeError" and "RESOURCE_EXHAUSTED" in str(error)
-            and not isinstance(error, OSError))
 
 
 class Progress:
@@ -77,11 +71,14 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
     rows_path = out / "runs.jsonl"
     rows = figures.read_jsonl(rows_path)
     fc = config.finetune
+    # Only the runs this config asks for, made with its settings, count as done or reported;
+    # runs.jsonl keeps every record.
+    asked = workdir_lib.asked_runs(config, rows)
     todo = []
     for size in config.compare.label_sizes:
         steps = driver.plan(size, fc.batch_size, fc.epochs, fc.min_steps).total_steps
         for arm in config.compare.arms:
-            done = {r["seed"] for r in rows if r["label_size"] == size and r["arm"] == arm}
+            done = {r["seed"] for r in asked if r["label_size"] == size and r["arm"] == arm}
             seeds = [s for s in range(config.compare.num_seeds) if s not in done]
             groups = ([seeds] if config.compare.vmap_seeds else [[s] for s in seeds]) if seeds \
                 else []
@@ -104,6 +101,7 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
         new, best = _run_group(config, data, group_stacks, size, arm, group, out, log)
         for r in new:
             r["dataset"] = config.dataset
+            r["settings"] = workdir_lib.settings_digest(config, "compare")
             r.update(data.identity.to_record() if data.identity else {})
             r["pool_size"] = int(data.train_images.shape[0])
             # Which compare seed's stack the run started from (see stack_lib.pretrain_dir).
@@ -114,10 +112,11 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
                 np.save(f, np.asarray(best["conv1"]["w"][0]))
         rows = rows + new
         atomic.write_jsonl(rows_path, rows)
-        write_tables(config, rows, out)
+        write_tables(config, workdir_lib.asked_runs(config, rows), out)
         progress.finish()
         log(f"{arm} at {size} labels, seeds {group}: test error "
             + ", ".join(f"{r['test_error']:.2f}%" for r in new))
+    rows = workdir_lib.asked_runs(config, rows)
     write_tables(config, rows, out)
     write_figures(config, data, stack, rows, out)
     return rows

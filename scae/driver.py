@@ -26,7 +26,7 @@ import optax
 from jax import lax
 from tqdm.auto import tqdm
 
-from scae import checkpoint, parallel, retry
+from scae import checkpoint, interrupt, parallel, retry
 
 Array = jax.Array
 # loss_fn(params, batch, key) -> scalar loss, where batch = data[indices] (a pytree).
@@ -229,6 +229,7 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                                                     phase.step_key)
             state = dict(state, params=params, opt_state=opt_state)
             step += n
+            interrupt.check(f"{phase.name}, step {step}/{p.total_steps}")
             losses = np.asarray(losses)
             bar.update(n)
             bar.set_postfix(loss=f"{losses.mean():.5f}")
@@ -250,12 +251,14 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                     state, fields = phase.evaluate(state, epoch + 1)
                     entry.update(fields)
                 record["evals"].append(entry)
-                record.update(loss_sum=0.0, loss_steps=0, eval_time=0.0)
+                record.update(loss_sum=0.0, loss_steps=0, eval_time=0.0,
+                              finished=step >= p.total_steps)
                 ckpts.save(step, state, record)
                 last_ckpt = step
                 if phase.on_eval is not None:
                     phase.on_eval(record)
             elif phase.checkpoint_every and step - last_ckpt >= phase.checkpoint_every:
+                record["finished"] = step >= p.total_steps
                 ckpts.save(step, state, record)
                 last_ckpt = step
     finally:

@@ -24,7 +24,8 @@ def scale_file(ckpt_dir: Path) -> Path:
 
 def read_scale(path: Path) -> float:
     """The learning-rate scale remembered in ``path``; 1.0 when there is none."""
-    return json.loads(path.read_text())["lr_scale"] if path.exists() else 1.0
+    v = atomic.read_json(path, {})  # a torn file: the scale is unknown, start at 1
+    return float(v.get("lr_scale", 1.0)) if isinstance(v, dict) else 1.0
 
 
 def halving_lr(train: Callable[[float], T], scale_path: Path, retries: int,

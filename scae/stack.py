@@ -400,6 +400,9 @@ def from_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict |
         if saved is None:
             raise InputError(f"{ckpt_dir(workdir, k)}: no checkpoint of layer {k}; run "
                              f"pipelines.pretrain on this workdir first")
+        if saved[1].get("finished") is False:  # records from before the flag count as done
+            raise InputError(f"{ckpt_dir(workdir, k)}: layer {k} is not finished; run "
+                             f"pipelines.pretrain on this workdir to finish it")
         _restore_layer(layer, saved[0]["params"], ckpt_dir(workdir, k))
     return stack
 

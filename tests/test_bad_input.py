@@ -515,14 +515,6 @@ def test_signals_end_with_their_exit_status(capsys, tmp_path, monkeypatch, signu
 
 
 # --- data the model cannot take ---------------------------------------------------------------
-# These need the commands to call scae.inputs.check_for after building the data.
-
-needs_wiring = pytest.mark.xfail(
-    "check_for" not in Path(ROOT / "pipelines" / "compare.py").read_text(),
-    reason="pipelines call inputs.check_for", strict=False)
-
-
-@needs_wiring
 @pytest.mark.parametrize("module", ["pretrain", "compare"])
 @pytest.mark.parametrize("kind", ["too_small", "classes", "channels"])
 def test_data_the_model_cannot_take(capsys, tmp_path, workdir, module, kind):
