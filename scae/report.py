@@ -281,7 +281,6 @@ def summary_markdown(rows: Sequence[Mapping],
     cmap = {(c.label_size, c.arm): c for c in cells}
     wmap = {(d.label_size, d.arm_a): d for d in welch}
     paired = stats.paired_tests(rows)
-    pmap = {(d.label_size, d.arm_a): d for d in paired}
     key = ident.paper_key
     has_paper = any((key, a, s) in stats.PAPER for a in ("random", "pretrained") for s in sizes)
     labels = {s: label_text(s, rows) for s in sizes}

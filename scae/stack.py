@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from scae import atomic, driver, models, ops, optim, parallel, preprocess
+from scae import workdir as workdir_lib
 from scae.errors import InputError
 
 Array = jax.Array
@@ -293,10 +294,12 @@ def _prefixed(log: Callable[[str], None], seed_index: int) -> Callable[[str], No
     return lambda message: log(f"stack of seed {seed_index}, {message}")
 
 
-def _layer_records(k: int, evals: list[dict]) -> list[dict]:
+def _layer_records(k: int, evals: list[dict], settings: str) -> list[dict]:
+    """The metrics.jsonl records of layer k, each with the digest of the pretrain settings
+    that made it (:func:`scae.workdir.settings_digest`)."""
     return [{"layer": k, "epoch": e["epoch"], "step": e["step"], "train_mse": e["train_loss"],
-             "val_mse": e["val_mse"], "time_s": e["time_s"], "img_per_s": e["img_per_s"]}
-            for e in evals]
+             "val_mse": e["val_mse"], "time_s": e["time_s"], "img_per_s": e["img_per_s"],
+             "settings": settings} for e in evals]
 
 
 def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: Path,
@@ -305,6 +308,7 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
     checkpoints and the metrics go into the pretrain ``folder``."""
     pc = config.pretrain
     layer = stack.layers[k - 1]
+    settings = workdir_lib.settings_digest(config, "pretrain")
     p = driver.plan(images.shape[0], pc.batch_size, pc.epochs[k - 1])
     layer_dir = folder / "ckpt" / f"layer{k}"
     saved = driver.finished(layer_dir, p.total_steps)
@@ -312,7 +316,7 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
         state, record = saved
         _restore_layer(layer, state["params"], layer_dir)
         log(f"layer {k}: finished earlier ({p.total_steps} steps), kept")
-        return _layer_records(k, record.get("evals", []))
+        return _layer_records(k, record.get("evals", []), settings)
 
     graphdef_below, below = models.split(stack)
     feats = jax.jit(lambda x: models.merge(graphdef_below, below).features(x, k - 1))
@@ -350,7 +354,7 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
         log(f"layer {k} epoch {e['epoch']}: train mse {e['train_loss']:.5f}, val mse "
             f"{e['val_mse']:.5f}, {e['img_per_s']:.0f} img/s")
         atomic.write_jsonl(folder / "metrics.jsonl",
-                           list(done) + _layer_records(k, record["evals"]))
+                           list(done) + _layer_records(k, record["evals"], settings))
 
     phase = driver.Phase(
         name=f"layer {k}", ckpt_dir=layer_dir, plan=p, loss_fn=loss_fn,
@@ -361,7 +365,7 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
         retries=pc.get("divergence_retries", 0), log=log)
     result = driver.train(phase)
     nnx.update(layer, jax.device_get(result.state["params"]))
-    return _layer_records(k, result.record["evals"])
+    return _layer_records(k, result.record["evals"], settings)
 
 
 def _restore_layer(layer: models.CAE, saved: dict, where: Path) -> None:

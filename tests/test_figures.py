@@ -172,7 +172,7 @@ def test_pretrain_loss(drawn, tmp_path, epochs):
 def test_filters_before_after(drawn, tmp_path, channels, title):
     rng = np.random.default_rng(0)
     before = rng.normal(size=(100, 5, 5, channels))
-    after = {f"CAE pretrained, after fine-tuning\non 45,000 labels (seed 0)": before,
+    after = {"CAE pretrained, after fine-tuning\non 45,000 labels (seed 0)": before,
              "random": before + 1}
     s = drawn(comparison_plots.filters_before_after_figure, before, after, tmp_path / "f.png",
               title)
