@@ -85,6 +85,17 @@ def im2col(x: Array, kh: int, kw: int) -> Array:
                            axis=-1)
 
 
+def im2col_t(x: Array, kh: int, kw: int) -> Array:
+    """The transpose of :func:`im2col`, built directly: (kh*kw*C, N*Ho*Wo), rows in HWI order,
+    so that a kernel gradient is a plain row-major matmul ``im2col_t(x) @ g``."""
+    n, h, w, c = x.shape
+    ho, wo = h - kh + 1, w - kw + 1
+    xt = x.transpose(3, 0, 1, 2)  # CNHW: each patch row below is one contiguous block
+    p = jnp.concatenate([xt[:, :, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)],
+                        axis=0)
+    return p.reshape(kh * kw * c, n * ho * wo)
+
+
 def col2im(cols: Array, kh: int, kw: int, c: int) -> Array:
     """The adjoint of :func:`im2col`: scatter-adds each patch back, (N, Ho+kh-1, Wo+kw-1, C)."""
     n, ho, wo, _ = cols.shape
@@ -114,13 +125,24 @@ def _matmul(a: Array, b: Array, dtype: str = "float32") -> Array:
 
 def _matmul_tn(a: Array, b: Array, dtype: str = "float32") -> Array:
     """a^T b over the leading (row) axis of both: a kernel gradient."""
-    if dtype == "float32":
-        return _dot(a, b, ((0,), (0,)), dtype)
-    # XLA's CPU backend hands a dot that contracts the lhs's leading axis to Eigen, which
-    # multiplies bf16 as f32; (b^T a)^T with b^T materialised is a plain row-major product that
-    # the bf16 kernels take. The barriers keep XLA from folding the transposes back in.
-    bt = lax.optimization_barrier(b.T.astype(_DTYPES[dtype]))
-    return lax.optimization_barrier(_dot(bt, a, ((1,), (0,)), dtype)).T
+    return _dot(a, b, ((0,), (0,)), dtype)
+
+
+def _cast(x: Array, dtype: str) -> Array:
+    """``x`` in the compute dtype."""
+    return x if dtype == "float32" else x.astype(_DTYPES[dtype])
+
+
+def _patches(x: Array, kh: int, kw: int, transposed: bool = False) -> Array:
+    """:func:`im2col` (rows, kh*kw*C), or :func:`im2col_t` when ``transposed``, in x's dtype.
+
+    XLA's CPU backend widens bf16 copies and concatenations to float32 and narrows the
+    result again; on the bits (uint16) they stay pure 2-byte moves."""
+    f = im2col_t if transposed else (lambda v, a, b: im2col(v, a, b).reshape(-1, a * b * v.shape[-1]))
+    if x.dtype != jnp.bfloat16:
+        return f(x, kh, kw)
+    bits = f(lax.bitcast_convert_type(x, jnp.uint16), kh, kw)
+    return lax.bitcast_convert_type(bits, jnp.bfloat16)
 
 
 def _matmul_nt(a: Array, b: Array, dtype: str = "float32") -> Array:
@@ -138,20 +160,29 @@ def _conv_valid_mm(x: Array, w: Array, dtype: str) -> Array:
 
 def _conv_valid_mm_fwd(x, w, dtype):
     kh, kw, ci, co = w.shape
-    # Patches in the compute dtype: built once, used by the forward matmul and saved for the
-    # kernel gradient.
-    p = im2col(x.astype(_DTYPES[dtype]), kh, kw)
-    n, ho, wo, kk = p.shape
-    p2 = p.reshape(-1, kk)
-    return _matmul(p2, w.reshape(kk, co), dtype).reshape(n, ho, wo, co), (p2, w)
+    xc = _cast(x, dtype)
+    p2 = _patches(xc, kh, kw)
+    n, ho, wo = x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    y = _matmul(p2, w.reshape(-1, co), dtype).reshape(n, ho, wo, co)
+    # float32: the patches are built once and saved for the kernel gradient (p^T g, a dot
+    # that XLA's CPU backend runs as fast as a row-major one). bf16: that dot would run as
+    # float32 (Eigen), so the input is saved and the gradient rebuilds the patches transposed.
+    return y, ((p2 if dtype == "float32" else xc), w)
+
+
+def _kernel_grad(saved: Array, g2: Array, kh: int, kw: int, dtype: str) -> Array:
+    """dW (kh*kw*C, O) = patches^T g, from the saved patches (float32) or input (bf16)."""
+    if dtype == "float32":
+        return _matmul_tn(saved, g2, dtype)
+    return _matmul(_patches(saved, kh, kw, transposed=True), g2, dtype)
 
 
 def _conv_valid_mm_bwd(dtype, res, g):
-    p2, w = res
+    saved, w = res
     kh, kw, ci, co = w.shape
     n, ho, wo, _ = g.shape
     g2 = g.reshape(-1, co)
-    dw = _matmul_tn(p2, g2, dtype).reshape(w.shape)
+    dw = _kernel_grad(saved, g2, kh, kw, dtype).reshape(w.shape)
     dx = col2im(_matmul_nt(g2, w.reshape(-1, co), dtype).reshape(n, ho, wo, -1), kh, kw, ci)
     return dx, dw
 
@@ -174,10 +205,12 @@ def _conv_full_tied_mm_fwd(h, w, dtype):
 def _conv_full_tied_mm_bwd(dtype, res, g):
     h, w = res
     kh, kw, ci, co = w.shape
-    p2 = im2col(g.astype(_DTYPES[dtype]), kh, kw).reshape(-1, kh * kw * ci)
+    gc = _cast(g, dtype)
+    p2 = _patches(gc, kh, kw)
     h2 = h.reshape(-1, co)
     dh = _matmul(p2, w.reshape(-1, co), dtype).reshape(h.shape)
-    return dh, _matmul_tn(p2, h2, dtype).reshape(w.shape)
+    dw = _kernel_grad(p2 if dtype == "float32" else gc, h2, kh, kw, dtype)
+    return dh, dw.reshape(w.shape)
 
 
 _conv_full_tied_mm.defvjp(_conv_full_tied_mm_fwd, _conv_full_tied_mm_bwd)

@@ -96,3 +96,14 @@ def test_tied_cae_step_in_either_dtype(dtype):
     assert l.dtype == g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
     assert abs(float(l - l32)) < 1e-2 * float(l32)
     assert _rel(g, g32) < 5e-2
+
+
+def test_transposed_patches_are_im2col_transposed():
+    x = jax.random.normal(jax.random.PRNGKey(9), (2, 7, 6, 3))
+    p = ops.im2col(x, 3, 2).reshape(-1, 3 * 2 * 3)
+    np.testing.assert_array_equal(ops.im2col_t(x, 3, 2), p.T)
+    # The bf16 patches move bits (uint16) and must equal the rounded float32 patches.
+    xb = x.astype(jnp.bfloat16)
+    np.testing.assert_array_equal(ops._patches(xb, 3, 2), p.astype(jnp.bfloat16))
+    np.testing.assert_array_equal(ops._patches(xb, 3, 2, transposed=True),
+                                  p.T.astype(jnp.bfloat16))
