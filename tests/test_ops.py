@@ -107,3 +107,16 @@ def test_transposed_patches_are_im2col_transposed():
     np.testing.assert_array_equal(ops._patches(xb, 3, 2), p.astype(jnp.bfloat16))
     np.testing.assert_array_equal(ops._patches(xb, 3, 2, transposed=True),
                                   p.T.astype(jnp.bfloat16))
+
+
+def test_config_compute_dtype_defaults_to_float32_and_is_validated():
+    from scae import config as cfglib
+    from scae.errors import InputError
+
+    c = cfglib.base_config("mnist")
+    assert c.model.compute_dtype == "float32"  # never bf16 by default
+    c.model.compute_dtype = "bfloat16"
+    cfglib.validate(c)
+    c.model.compute_dtype = "float16"
+    with pytest.raises(InputError, match="model.compute_dtype"):
+        cfglib.validate(c)
