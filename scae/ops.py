@@ -138,11 +138,14 @@ def _patches(x: Array, kh: int, kw: int, transposed: bool = False) -> Array:
 
     XLA's CPU backend widens bf16 copies and concatenations to float32 and narrows the
     result again; on the bits (uint16) they stay pure 2-byte moves."""
-    f = im2col_t if transposed else (lambda v, a, b: im2col(v, a, b).reshape(-1, a * b * v.shape[-1]))
+    def build(v):
+        if transposed:
+            return im2col_t(v, kh, kw)
+        return im2col(v, kh, kw).reshape(-1, kh * kw * v.shape[-1])
+
     if x.dtype != jnp.bfloat16:
-        return f(x, kh, kw)
-    bits = f(lax.bitcast_convert_type(x, jnp.uint16), kh, kw)
-    return lax.bitcast_convert_type(bits, jnp.bfloat16)
+        return build(x)
+    return lax.bitcast_convert_type(build(lax.bitcast_convert_type(x, jnp.uint16)), jnp.bfloat16)
 
 
 def _matmul_nt(a: Array, b: Array, dtype: str = "float32") -> Array:
