@@ -111,8 +111,8 @@ def col2im(cols: Array, kh: int, kw: int, c: int) -> Array:
 
 
 # Every matmul below takes its operands in the compute dtype and accumulates and returns
-# float32 (preferred_element_type): with 'bfloat16' the operands and the saved patches are half
-# the bytes, and CPUs with avx512_bf16 or AMX, and GPUs, multiply them at twice the rate or more.
+# float32 (preferred_element_type): with 'bfloat16' the operands and the patches are half the
+# bytes, and CPUs with avx512_bf16 or AMX, and GPUs, multiply them at twice the rate or more.
 def _dot(a: Array, b: Array, dims, dtype: str) -> Array:
     cd = _DTYPES[dtype]
     return lax.dot_general(a.astype(cd), b.astype(cd), (dims, ((), ())),
