@@ -2,21 +2,29 @@
 
   python -m pipelines.benchmark --workload=cnn --arch=mnist --batch=128
   python -m pipelines.benchmark --workload=cae --layer=2 --peak
+  python -m pipelines.benchmark --all
 
 Prints one JSON line: workload, layer, arch, batch, seeds, img_per_s (per seed), step_ms,
 gflop_per_s (analytic FLOPs, see scae.flops; also XLA's own count as xla_gflop_per_s), and
 with --peak the measured fp32 matmul GFLOP/s and the fraction of it reached.
+
+--all times every step at both sizes in the order of the peers' side-by-side script
+(MNIST then CIFAR-10; CNN, CAE layers 1, 2, 3): first one JSON line describing the machine
+(CPU model, vector extensions from /proc/cpuinfo, fp32 matmul peak, and the bf16 peak with
+--dtype=bfloat16), then one JSON line per step with its fraction of the peak.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app, flags, logging
 
 from flax import nnx
 
@@ -35,13 +43,56 @@ _PEAK = flags.DEFINE_bool("peak", False, "Also measure the fp32 matmul peak.")
 _IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "matmul"],
                           "Convolution implementation (see scae.ops.resolve_impl).")
 
+_DTYPE = flags.DEFINE_enum("dtype", "float32", list(ops.COMPUTE_DTYPES),
+                           "Matmul operand dtype (config.model.compute_dtype); accumulation, "
+                           "parameters and optimizer stay float32.")
+_ALL = flags.DEFINE_bool("all", False, "Time every step at both sizes (the peers' order); "
+                         "--workload, --layer and --arch are then ignored.")
+_PEAK_N = flags.DEFINE_integer("peak_n", 4096, "Size n of the n x n matmul that measures the "
+                               "peak.")
+
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+# The peers' script order (shared/bench/side_by_side.sh): (arch, workload, layer).
+ROWS = tuple((arch, w, k) for arch in ("mnist", "cifar10")
+             for w, k in (("cnn", None), ("cae", 1), ("cae", 2), ("cae", 3)))
+# The flags that name SIMD width and matrix units, the ones that set a CPU's matmul speed.
+_VECTOR_FLAGS = {"sse4_2", "avx", "avx2", "fma", "asimd", "asimdhp", "sve", "sve2", "sme",
+                 "sme2", "bf16", "i8mm"}
+_VECTOR_PREFIXES = ("avx512", "amx")
 
 
-def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
-    """Measured fp32 GFLOP/s of an n x n matmul (the machine's practical peak)."""
+def vector_extensions() -> list[str]:
+    """The CPU's vector and matrix extensions from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    names = line.split(":", 1)[1].split()
+                    return sorted(n for n in set(names)
+                                  if n in _VECTOR_FLAGS or n.startswith(_VECTOR_PREFIXES))
+    except OSError:
+        pass
+    return []
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what :mod:`platform` says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_peak(n: int = 4096, repeats: int = 5, dtype: str = "float32") -> float:
+    """Measured GFLOP/s of an n x n matmul (the machine's practical peak): float32, or bf16
+    operands with float32 accumulation for ``dtype='bfloat16'``."""
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
+    a = a.astype(jnp.bfloat16) if dtype == "bfloat16" else a
+    f = jax.jit(lambda x: ops.matmul(x, x, dtype))
     f(a).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
@@ -51,10 +102,12 @@ def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _workload(workload: str, arch: str, layer: int, batch: int, impl: str):
+def _workload(workload: str, arch: str, layer: int, batch: int, impl: str,
+              dtype: str = "float32"):
     """(loss_fn, params, data pytree, flops per image-step)."""
     config = cfglib.base_config(arch)
     config.model.conv_impl = impl
+    config.model.compute_dtype = dtype
     shape = IMAGE_SHAPES[arch]
     key = jax.random.PRNGKey(0)
     pool = 4 * batch
@@ -79,9 +132,10 @@ def _workload(workload: str, arch: str, layer: int, batch: int, impl: str):
 
 
 def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repeats: int,
-              seeds: int, impl: str = "auto") -> dict:
-    """Times ``steps`` fused training steps of ``seeds`` vmapped models; returns the figures."""
-    loss_fn, params, data, flop_per_img = _workload(workload, arch, layer, batch, impl)
+              seeds: int, impl: str = "auto", dtype: str = "float32") -> dict:
+    """Times ``steps`` fused training steps of ``seeds`` vmapped models; returns the figures.
+    ``dtype`` is the matmul operand dtype the step is traced with (:func:`ops.compute_dtype`)."""
+    loss_fn, params, data, flop_per_img = _workload(workload, arch, layer, batch, impl, dtype)
     tx = optim.make(cfglib.base_config(arch).pretrain, 1000)
     order = jnp.arange(steps * batch) % (4 * batch)
     key = jax.random.PRNGKey(1)
@@ -92,7 +146,8 @@ def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repe
     else:
         opt_state = tx.init(params)
     run = driver.make_steps(loss_fn, tx, batch, steps, seeds=seeds > 1)
-    compiled = run.lower(params, opt_state, data, order, 0, 0, key).compile()
+    with ops.compute_dtype(dtype):
+        compiled = run.lower(params, opt_state, data, order, 0, 0, key).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -111,25 +166,58 @@ def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repe
             # XLA's cost analysis counts a scan's body once: one step of every seed.
             "xla_gflop_per_s": round(xla_flops * steps / dt / 1e9, 1),
             "mflop_per_img": round(flop_per_img / 1e6, 2),
-            "conv_impl": ops.resolve_impl(impl), "backend": jax.default_backend(),
-            "devices": jax.device_count()}
+            "conv_impl": ops.resolve_impl(impl), "dtype": dtype,
+            "backend": jax.default_backend(), "devices": jax.device_count()}
+
+
+def machine(peak_n: int, dtype: str) -> dict:
+    """The machine line of ``--all``: CPU, vector extensions, backend and the matmul peaks."""
+    out = {"machine": cpu_model(), "vector_extensions": vector_extensions(),
+           "cores": os.cpu_count(), "backend": jax.default_backend(),
+           "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+           "peak_gflop_per_s": round(matmul_peak(peak_n), 1)}
+    if dtype != "float32":
+        out[f"peak_{dtype}_gflop_per_s"] = round(matmul_peak(peak_n, dtype=dtype), 1)
+    return out
+
+
+def all_rows(batch: int, steps: int, repeats: int, seeds: int, impl: str, dtype: str,
+             peak_n: int = 4096):
+    """Yields the machine line, then every step of :data:`ROWS` with its share of the fp32
+    peak (of the bf16 peak for ``dtype='bfloat16'``)."""
+    head = machine(peak_n, dtype)
+    yield head
+    peak = head.get(f"peak_{dtype}_gflop_per_s", head["peak_gflop_per_s"])
+    for arch, workload, layer in ROWS:
+        out = benchmark(workload, arch, layer or 1, batch, steps, repeats, seeds, impl, dtype)
+        out["fraction_of_peak"] = round(out["gflop_per_s"] / peak, 3)
+        yield out
 
 
 def main(argv):
+    # absl's INFO stream carries jax's backend probe ("Unable to initialize backend 'tpu'"):
+    # stdout and stderr hold the benchmark's own lines only.
+    logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
         sys.exit(2)
-    if min(_BATCH.value, _STEPS.value, _REPEATS.value, _SEEDS.value) < 1:
-        print("error: --batch, --steps, --repeats and --seeds must be >= 1", file=sys.stderr)
+    if min(_BATCH.value, _STEPS.value, _REPEATS.value, _SEEDS.value, _PEAK_N.value) < 1:
+        print("error: --batch, --steps, --repeats, --seeds and --peak_n must be >= 1",
+              file=sys.stderr)
         sys.exit(2)
+    if _ALL.value:
+        for line in all_rows(_BATCH.value, _STEPS.value, _REPEATS.value, _SEEDS.value,
+                             _IMPL.value, _DTYPE.value, _PEAK_N.value):
+            print(json.dumps(line), flush=True)
+        return
     try:
         out = benchmark(_WORKLOAD.value, _ARCH.value, _LAYER.value, _BATCH.value, _STEPS.value,
-                        _REPEATS.value, _SEEDS.value, _IMPL.value)
+                        _REPEATS.value, _SEEDS.value, _IMPL.value, _DTYPE.value)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if _PEAK.value:
-        peak = matmul_peak()
+        peak = matmul_peak(_PEAK_N.value)
         out["peak_gflop_per_s"] = round(peak, 1)
         out["fraction_of_peak"] = round(out["gflop_per_s"] / peak, 3)
     print(json.dumps(out), flush=True)

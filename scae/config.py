@@ -52,6 +52,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.model.activation = "scaled_tanh"  # 1.7159 * tanh(2x/3); the paper's constants are unknown
     c.model.init = "glorot_uniform"  # the same family for the CAEs and the random CNN
     c.model.conv_impl = "auto"  # 'xla' | 'matmul' (patches x kernel); 'auto': matmul on CPU
+    # Matmul operand dtype: 'bfloat16' multiplies bf16 operands with float32 accumulation (for
+    # CPUs with avx512_bf16 or AMX, and GPUs); parameters, optimizer and results stay float32.
+    c.model.compute_dtype = "float32"
     c.model.dropout = 0.0  # dropout rate before the classifier when fine-tuning; 0 = off (paper)
 
     c.pretrain = ml_collections.ConfigDict()
@@ -190,6 +193,7 @@ def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
     _choice(c, "model.activation", tuple(ops.ACTIVATIONS))
     _choice(c, "model.init", tuple(models.INITIALIZERS))
     _choice(c, "model.conv_impl", ops.CONV_IMPLS)
+    _choice(c, "model.compute_dtype", ops.COMPUTE_DTYPES)
     _choice(c, "data.scale", ("unit", "symmetric"))
     _choice(c, "pretrain.noise", models.NOISES)
     _choice(c, "pretrain.decoder", models.DECODERS)

@@ -5,7 +5,10 @@ Layout is NHWC for activations and HWIO for kernels throughout.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -46,12 +49,51 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_DEFAULT_DTYPE: contextvars.ContextVar[str] = contextvars.ContextVar("compute_dtype",
+                                                                     default="float32")
+
+
+@contextlib.contextmanager
+def compute_dtype(dtype: str) -> Iterator[None]:
+    """Within the block, ops called with ``dtype=None`` trace with ``dtype`` (one of
+    :data:`COMPUTE_DTYPES`), as ``jax.default_matmul_precision`` does for precision. It acts
+    when a function is traced, so wrap the tracing (the first call, or ``lower``)."""
+    resolve_dtype(dtype)
+    token = _DEFAULT_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _DEFAULT_DTYPE.reset(token)
+
+
+def resolve_dtype(dtype: str | None) -> str:
+    """The matmul operand dtype an op uses: ``dtype``, or the :func:`compute_dtype` default
+    ('float32' outside any block) when None."""
+    dtype = _DEFAULT_DTYPE.get() if dtype is None else dtype
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {dtype!r} not in {COMPUTE_DTYPES}")
+    return dtype
+
+
 def im2col(x: Array, kh: int, kw: int) -> Array:
     """(N, H, W, C) -> (N, Ho, Wo, kh*kw*C) valid patches, features in HWI order (so that an
     HWIO kernel reshaped to (kh*kw*C, O) multiplies them)."""
     ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
     return jnp.concatenate([x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)],
                            axis=-1)
+
+
+def im2col_t(x: Array, kh: int, kw: int) -> Array:
+    """The transpose of :func:`im2col`, built directly: (kh*kw*C, N*Ho*Wo), rows in HWI order,
+    so that a kernel gradient is a plain row-major matmul ``im2col_t(x) @ g``."""
+    n, h, w, c = x.shape
+    ho, wo = h - kh + 1, w - kw + 1
+    xt = x.transpose(3, 0, 1, 2)  # CNHW: each patch row below is one contiguous block
+    p = jnp.concatenate([xt[:, :, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)],
+                        axis=0)
+    return p.reshape(kh * kw * c, n * ho * wo)
 
 
 def col2im(cols: Array, kh: int, kw: int, c: int) -> Array:
@@ -68,99 +110,161 @@ def col2im(cols: Array, kh: int, kw: int, c: int) -> Array:
     return out
 
 
-def _matmul(a: Array, b: Array) -> Array:
-    return lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())))
+# Every matmul below takes its operands in the compute dtype and accumulates and returns
+# float32 (preferred_element_type): with 'bfloat16' the operands and the patches are half the
+# bytes, and CPUs with avx512_bf16 or AMX, and GPUs, multiply them at twice the rate or more.
+def _dot(a: Array, b: Array, dims, dtype: str) -> Array:
+    cd = _DTYPES[dtype]
+    return lax.dot_general(a.astype(cd), b.astype(cd), (dims, ((), ())),
+                           preferred_element_type=jnp.float32)
 
 
-def _matmul_tn(a: Array, b: Array) -> Array:
+def _matmul(a: Array, b: Array, dtype: str = "float32") -> Array:
+    return _dot(a, b, ((a.ndim - 1,), (0,)), dtype)
+
+
+def _matmul_tn(a: Array, b: Array, dtype: str = "float32") -> Array:
     """a^T b over the leading (row) axis of both: a kernel gradient."""
-    return lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+    return _dot(a, b, ((0,), (0,)), dtype)
 
 
-def _matmul_nt(a: Array, b: Array) -> Array:
+def _cast(x: Array, dtype: str) -> Array:
+    """``x`` in the compute dtype."""
+    return x if dtype == "float32" else x.astype(_DTYPES[dtype])
+
+
+def _patches(x: Array, kh: int, kw: int, transposed: bool = False) -> Array:
+    """:func:`im2col` (rows, kh*kw*C), or :func:`im2col_t` when ``transposed``, in x's dtype.
+
+    XLA's CPU backend widens bf16 copies and concatenations to float32 and narrows the
+    result again; on the bits (uint16) they stay pure 2-byte moves."""
+    def build(v):
+        if transposed:
+            return im2col_t(v, kh, kw)
+        return im2col(v, kh, kw).reshape(-1, kh * kw * v.shape[-1])
+
+    if x.dtype != jnp.bfloat16:
+        return build(x)
+    return lax.bitcast_convert_type(build(lax.bitcast_convert_type(x, jnp.uint16)), jnp.bfloat16)
+
+
+def _matmul_nt(a: Array, b: Array, dtype: str = "float32") -> Array:
     """a b^T over the last axis of both: an input gradient."""
-    return lax.dot_general(a, b, (((1,), (1,)), ((), ())))
+    return _dot(a, b, ((1,), (1,)), dtype)
 
 
 # Both convolutions below are one matmul each way, with hand-written VJPs: autodiff through
 # the patches would build the gradients from many small strided ops, which XLA's CPU backend
-# runs far slower than the three large matmuls used here.
-@jax.custom_vjp
-def _conv_valid_mm(x: Array, w: Array) -> Array:
-    return _conv_valid_mm_fwd(x, w)[0]
+# runs far slower than the three large matmuls used here. ``dtype`` is static (a string).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_valid_mm(x: Array, w: Array, dtype: str) -> Array:
+    return _conv_valid_mm_fwd(x, w, dtype)[0]
 
 
-def _conv_valid_mm_fwd(x, w):
+def _conv_valid_mm_fwd(x, w, dtype):
     kh, kw, ci, co = w.shape
-    p = im2col(x, kh, kw)
-    n, ho, wo, kk = p.shape
-    p2 = p.reshape(-1, kk)
-    return _matmul(p2, w.reshape(kk, co)).reshape(n, ho, wo, co), (p2, w)
+    xc = _cast(x, dtype)
+    p2 = _patches(xc, kh, kw)
+    n, ho, wo = x.shape[0], x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    y = _matmul(p2, w.reshape(-1, co), dtype).reshape(n, ho, wo, co)
+    # float32: the patches are built once and saved for the kernel gradient (p^T g, a dot
+    # that XLA's CPU backend runs as fast as a row-major one). bf16: that dot would run as
+    # float32 (Eigen), so the input is saved and the gradient rebuilds the patches transposed.
+    return y, ((p2 if dtype == "float32" else xc), w)
 
 
-def _conv_valid_mm_bwd(res, g):
-    p2, w = res
+def _kernel_grad(saved: Array, g2: Array, kh: int, kw: int, dtype: str) -> Array:
+    """dW (kh*kw*C, O) = patches^T g, from the saved patches (float32) or input (bf16)."""
+    if dtype == "float32":
+        return _matmul_tn(saved, g2, dtype)
+    return _matmul(_patches(saved, kh, kw, transposed=True), g2, dtype)
+
+
+def _conv_valid_mm_bwd(dtype, res, g):
+    saved, w = res
     kh, kw, ci, co = w.shape
     n, ho, wo, _ = g.shape
     g2 = g.reshape(-1, co)
-    dw = _matmul_tn(p2, g2).reshape(w.shape)
-    dx = col2im(_matmul_nt(g2, w.reshape(-1, co)).reshape(n, ho, wo, -1), kh, kw, ci)
+    dw = _kernel_grad(saved, g2, kh, kw, dtype).reshape(w.shape)
+    dx = col2im(_matmul_nt(g2, w.reshape(-1, co), dtype).reshape(n, ho, wo, -1), kh, kw, ci)
     return dx, dw
 
 
 _conv_valid_mm.defvjp(_conv_valid_mm_fwd, _conv_valid_mm_bwd)
 
 
-@jax.custom_vjp
-def _conv_full_tied_mm(h: Array, w: Array) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_full_tied_mm(h: Array, w: Array, dtype: str) -> Array:
     kh, kw, ci, co = w.shape
     n, ho, wo, _ = h.shape
-    cols = _matmul_nt(h.reshape(-1, co), w.reshape(-1, co))
+    cols = _matmul_nt(h.reshape(-1, co), w.reshape(-1, co), dtype)
     return col2im(cols.reshape(n, ho, wo, -1), kh, kw, ci)
 
 
-def _conv_full_tied_mm_fwd(h, w):
-    return _conv_full_tied_mm(h, w), (h, w)
+def _conv_full_tied_mm_fwd(h, w, dtype):
+    return _conv_full_tied_mm(h, w, dtype), (h, w)
 
 
-def _conv_full_tied_mm_bwd(res, g):
+def _conv_full_tied_mm_bwd(dtype, res, g):
     h, w = res
     kh, kw, ci, co = w.shape
-    p2 = im2col(g, kh, kw).reshape(-1, kh * kw * ci)
+    gc = _cast(g, dtype)
+    p2 = _patches(gc, kh, kw)
     h2 = h.reshape(-1, co)
-    return _matmul(p2, w.reshape(-1, co)).reshape(h.shape), _matmul_tn(p2, h2).reshape(w.shape)
+    dh = _matmul(p2, w.reshape(-1, co), dtype).reshape(h.shape)
+    dw = _kernel_grad(p2 if dtype == "float32" else gc, h2, kh, kw, dtype)
+    return dh, dw.reshape(w.shape)
 
 
 _conv_full_tied_mm.defvjp(_conv_full_tied_mm_fwd, _conv_full_tied_mm_bwd)
 
 
-def conv_valid(x: Array, w: Array, impl: str = "auto") -> Array:
-    """Valid 2-D convolution (cross-correlation, as in every DL library), NHWC x HWIO."""
+def matmul(a: Array, b: Array, dtype: str | None = None) -> Array:
+    """``a @ b`` (a dense layer) with operands in the compute ``dtype`` (see
+    :func:`resolve_dtype`) and a float32 result."""
+    return _matmul(a, b, resolve_dtype(dtype))
+
+
+def _xla_conv(x: Array, w: Array, padding, dtype: str) -> Array:
+    cd = _DTYPES[dtype]
+    return lax.conv_general_dilated(x.astype(cd), w.astype(cd), (1, 1), padding,
+                                    dimension_numbers=_DIMS, preferred_element_type=jnp.float32)
+
+
+def conv_valid(x: Array, w: Array, impl: str = "auto", dtype: str | None = None) -> Array:
+    """Valid 2-D convolution (cross-correlation, as in every DL library), NHWC x HWIO.
+
+    ``dtype`` is the matmul operand dtype (:data:`COMPUTE_DTYPES`; None: the
+    :func:`compute_dtype` default, float32); the result is always float32.
+    """
+    dtype = resolve_dtype(dtype)
     if resolve_impl(impl) == "matmul":
-        return _conv_valid_mm(x, w)
-    return lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_DIMS)
+        return _conv_valid_mm(x, w, dtype)
+    return _xla_conv(x, w, "VALID", dtype)
 
 
-def conv_full_tied(h: Array, w: Array, impl: str = "auto") -> Array:
+def conv_full_tied(h: Array, w: Array, impl: str = "auto", dtype: str | None = None) -> Array:
     """The paper's tied decoder: a full convolution of ``h`` with ``w`` rotated 180 degrees.
 
     ``w`` is the encoder's HWIO kernel (in -> out maps); the decoder maps ``out`` back to ``in``,
     so this is exactly the transposed convolution of the encoder, i.e. the VJP of
     :func:`conv_valid` with respect to its input. Output spatial size is input + k - 1.
+    ``dtype`` as in :func:`conv_valid`.
     """
+    dtype = resolve_dtype(dtype)
     if resolve_impl(impl) == "matmul":
-        return _conv_full_tied_mm(h, w)
+        return _conv_full_tied_mm(h, w, dtype)
     k_h, k_w = w.shape[0], w.shape[1]
     w_dec = jnp.flip(w, (0, 1)).swapaxes(2, 3)  # HW(out)(in): rotate 180, swap in/out maps
-    pad = ((k_h - 1, k_h - 1), (k_w - 1, k_w - 1))
-    return lax.conv_general_dilated(h, w_dec, (1, 1), pad, dimension_numbers=_DIMS)
+    return _xla_conv(h, w_dec, ((k_h - 1, k_h - 1), (k_w - 1, k_w - 1)), dtype)
 
 
-def conv_full(h: Array, w_dec: Array, impl: str = "auto") -> Array:
-    """Full convolution with an independent decoder kernel ``w_dec`` (HWIO, hidden -> input)."""
+def conv_full(h: Array, w_dec: Array, impl: str = "auto", dtype: str | None = None) -> Array:
+    """Full convolution with an independent decoder kernel ``w_dec`` (HWIO, hidden -> input);
+    ``dtype`` as in :func:`conv_valid`."""
     k_h, k_w = w_dec.shape[0], w_dec.shape[1]
     h = jnp.pad(h, ((0, 0), (k_h - 1, k_h - 1), (k_w - 1, k_w - 1), (0, 0)))
-    return conv_valid(h, w_dec, impl)
+    return conv_valid(h, w_dec, impl, dtype)
 
 
 def _pad_to_multiple(x: Array, p: int, value: float) -> Array:

@@ -1,0 +1,67 @@
+"""pipelines.benchmark: every row in one command, the machine line, the dtype switch, and
+nothing but its own lines on stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines import benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    # No JAX_PLATFORMS: the backend probe (TPU, GPU plugins) runs as it does for a user.
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "pipelines.benchmark", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_all_prints_the_machine_then_every_row_in_the_peers_order():
+    proc = _run("--all", "--batch=2", "--steps=1", "--repeats=1", "--peak_n=128",
+                "--dtype=bfloat16")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == "", proc.stderr[-2000:]  # no absl or backend-probe chatter
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]  # every line is JSON
+    head, rows = lines[0], lines[1:]
+    assert head["peak_gflop_per_s"] > 0 and head["peak_bfloat16_gflop_per_s"] > 0
+    assert isinstance(head["vector_extensions"], list) and head["machine"]
+    assert [(r["arch"], r["workload"], r["layer"]) for r in rows] == [
+        ("mnist", "cnn", None), ("mnist", "cae", 1), ("mnist", "cae", 2), ("mnist", "cae", 3),
+        ("cifar10", "cnn", None), ("cifar10", "cae", 1), ("cifar10", "cae", 2),
+        ("cifar10", "cae", 3)]
+    for r in rows:
+        assert r["dtype"] == "bfloat16" and r["img_per_s"] > 0 and 0 < r["fraction_of_peak"]
+
+
+def test_single_row_keeps_its_interface_and_prints_only_its_line():
+    proc = _run("--workload=cae", "--layer=3", "--arch=cifar10", "--batch=4", "--steps=1",
+                "--repeats=1")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    (line,) = proc.stdout.splitlines()
+    out = json.loads(line)
+    for key in ("workload", "layer", "arch", "batch", "img_per_s", "gflop_per_s"):
+        assert key in out
+    assert (out["workload"], out["layer"], out["arch"], out["dtype"]) == ("cae", 3, "cifar10",
+                                                                          "float32")
+
+
+def test_bad_dtype_is_one_line_and_status_2():
+    proc = _run("--dtype=float16")
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: ") and "dtype" in line
+
+
+def test_vector_extensions_names_simd_flags_only():
+    ext = benchmark.vector_extensions()
+    assert all(e.startswith(("avx", "amx", "sse", "fma", "asimd", "sve", "sme", "bf16", "i8mm"))
+               for e in ext)
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if " avx2 " in flags:
+        assert "avx2" in ext

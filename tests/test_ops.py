@@ -1,0 +1,122 @@
+"""The compute-dtype switch of the ops: bf16 matmul operands, float32 accumulation and results."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scae import ops
+
+CONVS = ["conv_valid", "conv_full_tied", "conv_full"]
+
+
+def _case(op):
+    kx, kw = jax.random.split(jax.random.PRNGKey(7))
+    w = jax.random.normal(kw, (3, 5, 4, 6)) * 0.3
+    x = jax.random.normal(kx, (2, 9, 8, 6 if op != "conv_valid" else 4))
+    return x, (w.swapaxes(2, 3) if op == "conv_full" else w)
+
+
+def _rel(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+@pytest.mark.parametrize("impl", ["matmul", "xla"])
+@pytest.mark.parametrize("op", CONVS)
+def test_bfloat16_convolutions_are_close_to_float32_and_return_float32(op, impl):
+    x, w = _case(op)
+    f = getattr(ops, op)
+    y32, y16 = f(x, w, impl, "float32"), f(x, w, impl, "bfloat16")
+    assert y16.dtype == jnp.float32
+    # bf16 keeps 8 bits of mantissa: about 0.4% per operand; the float32 sums keep it there.
+    assert 0 < _rel(y16, y32) < 1e-2
+    loss = lambda dtype: lambda x, w: jnp.sum(jnp.sin(f(x, w, impl, dtype)))
+    g32 = jax.grad(loss("float32"), (0, 1))(x, w)
+    g16 = jax.grad(loss("bfloat16"), (0, 1))(x, w)
+    for a, b in zip(g16, g32):
+        assert a.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(a)))
+        assert _rel(a, b) < 2e-2
+
+
+@pytest.mark.parametrize("op", CONVS)
+def test_float32_is_exactly_the_default(op):
+    x, w = _case(op)
+    f = getattr(ops, op)
+    np.testing.assert_array_equal(f(x, w, "matmul"), f(x, w, "matmul", "float32"))
+
+
+def test_compute_dtype_block_sets_the_default_while_tracing():
+    x, w = _case("conv_valid")
+    with ops.compute_dtype("bfloat16"):
+        assert ops.resolve_dtype(None) == "bfloat16"
+        y = jax.jit(lambda x, w: ops.conv_valid(x, w, "matmul"))(x, w)
+    assert ops.resolve_dtype(None) == "float32"
+    np.testing.assert_array_equal(y, ops.conv_valid(x, w, "matmul", "bfloat16"))
+    assert not np.array_equal(y, ops.conv_valid(x, w, "matmul"))
+    # An explicit argument wins over the block.
+    y32 = ops.conv_valid(x, w, "matmul")
+    with ops.compute_dtype("bfloat16"):
+        np.testing.assert_array_equal(ops.conv_valid(x, w, "matmul", "float32"), y32)
+
+
+def test_unknown_compute_dtype_is_refused():
+    x, w = _case("conv_valid")
+    with pytest.raises(ValueError, match="float16"):
+        ops.conv_valid(x, w, "matmul", "float16")
+    with pytest.raises(ValueError, match="float64"), ops.compute_dtype("float64"):
+        pass
+
+
+def test_matmul_bfloat16_rounds_operands_and_accumulates_in_float32():
+    a = jax.random.normal(jax.random.PRNGKey(0), (64, 512))
+    b = jax.random.normal(jax.random.PRNGKey(1), (512, 32))
+    y = ops.matmul(a, b, "bfloat16")
+    assert y.dtype == jnp.float32
+    exact = np.asarray(a.astype(jnp.bfloat16), np.float64) @ np.asarray(b.astype(jnp.bfloat16),
+                                                                        np.float64)
+    # Products of bf16 numbers are exact in float32; only the float32 sum rounds.
+    np.testing.assert_allclose(y, exact, rtol=1e-4, atol=1e-3)
+    assert _rel(y, a @ b) > 1e-4  # the operands really were rounded
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tied_cae_step_in_either_dtype(dtype):
+    """A whole tied CAE loss (encode, sparsify, decode) under the switch: close to float32,
+    finite float32 gradients."""
+    x = jax.random.uniform(jax.random.PRNGKey(3), (4, 12, 12, 3))
+    w = jax.random.normal(jax.random.PRNGKey(4), (5, 5, 3, 8)) * 0.2
+
+    def loss(w, dtype):
+        h = jnp.tanh(ops.conv_valid(x, w, "matmul", dtype))
+        y = jnp.tanh(ops.conv_full_tied(ops.pool_sparsify(h, 2), w, "matmul", dtype))
+        return jnp.mean(jnp.square(y - x))
+
+    l32, g32 = jax.value_and_grad(loss)(w, "float32")
+    l, g = jax.value_and_grad(loss)(w, dtype)
+    assert l.dtype == g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+    assert abs(float(l - l32)) < 1e-2 * float(l32)
+    assert _rel(g, g32) < 5e-2
+
+
+def test_transposed_patches_are_im2col_transposed():
+    x = jax.random.normal(jax.random.PRNGKey(9), (2, 7, 6, 3))
+    p = ops.im2col(x, 3, 2).reshape(-1, 3 * 2 * 3)
+    np.testing.assert_array_equal(ops.im2col_t(x, 3, 2), p.T)
+    # The bf16 patches move bits (uint16) and must equal the rounded float32 patches.
+    xb = x.astype(jnp.bfloat16)
+    np.testing.assert_array_equal(ops._patches(xb, 3, 2), p.astype(jnp.bfloat16))
+    np.testing.assert_array_equal(ops._patches(xb, 3, 2, transposed=True),
+                                  p.T.astype(jnp.bfloat16))
+
+
+def test_config_compute_dtype_defaults_to_float32_and_is_validated():
+    from scae import config as cfglib
+    from scae.errors import InputError
+
+    c = cfglib.base_config("mnist")
+    assert c.model.compute_dtype == "float32"  # never bf16 by default
+    c.model.compute_dtype = "bfloat16"
+    cfglib.validate(c)
+    c.model.compute_dtype = "float16"
+    with pytest.raises(InputError, match="model.compute_dtype"):
+        cfglib.validate(c)
