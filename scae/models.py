@@ -85,6 +85,7 @@ class CAESpec:
     noise_level: float = 0.0
     init: str = "glorot_uniform"
     conv_impl: str = "auto"  # see scae.ops.resolve_impl
+    compute_dtype: str = "float32"  # matmul operands; see scae.ops.COMPUTE_DTYPES
     # 'activation': y = act(...) as the paper; 'linear': y = full-conv + c, for inputs beyond
     # the activation's range (standardised or whitened pixels).
     decoder_output: str = "activation"
@@ -119,7 +120,7 @@ class CAE(nnx.Module):
 
     def encode(self, x: Array) -> Array:
         """Hidden maps h = act(x * W + b), a valid convolution: (N, H-k+1, W-k+1, maps)."""
-        z = ops.conv_valid(x, self.w[...], self.spec.conv_impl)
+        z = ops.conv_valid(x, self.w[...], self.spec.conv_impl, self.spec.compute_dtype)
         return ops.activation(self.spec.activation)(z + self.b[...])
 
     __call__ = encode
@@ -136,9 +137,11 @@ class CAE(nnx.Module):
         """Reconstruction y = act(full-conv(h, W~) + c) (no act for a linear decoder output),
         back at the input's size."""
         if self.spec.decoder == "tied":
-            z = ops.conv_full_tied(h_sparse, self.w[...], self.spec.conv_impl)
+            z = ops.conv_full_tied(h_sparse, self.w[...], self.spec.conv_impl,
+                                   self.spec.compute_dtype)
         else:
-            z = ops.conv_full(h_sparse, self.w_dec[...], self.spec.conv_impl)
+            z = ops.conv_full(h_sparse, self.w_dec[...], self.spec.conv_impl,
+                              self.spec.compute_dtype)
         if self.spec.decoder_output == "linear":
             return z + self.c[...]
         return ops.activation(self.spec.activation)(z + self.c[...])
@@ -179,6 +182,7 @@ class CNNSpec:
     activation: str = "scaled_tanh"
     init: str = "glorot_uniform"
     conv_impl: str = "auto"
+    compute_dtype: str = "float32"  # matmul operands; see scae.ops.COMPUTE_DTYPES
     dropout: float = 0.0  # before the classifier layer, in training only
 
     @classmethod
@@ -189,6 +193,7 @@ class CNNSpec:
                    pool_sizes=tuple(model_cfg.pool_sizes), fc_width=model_cfg.fc_width,
                    num_classes=model_cfg.num_classes, activation=model_cfg.activation,
                    init=model_cfg.init, conv_impl=model_cfg.get("conv_impl", "auto"),
+                   compute_dtype=model_cfg.get("compute_dtype", "float32"),
                    dropout=float(model_cfg.get("dropout", 0.0)))
 
     @property
@@ -211,24 +216,26 @@ class Conv(nnx.Module):
     """A valid convolution with a bias, HWIO kernel ``w`` and bias ``b`` (no activation)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, *, init: str, impl: str,
-                 rngs: nnx.Rngs):
-        self.impl = impl
+                 rngs: nnx.Rngs, compute_dtype: str = "float32"):
+        self.impl, self.compute_dtype = impl, compute_dtype
         self.w = nnx.Param(init_kernel(rngs.params(), (kernel, kernel, c_in, c_out), init))
         self.b = nnx.Param(jnp.zeros((c_out,), jnp.float32))
 
     def __call__(self, x: Array) -> Array:
-        return ops.conv_valid(x, self.w[...], self.impl) + self.b[...]
+        return ops.conv_valid(x, self.w[...], self.impl, self.compute_dtype) + self.b[...]
 
 
 class Dense(nnx.Module):
     """x @ w + b, kernel ``w`` (in, out) from the models' initialiser family, zero bias."""
 
-    def __init__(self, n_in: int, n_out: int, *, init: str, rngs: nnx.Rngs):
+    def __init__(self, n_in: int, n_out: int, *, init: str, rngs: nnx.Rngs,
+                 compute_dtype: str = "float32"):
+        self.compute_dtype = compute_dtype
         self.w = nnx.Param(init_kernel(rngs.params(), (n_in, n_out), init))
         self.b = nnx.Param(jnp.zeros((n_out,), jnp.float32))
 
     def __call__(self, x: Array) -> Array:
-        return x @ self.w[...] + self.b[...]
+        return ops.matmul(x, self.w[...], self.compute_dtype) + self.b[...]
 
 
 class CNN(nnx.Module):
@@ -239,11 +246,14 @@ class CNN(nnx.Module):
         self.spec = spec
         c = spec.image_shape[-1]
         for name, f, k in zip(spec.conv_names, spec.features, spec.kernel_sizes):
-            setattr(self, name, Conv(c, f, k, init=spec.init, impl=spec.conv_impl, rngs=rngs))
+            setattr(self, name, Conv(c, f, k, init=spec.init, impl=spec.conv_impl, rngs=rngs,
+                                     compute_dtype=spec.compute_dtype))
             c = f
         h, w, c = spec.feature_shape
-        self.fc = Dense(h * w * c, spec.fc_width, init=spec.init, rngs=rngs)
-        self.out = Dense(spec.fc_width, spec.num_classes, init=spec.init, rngs=rngs)
+        dt = spec.compute_dtype
+        self.fc = Dense(h * w * c, spec.fc_width, init=spec.init, rngs=rngs, compute_dtype=dt)
+        self.out = Dense(spec.fc_width, spec.num_classes, init=spec.init, rngs=rngs,
+                         compute_dtype=dt)
 
     @property
     def convs(self) -> list[Conv]:

@@ -40,6 +40,7 @@ def layer_specs(config: ml_collections.ConfigDict, in_channels: int) -> list[mod
             sparsity_pool=p.sparsity_pool[k], activation=m.activation, decoder=p.decoder,
             noise=p.noise, noise_level=p.noise_level, init=m.init,
             conv_impl=m.get("conv_impl", "auto"),
+            compute_dtype=m.get("compute_dtype", "float32"),
             decoder_output=p.get("decoder_output", "activation")))
         c = m.features[k]
     return specs

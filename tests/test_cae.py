@@ -139,3 +139,20 @@ def test_linear_decoder_output_is_the_activation_free_reconstruction():
     assert float(jnp.abs(y_act).max()) < 1.7159
     np.testing.assert_allclose(y_act, ops.scaled_tanh(y_lin), rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(y_lin).max()) > 1.7159  # standardised inputs can be reconstructed
+
+
+def test_compute_dtype_reaches_every_matmul_of_the_models():
+    """config.model.compute_dtype=bfloat16 runs the CNN and the CAE on bf16 operands: outputs
+    stay float32, close to the float32 model's, and differ from it (the switch is live)."""
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4, 28, 28, 1))
+    out = {}
+    for dt in ("float32", "bfloat16"):
+        config = cfglib.base_config("mnist")
+        config.model.compute_dtype = dt
+        cnn = models.CNN(models.CNNSpec.from_config(config.model, (28, 28, 1)), rngs=nnx.Rngs(0))
+        cae = models.CAE(stack.layer_specs(config, 1)[0], rngs=nnx.Rngs(0))
+        out[dt] = (cnn(x), cae.reconstruct(x))
+        assert all(o.dtype == jnp.float32 for o in out[dt])
+    for a, b in zip(out["float32"], out["bfloat16"]):
+        np.testing.assert_allclose(a, b, rtol=0.05, atol=0.02)
+        assert not np.array_equal(a, b)
