@@ -154,5 +154,6 @@ def test_compute_dtype_reaches_every_matmul_of_the_models():
         out[dt] = (cnn(x), cae.reconstruct(x))
         assert all(o.dtype == jnp.float32 for o in out[dt])
     for a, b in zip(out["float32"], out["bfloat16"]):
-        np.testing.assert_allclose(a, b, rtol=0.05, atol=0.02)
+        # bf16 keeps 8 bits of mantissa: close on the whole, not to float32 precision.
+        assert float(jnp.mean(jnp.abs(a - b))) < 0.01 * float(jnp.mean(jnp.abs(a))) + 1e-3
         assert not np.array_equal(a, b)
