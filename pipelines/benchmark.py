@@ -19,18 +19,18 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import flags
 
 from flax import nnx
 
-from pipelines import usage
+from pipelines import common
 from scae import driver, flops, models, ops, optim, stack
 from scae import config as cfglib
+from scae.errors import InputError
 
 _WORKLOAD = flags.DEFINE_enum("workload", "cnn", ["cnn", "cae"], "Which training step.")
 _LAYER = flags.DEFINE_integer("layer", 1, "CAE layer of the paper's stack (cae workload).")
@@ -194,17 +194,11 @@ def all_rows(batch: int, steps: int, repeats: int, seeds: int, impl: str, dtype:
         yield out
 
 
-def main(argv):
-    # absl's INFO stream carries jax's backend probe ("Unable to initialize backend 'tpu'"):
-    # stdout and stderr hold the benchmark's own lines only.
-    logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        print(f"error: unexpected arguments: {' '.join(argv[1:])}", file=sys.stderr)
-        sys.exit(2)
+def main(config, workdir) -> None:
+    """The command: one JSON line per timed step (the envelope of :mod:`pipelines.common`
+    turns bad flags into one line and exit 2; config and workdir are not used)."""
     if min(_BATCH.value, _STEPS.value, _REPEATS.value, _SEEDS.value, _PEAK_N.value) < 1:
-        print("error: --batch, --steps, --repeats, --seeds and --peak_n must be >= 1",
-              file=sys.stderr)
-        sys.exit(2)
+        raise InputError("--batch, --steps, --repeats, --seeds and --peak_n must be >= 1")
     if _ALL.value:
         for line in all_rows(_BATCH.value, _STEPS.value, _REPEATS.value, _SEEDS.value,
                              _IMPL.value, _DTYPE.value, _PEAK_N.value):
@@ -214,8 +208,7 @@ def main(argv):
         out = benchmark(_WORKLOAD.value, _ARCH.value, _LAYER.value, _BATCH.value, _STEPS.value,
                         _REPEATS.value, _SEEDS.value, _IMPL.value, _DTYPE.value)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise InputError(str(e)) from None
     if _PEAK.value:
         peak = matmul_peak(_PEAK_N.value)
         out["peak_gflop_per_s"] = round(peak, 1)
@@ -224,4 +217,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=usage.parse_plain)
+    common.run(main, needs_config=False, needs_workdir=False)

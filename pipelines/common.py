@@ -176,10 +176,11 @@ def _validate(config, command: str) -> None:
                          "start from configs/mnist.py") from None
 
 
-def run(main: Callable, needs_config: bool = True) -> None:
+def run(main: Callable, needs_config: bool = True, needs_workdir: bool = True) -> None:
     """Parses the flags and calls ``main(config, workdir)``, turning every expected failure
     into one line on stderr and its exit status: bad input 2, divergence 3, a failed write
-    74, SIGINT 130, SIGTERM 143 (see :mod:`scae.errors`)."""
+    74, SIGINT 130, SIGTERM 143 (see :mod:`scae.errors`). Without ``needs_workdir`` a missing
+    ``--workdir`` gives ``workdir=None``."""
     command = _command(main)
 
     def _main(argv):
@@ -199,14 +200,14 @@ def run(main: Callable, needs_config: bool = True) -> None:
             parallel.initialize_distributed()
             if len(argv) > 1:
                 fail(f"unexpected arguments: {' '.join(argv[1:])}")
-            if not _WORKDIR.value:
+            if not _WORKDIR.value and needs_workdir:
                 fail("--workdir: required")
             config = _CONFIG.value
             if config is None and needs_config:
                 fail("--config: required, e.g. --config=configs/mnist.py:quick")
             if config is not None:
                 _validate(config, command)
-            main(config, Path(_WORKDIR.value))
+            main(config, Path(_WORKDIR.value) if _WORKDIR.value else None)
             interrupt.check("the end")  # a signal no check point acted on still ends it so
         except InputError as e:
             fail(str(e))

@@ -29,16 +29,15 @@ import json
 import math
 import re
 import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from pipelines import common, usage
+from pipelines import common
 from scae import atomic, figures, provenance, report, stats
+from scae.errors import InputError
 
-_WORKDIR = common._WORKDIR  # a finished pretrain, compare or filters workdir
 _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
 _READMES_ONLY = flags.DEFINE_bool("readmes_only", False,
                                   "Rewrite the tables of every results/ folder and the README "
@@ -244,23 +243,21 @@ def update_readmes(root: Path = ROOT) -> list[Path]:
     return changed
 
 
-def main(argv):
-    if len(argv) > 1 or (not _READMES_ONLY.value and (not _WORKDIR.value or not _OUT.value)):
-        print("error: usage: --workdir=DIR --out=results/NAME, or --readmes_only",
-              file=sys.stderr)
-        sys.exit(2)
+def main(config, workdir: Path | None) -> None:
+    """The command, in the envelope of :mod:`pipelines.common` (config is not used)."""
+    if not _READMES_ONLY.value and (workdir is None or not _OUT.value):
+        raise InputError("usage: --workdir=DIR --out=results/NAME, or --readmes_only")
     written = []
     try:
         if not _READMES_ONLY.value:
-            written = publish(Path(_WORKDIR.value), Path(_OUT.value))
+            written = publish(workdir, Path(_OUT.value))
         else:  # every committed result's tables again from its records, as the code writes them
             written = refresh_results()
         written += update_readmes()
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise InputError(str(e)) from None
     print("\n".join(str(p) for p in written))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=usage.parse_plain)
+    common.run(main, needs_config=False, needs_workdir=False)
