@@ -26,6 +26,13 @@ def main(out: str) -> None:
     order = jax.random.permutation(key, 64)
     tx = optim.make(config.pretrain, 10)
     results = {"devices": np.array(parallel.num_devices())}
+    # How the training step lays out a batch: the devices holding a slice of its first axis.
+    seen = []
+    jax.jit(lambda b: jax.debug.inspect_array_sharding(
+        parallel.shard_batch(b), callback=lambda s: seen.append(s)))(x)
+    sharding = seen[0]
+    results["batch_shards"] = np.array(len({str(i) for i in
+                                            sharding.devices_indices_map(x.shape).values()}))
 
     spec = models.CAESpec(1, 8, 5, noise="mask", noise_level=0.2)
     graphdef, p = models.split(models.CAE(spec, rngs=nnx.Rngs(key)))

@@ -155,5 +155,10 @@ def test_encode_command_writes_features_and_refuses_bad_input(tmp_path):
     with np.load(out) as f:
         assert f["features"].shape == (200, 2, 2, 8)
     assert run(f"--output={out}", "--depth=4") == 2
+    # A source whose images the stack cannot take (3 channels for a 1-channel stack).
+    from conftest import write_npz
+
+    rgb = write_npz(tmp_path / "rgb.npz", num_train=300, num_test=20, shape=(28, 28, 3))
+    assert run(f"--output={out}", f"--source=npz:{rgb}", "--split=test") == 2
     os.remove(tmp_path / "w" / "config.json")
     assert run(f"--output={out}") == 2

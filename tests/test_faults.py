@@ -13,6 +13,7 @@ import time
 import weakref
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -575,3 +576,36 @@ def test_a_sigkill_during_overwrite_cleanup_leaves_no_half_deleted_checkpoint(tm
     assert again.returncode == 0, again.stderr[-2000:]
     assert not [p for p in w.rglob("*") if p.name.startswith(atomic.TRASH_PREFIX)]
     assert json.loads((w / "config.json").read_text())["model"]["fc_width"] == 8
+
+
+def test_a_divergence_retry_rescues_the_run_from_its_last_good_checkpoint(tmp_path):
+    """The driver's own retry: a phase that diverges at step 7 at the full learning rate (an
+    optimiser that turns non-finite from its 7th update at scale 1) restarts at half the rate
+    from its last good checkpoint (step 4), not from scratch, and finishes."""
+    import jax.numpy as jnp
+    import optax
+
+    from scae import driver
+
+    def make_tx(scale):
+        base = optax.sgd(0.1 * scale)
+
+        def update(grads, state, params=None):
+            updates, inner = base.update(grads, state[0], params)
+            poison = jnp.where((scale == 1.0) & (state[1] >= 6), jnp.nan, 0.0)
+            return jax.tree.map(lambda u: u + poison, updates), (inner, state[1] + 1)
+
+        return optax.GradientTransformation(lambda p: (base.init(p), jnp.zeros((), jnp.int32)),
+                                            update)
+
+    logs = []
+    phase = driver.Phase(
+        name="toy", ckpt_dir=tmp_path / "ckpt", plan=driver.plan(8, 2, 3),
+        loss_fn=lambda p, x, k: jnp.mean((x - p["w"]) ** 2), make_tx=make_tx,
+        params={"w": jnp.zeros(())}, data=jnp.arange(8.0), pool=jnp.arange(8),
+        order_key=jax.random.PRNGKey(0), step_key=jax.random.PRNGKey(1), steps_per_call=2,
+        checkpoint_every=4, eval_epochs=frozenset(), retries=1, log=logs.append)
+    result = driver.train(phase)
+    assert result.lr_scale == 0.5 and bool(jnp.isfinite(result.state["params"]["w"]))
+    assert any("non-finite" in m and "retrying with the learning rate x0.5" in m for m in logs), logs
+    assert any("resuming at step 4/12" in m for m in logs), logs

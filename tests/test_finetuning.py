@@ -137,3 +137,46 @@ def test_refit_trains_on_validation_images_too_and_selects_nothing(setup, tmp_pa
     rows, _ = finetuning.run_cell(c2, data, None, 40, "random", [0], tmp_path / "small",
                                   log=lambda _: None)
     assert not rows[0]["refit_full"] and not np.isnan(rows[0]["val_error"])
+
+
+def test_the_reported_model_is_the_one_of_lowest_validation_error():
+    """keep_best on a hand-made trace: per seed, the parameters and epoch of the lowest
+    validation error are kept, whatever comes later (the test error is measured on them)."""
+    n = 2
+    state = {"params": {"w": jnp.zeros((n, 3))}, "best": {"w": jnp.full((n, 3), -1.0)},
+             "best_val": jnp.full((n,), jnp.inf), "best_epoch": jnp.zeros((n,), jnp.int32)}
+    trace = [(1, [5.0, 9.0]), (2, [3.0, 8.0]), (3, [4.0, 7.0]), (4, [3.0, 7.5])]
+    for epoch, errs in trace:
+        state = dict(state, params={"w": jnp.full((n, 3), float(epoch))})
+        state = finetuning.keep_best(state, jnp.asarray(errs), epoch)
+    np.testing.assert_array_equal(state["best_epoch"], [2, 3])  # a tie does not replace
+    np.testing.assert_array_equal(state["best_val"], [3.0, 7.0])
+    np.testing.assert_array_equal(state["best"]["w"][:, 0], [2.0, 3.0])
+
+
+@pytest.mark.parametrize("vmap_seeds", [True, False])
+def test_compare_trains_seeds_together_or_one_at_a_time(tiny_npz_module, tmp_path, monkeypatch,
+                                                        vmap_seeds):
+    from scae import compare
+
+    c = configs.mnist.get_config("smoke")
+    c.data.source = f"npz:{tiny_npz_module}"
+    c.data.validation_size = 60
+    c.data.pretrain_size = 0
+    c.compare.label_sizes = (40,)
+    c.compare.num_seeds = 3
+    c.compare.arms = ("random",)
+    c.compare.vmap_seeds = vmap_seeds
+    data = inputs.build(c.data, c.seed)
+    groups = []
+    real = finetuning.run_cell
+
+    def spy(config, data, stacks, size, arm, seeds, ckpt, log):
+        groups.append(list(seeds))
+        return real(config, data, stacks, size, arm, seeds, ckpt, log)
+
+    monkeypatch.setattr(finetuning, "run_cell", spy)
+    rows = compare.compare(c, data, tmp_path, log=lambda _: None)
+    assert groups == ([[0, 1, 2]] if vmap_seeds else [[0], [1], [2]])
+    assert sorted(r["seed"] for r in rows) == [0, 1, 2]
+    assert all(r["seeds_together"] == (3 if vmap_seeds else 1) for r in rows)

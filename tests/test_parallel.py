@@ -23,6 +23,8 @@ def _steps(tmp_path: Path, devices: int) -> dict:
 def test_two_devices_step_equals_one_device_step(tmp_path):
     one, two = _steps(tmp_path, 1), _steps(tmp_path, 2)
     assert int(one.pop("devices")) == 1 and int(two.pop("devices")) == 2
+    # On two devices the batch is split in two along its first axis, not replicated.
+    assert int(one.pop("batch_shards")) == 1 and int(two.pop("batch_shards")) == 2
     assert one.keys() == two.keys()
     for k in one:
         np.testing.assert_allclose(two[k], one[k], rtol=2e-5, atol=1e-6, err_msg=k)

@@ -241,3 +241,39 @@ def test_reconstruction_error_over_stacks():
     assert (got[2].mean, got[2].n) == (pytest.approx(0.3), 2)
     one = stats.over_stacks([stack([0.5])])
     assert one[1].n == 1 and math.isnan(one[1].std)
+
+
+def _t_cdf(x: float, df: float, steps: int = 20000) -> float:
+    """Student's t cdf by Simpson's rule on its density (independent of scipy.stats)."""
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    pdf = lambda u: c * (1 + u * u / df) ** (-(df + 1) / 2)
+    h = x / steps
+    s = pdf(0) + pdf(x) + sum((4 if i % 2 else 2) * pdf(i * h) for i in range(1, steps))
+    return 0.5 + s * h / 3
+
+
+def _t_quantile_975(df: float) -> float:
+    lo, hi = 0.0, 50.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_cdf(mid, df) < 0.975 else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("a,b", [
+    ([7.1, 7.4, 7.0, 7.3, 7.2], [7.9, 7.5, 8.1, 7.7, 7.6, 8.4]),
+    ([2.2, 2.3, 2.1], [2.9, 2.1, 2.6, 3.3]),
+    ([50.0, 52.5, 49.0, 51.0], [51.0, 58.0, 45.5, 50.0, 61.0]),
+])
+def test_welch_df_and_interval_by_hand(a, b):
+    """Welch–Satterthwaite df and the 95% CI from their formulas, with the t quantile found by
+    integrating the t density: no scipy on this side of the comparison."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = _t_quantile_975(df) * math.sqrt(va + vb)
+    diff = np.mean(a) - np.mean(b)
+    _, (w,) = stats.summarize(records({(1000, "random"): b, (1000, "pretrained"): a}))
+    assert w.df == pytest.approx(df, rel=1e-9)
+    assert w.diff == pytest.approx(diff, abs=1e-12)
+    assert w.ci_low == pytest.approx(diff - half, rel=1e-6, abs=1e-9)
+    assert w.ci_high == pytest.approx(diff + half, rel=1e-6, abs=1e-9)
