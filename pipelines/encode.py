@@ -29,14 +29,14 @@ _POOLED = flags.DEFINE_bool("pooled", True, "Max-pool the top layer's maps as th
 _OUTPUT = flags.DEFINE_string("output", None, "The .npz file to write.")
 _SOURCE = flags.DEFINE_string("source", None, "Another data source to encode (default: the "
                               "workdir's config.data.source), e.g. npz:/path/data.npz.")
-_BATCH = flags.DEFINE_integer("batch", 500, "Images per encoding batch (bounds memory).")
+_BATCH = flags.DEFINE_integer("encode_batch", 500, "Images per encoding batch (bounds memory).")
 
 
 def main(config, workdir: Path) -> None:
     if not _OUTPUT.value:
         raise InputError("--output: required, e.g. --output=features.npz")
     if _BATCH.value < 1:
-        raise InputError(f"--batch: expected an integer >= 1, got {_BATCH.value}")
+        raise InputError(f"--encode_batch: expected an integer >= 1, got {_BATCH.value}")
     workdir_lib.hold(workdir)  # no other command writes the stack while it is read
     config = common.load_workdir_config(workdir) if config is None else config
     s = stack.from_workdir(workdir, config)

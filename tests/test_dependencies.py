@@ -36,3 +36,12 @@ def test_declared_dependencies_are_used_and_used_ones_declared():
                                                                        "configs", "__future__"}
     assert imported - declared == set(), "imported but not declared"
     assert declared - imported == set(), "declared but not imported"
+
+
+def test_every_command_imports_in_one_process():
+    """absl flags are global: two commands defining the same flag name break any process (a
+    test session, a notebook) that imports both."""
+    import importlib
+
+    for path in sorted((ROOT / "pipelines").glob("*.py")):
+        importlib.import_module(f"pipelines.{path.stem}")
