@@ -33,6 +33,9 @@ from scae import workdir as workdir_lib
 
 def main(config, workdir: Path) -> None:
     t0 = time.monotonic()
+    # Whether compiled programs could come from the persistent cache: a cold start compiles all.
+    cache = jax.config.jax_compilation_cache_dir
+    cached = sum(1 for _ in Path(cache).iterdir()) if cache and Path(cache).is_dir() else 0
     data = inputs.build(config.data, config.seed)
     inputs.check_for(config, data, "compare")
     compare.check_label_sizes(config, data)
@@ -47,7 +50,9 @@ def main(config, workdir: Path) -> None:
         command = "python -m pipelines.compare " + " ".join(sys.argv[1:])
         record = provenance.machine(time.monotonic() - t0, command)
         atomic.write_text(workdir / "machine.json",
-                          json.dumps(record | {"resumed": resumed}, indent=2) + "\n")
+                          json.dumps(record | {"resumed": resumed,
+                                               "cache_entries_at_start": cached},
+                                     indent=2) + "\n")
     print((workdir / "compare" / "summary.md").read_text())
 
 

@@ -134,6 +134,10 @@ def machine_text(machine: Mapping) -> str:
     took = f", {_duration(wall)} wall time" if wall is not None else ""
     if wall is not None and machine.get("resumed"):
         took += " (of the last session only: the job was resumed)"
+    cached = machine.get("cache_entries_at_start")
+    if wall is not None and cached is not None:
+        took += (", compilation cache empty at start" if cached == 0 else
+                 ", compiled programs partly from the persistent cache")
     return f"Measured on {provenance.describe_machine(machine)}{took}."
 
 
