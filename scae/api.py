@@ -12,10 +12,11 @@ Configs are the commands' configs (:func:`make_config`); keyword overrides name 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,18 +199,11 @@ def _labels(labels, images: np.ndarray, name: str, num_classes: int) -> np.ndarr
     return y.astype(np.int32)
 
 
-class _folder:
+@contextlib.contextmanager
+def _folder(workdir: str | os.PathLike | None) -> Iterator[Path]:
     """The given folder, or a temporary one removed afterwards."""
-
-    def __init__(self, workdir):
-        self.workdir, self.tmp = workdir, None
-
-    def __enter__(self) -> Path:
-        if self.workdir is not None:
-            return Path(self.workdir)
-        self.tmp = tempfile.TemporaryDirectory(prefix="scae-")
-        return Path(self.tmp.name)
-
-    def __exit__(self, *exc) -> None:
-        if self.tmp is not None:
-            self.tmp.cleanup()
+    if workdir is not None:
+        yield Path(workdir)
+        return
+    with tempfile.TemporaryDirectory(prefix="scae-") as tmp:
+        yield Path(tmp)

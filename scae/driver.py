@@ -182,19 +182,24 @@ def train(phase: Phase) -> Result:
                             phase.log)
 
 
-def finished(ckpt_dir: Path, total_steps: int) -> tuple[Any, dict] | None:
-    """(raw saved state, record) of a phase whose checkpoint holds all ``total_steps`` steps,
-    or None: lets a caller skip building a phase's inputs when there is nothing to train."""
+def latest(ckpt_dir: Path) -> tuple[int, Any, dict] | None:
+    """(step, raw saved state, record) of the last complete checkpoint in ``ckpt_dir``, or
+    None when there is none."""
     if not Path(ckpt_dir).exists():
         return None
     ckpts = checkpoint.Checkpoints(ckpt_dir)
     try:
         step = ckpts.latest_step()
-        if step is None or step < total_steps:
-            return None
-        return ckpts.restore_raw(step)
+        return None if step is None else (step, *ckpts.restore_raw(step))
     finally:
         ckpts.close()
+
+
+def finished(ckpt_dir: Path, total_steps: int) -> tuple[Any, dict] | None:
+    """(raw saved state, record) of a phase whose checkpoint holds all ``total_steps`` steps,
+    or None: lets a caller skip building a phase's inputs when there is nothing to train."""
+    saved = latest(ckpt_dir)
+    return saved[1:] if saved is not None and saved[0] >= total_steps else None
 
 
 def _train(phase: Phase, lr_scale: float) -> Result:
@@ -241,7 +246,9 @@ def _train(phase: Phase, lr_scale: float) -> Result:
             record["time_s"] += dt
             record["eval_time"] += dt
             epoch_done = offset + n == p.steps_per_epoch
-            if epoch_done and (phase.eval_epochs is None or epoch + 1 in phase.eval_epochs):
+            evaluated = epoch_done and (phase.eval_epochs is None
+                                        or epoch + 1 in phase.eval_epochs)
+            if evaluated:
                 entry = {"epoch": epoch + 1, "step": step,
                          "train_loss": record["loss_sum"] / record["loss_steps"],
                          "time_s": record["eval_time"],
@@ -251,16 +258,14 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                     state, fields = phase.evaluate(state, epoch + 1)
                     entry.update(fields)
                 record["evals"].append(entry)
-                record.update(loss_sum=0.0, loss_steps=0, eval_time=0.0,
-                              finished=step >= p.total_steps)
-                ckpts.save(step, state, record)
-                last_ckpt = step
-                if phase.on_eval is not None:
-                    phase.on_eval(record)
-            elif phase.checkpoint_every and step - last_ckpt >= phase.checkpoint_every:
+                record.update(loss_sum=0.0, loss_steps=0, eval_time=0.0)
+            if evaluated or (phase.checkpoint_every
+                             and step - last_ckpt >= phase.checkpoint_every):
                 record["finished"] = step >= p.total_steps
                 ckpts.save(step, state, record)
                 last_ckpt = step
+                if evaluated and phase.on_eval is not None:
+                    phase.on_eval(record)
     finally:
         bar.close()
         ckpts.close()

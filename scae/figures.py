@@ -7,7 +7,6 @@ compare workdir's; both only read what the training wrote (checkpoints, ``metric
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +31,6 @@ def _pixels(config) -> str:
         return "standardised pixels (per-channel mean 0, std 1)"
     return {"unit": "pixels scaled to [0, 1]", "symmetric": "pixels scaled to [-1, 1]"}.get(
         config.data.scale, "pixels")
-
-
-def stack_filters(config, stack: Stack, k: int) -> np.ndarray:
-    """Layer ``k``'s filters as pixel-space images (see :meth:`scae.stack.Stack.project_filters`)."""
-    return stack.project_filters(k)
 
 
 def pretrain_figures(config, stack: Stack, images: np.ndarray, normalizer: preprocess.Normalizer,

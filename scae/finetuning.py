@@ -105,9 +105,10 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
     p = driver.plan(subsets.shape[1], fc.batch_size, fc.epochs, fc.min_steps)
     quiet = lambda _: None
     stacks = list(stack) if isinstance(stack, (list, tuple)) else [stack] * len(seeds)
-    nets = [initial_model(spec, stacks[i], arm, seed_keys(config.seed, s)[0],
-                          log if i == 0 else quiet)
-            for i, s in enumerate(seeds)]
+    init_keys, order_keys, step_keys = (jnp.stack(k) for k in
+                                        zip(*(seed_keys(config.seed, s) for s in seeds)))
+    nets = [initial_model(spec, stacks[i], arm, init_keys[i], log if i == 0 else quiet)
+            for i in range(len(seeds))]
     graphdef, _ = models.split(nets[0])
     params = jax.tree.map(lambda *q: jnp.stack(q), *[models.params_of(m) for m in nets])
     mask = models.frozen_mask(nets[0], models.conv_layers) if arm == "frozen" else None
@@ -139,9 +140,8 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         loss_fn=loss_fn,
         make_tx=lambda scale: optim.make(fc, p.total_steps, mask, lr_scale=scale),
         params=params, data=(train_x, jnp.asarray(train_y)),
-        pool=jnp.asarray(subsets), order_key=jnp.stack([seed_keys(config.seed, s)[1]
-                                                       for s in seeds]),
-        step_key=jnp.stack([seed_keys(config.seed, s)[2] for s in seeds]), seeds=tuple(seeds),
+        pool=jnp.asarray(subsets), order_key=order_keys,
+        step_key=step_keys, seeds=tuple(seeds),
         steps_per_call=fc.steps_per_call,
         eval_epochs=frozenset([p.epochs] if refit else eval_epochs(p.epochs, fc.evals)),
         evaluate=evaluate,

@@ -20,14 +20,6 @@ import os
 from collections.abc import Mapping, Sequence
 
 from scae import atomic, provenance, stats
-from scae.comparison_plots import (  # noqa: F401 - the figures, importable from here too
-    ARM_COLORS,
-    curves_figure,
-    embedding_figure,
-    error_vs_labels_figure,
-    filters_before_after_figure,
-    pca_2d,
-)
 
 RUN_COLUMNS = ("dataset", "label_size", "arm", "seed", "epochs", "steps", "best_epoch",
                "val_error", "test_error", "cell_time_s", "seeds_together", "lr_scale",

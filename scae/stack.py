@@ -389,46 +389,20 @@ def from_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict |
     """The finished stack of a pretrain workdir (every layer), from its checkpoints."""
     workdir = Path(workdir)
     if config is None:
-        path = workdir / "config.json"
-        if not path.exists():
-            raise InputError(f"{path}: not found; is {workdir} a pretrain or compare workdir?")
-        try:
-            config = ml_collections.ConfigDict(json.loads(path.read_text()))
-        except ValueError as e:
-            raise InputError(f"{path}: not valid JSON ({e})") from None
-    if in_channels is None:
-        in_channels = _saved_in_channels(workdir)
-    specs = layer_specs(config, in_channels)
-    stack = Stack(specs, config.model.pool_sizes, rngs=nnx.Rngs(0))
-    for k, layer in enumerate(stack.layers, start=1):
-        saved = _latest(ckpt_dir(workdir, k))
-        if saved is None:
+        config = workdir_lib.load_config(workdir)
+    saved = []
+    for k in range(1, config.pretrain.layers + 1):
+        last = driver.latest(ckpt_dir(workdir, k))
+        if last is None:
             raise InputError(f"{ckpt_dir(workdir, k)}: no checkpoint of layer {k}; run "
                              f"pipelines.pretrain on this workdir first")
-        if saved[1].get("finished") is False:  # records from before the flag count as done
+        if last[2].get("finished") is False:  # records from before the flag count as done
             raise InputError(f"{ckpt_dir(workdir, k)}: layer {k} is not finished; run "
                              f"pipelines.pretrain on this workdir to finish it")
-        _restore_layer(layer, saved[0]["params"], ckpt_dir(workdir, k))
+        saved.append(last[1]["params"])
+    if in_channels is None:  # the image channels it was trained on: layer 1's kernel says
+        in_channels = int(np.shape(saved[0]["w"])[2]) if saved else 1
+    stack = Stack(layer_specs(config, in_channels), config.model.pool_sizes, rngs=nnx.Rngs(0))
+    for k, (layer, params) in enumerate(zip(stack.layers, saved), start=1):
+        _restore_layer(layer, params, ckpt_dir(workdir, k))
     return stack
-
-
-def _latest(folder: Path):
-    if not folder.exists():
-        return None
-    from scae import checkpoint
-
-    ckpts = checkpoint.Checkpoints(folder)
-    try:
-        step = ckpts.latest_step()
-        return None if step is None else ckpts.restore_raw(step)
-    finally:
-        ckpts.close()
-
-
-def _saved_in_channels(workdir: Path) -> int:
-    """The image channels a workdir's stack was trained on, from layer 1's kernel."""
-    saved = _latest(ckpt_dir(workdir, 1))
-    if saved is None:
-        raise InputError(f"{ckpt_dir(workdir, 1)}: no checkpoint of layer 1; run "
-                         f"pipelines.pretrain on this workdir first")
-    return int(np.shape(saved[0]["params"]["w"])[2])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from scae import provenance, report
+from scae import comparison_plots, provenance, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ERRORS = {  # (label size, arm) -> test errors of seeds 0, 1, ...
@@ -242,16 +242,16 @@ def test_titles_and_paper_columns_follow_the_test_set_identity(rows, tmp_path):
 
 
 def test_figures(rows, tmp_path):
-    report.error_vs_labels_figure(rows, "mnist", tmp_path / "error_vs_labels.png")
-    report.curves_figure(rows, tmp_path / "curves.png")
+    comparison_plots.error_vs_labels_figure(rows, "mnist", tmp_path / "error_vs_labels.png")
+    comparison_plots.curves_figure(rows, tmp_path / "curves.png")
     rng = np.random.default_rng(0)
     labels = np.arange(200) % 10
     raw = rng.normal(size=(200, 28 * 28)) + labels[:, None] * 0.05
     feats = rng.normal(size=(200, 80)) + labels[:, None] * 0.3
-    report.embedding_figure(raw, feats, labels, [f"digit {k}" for k in range(10)],
+    comparison_plots.embedding_figure(raw, feats, labels, [f"digit {k}" for k in range(10)],
                             tmp_path / "embedding.png")
     before = rng.normal(size=(20, 5, 5, 1))
-    report.filters_before_after_figure(
+    comparison_plots.filters_before_after_figure(
         before, {"pretrained": before + 0.1 * rng.normal(size=before.shape),
                  "random": rng.normal(size=before.shape)}, tmp_path / "filters.png")
     for name in ("error_vs_labels", "curves", "embedding", "filters"):
@@ -261,10 +261,10 @@ def test_figures(rows, tmp_path):
 def test_figures_without_paper_figures_or_runs(tmp_path):
     rows = [{"dataset": "folder", "label_size": 30, "arm": "random", "seed": 0,
              "test_error": 40.0, "curve": [[1, 60.0], [2, 45.0]]}]
-    report.error_vs_labels_figure(rows, "folder", tmp_path / "a.png")
-    report.curves_figure(rows, tmp_path / "b.png")
-    report.error_vs_labels_figure([], "folder", tmp_path / "c.png")
-    report.curves_figure([], tmp_path / "d.png")
+    comparison_plots.error_vs_labels_figure(rows, "folder", tmp_path / "a.png")
+    comparison_plots.curves_figure(rows, tmp_path / "b.png")
+    comparison_plots.error_vs_labels_figure([], "folder", tmp_path / "c.png")
+    comparison_plots.curves_figure([], tmp_path / "d.png")
     report.write_summary([], "folder", tmp_path / "e.csv", tmp_path / "e.md")
     for name in "abcd":
         assert_png(tmp_path / f"{name}.png")
@@ -275,7 +275,7 @@ def test_figures_without_paper_figures_or_runs(tmp_path):
 def test_pca_explained_variance():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 5)) * np.array([10.0, 3.0, 1.0, 1.0, 1.0])
-    proj, ratio = report.pca_2d(x)
+    proj, ratio = comparison_plots.pca_2d(x)
     ev = np.linalg.eigvalsh(np.cov(x.T))[::-1]
     assert ratio == pytest.approx(ev[:2] / ev.sum(), rel=1e-6)
     assert proj.shape == (300, 2)
@@ -286,7 +286,7 @@ def test_pca_of_large_inputs_matches_exact_svd():
     rng = np.random.default_rng(2)
     scales = np.r_[8.0, 4.0, np.linspace(1.5, 0.5, 118)]
     x = rng.normal(size=(400, 120)) * scales + 3.0
-    proj, ratio = report.pca_2d(x)
+    proj, ratio = comparison_plots.pca_2d(x)
     xc = x - x.mean(0)
     u, s, _ = np.linalg.svd(xc, full_matrices=False)
     assert ratio == pytest.approx(s[:2] ** 2 / (s ** 2).sum(), rel=1e-6)
