@@ -28,7 +28,13 @@ def get_config(arg: str | None = None):
     c.data.source = "cifar10"
     c.data.validation_size = 5000
     c.data.standardize = True
+    # Standardised (or whitened) pixels reach beyond the scaled tanh's +-1.716: the decoder's
+    # output is linear so that the CAEs can reconstruct what they are given.
+    c.pretrain.decoder_output = "linear"
     cfglib.apply_preset(c, preset)
     if preset == "paper":
         c.compare.label_sizes = (1000, 10000, 45000)
+        # The full cell trains again on all 50k training images (validation included) for the
+        # schedule chosen on validation, as the paper's 50k; see finetune.refit_full.
+        c.finetune.refit_full = True
     return c

@@ -43,16 +43,19 @@ def main(config, workdir: Path) -> None:
     resumed = (workdir / "pretrain" / "metrics.jsonl").exists()
     before = len(workdir_lib.asked_runs(config, figures.read_jsonl(
         workdir / "compare" / "runs.jsonl")))
-    rows = compare.compare(config, data, workdir, log=common.log)
-    if jax.process_index() == 0 and len(rows) > before:
-        # Where and how long the work took, published beside the results; a rerun that
-        # found everything finished keeps the record of the run that did the work.
-        command = "python -m pipelines.compare " + " ".join(sys.argv[1:])
-        record = provenance.machine(time.monotonic() - t0, command)
-        atomic.write_text(workdir / "machine.json",
-                          json.dumps(record | {"resumed": resumed,
-                                               "cache_entries_at_start": cached},
-                                     indent=2) + "\n")
+    rows = None
+    try:
+        rows = compare.compare(config, data, workdir, log=common.log)
+    finally:
+        # Interrupted sessions did work too: each one adds to the record, so a job resumed
+        # over several sessions reports its whole wall time.
+        if jax.process_index() == 0 and (rows is None or len(rows) > before):
+            command = "python -m pipelines.compare " + " ".join(sys.argv[1:])
+            record = provenance.session_record(workdir / "machine.json",
+                                               time.monotonic() - t0, command, resumed)
+            atomic.write_text(workdir / "machine.json",
+                              json.dumps(record | {"cache_entries_at_start": cached},
+                                         indent=2) + "\n")
     print((workdir / "compare" / "summary.md").read_text())
 
 

@@ -130,10 +130,15 @@ def machine_text(machine: Mapping) -> str:
     if not machine:
         return ("Hardware and wall time not recorded (these runs were made before the compare "
                 "command wrote `machine.json`).")
-    wall = machine.get("wall_time_s")
+    total = machine.get("total_wall_time_s")
+    wall = total if total is not None else machine.get("wall_time_s")
     took = f", {_duration(wall)} wall time" if wall is not None else ""
-    if wall is not None and machine.get("resumed"):
-        took += " (of the last session only: the job was resumed)"
+    sessions = machine.get("sessions", 1)
+    if wall is not None and (machine.get("sessions_unrecorded")
+                             or (total is None and machine.get("resumed"))):
+        took += " (of the recorded sessions only: the job was resumed)"
+    elif wall is not None and sessions > 1:
+        took += f" in {sessions} sessions (interrupted and resumed)"
     cached = machine.get("cache_entries_at_start")
     if wall is not None and cached is not None:
         took += (", compilation cache empty at start" if cached == 0 else

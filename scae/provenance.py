@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib.resources
+import json
 import os
 import platform
 import re
@@ -254,6 +255,29 @@ def machine(wall_time_s: float | None = None, command: str | None = None) -> dic
         out["wall_time_s"] = round(float(wall_time_s), 1)
     if command is not None:
         out["command"] = command
+    return out
+
+
+def session_record(path: Path, wall_time_s: float, command: str, resumed: bool) -> dict:
+    """The :func:`machine` record of this session, with the sessions before it (read from the
+    record at ``path``) added up: ``sessions`` and ``total_wall_time_s`` count every session
+    that worked on the job, interrupted ones included; ``wall_time_s`` is this session's."""
+    out = machine(wall_time_s, command) | {"resumed": resumed}
+    try:
+        old = json.loads(path.read_text()) if resumed else {}
+    except (OSError, ValueError):
+        old = {}
+    if not isinstance(old, dict):
+        old = {}
+    before = old.get("total_wall_time_s", old.get("wall_time_s"))
+    known = isinstance(before, (int, float)) and not isinstance(before, bool)
+    sessions = old.get("sessions", 1) if known else 0
+    out["sessions"] = int(sessions) + 1 if isinstance(sessions, int) else 1
+    if resumed and not known:
+        out["sessions_unrecorded"] = True  # a session before records were kept: the total is short
+    out["total_wall_time_s"] = round(float(before if known else 0.0) + float(wall_time_s), 1)
+    devices = list(old.get("devices_of_sessions", old.get("devices", []))) if known else []
+    out["devices_of_sessions"] = sorted(set(devices) | set(out["devices"]))
     return out
 
 

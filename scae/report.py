@@ -143,11 +143,23 @@ def data_identity(rows: Sequence[Mapping],
     return provenance.from_record({"dataset": name})
 
 
+def trained_size(size: int, rows: Sequence[Mapping]) -> int:
+    """The images a cell at ``size`` labels trained on: ``size``, or for a refit cell
+    (``refit_full``) the whole training split, validation images included. The paper's
+    figures are looked up at this size."""
+    refit = [int(r["train_size"]) for r in rows if int(r["label_size"]) == size
+             and r.get("refit_full") and r.get("train_size") is not None]
+    return max(refit) if refit else size
+
+
 def label_text(size: int, rows: Sequence[Mapping]) -> str:
     """``1,000``, or ``all (45,000)`` when the label size takes the whole labelled pool: the
     records' ``pool_size`` says so, or (records without it) every seed drew the same subset
-    (``subset`` digests), which a seeded draw from a larger pool does not."""
+    (``subset`` digests), which a seeded draw from a larger pool does not. A refit cell is
+    named by the images it trained on: ``all (50,000)``."""
     at = [r for r in rows if int(r["label_size"]) == size]
+    if trained_size(size, rows) != size:
+        return f"all ({trained_size(size, rows):,})"
     pools = {int(r["pool_size"]) for r in at if r.get("pool_size") is not None}
     if pools:
         return f"all ({size:,})" if size >= min(pools) else f"{size:,}"
@@ -228,7 +240,7 @@ def summary_texts(rows: Sequence[Mapping],
     body = []
     for c in cells:
         d, w = pmap.get((c.label_size, c.arm)), wmap.get((c.label_size, c.arm))
-        paper = stats.PAPER.get((ident.paper_key, c.arm, c.label_size))
+        paper = stats.PAPER.get((ident.paper_key, c.arm, trained_size(c.label_size, rows)))
         body.append([ident.title, c.label_size, label_text(c.label_size, rows), c.arm, c.n,
                      _num(c.mean), _num(c.std), d.n if d else "", _num(d.diff) if d else "",
                      _num(d.ci_low) if d else "", _num(d.ci_high) if d else "",
@@ -237,7 +249,7 @@ def summary_texts(rows: Sequence[Mapping],
                      _num(w.ci_low) if w else "", _num(w.ci_high) if w else "",
                      _num_p(w.p) if w else "", _num(paper)])
     return (_csv_text(SUMMARY_COLUMNS, body),
-            summary_markdown(rows, ident, stacks) + _retried_note(rows))
+            summary_markdown(rows, ident, stacks) + _retried_note(rows) + _failed_note(rows))
 
 
 def _retried_note(rows: Sequence[Mapping]) -> str:
@@ -249,6 +261,51 @@ def _retried_note(rows: Sequence[Mapping]) -> str:
                      f"(x{r['lr_scale']:g})" for r in retried)
     return (f"\n{len(retried)} run(s) diverged and finished at a lowered learning rate "
             f"(config *.divergence_retries; lr_scale in runs.csv): {runs}.\n")
+
+
+# A run whose best validation error stays this close to chance never trained (it collapsed
+# to predicting one class): flagged, never dropped.
+CHANCE_MARGIN = 2.0
+
+
+def failed_runs(rows: Sequence[Mapping]) -> list[Mapping]:
+    """The runs whose selected error is within :data:`CHANCE_MARGIN` points of chance
+    (100 (1 - 1/K) for K classes; the validation error, or the test error of a refit)."""
+    out = []
+    for r in _sort_rows(rows):
+        chance = 100.0 * (1.0 - 1.0 / int(r.get("num_classes", 10)))
+        if _selected_error(r) >= chance - CHANCE_MARGIN:
+            out.append(r)
+    return out
+
+
+def _selected_error(r: Mapping) -> float:
+    """The error a run was selected by: validation, or the test error of a refit (nan: none)."""
+    for key in ("val_error", "test_error"):
+        v = r.get(key)
+        if v is not None and not math.isnan(float(v)):
+            return float(v)
+    return math.nan
+
+
+def _failed_note(rows: Sequence[Mapping]) -> str:
+    """The runs that never trained, and the paired tests without their seeds' pairs."""
+    failed = failed_runs(rows)
+    if not failed:
+        return ""
+    runs = ", ".join(f"{r['arm']} at {label_text(int(r['label_size']), rows)} labels seed "
+                     f"{r['seed']} ({_selected_error(r):.2f}%)" for r in failed)
+    lines = [f"\n{len(failed)} run(s) never trained: their selected error is within "
+             f"{CHANCE_MARGIN:g} points of chance (they collapsed to one class): {runs}. They "
+             "are kept in every mean and test above. For reference, the paired differences "
+             "without those seeds at those label sizes:"]
+    bad = {(int(r["label_size"]), int(r["seed"])) for r in failed}
+    kept = [r for r in rows if (int(r["label_size"]), int(r["seed"])) not in bad]
+    for d in stats.paired_tests(kept):
+        if d.label_size in {b[0] for b in bad}:
+            lines.append(f"- {label_text(d.label_size, rows)} labels, {d.arm_a} − {d.arm_b}: "
+                         f"{_fmt_paired(d)} over {d.n} seeds, {p_phrase(d.p)}")
+    return "\n".join(lines) + "\n"
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
@@ -274,7 +331,8 @@ def summary_markdown(rows: Sequence[Mapping],
     wmap = {(d.label_size, d.arm_a): d for d in welch}
     paired = stats.paired_tests(rows)
     key = ident.paper_key
-    has_paper = any((key, a, s) in stats.PAPER for a in ("random", "pretrained") for s in sizes)
+    has_paper = any((key, a, trained_size(s, rows)) in stats.PAPER
+                    for a in ("random", "pretrained") for s in sizes)
     labels = {s: label_text(s, rows) for s in sizes}
 
     lines += ["Test error in percent on the test set, at the epoch of lowest validation error: "
@@ -287,8 +345,9 @@ def summary_markdown(rows: Sequence[Mapping],
     for s in sizes:
         row = [labels[s]] + [_fmt_cell(cmap.get((s, a))) for a in arms]
         if has_paper:
-            row += [_fmt_paper(stats.PAPER.get((key, a, s))) for a in ("random", "pretrained")]
-            row.append(_paper_gap(cmap, key, s))
+            at = trained_size(s, rows)
+            row += [_fmt_paper(stats.PAPER.get((key, a, at))) for a in ("random", "pretrained")]
+            row.append(_paper_gap(cmap, key, s, at))
         body.append(row)
     lines += ["| " + " | ".join(header) + " |",
               "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
@@ -329,7 +388,8 @@ def summary_markdown(rows: Sequence[Mapping],
             lines += [f"Wilcoxon n/a (k pairs): with fewer than {stats.WILCOXON_MIN_PAIRS} "
                       f"non-zero differences the signed-rank test cannot reach p < "
                       f"{stats.ALPHA:g} (its smallest two-sided p is 2/2^k).", ""]
-    lines += [_verdict(d, labels[d.label_size], key) for d in paired if d.arm_a == "pretrained"]
+    lines += [_verdict(d, labels[d.label_size], key, trained_size(d.label_size, rows))
+              for d in paired if d.arm_a == "pretrained"]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -346,10 +406,12 @@ def _fmt_wilcoxon(d: stats.PairedDifference) -> str:
     return f"n/a ({few} pairs)" if few.isdigit() else f"n/a ({d.wilcoxon_reason})"
 
 
-def _paper_gap(cmap: Mapping[tuple[int, str], stats.Cell], key: str | None, size: int) -> str:
+def _paper_gap(cmap: Mapping[tuple[int, str], stats.Cell], key: str | None, size: int,
+               paper_size: int | None = None) -> str:
     gaps = []
     for arm in ("random", "pretrained"):
-        paper, cell = stats.PAPER.get((key, arm, size)), cmap.get((size, arm))
+        paper = stats.PAPER.get((key, arm, paper_size or size))
+        cell = cmap.get((size, arm))
         gaps.append("" if paper is None or cell is None else fmt_signed(cell.mean - paper))
     return ", ".join(gaps) if any(gaps) else ""
 
@@ -358,10 +420,12 @@ def _fmt_paper(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}"
 
 
-def _verdict(d: stats.PairedDifference, label: str, paper_key: str | None) -> str:
+def _verdict(d: stats.PairedDifference, label: str, paper_key: str | None,
+             paper_size: int | None = None) -> str:
     """One sentence on whether pretraining changed the test error, by the paired t-test."""
     head = f"- {label} labels: "
-    pr, pc = (stats.PAPER.get((paper_key, a, d.label_size)) for a in ("random", "pretrained"))
+    pr, pc = (stats.PAPER.get((paper_key, a, paper_size or d.label_size))
+              for a in ("random", "pretrained"))
     paper = f" The paper: {fmt_signed(pc - pr)}." if pr is not None and pc is not None else ""
     if math.isnan(d.p):
         return head + (f"pretrained − random = {fmt_signed(d.diff)} points; no paired test "

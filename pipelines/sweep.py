@@ -1,0 +1,58 @@
+"""Choose a fine-tuning recipe on the validation split: train the randomly initialised CNN at
+every point of the config's grid (``config.sweep``) and rank the points by validation error.
+
+  python -m pipelines.sweep --config=configs/cifar10_sweep.py \\
+      --config.data.source=folder:/path/cifar10-jpeg.tar.gz --workdir=runs/cifar10_sweep
+
+Writes in the workdir:
+  sweep.jsonl     one record per point (its overrides, each seed's validation error, time)
+  sweep.md        the points ranked, best first, and the best point as flags
+  best_flags.txt  the best point as ``--config.<key>=<value>`` overrides for pipelines.compare
+  machine.json    the hardware and wall time (every session that worked on the sweep)
+Test images never reach the runs. Rerunning resumes: points already recorded are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipelines import common
+from scae import atomic, provenance, sweep
+from scae import workdir as workdir_lib
+from scae.errors import InputError
+
+
+def main(config, workdir: Path) -> None:
+    t0 = time.monotonic()
+    if "sweep" not in config:
+        raise InputError("--config: has no sweep section (config.sweep.axes, label_size, "
+                         "seeds); start from configs/cifar10_sweep.py")
+    workdir_lib.check_writable(workdir)
+    if common.overwrite() and (workdir / sweep.RECORDS).exists():
+        atomic.remove_tree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir_lib.lock(workdir)
+    atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    records = []
+    try:
+        records = sweep.run(config, workdir, log=common.log)
+    finally:
+        command = "python -m pipelines.sweep " + " ".join(sys.argv[1:])
+        record = provenance.session_record(workdir / "machine.json", time.monotonic() - t0,
+                                           command, (workdir / sweep.RECORDS).exists())
+        atomic.write_text(workdir / "machine.json", json.dumps(record, indent=2) + "\n")
+    top = sweep.best(records)
+    text = (f"# Recipe sweep: validation error of the random arm at {top['label_size']} labels\n\n"
+            f"Test images are not used. Mean ± standard deviation over seeds "
+            f"{', '.join(map(str, top['seeds']))}.\n\n{sweep.table(records)}\n\n"
+            f"Best: {top['point_id']}\n\n    {sweep.flags(top['point'])}\n")
+    atomic.write_text(workdir / "sweep.md", text)
+    atomic.write_text(workdir / "best_flags.txt", sweep.flags(top["point"]) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    common.run(main)
