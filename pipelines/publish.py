@@ -14,6 +14,8 @@ says what it holds, from the folder ``results/<dir>``:
 
 - ``table:<dir>``: the summary (without its title), and the cells the config asks for that
   have no finished runs yet, marked pending;
+- ``verdicts:<dir>``: the plain answer, one sentence per label size (paired t-test);
+- ``sweep:<dir>``: a recipe sweep's points ranked by validation error, with its machine;
 - ``machine:<dir>``: the hardware and wall time the results were measured on;
 - ``expected:<dir>``: a short paragraph of the job's numbers, the machine and wall time (the
   README's quick job); "pending", with the commands that produce it, while the folder has no
@@ -35,7 +37,7 @@ from pathlib import Path
 from absl import flags
 
 from pipelines import common
-from scae import atomic, figures, provenance, report, stats
+from scae import atomic, figures, provenance, report, stats, sweep
 from scae.errors import InputError
 
 _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
@@ -45,7 +47,7 @@ _READMES_ONLY = flags.DEFINE_bool("readmes_only", False,
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "results/README.md")
-FILES = ("config.json", "machine.json", "compare/runs.jsonl")
+FILES = ("config.json", "machine.json", "compare/runs.jsonl", "sweep.jsonl")
 TABLES = ("runs.csv", "summary.csv", "summary.md")
 _BLOCK = re.compile(r"<!-- scae:(?P<name>[\w:.-]+) -->\n.*?<!-- /scae:(?P=name) -->", re.S)
 # The commands that make each expected-output folder, for its "pending" block.
@@ -87,6 +89,29 @@ def publish(workdir: Path, out: Path) -> list[Path]:
     return written
 
 
+def sweep_tables(folder: Path) -> dict[str, str]:
+    """sweep.md as written from ``folder``'s sweep records ({} when it has none)."""
+    records = figures.read_jsonl(folder / sweep.RECORDS)
+    if not records:
+        return {}
+    return {"sweep.md": sweep.markdown(records)}
+
+
+def _verdicts_block(folder: Path) -> str:
+    rows = figures.read_jsonl(folder / "runs.jsonl")
+    if not rows:
+        return f"Pending: no finished runs in `results/{folder.name}` yet."
+    title = report.data_identity(rows).title
+    return f"**{title}** (`results/{folder.name}`):\n\n" + "\n".join(report.verdict_lines(rows))
+
+
+def _sweep_block(folder: Path) -> str:
+    text = sweep_tables(folder).get("sweep.md")
+    if text is None:
+        return f"Pending: no sweep records in `results/{folder.name}` yet."
+    return text.split("\n", 1)[1].strip() + "\n\n" + machine_text(_json(folder / "machine.json"))
+
+
 def _json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -96,7 +121,7 @@ def tables(folder: Path) -> dict[str, str]:
     has no runs)."""
     rows = figures.read_jsonl(folder / "runs.jsonl")
     if not rows:
-        return {}
+        return sweep_tables(folder)
     stacks = [figures.read_jsonl(p) for p in sorted(folder.glob("metrics*.jsonl"))]
     csv_text, md_text = report.summary_texts(rows, None, stacks)
     return {"runs.csv": report.runs_csv_text(rows), "summary.csv": csv_text,
@@ -208,9 +233,14 @@ def render(name: str, results: Path) -> str:
     if name == "timings":
         return _timings_block(results)
     kind, _, folder = name.partition(":")
-    if not folder or "/" in folder or kind not in ("table", "machine", "expected"):
-        raise ValueError(f"README block {name!r}: expected table:<dir>, machine:<dir> or "
-                         f"expected:<dir> of results/<dir>")
+    kinds = ("table", "machine", "expected", "sweep", "verdicts")
+    if not folder or "/" in folder or kind not in kinds:
+        raise ValueError(f"README block {name!r}: expected table:<dir>, machine:<dir>, "
+                         f"sweep:<dir>, verdicts:<dir> or expected:<dir> of results/<dir>")
+    if kind == "verdicts":
+        return _verdicts_block(results / folder)
+    if kind == "sweep":
+        return _sweep_block(results / folder)
     if kind == "table":
         return _table_block(results / folder)
     if kind == "machine":

@@ -33,6 +33,8 @@ def main(config, workdir: Path) -> None:
     workdir_lib.check_writable(workdir)
     if common.overwrite() and (workdir / sweep.RECORDS).exists():
         atomic.remove_tree(workdir)
+    sweep.points(config.sweep.axes.to_dict())  # a bad grid or old records: before any write
+    resumed = bool(sweep.check_records(config, workdir))
     workdir.mkdir(parents=True, exist_ok=True)
     workdir_lib.lock(workdir)
     atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
@@ -42,13 +44,10 @@ def main(config, workdir: Path) -> None:
     finally:
         command = "python -m pipelines.sweep " + " ".join(sys.argv[1:])
         record = provenance.session_record(workdir / "machine.json", time.monotonic() - t0,
-                                           command, (workdir / sweep.RECORDS).exists())
+                                           command, resumed)
         atomic.write_text(workdir / "machine.json", json.dumps(record, indent=2) + "\n")
     top = sweep.best(records)
-    text = (f"# Recipe sweep: validation error of the random arm at {top['label_size']} labels\n\n"
-            f"Test images are not used. Mean ± standard deviation over seeds "
-            f"{', '.join(map(str, top['seeds']))}.\n\n{sweep.table(records)}\n\n"
-            f"Best: {top['point_id']}\n\n    {sweep.flags(top['point'])}\n")
+    text = sweep.markdown(records)
     atomic.write_text(workdir / "sweep.md", text)
     atomic.write_text(workdir / "best_flags.txt", sweep.flags(top["point"]) + "\n")
     print(text)

@@ -301,10 +301,13 @@ def _failed_note(rows: Sequence[Mapping]) -> str:
              "without those seeds at those label sizes:"]
     bad = {(int(r["label_size"]), int(r["seed"])) for r in failed}
     kept = [r for r in rows if (int(r["label_size"]), int(r["seed"])) not in bad]
-    for d in stats.paired_tests(kept):
-        if d.label_size in {b[0] for b in bad}:
-            lines.append(f"- {label_text(d.label_size, rows)} labels, {d.arm_a} − {d.arm_b}: "
-                         f"{_fmt_paired(d)} over {d.n} seeds, {p_phrase(d.p)}")
+    sizes = {b[0] for b in bad}
+    rest = [d for d in stats.paired_tests(kept) if d.label_size in sizes]
+    for d in rest:
+        lines.append(f"- {label_text(d.label_size, rows)} labels, {d.arm_a} − {d.arm_b}: "
+                     f"{_fmt_paired(d)} over {d.n} seeds, {p_phrase(d.p)}")
+    if not rest:
+        lines.append("- none: no complete pair of seeds is left at those label sizes.")
     return "\n".join(lines) + "\n"
 
 
@@ -418,6 +421,18 @@ def _paper_gap(cmap: Mapping[tuple[int, str], stats.Cell], key: str | None, size
 
 def _fmt_paper(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}"
+
+
+def verdict_lines(rows: Sequence[Mapping],
+                  identity: provenance.DataIdentity | str | None = None) -> list[str]:
+    """One sentence per label size on whether pretraining changed the test error (the paired
+    t-test), then the note on runs that never trained, if any: the plain answer."""
+    ident = data_identity(rows, identity)
+    lines = [_verdict(d, label_text(d.label_size, rows), ident.paper_key,
+                      trained_size(d.label_size, rows))
+             for d in stats.paired_tests(rows) if d.arm_a == "pretrained"]
+    note = _failed_note(rows).strip()
+    return lines + (["", note] if note else [])
 
 
 def _verdict(d: stats.PairedDifference, label: str, paper_key: str | None,

@@ -108,13 +108,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
     grid = points(sw.axes.to_dict() if hasattr(sw.axes, "to_dict") else sw.axes)
     configs = [apply(config, p) for p in grid]  # every point checked before any is run
     path = workdir / RECORDS
-    records = atomic.read_jsonl(path)
+    records = check_records(config, workdir)
     base = base_digest(config)
-    other = [r for r in records if r.get("base") != base]
-    if other:
-        raise InputError(f"{path}: its records were made from another base config (the config "
-                         "outside its sweep section differs); use a new --workdir or pass "
-                         "--overwrite to start the sweep again")
     done = {r["point_id"] for r in records}
     data_key, data = None, None
     for i, (point, c) in enumerate(zip(grid, configs)):
@@ -153,6 +148,18 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
                   key=lambda r: order[r["point_id"]])
 
 
+def check_records(config: ml_collections.ConfigDict, workdir: Path) -> list[dict]:
+    """The sweep records in ``workdir``; refuses them (:class:`InputError`, one line) when they
+    were made from another base config, since resuming would mix two recipes."""
+    path = workdir / RECORDS
+    records = atomic.read_jsonl(path)
+    if any(r.get("base") != base_digest(config) for r in records):
+        raise InputError(f"{path}: its records were made from another base config (the config "
+                         "outside its sweep section differs); use a new --workdir or pass "
+                         "--overwrite to start the sweep again")
+    return records
+
+
 def best(records: Sequence[Mapping]) -> Mapping:
     """The record of lowest mean validation error (ties: the earlier point)."""
     if not records:
@@ -186,3 +193,12 @@ def table(records: Sequence[Mapping]) -> str:
                      f" | {r['mean_val_error']:.2f}{spread} | {len(r['seeds'])} | "
                      f"{r['epochs']} | {r['time_s']:.0f} |")
     return "\n".join(lines)
+
+
+def markdown(records: Sequence[Mapping]) -> str:
+    """The text of ``sweep.md``: the points ranked and the best point as flags."""
+    top = best(records)
+    return (f"# Recipe sweep: validation error of the random arm at {top['label_size']:,} "
+            f"labels\n\nTest images are not used. Mean ± standard deviation over seeds "
+            f"{', '.join(map(str, top['seeds']))}.\n\n{table(records)}\n\n"
+            f"Best: {top['point_id']}\n\n    {flags(top['point'])}\n")
