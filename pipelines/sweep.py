@@ -35,17 +35,23 @@ def main(config, workdir: Path) -> None:
         atomic.remove_tree(workdir)
     sweep.points(config.sweep.axes.to_dict())  # a bad grid or old records: before any write
     resumed = bool(sweep.check_records(config, workdir))
-    workdir.mkdir(parents=True, exist_ok=True)
-    workdir_lib.lock(workdir)
-    atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    started = []
+
+    def ready() -> None:  # the data loaded: now the workdir may be written
+        workdir.mkdir(parents=True, exist_ok=True)
+        workdir_lib.lock(workdir)
+        atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+        started.append(True)
+
     records = []
     try:
-        records = sweep.run(config, workdir, log=common.log)
+        records = sweep.run(config, workdir, log=common.log, ready=ready)
     finally:
-        command = "python -m pipelines.sweep " + " ".join(sys.argv[1:])
-        record = provenance.session_record(workdir / "machine.json", time.monotonic() - t0,
-                                           command, resumed)
-        atomic.write_text(workdir / "machine.json", json.dumps(record, indent=2) + "\n")
+        if started:
+            command = "python -m pipelines.sweep " + " ".join(sys.argv[1:])
+            record = provenance.session_record(workdir / "machine.json",
+                                               time.monotonic() - t0, command, resumed)
+            atomic.write_text(workdir / "machine.json", json.dumps(record, indent=2) + "\n")
     top = sweep.best(records)
     text = sweep.markdown(records)
     atomic.write_text(workdir / "sweep.md", text)

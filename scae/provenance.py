@@ -273,8 +273,11 @@ def session_record(path: Path, wall_time_s: float, command: str, resumed: bool) 
     known = isinstance(before, (int, float)) and not isinstance(before, bool)
     sessions = old.get("sessions", 1) if known else 0
     out["sessions"] = int(sessions) + 1 if isinstance(sessions, int) else 1
-    if resumed and not known:
-        out["sessions_unrecorded"] = True  # a session before records were kept: the total is short
+    # A session before records were kept: the total is short. So it is when the prior record
+    # says so, or is an old one (no session count) of a session that was itself resumed.
+    if resumed and (not known or old.get("sessions_unrecorded")
+                    or ("sessions" not in old and old.get("resumed"))):
+        out["sessions_unrecorded"] = True
     out["total_wall_time_s"] = round(float(before if known else 0.0) + float(wall_time_s), 1)
     devices = list(old.get("devices_of_sessions", old.get("devices", []))) if known else []
     out["devices_of_sessions"] = sorted(set(devices) | set(out["devices"]))

@@ -96,11 +96,14 @@ def apply(config: ml_collections.ConfigDict, point: Mapping) -> ml_collections.C
 
 def run(config: ml_collections.ConfigDict, workdir: Path,
         build: Callable[[ml_collections.ConfigDict], inputs_lib.Inputs] | None = None,
-        log: Callable[[str], None] = print) -> list[dict]:
+        log: Callable[[str], None] = print,
+        ready: Callable[[], None] | None = None) -> list[dict]:
     """Runs every point of ``config.sweep`` not yet in ``workdir/sweep.jsonl`` and returns all
     the records (one per point): the point, the validation error of each seed, their mean and
     standard deviation, the epochs and the wall time. ``build`` makes the inputs of a config
-    (default :func:`scae.inputs.build`); it is called once per distinct data setting."""
+    (default :func:`scae.inputs.build`); it is called once per distinct data setting.
+    ``ready`` is called once the first data set has loaded, before anything is written, so a
+    command can leave no workdir behind for a source that does not load."""
     sw = config.sweep
     build = build or (lambda c: inputs_lib.build(c.data, c.seed))
     seeds = [int(s) for s in sw.seeds]
@@ -124,6 +127,9 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
             data = dataclasses.replace(full, test_images=full.test_images[:0],
                                        test_labels=full.test_labels[:0])
             data_key = key
+            if ready is not None:
+                ready()
+                ready = None
         if label_size > len(data.train_labels):
             raise InputError(f"config.sweep.label_size: {label_size} labels asked for, the "
                              f"pool has {len(data.train_labels)}")

@@ -1,0 +1,457 @@
+"""The recipe sweep (scae.sweep, pipelines.sweep): the grid, the overrides, the runs on the
+validation split only, resuming, and the command end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import ml_collections
+import numpy as np
+import pytest
+from absl import flags as absl_flags
+from ml_collections import config_flags
+
+from scae import api, atomic, finetuning, sweep
+from scae import inputs as inputs_lib
+from scae.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+LR = {"learning_rate": ({"finetune.learning_rate": 0.01}, {"finetune.learning_rate": 0.03})}
+
+
+def sweep_config(axes=None, seeds=(0, 1), label_size=100) -> ml_collections.ConfigDict:
+    """The MNIST smoke config with a sweep section."""
+    c = api.make_config("mnist", "smoke")
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.label_size = label_size
+    c.sweep.seeds = seeds
+    c.sweep.axes = ml_collections.ConfigDict(LR if axes is None else axes)
+    return c
+
+
+def paper_sweep_config() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("cifar10_sweep",
+                                                  ROOT / "configs" / "cifar10_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid
+
+
+def test_points_are_the_product_with_data_axes_first():
+    axes = {
+        "a_lr": ({"finetune.learning_rate": 0.01}, {"finetune.learning_rate": 0.03},
+                 {"finetune.learning_rate": 0.1}),
+        "z_pre": ({"data.standardize": True, "data.preprocess": "none"},
+                  {"data.standardize": False, "data.preprocess": "gcn_zca"}),
+    }
+    pts = sweep.points(axes)
+    assert len(pts) == 3 * 2
+    # The data axis comes first though its name sorts last: the points sharing data settings
+    # are adjacent, and the other axis varies fastest.
+    assert [p["data.preprocess"] for p in pts] == ["none"] * 3 + ["gcn_zca"] * 3
+    assert [p["finetune.learning_rate"] for p in pts] == [0.01, 0.03, 0.1] * 2
+    # Several keys of one alternative go together into the point.
+    assert pts[0] == {"data.standardize": True, "data.preprocess": "none",
+                      "finetune.learning_rate": 0.01}
+    assert pts[-1] == {"data.standardize": False, "data.preprocess": "gcn_zca",
+                       "finetune.learning_rate": 0.1}
+    assert len({sweep.point_id(p) for p in pts}) == 6
+    # Three axes: the size is the product.
+    three = dict(axes, m_wd=({"finetune.weight_decay": 0.0}, {"finetune.weight_decay": 5e-4}))
+    assert len(sweep.points(three)) == 12
+    # Tuples are stored as lists (JSON).
+    assert sweep.points({"f": ({"model.features": (4, 4, 4)},)}) == [
+        {"model.features": [4, 4, 4]}]
+
+
+def test_points_of_the_paper_grid():
+    c = paper_sweep_config()
+    pts = sweep.points(c.sweep.axes.to_dict())
+    assert len(pts) == 2 * 2 * 2
+    assert [p["data.preprocess"] for p in pts] == ["none"] * 4 + ["gcn_zca"] * 4
+    for p in pts:  # the options that go together stay together
+        assert p["data.standardize"] == (p["data.preprocess"] == "none")
+        assert (p["finetune.weight_decay"] > 0) == p["finetune.augment_flip"] \
+            == (p["finetune.augment_translate"] > 0)
+    for p in pts:  # every point is a valid config
+        sweep.apply(c, p)
+
+
+@pytest.mark.parametrize("axes", [{}, {"learning_rate": ()},
+                                  {"a": ({"finetune.learning_rate": 0.1},), "b": []}])
+def test_empty_grids_are_refused(axes):
+    with pytest.raises(InputError, match="config.sweep.axes"):
+        sweep.points(axes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides
+
+
+@pytest.mark.parametrize("key", ["finetune.no_such_key", "nosuch.learning_rate",
+                                 "finetune.learning_rate.x", "no_such_top_key"])
+def test_apply_refuses_unknown_keys(key):
+    with pytest.raises(InputError, match=key.replace(".", r"\.")):
+        sweep.apply(sweep_config(), {key: 1})
+
+
+def test_apply_gives_a_validated_config():
+    base = sweep_config()
+    c = sweep.apply(base, {"finetune.learning_rate": 0.05, "model.features": [4, 6, 8],
+                           "data.standardize": True})
+    assert c.finetune.learning_rate == 0.05
+    assert c.model.features == (4, 6, 8) and isinstance(c.model.features, tuple)
+    assert c.data.standardize is True
+    assert base.finetune.learning_rate == 0.02 and base.model.features == (8, 8, 8)  # a copy
+    assert c.finetune.epochs == base.finetune.epochs and "sweep" in c
+    with pytest.raises(InputError, match="finetune.epochs"):
+        sweep.apply(base, {"finetune.epochs": 0})  # the result is validated
+    with pytest.raises(InputError, match="model.kernel_sizes"):
+        sweep.apply(base, {"model.features": [4, 4]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the grid
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One sweep on the smoke data: 2 data settings x 2 learning rates, 2 seeds, 100 labels;
+    counts the builds and records how many test images each run was given."""
+    w = tmp_path_factory.mktemp("sweep") / "w"
+    config = sweep_config(dict(LR, z_standardize=({"data.standardize": False},
+                                                  {"data.standardize": True})))
+    builds, test_sizes, logs = [], [], []
+    inputs = {}
+
+    def build(c):
+        full = inputs_lib.build(c.data, c.seed)
+        builds.append(c.data.to_dict())
+        inputs["last"] = full
+        return full
+
+    real = finetuning.run_cell
+
+    def run_cell(c, data, *args, **kwargs):
+        test_sizes.append((len(data.test_labels), len(data.test_images)))
+        return real(c, data, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetuning, "run_cell", run_cell)
+        records = sweep.run(config, w, build=build, log=logs.append)
+    return dict(config=config, workdir=w, records=records, builds=builds,
+                test_sizes=test_sizes, logs=logs, inputs=inputs["last"])
+
+
+def test_run_records_one_per_point(swept):
+    config, records = swept["config"], swept["records"]
+    grid = sweep.points(config.sweep.axes.to_dict())
+    assert [r["point_id"] for r in records] == [sweep.point_id(p) for p in grid]
+    assert [r["point"] for r in records] == grid
+    for r in records:
+        assert len(r["val_error"]) == 2 and r["seeds"] == [0, 1] and r["label_size"] == 100
+        assert all(0.0 <= e <= 100.0 for e in r["val_error"])
+        assert r["mean_val_error"] == pytest.approx(np.mean(r["val_error"]))
+        assert r["std_val_error"] == pytest.approx(np.std(r["val_error"], ddof=1))
+        assert r["base"] == sweep.base_digest(config)
+        assert r["epochs"] == config.finetune.epochs and len(r["best_epoch"]) == 2
+    assert atomic.read_jsonl(swept["workdir"] / sweep.RECORDS) == records
+    assert sum("sweep point" in m for m in swept["logs"]) == 4
+    assert not (swept["workdir"] / "ckpt" / "point0").exists()  # the record is the result
+
+
+def test_run_builds_once_per_data_setting(swept):
+    assert len(swept["builds"]) == 2
+    assert [b["standardize"] for b in swept["builds"]] == [False, True]
+
+
+def test_runs_get_no_test_images(swept):
+    assert len(swept["inputs"].test_labels) > 0  # the builder did make a test split
+    assert swept["test_sizes"] == [(0, 0)] * 4
+
+
+def test_second_call_does_not_retrain(swept, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished point was run again")
+
+    monkeypatch.setattr(finetuning, "run_cell", refuse)
+    builds, logs = [], []
+    again = sweep.run(swept["config"], swept["workdir"],
+                      build=lambda c: builds.append(c) or refuse(), log=logs.append)
+    assert again == swept["records"]
+    assert not any("sweep point" in m for m in logs) and builds == []
+    # A smaller grid returns its own points only; the file keeps them all.
+    fewer = swept["config"].copy_and_resolve_references()
+    fewer.sweep.axes = ml_collections.ConfigDict(
+        dict(LR, z_standardize=({"data.standardize": False},)))
+    assert sweep.run(fewer, swept["workdir"], build=refuse, log=logs.append) == \
+        swept["records"][:2]
+    assert len(atomic.read_jsonl(swept["workdir"] / sweep.RECORDS)) == 4
+
+
+def fake_rows(c, data, stack, label_size, arm, seeds, ckpt, log):
+    assert stack is None and arm == "random" and len(data.test_labels) == 0
+    e = 100 * c.finetune.learning_rate
+    return [{"val_error": e + s, "epochs": 2, "steps": 6, "best_epoch": 1} for s in seeds], {}
+
+
+def test_a_larger_grid_runs_only_its_new_points(swept, tmp_path, monkeypatch):
+    w = tmp_path / "w"
+    shutil.copytree(swept["workdir"], w)
+    bigger = swept["config"].copy_and_resolve_references()
+    bigger.sweep.axes.learning_rate = (*LR["learning_rate"], {"finetune.learning_rate": 0.1})
+    monkeypatch.setattr(finetuning, "run_cell", fake_rows)
+    builds, logs = [], []
+    data = swept["inputs"]
+    records = sweep.run(bigger, w, build=lambda c: builds.append(c) or data, log=logs.append)
+    assert len(records) == 6 and sum("sweep point" in m for m in logs) == 2
+    assert len(builds) == 2  # the new points are at both data settings
+    new = [r for r in records if r["point"]["finetune.learning_rate"] == 0.1]
+    assert [r["val_error"] for r in new] == [[10.0, 11.0]] * 2
+    assert all(r["mean_val_error"] == 10.5 for r in new)
+    old = {r["point_id"]: r for r in swept["records"]}
+    assert [r for r in records if r["point_id"] in old] == list(old.values())
+
+
+def test_ready_is_called_once_before_any_write(swept, tmp_path, monkeypatch):
+    monkeypatch.setattr(finetuning, "run_cell", fake_rows)
+    w = tmp_path / "w"
+    calls = []
+    c = sweep_config(dict(LR, z_standardize=({"data.standardize": False},
+                                             {"data.standardize": True})))
+
+    def ready():
+        calls.append(sorted(p.name for p in w.iterdir()) if w.exists() else None)
+        w.mkdir()
+
+    records = sweep.run(c, w, build=lambda _: swept["inputs"], log=lambda m: None,
+                        ready=ready)
+    assert len(records) == 4 and calls == [None]  # once, for two data settings, before writes
+    sweep.run(c, w, build=lambda _: swept["inputs"], log=lambda m: None, ready=ready)
+    assert calls == [None]  # nothing to run: not ready, nothing loaded
+
+
+def test_label_size_beyond_the_pool_is_refused(swept, tmp_path, monkeypatch):
+    monkeypatch.setattr(finetuning, "run_cell", fake_rows)
+    c = sweep_config(label_size=10**6)
+    with pytest.raises(InputError, match="config.sweep.label_size"):
+        sweep.run(c, tmp_path, build=lambda _: swept["inputs"], log=lambda m: None)
+    assert not (tmp_path / sweep.RECORDS).exists()
+
+
+def test_records_from_another_base_are_refused(swept):
+    other = swept["config"].copy_and_resolve_references()
+    other.finetune.epochs = 3  # outside the grid
+    with pytest.raises(InputError, match="another base config") as e:
+        sweep.check_records(other, swept["workdir"])
+    assert "\n" not in str(e.value) and str(swept["workdir"] / sweep.RECORDS) in str(e.value)
+
+    def never(*args, **kwargs):
+        raise AssertionError("ran before refusing")
+
+    with pytest.raises(InputError, match="another base config"):
+        sweep.run(other, swept["workdir"], build=never, log=never)
+    assert atomic.read_jsonl(swept["workdir"] / sweep.RECORDS) == swept["records"]
+    assert sweep.check_records(swept["config"], swept["workdir"]) == swept["records"]
+
+
+def test_base_digest_ignores_the_keys_the_grid_sets(swept):
+    config = swept["config"]
+    digest = sweep.base_digest(config)
+
+    def changed(**sections):
+        c = config.copy_and_resolve_references()
+        for name, value in sections.items():
+            section, field = name.split("__")
+            c[section][field] = value
+        return sweep.base_digest(c)
+
+    # Keys the grid sets: a config that adopts the chosen values keeps its records.
+    assert changed(finetune__learning_rate=0.03) == digest
+    assert changed(data__standardize=True) == digest
+    assert changed(compare__num_seeds=7) == digest  # not used by the sweep
+    assert changed(sweep__seeds=(0, 1, 2)) == digest
+    # Anything else is another base.
+    assert changed(finetune__epochs=3) != digest
+    assert changed(data__validation_size=300) != digest
+    assert changed(model__fc_width=32) != digest
+    adopted = config.copy_and_resolve_references()
+    adopted.finetune.learning_rate = 0.03
+    assert sweep.check_records(adopted, swept["workdir"]) == swept["records"]
+
+
+# ---------------------------------------------------------------------------------------------
+# best, flags, table
+
+
+def record(point, errs, seeds=None, **extra) -> dict:
+    seeds = list(range(len(errs))) if seeds is None else seeds
+    return {"point_id": sweep.point_id(point), "point": point, "base": "b", "label_size": 100,
+            "seeds": seeds, "val_error": errs, "mean_val_error": float(np.mean(errs)),
+            "std_val_error": float(np.std(errs, ddof=1)) if len(errs) > 1 else math.nan,
+            "epochs": 2, "steps": 6, "best_epoch": [1] * len(errs), "time_s": 3.0} | extra
+
+
+def test_best():
+    a = record({"finetune.learning_rate": 0.01}, [30.0, 32.0])
+    b = record({"finetune.learning_rate": 0.03}, [29.0, 31.0])
+    c = record({"finetune.learning_rate": 0.1}, [31.0, 29.0])  # ties with b: b is earlier
+    assert sweep.best([a, b, c]) is b
+    assert sweep.best([a, c, b]) is c
+    assert sweep.best([a]) is a
+    with pytest.raises(InputError, match="no finished points"):
+        sweep.best([])
+
+
+def test_flags_text():
+    point = {"finetune.learning_rate": 0.03, "data.preprocess": "gcn_zca",
+             "finetune.augment_flip": True, "data.standardize": False,
+             "model.features": [4, 6, 8], "model.kernel_sizes": [5],
+             "finetune.augment_translate": 2, "finetune.weight_decay": 0.0005}
+    assert sweep.flags(point) == (
+        "--config.data.preprocess=gcn_zca --config.data.standardize=False "
+        "--config.finetune.augment_flip=True --config.finetune.augment_translate=2 "
+        "--config.finetune.learning_rate=0.03 --config.finetune.weight_decay=0.0005 "
+        "--config.model.features=(4,6,8) --config.model.kernel_sizes=(5,)")
+    assert sweep.flags({"model.features": (4, 6, 8)}) == "--config.model.features=(4,6,8)"
+
+
+def test_flags_parse_back_to_the_point():
+    """The flags, given to a command's --config, set the point's values."""
+    point = {"finetune.learning_rate": 0.03, "data.preprocess": "gcn_zca",
+             "finetune.augment_flip": True, "data.standardize": False,
+             "model.features": [4, 6, 8], "model.kernel_sizes": [5, 5, 5],
+             "finetune.weight_decay": 0.0005}
+    argv = ["prog", "--cfg=configs/mnist.py:smoke",
+            *sweep.flags(point).replace("--config.", "--cfg.").split()]
+    values = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file("cfg", flag_values=values)
+    with mock.patch.object(sys, "argv", argv):  # config_flags reads the overrides from argv
+        values(argv)
+    parsed = values.cfg
+    expected = sweep.apply(api.make_config("mnist", "smoke"), point)
+    for key in point:
+        section, field = key.split(".")
+        assert parsed[section][field] == expected[section][field], key
+        assert type(parsed[section][field]) is type(expected[section][field]), key
+
+
+def test_table_ranks_best_first():
+    recs = [record({"finetune.learning_rate": 0.01, "data.preprocess": "none"}, [30.0, 34.0]),
+            record({"finetune.learning_rate": 0.03, "data.preprocess": "none"}, [10.0, 12.0]),
+            record({"finetune.learning_rate": 0.1, "data.preprocess": "gcn_zca"}, [20.0])]
+    lines = sweep.table(recs).splitlines()
+    assert lines[0].startswith("| rank | preprocess | learning_rate | validation error (%) |")
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert [row[0] for row in body] == ["1", "2", "3"]
+    assert [row[2] for row in body] == ["0.03", "0.1", "0.01"]
+    assert body[0][1] == '"none"' and body[1][1] == '"gcn_zca"'
+    assert body[0][3] == f"11.00 ± {np.std([10.0, 12.0], ddof=1):.2f}"
+    assert body[1][3] == "20.00"  # one seed: no spread
+    assert body[2][3].startswith("32.00 ± ")
+    assert sweep.table([]) == "No finished points."
+    md = sweep.markdown(recs)
+    assert "Best: " + recs[1]["point_id"] in md
+    assert "    " + sweep.flags(recs[1]["point"]) in md
+    assert "at 100 labels" in md and "Test images are not used" in md
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+CONFIG_FILE = '''
+import ml_collections
+from scae import api
+
+
+def get_config(arg=None):
+    c = api.make_config("mnist", "smoke")
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.label_size = 100
+    c.sweep.seeds = (0, 1)
+    rates = (0.01, 0.05) + ((0.1,) if arg == "more" else ())
+    c.sweep.axes = ml_collections.ConfigDict({"learning_rate": tuple(
+        {"finetune.learning_rate": r} for r in rates)})
+    return c
+'''
+
+
+def command(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("SCAE_TEST_PLATFORMS", "cpu"),
+               PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "pipelines.sweep", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_command_end_to_end(tmp_path):
+    cfg = tmp_path / "small_sweep.py"
+    cfg.write_text(CONFIG_FILE)
+    w = tmp_path / "w"
+    proc = command(f"--config={cfg}", f"--workdir={w}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("sweep.jsonl", "sweep.md", "best_flags.txt", "machine.json", "config.json"):
+        assert (w / name).is_file() and (w / name).stat().st_size > 0, name
+    records = atomic.read_jsonl(w / sweep.RECORDS)
+    assert [r["point"] for r in records] == [{"finetune.learning_rate": 0.01},
+                                             {"finetune.learning_rate": 0.05}]
+    assert all(len(r["val_error"]) == 2 for r in records)
+    top = sweep.best(records)
+    assert (w / "best_flags.txt").read_text() == sweep.flags(top["point"]) + "\n"
+    assert (w / "sweep.md").read_text() == sweep.markdown(records)
+    assert sweep.markdown(records) in proc.stdout
+    assert proc.stderr.count("sweep point") == 2
+    machine = json.loads((w / "machine.json").read_text())
+    assert machine["sessions"] == 1 and machine["resumed"] is False
+    assert "sessions_unrecorded" not in machine
+    assert machine["command"].startswith("python -m pipelines.sweep --config=")
+
+    # Rerun: trains nothing and keeps the record of the session that did the work.
+    again = command(f"--config={cfg}", f"--workdir={w}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sweep point" not in again.stderr
+    assert atomic.read_jsonl(w / sweep.RECORDS) == records
+    assert json.loads((w / "machine.json").read_text()) == machine
+
+    # A larger grid: runs its new point only and adds its session to machine.json.
+    more = command(f"--config={cfg}:more", f"--workdir={w}")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert more.stderr.count("sweep point") == 1 and "sweep point 3/3" in more.stderr
+    assert atomic.read_jsonl(w / sweep.RECORDS)[:2] == records
+    second = json.loads((w / "machine.json").read_text())
+    assert second["sessions"] == 2 and second["resumed"] is True
+    assert "sessions_unrecorded" not in second
+    assert second["total_wall_time_s"] == pytest.approx(
+        machine["total_wall_time_s"] + second["wall_time_s"], abs=0.11)
+
+    # Another base config: refused before anything is written.
+    before = {p.name: p.read_bytes() for p in w.iterdir() if p.is_file()}
+    other = command(f"--config={cfg}", f"--workdir={w}", "--config.finetune.epochs=3")
+    assert_clean_failure(other, "another base config")
+    assert {p.name: p.read_bytes() for p in w.iterdir() if p.is_file()} == before
+
+
+def test_command_refuses_a_config_without_a_sweep(tmp_path):
+    proc = command("--config=configs/mnist.py:smoke", f"--workdir={tmp_path / 'w'}")
+    assert_clean_failure(proc, "sweep")
+    assert not (tmp_path / "w").exists()
