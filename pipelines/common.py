@@ -24,6 +24,8 @@ if _AS_COMMAND:  # a command is starting: record signals from the first moment (
     for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, lambda signum, frame: _EARLY_SIGNALS.append(signum))
 
+
+
 from scae import interrupt  # noqa: E402
 
 if _AS_COMMAND:

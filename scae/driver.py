@@ -269,7 +269,27 @@ def _train(phase: Phase, lr_scale: float) -> Result:
     finally:
         bar.close()
         ckpts.close()
+        compiled.clear()
+        release_freed_memory()
     return Result(state, record, lr_scale)
+
+
+def release_freed_memory() -> bool:
+    """Hands the C heap's free pages back to the system (glibc's ``malloc_trim``); True when
+    done. A phase's compiled programs and their temporaries are freed when it ends, but glibc
+    keeps the pages, so without this a job's resident memory would grow to the sum of its
+    phases' peaks instead of their maximum. A no-op where the C library is not glibc."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    return bool(_malloc_trim and _malloc_trim(0))
+
+
+_malloc_trim = None
 
 
 def _divergence(phase: Phase, losses: np.ndarray, epoch: int, step: int, n: int,

@@ -22,12 +22,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from scae import atomic, driver, models, ops, optim, parallel, preprocess
+from scae import atomic, driver, flops, models, ops, optim, parallel, preprocess
 from scae import workdir as workdir_lib
 from scae.errors import InputError
 
 Array = jax.Array
-EVAL_BATCH = 500
+EVAL_BATCH = 256  # images per evaluation batch: bounds the activations held at once
+# pretrain.cache_features='auto' re-encodes a layer's inputs on every step when the frozen
+# layers below cost at most this share of the layer's own training step.
+REENCODE_SHARE = 0.05
 
 
 def layer_specs(config: ml_collections.ConfigDict, in_channels: int) -> list[models.CAESpec]:
@@ -322,7 +325,8 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
     graphdef_below, below = models.split(stack)
     feats = jax.jit(lambda x: models.merge(graphdef_below, below).features(x, k - 1))
     val = driver.batched_apply(feats, val_images, EVAL_BATCH) if k > 1 else val_images
-    if pc.cache_features or k == 1:
+    if k > 1 and caches_inputs(pc.cache_features, stack.specs, stack.pools,
+                               images.shape[1], k):
         # Frozen features once, instead of re-encoding every batch on every step.
         data = jax.jit(lambda x: driver.batched_apply(feats, x, EVAL_BATCH))(images)
         encode_batch = lambda x: x
@@ -367,6 +371,24 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
     result = driver.train(phase)
     nnx.update(layer, jax.device_get(result.state["params"]))
     return _layer_records(k, result.record["evals"], settings)
+
+
+def caches_inputs(setting: bool | str, specs: Sequence[models.CAESpec], pools: Sequence[int],
+                  image_hw: int, k: int) -> bool:
+    """Whether layer ``k`` (2..) trains on cached inputs (``pretrain.cache_features``): for
+    'always' (or True, in configs recorded before 'auto'), not for 'never' (False); for 'auto'
+    when re-encoding through layers 1..k-1 would cost more than :data:`REENCODE_SHARE` of
+    layer k's training step (analytic FLOPs, per image).
+    """
+    if setting != "auto":
+        return setting in ("always", True)
+    h, encode = image_hw, 0
+    for spec, pool in zip(specs[:k - 1], pools):
+        out = h - spec.kernel + 1
+        encode += flops.conv(1, out, spec.kernel, spec.in_channels, spec.maps)
+        h = -(-out // pool)
+    s = specs[k - 1]
+    return encode > REENCODE_SHARE * flops.cae_step(h, s.in_channels, s.kernel, s.maps, 1)
 
 
 def _restore_layer(layer: models.CAE, saved: dict, where: Path) -> None:

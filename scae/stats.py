@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.stats
 
 # Display and sort order of the arms; unknown arms follow in name order.
 ARMS = ("random", "pretrained", "frozen")
@@ -45,6 +44,13 @@ PAPER: dict[tuple[str, str, int], float] = {
     ("cifar10", "pretrained", 10000): 34.35,
     ("cifar10", "pretrained", 50000): 21.80,
 }
+
+
+def _scipy_stats():
+    """scipy.stats, imported when a test is first computed: it holds about 60 MB that a
+    training job should not carry through its memory peaks."""
+    import scipy.stats
+    return scipy.stats
 
 
 @dataclass
@@ -123,13 +129,13 @@ def welch(a: Cell, b: Cell, confidence: float = 0.95) -> Difference:
         if va + vb > 0:
             se = math.sqrt(va + vb)
             df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
-            half = float(scipy.stats.t.ppf(0.5 + confidence / 2, df)) * se
+            half = float(_scipy_stats().t.ppf(0.5 + confidence / 2, df)) * se
             ci_low, ci_high = diff - half, diff + half
             # scipy warns about precision loss when one sample is constant, yet the Welch
             # statistic is well defined as long as the other one has spread.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                res = scipy.stats.ttest_ind(a.values, b.values, equal_var=False)
+                res = _scipy_stats().ttest_ind(a.values, b.values, equal_var=False)
             t, p = float(res.statistic), float(res.pvalue)
     return Difference(label_size=a.label_size, arm_a=a.arm, arm_b=b.arm, n_a=a.n, n_b=b.n,
                       diff=diff, ci_low=ci_low, ci_high=ci_high, t=t, p=p, df=df)
@@ -218,7 +224,7 @@ def paired(label_size: int, arm_a: str, a: Mapping[int, float], arm_b: str,
     elif np.ptp(d) <= TIE_TOLERANCE:
         out.reason = "every seed gave the same difference"
     else:
-        res = scipy.stats.ttest_rel(va, vb)
+        res = _scipy_stats().ttest_rel(va, vb)
         ci = res.confidence_interval(confidence)
         out.t, out.p, out.df = float(res.statistic), float(res.pvalue), float(res.df)
         out.ci_low, out.ci_high = float(ci.low), float(ci.high)
@@ -230,7 +236,7 @@ def paired(label_size: int, arm_a: str, a: Mapping[int, float], arm_b: str,
                                f"cannot reach p < {ALPHA:g}")
     else:
         # Differences within the tolerance are ties at zero, dropped as Wilcoxon prescribes.
-        out.wilcoxon_p = float(scipy.stats.wilcoxon(nonzero).pvalue)
+        out.wilcoxon_p = float(_scipy_stats().wilcoxon(nonzero).pvalue)
     return out
 
 
