@@ -49,17 +49,7 @@ def make_config(dataset: str = "mnist", preset: str = "paper",
 
 def override(config: ml_collections.ConfigDict, **overrides: Any) -> ml_collections.ConfigDict:
     """A validated copy of ``config`` with ``section__field=value`` overrides."""
-    c = ml_collections.ConfigDict(config.to_dict())
-    for name, value in overrides.items():
-        *sections, field = name.split("__")
-        node = c
-        for s in sections:
-            if s not in node or not isinstance(node[s], ml_collections.ConfigDict):
-                raise InputError(f"{name}: no such config section {s!r}")
-            node = node[s]
-        if field not in node:
-            raise InputError(f"{name}: no such config key")
-        node[field] = tuple(value) if isinstance(value, list) else value
+    c = cfglib.with_overrides(config, overrides, sep="__")
     cfglib.validate(c)
     return c
 

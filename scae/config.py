@@ -7,7 +7,7 @@ Config files in ``configs/`` build on :func:`base_config` and pick a preset; the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import ml_collections
 
@@ -118,6 +118,26 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     # (pretraining seed config.seed + i), so the spread over seeds includes pretraining's.
     # False: every seed shares the stack of seed 0 (cheaper; the summary says so).
     c.compare.stack_per_seed = True
+    return c
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, object],
+                   sep: str = ".", where: str = "") -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``overrides`` set, each named by its path with ``sep``
+    between section and field (``finetune.learning_rate`` or ``finetune__learning_rate``);
+    lists become tuples. Not validated. An unknown section or key raises :class:`InputError`
+    naming it, after the prefix ``where``."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    for name, value in overrides.items():
+        *sections, field = name.split(sep)
+        node = c
+        for s in sections:
+            if s not in node or not isinstance(node[s], ml_collections.ConfigDict):
+                raise InputError(f"{where}{name}: no such config section {s!r}")
+            node = node[s]
+        if field not in node:
+            raise InputError(f"{where}{name}: no such config key")
+        node[field] = tuple(value) if isinstance(value, list) else value
     return c
 
 

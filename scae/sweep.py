@@ -79,17 +79,7 @@ def base_digest(config: ml_collections.ConfigDict) -> str:
 
 def apply(config: ml_collections.ConfigDict, point: Mapping) -> ml_collections.ConfigDict:
     """A validated copy of ``config`` with the point's dotted overrides."""
-    c = ml_collections.ConfigDict(config.to_dict())
-    for key, value in point.items():
-        section, _, field = key.rpartition(".")
-        node = c
-        for s in section.split(".") if section else ():
-            if s not in node or not isinstance(node[s], ml_collections.ConfigDict):
-                raise InputError(f"config.sweep.axes: {key}: no such config section {s!r}")
-            node = node[s]
-        if field not in node:
-            raise InputError(f"config.sweep.axes: {key}: no such config key")
-        node[field] = tuple(value) if isinstance(value, list) else value
+    c = cfglib.with_overrides(config, point, where="config.sweep.axes: ")
     cfglib.validate(c, "compare")
     return c
 
