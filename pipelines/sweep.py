@@ -31,13 +31,14 @@ def main(config, workdir: Path) -> None:
         raise InputError("--config: has no sweep section (config.sweep.axes, label_size, "
                          "seeds); start from configs/cifar10_sweep.py")
     workdir_lib.check_writable(workdir)
-    if common.overwrite() and (workdir / sweep.RECORDS).exists():
-        atomic.remove_tree(workdir)
-    sweep.points(config.sweep.axes.to_dict())  # a bad grid or old records: before any write
-    resumed = bool(sweep.check_records(config, workdir))
+    fresh = common.overwrite() and (workdir / sweep.RECORDS).exists()
+    # Old records of another base config are refused here, before anything is written.
+    resumed = not fresh and bool(sweep.check_records(config, workdir))
     started = []
 
-    def ready() -> None:  # the data loaded: now the workdir may be written
+    def ready() -> None:  # the grid is valid and the data loaded: now the workdir may change
+        if fresh:
+            atomic.remove_tree(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         workdir_lib.lock(workdir)
         atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
@@ -45,7 +46,7 @@ def main(config, workdir: Path) -> None:
 
     records = []
     try:
-        records = sweep.run(config, workdir, log=common.log, ready=ready)
+        records = sweep.run(config, workdir, log=common.log, ready=ready, fresh=fresh)
     finally:
         if started:
             command = "python -m pipelines.sweep " + " ".join(sys.argv[1:])

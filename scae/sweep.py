@@ -87,13 +87,14 @@ def apply(config: ml_collections.ConfigDict, point: Mapping) -> ml_collections.C
 def run(config: ml_collections.ConfigDict, workdir: Path,
         build: Callable[[ml_collections.ConfigDict], inputs_lib.Inputs] | None = None,
         log: Callable[[str], None] = print,
-        ready: Callable[[], None] | None = None) -> list[dict]:
+        ready: Callable[[], None] | None = None, fresh: bool = False) -> list[dict]:
     """Runs every point of ``config.sweep`` not yet in ``workdir/sweep.jsonl`` and returns all
     the records (one per point): the point, the validation error of each seed, their mean and
     standard deviation, the epochs and the wall time. ``build`` makes the inputs of a config
     (default :func:`scae.inputs.build`); it is called once per distinct data setting.
     ``ready`` is called once the first data set has loaded, before anything is written, so a
-    command can leave no workdir behind for a source that does not load."""
+    command can leave no workdir behind for a source that does not load. ``fresh`` ignores the
+    records already there (``ready`` is where a caller deletes them)."""
     sw = config.sweep
     build = build or (lambda c: inputs_lib.build(c.data, c.seed))
     seeds = [int(s) for s in sw.seeds]
@@ -101,8 +102,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
     grid = points(sw.axes.to_dict() if hasattr(sw.axes, "to_dict") else sw.axes)
     configs = [apply(config, p) for p in grid]  # every point checked before any is run
     path = workdir / RECORDS
-    records = check_records(config, workdir)
     base = base_digest(config)
+    records = [] if fresh else check_records(config, workdir, base)
     done = {r["point_id"] for r in records}
     data_key, data = None, None
     for i, (point, c) in enumerate(zip(grid, configs)):
@@ -144,12 +145,15 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
                   key=lambda r: order[r["point_id"]])
 
 
-def check_records(config: ml_collections.ConfigDict, workdir: Path) -> list[dict]:
+def check_records(config: ml_collections.ConfigDict, workdir: Path,
+                  base: str | None = None) -> list[dict]:
     """The sweep records in ``workdir``; refuses them (:class:`InputError`, one line) when they
-    were made from another base config, since resuming would mix two recipes."""
+    were made from another base config (``base``: its :func:`base_digest`, if known), since
+    resuming would mix two recipes."""
     path = workdir / RECORDS
     records = atomic.read_jsonl(path)
-    if any(r.get("base") != base_digest(config) for r in records):
+    base = base or base_digest(config)
+    if any(r.get("base") != base for r in records):
         raise InputError(f"{path}: its records were made from another base config (the config "
                          "outside its sweep section differs); use a new --workdir or pass "
                          "--overwrite to start the sweep again")

@@ -9,6 +9,25 @@ import numpy as np
 import pytest
 
 
+def two_layer_config(**pretrain):
+    """The MNIST smoke config shrunk to a stack of two small CAEs (6 maps of 5x5, then 3x3),
+    with the given ``pretrain`` fields: for tests of greedy pretraining."""
+    import configs.mnist
+
+    c = configs.mnist.get_config("smoke")
+    c.model.features = (6, 6)
+    c.model.kernel_sizes = (5, 3)
+    c.model.pool_sizes = (2, 2)
+    c.pretrain.layers = 2
+    c.pretrain.epochs = (2, 1)
+    c.pretrain.sparsity_pool = (2, 2)
+    c.pretrain.steps_per_call = 3
+    c.pretrain.checkpoint_every_steps = 3
+    for k, v in pretrain.items():
+        c.pretrain[k] = v
+    return c
+
+
 def write_npz(path: Path, num_train: int = 60, num_test: int = 20, shape: tuple[int, ...] = (4, 4),
               num_classes: int = 10, **overrides: np.ndarray) -> Path:
     """A tiny data set in the npz source format; image i's first two pixels encode i.

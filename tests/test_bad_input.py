@@ -17,6 +17,7 @@ that, an unprepared or unknown data set, is covered.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib
 import json
@@ -354,19 +355,27 @@ def test_missing_flags(capsys, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_workdir_in_use_by_a_running_command(capsys, workdir):
+@contextlib.contextmanager
+def lock_held_elsewhere(workdir: Path):
+    """Another process holding ``workdir``'s lock while the block runs; it is then killed
+    (SIGKILL: the lock goes with the process)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from pipelines import common; common.lock_workdir(Path(sys.argv[1])); "
+         "from scae import workdir; workdir.lock(Path(sys.argv[1])); "
          "print('locked', flush=True); time.sleep(600)", str(workdir)],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_workdir_in_use_by_a_running_command(capsys, workdir):
+    with lock_held_elsewhere(workdir) as holder:
         assert_refused(capsys, workdir, [], ["in use by a running command",
                                              f"pid {holder.pid}"])
-    finally:
-        holder.kill()  # SIGKILL: the lock goes with the process
-        holder.wait()
     common.lock_workdir(workdir)
     common.lock_workdir(workdir)  # a process may take its own lock again
 
@@ -565,17 +574,8 @@ def test_a_damaged_checkpoint_is_refused_by_the_command(capsys, stack_workdir):
 
 
 def test_visualize_takes_the_lock(capsys, stack_workdir):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from scae import workdir; workdir.lock(Path(sys.argv[1])); "
-         "print('locked', flush=True); time.sleep(600)", str(stack_workdir)],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held_elsewhere(stack_workdir):
         status, err = command(capsys, "visualize", f"--workdir={stack_workdir}")
         assert status == 2 and "in use by a running command" in err, err[-2000:]
-    finally:
-        holder.kill()
-        holder.wait()
     status, err = command(capsys, "visualize", f"--workdir={stack_workdir / 'absent'}")
     assert status == 2 and "not found" in err and not (stack_workdir / "absent").exists()

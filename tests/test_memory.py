@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 import configs.mnist
+from conftest import two_layer_config
 from scae import api, config as cfglib, driver, figures, finetuning, models, stack
 from scae.errors import InputError
 
@@ -40,15 +41,7 @@ def test_cache_features_refuses_other_values(bad):
 
 
 def _small_config(cache):
-    c = configs.mnist.get_config("smoke")
-    c.model.features = (6, 6)
-    c.model.kernel_sizes = (5, 3)
-    c.model.pool_sizes = (2, 2)
-    c.pretrain.layers = 2
-    c.pretrain.epochs = (1, 1)
-    c.pretrain.sparsity_pool = (2, 2)
-    c.pretrain.cache_features = cache
-    return c
+    return two_layer_config(epochs=(1, 1), cache_features=cache)
 
 
 def test_cached_and_reencoded_inputs_train_the_same_stack(tmp_path):

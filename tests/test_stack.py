@@ -4,23 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-import configs.mnist
+from conftest import two_layer_config as _config
 from scae import checkpoint, figures, models, stack
-
-
-def _config(**pretrain):
-    c = configs.mnist.get_config("smoke")
-    c.model.features = (6, 6)
-    c.model.kernel_sizes = (5, 3)
-    c.model.pool_sizes = (2, 2)
-    c.pretrain.layers = 2
-    c.pretrain.epochs = (2, 1)
-    c.pretrain.sparsity_pool = (2, 2)
-    c.pretrain.steps_per_call = 3
-    c.pretrain.checkpoint_every_steps = 3
-    for k, v in pretrain.items():
-        c.pretrain[k] = v
-    return c
 
 
 @pytest.fixture(scope="module")
