@@ -27,6 +27,9 @@ Array = jax.Array
 # seed's activations, and the conv2 patches of 256 MNIST images already take 160 MB.
 EVAL_BATCH = 256
 ARMS = ("random", "pretrained", "frozen")
+# The frozen arm trains on its conv features computed once (when no augmentation changes the
+# images between steps) while they take at most this many bytes over all the seeds of a cell.
+FROZEN_CACHE_BYTES = 2 << 30
 
 
 def seed_keys(root_seed: int, seed: int) -> tuple[Array, Array, Array]:
@@ -127,6 +130,17 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
             x = augment.augment(x, aug_key, shift, flip)
         return models.merge(graphdef, q).loss(x, batch[1], drop_key)
 
+    data_xy, pool = (train_x, jnp.asarray(train_y)), jnp.asarray(subsets)
+    if arm == "frozen" and not (shift or flip) and _frozen_cache_fits(spec, subsets):
+        # The frozen conv layers map an image to the same features at every step, so they are
+        # computed once and the steps train the head alone: the same losses and gradients,
+        # without the conv layers' forward and backward passes.
+        data_xy, pool = frozen_features(graphdef, params, train_x, train_y, subsets)
+        loss_fn = lambda q, batch, key: models.merge(graphdef, q).head_loss(
+            batch[0], batch[1], jax.random.split(key)[1])
+        log(f"{arm} at {label_size} labels: conv features of {data_xy[0].shape[0] // n} "
+            f"images per seed computed once, the head trained on them")
+
     val_err = jax.jit(jax.vmap(error_fn(graphdef, n), in_axes=(0, None, None)))
     val_x, val_y = data.val_images, jnp.asarray(data.val_labels)
 
@@ -143,8 +157,7 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         ckpt_dir=ckpt_dir, plan=p,
         loss_fn=loss_fn,
         make_tx=lambda scale: optim.make(fc, p.total_steps, mask, lr_scale=scale),
-        params=params, data=(train_x, jnp.asarray(train_y)),
-        pool=jnp.asarray(subsets), order_key=order_keys,
+        params=params, data=data_xy, pool=pool, order_key=order_keys,
         step_key=step_keys, seeds=tuple(seeds),
         steps_per_call=fc.steps_per_call,
         eval_epochs=frozenset([p.epochs] if refit else eval_epochs(p.epochs, fc.evals)),
@@ -167,3 +180,36 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
              "curve": curves[i]}
             for i, s in enumerate(seeds)]
     return rows, jax.tree.map(np.asarray, state["best"])
+
+
+def _frozen_cache_fits(spec: models.CNNSpec, subsets: np.ndarray) -> bool:
+    """Whether the frozen arm's cached features of the union of ``subsets`` (seeds, n) fit in
+    :data:`FROZEN_CACHE_BYTES` over all seeds."""
+    h, w, c = spec.feature_shape
+    union = np.unique(subsets).size
+    return subsets.shape[0] * union * h * w * c * 4 <= FROZEN_CACHE_BYTES
+
+
+def frozen_features(graphdef: nnx.GraphDef, params, images: Array, labels: np.ndarray,
+                    subsets: np.ndarray) -> tuple[tuple[Array, Array], Array]:
+    """The frozen arm's training data: each seed's conv features of the images its subset
+    draws from, and the pool indices into them.
+
+    ``params`` are the seeds' CNN parameters (leading seed axis), ``subsets`` (seeds, n)
+    their indices into ``images``/``labels``. Returns ((features, labels), pool): features
+    (seeds * U, F) for the U images of the union of subsets, seed i's in rows i*U..(i+1)*U,
+    and pool (seeds, n) indexing seed i's subset within them, in the order of ``subsets``
+    (so batches are the same examples in the same order as without the cache).
+    """
+    n = subsets.shape[0]
+    union, inverse = np.unique(subsets, return_inverse=True)
+    inverse = inverse.reshape(subsets.shape)
+    batch = max(1, EVAL_BATCH // n)
+    feats = jax.jit(jax.vmap(
+        lambda q, x: driver.batched_apply(models.merge(graphdef, q).features, x,
+                                          min(batch, x.shape[0])), in_axes=(0, None)))
+    f = feats(params, images[jnp.asarray(union)])
+    f = f.reshape((n * union.size,) + f.shape[2:])
+    y = jnp.asarray(np.tile(np.asarray(labels)[union], n))
+    pool = jnp.asarray(inverse + union.size * np.arange(n)[:, None])
+    return (f, y), pool

@@ -266,19 +266,32 @@ class CNN(nnx.Module):
             x = ops.max_pool(act(conv(x)), p)
         return x.reshape(x.shape[0], -1)
 
-    def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
-        """Logits (N, classes) for images ``x`` (N, H, W, C); dropout only with a key."""
-        h = ops.activation(self.spec.activation)(self.fc(self.features(x)))
+    def head(self, features: Array, dropout_key: Array | None = None) -> Array:
+        """Logits (N, classes) from :meth:`features` (N, F): the fully connected layers, with
+        dropout before the classifier only when a key is given."""
+        h = ops.activation(self.spec.activation)(self.fc(features))
         rate = self.spec.dropout
         if dropout_key is not None and rate > 0:
             keep = jax.random.bernoulli(dropout_key, 1.0 - rate, h.shape)
             h = jnp.where(keep, h / (1.0 - rate), 0.0)
         return self.out(h)
 
+    def __call__(self, x: Array, dropout_key: Array | None = None) -> Array:
+        """Logits (N, classes) for images ``x`` (N, H, W, C); dropout only with a key."""
+        return self.head(self.features(x), dropout_key)
+
     def loss(self, images: Array, labels: Array, key: Array | None = None) -> Array:
         """Mean softmax cross-entropy on logits (dropout drawn from ``key`` when given)."""
-        logits = self(images, key)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return cross_entropy(self(images, key), labels)
+
+    def head_loss(self, features: Array, labels: Array, key: Array | None = None) -> Array:
+        """:meth:`loss` from precomputed :meth:`features` (the frozen arm's cached inputs)."""
+        return cross_entropy(self.head(features, key), labels)
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+    """Mean softmax cross-entropy of integer ``labels``."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def conv_layers(path: tuple, _value) -> bool:

@@ -116,8 +116,8 @@ class Stack(nnx.Module):
         depth = self._check_depth(depth)
         self._check_input(images)
         graphdef, params = models.split(self)
-        fn = jax.jit(lambda x: models.merge(graphdef, params).features(x, depth, pooled))
-        return driver.map_batches(fn, images, batch_size)
+        fn = jax.jit(lambda q, x: models.merge(graphdef, q).features(x, depth, pooled))
+        return driver.map_batches(lambda x: fn(params, x), images, batch_size)
 
     def reconstruct(self, images: np.ndarray | Array, depth: int | None = None,
                     batch_size: int = EVAL_BATCH) -> np.ndarray:
@@ -125,8 +125,8 @@ class Stack(nnx.Module):
         depth = self._check_depth(depth)
         self._check_input(images)
         graphdef, params = models.split(self)
-        fn = jax.jit(lambda x: models.merge(graphdef, params).decode_to_image(x, depth))
-        return driver.map_batches(fn, images, batch_size)
+        fn = jax.jit(lambda q, x: models.merge(graphdef, q).decode_to_image(x, depth))
+        return driver.map_batches(lambda x: fn(params, x), images, batch_size)
 
     def _check_input(self, images) -> None:
         c = self.layers[0].spec.in_channels if self.depth else None
@@ -341,9 +341,11 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
     graphdef, params = models.split(fresh)
     loss_fn = lambda q, x, step_key: models.merge(graphdef, q).loss(encode_batch(x), step_key)
     eval_n = min(EVAL_BATCH, val.shape[0])
-    val_mse = jax.jit(lambda q: jnp.mean(driver.batched_apply(
+    # The images are an argument, not a closed-over constant: XLA would fold a constant
+    # into the program (seconds of compilation, and a copy held by the executable).
+    val_mse = jax.jit(lambda q, v: jnp.mean(driver.batched_apply(
         lambda x: jnp.mean(jnp.square(models.merge(graphdef, q).reconstruct(x) - x),
-                           axis=(1, 2, 3)), val, eval_n)))
+                           axis=(1, 2, 3)), v, eval_n)))
     s = layer.spec
     log(f"layer {k}: CAE {s.in_channels}->{s.maps} maps {s.kernel}x{s.kernel}, sparsity pool "
         f"{s.sparsity_pool}, noise {s.noise}:{s.noise_level}, decoder {s.decoder}; "
@@ -351,7 +353,7 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
         f"{p.steps_per_epoch} steps")
 
     def evaluate(state, epoch):
-        rec = {"val_mse": float(val_mse(state["params"]))}
+        rec = {"val_mse": float(val_mse(state["params"], val))}
         return state, rec
 
     def on_eval(record):

@@ -180,3 +180,43 @@ def test_compare_trains_seeds_together_or_one_at_a_time(tiny_npz_module, tmp_pat
     assert groups == ([[0, 1, 2]] if vmap_seeds else [[0], [1], [2]])
     assert sorted(r["seed"] for r in rows) == [0, 1, 2]
     assert all(r["seeds_together"] == (3 if vmap_seeds else 1) for r in rows)
+
+
+def test_frozen_arm_on_cached_features_trains_as_on_images(setup, tmp_path, monkeypatch):
+    # Two seeds with their own stacks, dropout on: the cached path must draw the same batches
+    # and masks and reach the same head as the path that runs the conv layers every step.
+    c, data, s0 = setup
+    c = c.copy_and_resolve_references()
+    c.model.dropout = 0.3
+    s1 = stack.Stack(stack.layer_specs(c, 1), c.model.pool_sizes, rngs=nnx.Rngs(11))
+    logs, runs = [], {}
+    for cached in (True, False):
+        if not cached:
+            monkeypatch.setattr(finetuning, "FROZEN_CACHE_BYTES", 0)
+        runs[cached] = finetuning.run_cell(c, data, [s0, s1], 40, "frozen", [0, 1],
+                                           tmp_path / str(cached), log=logs.append)
+    assert sum("computed once" in m for m in logs) == 1
+    (rows_c, best_c), (rows_u, best_u) = runs[True], runs[False]
+    for name in ("fc", "out"):
+        np.testing.assert_allclose(best_c[name]["w"], best_u[name]["w"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(best_c["conv1"]["w"][1], models.params_of(s1)["layers"][0]["w"])
+    assert [r["val_error"] for r in rows_c] == [r["val_error"] for r in rows_u]
+    assert [r["best_epoch"] for r in rows_c] == [r["best_epoch"] for r in rows_u]
+
+
+def test_frozen_features_index_each_seed_subset_in_order():
+    subsets = np.array([[2, 5, 7], [1, 5, 9]])
+    images = jnp.arange(10, dtype=jnp.float32).reshape(10, 1, 1, 1) * jnp.ones((10, 6, 6, 1))
+    spec = models.CNNSpec(image_shape=(6, 6, 1), features=(2,), kernel_sizes=(3,),
+                          pool_sizes=(1,), fc_width=3, num_classes=2)
+    nets = [models.CNN(spec, rngs=nnx.Rngs(i)) for i in range(2)]
+    graphdef, _ = models.split(nets[0])
+    params = jax.tree.map(lambda *q: jnp.stack(q), *[models.params_of(m) for m in nets])
+    labels = np.arange(10) % 2
+    (f, y), pool = finetuning.frozen_features(graphdef, params, images, labels, subsets)
+    assert f.shape == (2 * 5, 4 * 4 * 2) and pool.shape == subsets.shape
+    for i in range(2):
+        net = models.merge(graphdef, jax.tree.map(lambda a: a[i], params))
+        want = net.features(images[subsets[i]])
+        np.testing.assert_allclose(f[np.asarray(pool[i])], want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(y[np.asarray(pool[i])], labels[subsets[i]])
