@@ -74,7 +74,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.pretrain.learning_rate = 0.001
     c.pretrain.momentum = 0.9  # sgd only
     c.pretrain.schedule = "cosine"  # 'constant' | 'cosine'
-    c.pretrain.steps_per_call = 50  # steps fused into one compiled scan (progress granularity)
+    c.pretrain.steps_per_call = 50  # at most this many steps in one compiled scan (progress granularity)
     c.pretrain.checkpoint_every_steps = 500  # periodic checkpoint within a layer
     # Layer k's inputs (the frozen layers' features): 'always' computes them once and keeps
     # them, 'never' re-encodes every batch, 'auto' keeps them only where re-encoding would cost

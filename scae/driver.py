@@ -49,13 +49,28 @@ class Plan:
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
 
+    def call_size(self, steps_per_call: int) -> int:
+        """The steps of one compiled call: at most ``steps_per_call``, and where it can be
+        done with calls of at least half that, a divisor of the epoch, so that every call
+        has the same length and one program is compiled instead of two (312 steps in calls
+        of 50 would end each epoch with a 12-step call; calls of 39 divide it)."""
+        spe = self.steps_per_epoch
+        if spe <= steps_per_call:
+            return spe
+        for d in range(steps_per_call, (steps_per_call + 1) // 2 - 1, -1):
+            if d > 0 and spe % d == 0:
+                return d
+        return steps_per_call
+
     def chunks(self, start_step: int, steps_per_call: int) -> Iterator[tuple[int, int, int]]:
-        """(epoch, offset within the epoch, number of steps) from ``start_step`` to the end;
-        chunks never cross an epoch boundary, so each sees one permutation."""
+        """(epoch, offset within the epoch, number of steps) from ``start_step`` to the end,
+        in calls of :meth:`call_size`; chunks never cross an epoch boundary, so each sees one
+        permutation."""
+        size = self.call_size(steps_per_call)
         step = start_step
         while step < self.total_steps:
             epoch, within = divmod(step, self.steps_per_epoch)
-            n = min(steps_per_call, self.steps_per_epoch - within)
+            n = min(size, self.steps_per_epoch - within)
             yield epoch, within, n
             step += n
 
@@ -275,10 +290,15 @@ def _train(phase: Phase, lr_scale: float) -> Result:
 
 
 def release_freed_memory() -> bool:
-    """Hands the C heap's free pages back to the system (glibc's ``malloc_trim``); True when
-    done. A phase's compiled programs and their temporaries are freed when it ends, but glibc
-    keeps the pages, so without this a job's resident memory would grow to the sum of its
-    phases' peaks instead of their maximum. A no-op where the C library is not glibc."""
+    """Drops JAX's in-memory compiled programs and hands the C heap's free pages back to the
+    system (glibc's ``malloc_trim``); True when the pages were handed back.
+
+    JAX keeps every program it compiled (about 100 MB for a pretraining run) until its caches
+    are cleared, and glibc keeps freed pages, so without this a job's resident memory would
+    grow to the sum of its phases' peaks instead of their maximum. A program needed again is
+    read back from the persistent compilation cache. The trim is a no-op where the C library
+    is not glibc."""
+    jax.clear_caches()
     global _malloc_trim
     if _malloc_trim is None:
         try:
