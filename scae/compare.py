@@ -61,13 +61,6 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
     Call :func:`check_label_sizes` first to fail before anything is written."""
     out = workdir / "compare"
     out.mkdir(parents=True, exist_ok=True)
-    # The stack is needed by the pretrained arms and by the embedding and filter figures.
-    stack = stack_lib.pretrain(config, data.pretrain, data.val_images, workdir, log=log)
-    if not (workdir / "pretrain" / "loss.png").exists():
-        figures.pretrain_figures(config, stack, data.val_images, data.normalizer,
-                                 workdir / "pretrain",
-                                 figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"),
-                                 dataset_title=data.identity.title if data.identity else None)
     rows_path = out / "runs.jsonl"
     rows = figures.read_jsonl(rows_path)
     fc = config.finetune
@@ -83,9 +76,24 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
             groups = ([seeds] if config.compare.vmap_seeds else [[s] for s in seeds]) if seeds \
                 else []
             todo += [(size, arm, group, steps) for group in groups]
-    progress = Progress([(steps, len(group)) for *_, group, steps in todo], log)
     per_seed = bool(config.compare.get("stack_per_seed", False))
-    stacks = {0: stack}
+    # Seed 0's stack is needed by the embedding and filter figures, and each seed's (or seed
+    # 0's, when stacks are not per seed) by its pretrained and frozen runs.
+    if per_seed and config.compare.vmap_seeds:
+        needed = sorted({0} | {s for _, arm, group, _ in todo if arm != "random" for s in group})
+        stacks = dict(zip(needed, stack_lib.pretrain_seeds(config, data.pretrain,
+                                                           data.val_images, workdir, needed,
+                                                           log=log)))
+    else:
+        stacks = {0: stack_lib.pretrain(config, data.pretrain, data.val_images, workdir,
+                                        log=log)}
+    stack = stacks[0]
+    if not (workdir / "pretrain" / "loss.png").exists():
+        figures.pretrain_figures(config, stack, data.val_images, data.normalizer,
+                                 workdir / "pretrain",
+                                 figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"),
+                                 dataset_title=data.identity.title if data.identity else None)
+    progress = Progress([(steps, len(group)) for *_, group, steps in todo], log)
 
     def stack_of(seed: int) -> stack_lib.Stack:
         """Seed ``seed``'s stack: its own when stacks are per seed, else seed 0's."""

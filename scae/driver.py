@@ -1,5 +1,6 @@
-"""The one training driver: every resumable unit of training (a CAE layer of the stack, a
-fine-tuning cell of seeds trained together) is a :class:`Phase` run by :func:`train`.
+"""The one training driver: every resumable unit of training (a CAE layer of one stack or of
+the stacks of several seeds, a fine-tuning cell of seeds trained together) is a
+:class:`Phase` run by :func:`train`.
 
 Data sets live on the device; each epoch is a seeded permutation of example indices, and a
 compiled ``lax.scan`` runs many steps per call, gathering its batches from the device arrays,
@@ -29,7 +30,8 @@ from tqdm.auto import tqdm
 from scae import checkpoint, interrupt, parallel, retry
 
 Array = jax.Array
-# loss_fn(params, batch, key) -> scalar loss, where batch = data[indices] (a pytree).
+# loss_fn(params, batch, key) -> scalar loss, where batch = data[indices] (a pytree); a phase
+# with a context calls loss_fn(params, batch, key, context).
 LossFn = Callable[..., Array]
 
 
@@ -92,28 +94,38 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
                num_steps: int, seeds: bool = False) -> Callable:
     """Compiles ``num_steps`` training steps as one call.
 
-    Returns ``run(params, opt_state, data, order, offset, step0, key) -> (params, opt_state,
-    losses)``: step i trains on ``data[order[offset + i*batch_size : ... + batch_size]]`` with
-    key ``fold_in(key, step0 + i)``. With ``seeds=True`` it is vmapped over a leading seed axis
-    of params, opt_state, order and key (the data are shared).
+    Returns ``run(params, opt_state, data, order, offset, step0, key, context=None) ->
+    (params, opt_state, losses)``: step i trains on ``data[order[offset + i*batch_size : ... +
+    batch_size]]`` with key ``fold_in(key, step0 + i)``; a ``context`` that is not None (fixed
+    inputs of the loss that are not trained, such as frozen layers) is passed to ``loss_fn``
+    as its last argument. With ``seeds=True`` it is vmapped over a leading seed axis of params,
+    opt_state, order, key and context (the data are shared).
     """
 
-    def run(params, opt_state, data, order, offset, step0, key):
+    def run(params, opt_state, data, order, offset, step0, key, context=None):
+        extra = () if context is None else (context,)
+
         def step(carry, i):
             params, opt_state = carry
             idx = lax.dynamic_slice_in_dim(order, offset + i * batch_size, batch_size)
             batch = parallel.shard_batch(jax.tree.map(lambda a: a[idx], data))
             step_key = jax.random.fold_in(key, step0 + i)
-            loss, grads = jax.value_and_grad(loss_fn)(params, batch, step_key)
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch, step_key, *extra)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
         (params, opt_state), losses = lax.scan(step, (params, opt_state), jnp.arange(num_steps))
         return params, opt_state, losses
 
-    if seeds:
-        run = jax.vmap(run, in_axes=(0, 0, None, 0, None, None, 0))
-    return jax.jit(run, donate_argnums=(0, 1))
+    if not seeds:
+        return jax.jit(run, donate_argnums=(0, 1))
+    vmapped = jax.vmap(run, in_axes=(0, 0, None, 0, None, None, 0, 0))
+
+    def run_seeds(params, opt_state, data, order, offset, step0, key, context=None):
+        # vmap takes every argument its in_axes names, so the default is filled in here.
+        return vmapped(params, opt_state, data, order, offset, step0, key, context)
+
+    return jax.jit(run_seeds, donate_argnums=(0, 1))
 
 
 def batched_apply(fn: Callable[[Array], Array], x: Array, batch_size: int) -> Array:
@@ -166,6 +178,9 @@ class Phase:
     order_key: Array  # batch order ((seeds, 2) when ``seeds``)
     step_key: Array  # per-step randomness: noise, dropout, augmentation
     seeds: Sequence[int] = ()  # non-empty: these seeds' models are trained together (vmap)
+    # Fixed inputs of the loss, not trained and not checkpointed (a leading seed axis when
+    # ``seeds``): the loss is then loss_fn(params, batch, key, context).
+    context: Any = None
     steps_per_call: int = 50
     checkpoint_every: int = 0  # extra checkpoints every N steps; 0: only at evaluations
     eval_epochs: frozenset[int] | None = None  # epochs (1-based) to evaluate after; None: all
@@ -182,7 +197,12 @@ class Phase:
 class Result:
     """The final state (``params``, ``opt_state`` and the phase's extra state), the record
     (``evals``: one dict per evaluation; ``time_s``: training wall time) and the learning-rate
-    scale the phase finished at."""
+    scale the phase finished at.
+
+    Each evaluation holds ``epoch``, ``step``, ``train_loss`` (the mean training loss since the
+    previous evaluation, over the seeds too when seeded), ``time_s``, ``img_per_s`` (all seeds
+    together), the fields of the phase's ``evaluate`` and, when seeded,
+    ``train_loss_per_seed`` (each seed's own mean, in the order of ``Phase.seeds``)."""
 
     state: dict
     record: dict
@@ -232,6 +252,8 @@ def _train(phase: Phase, lr_scale: float) -> Result:
         state, record = ckpts.restore(step, state)
         if step < p.total_steps:
             phase.log(f"{phase.name}: resuming at step {step}/{p.total_steps}")
+    if seeded:  # checkpoints written before the per-seed sums lack them
+        record.setdefault("seed_loss_sums", [0.0] * len(phase.seeds))
     state = parallel.replicate(state)
     compiled: dict[int, Callable] = {}
     orders = jax.jit(jax.vmap(epoch_order, in_axes=(0, 0, None)) if seeded else epoch_order)
@@ -246,7 +268,7 @@ def _train(phase: Phase, lr_scale: float) -> Result:
             order = orders(phase.order_key, phase.pool, epoch)
             params, opt_state, losses = compiled[n](state["params"], state["opt_state"],
                                                     phase.data, order, offset, step,
-                                                    phase.step_key)
+                                                    phase.step_key, phase.context)
             state = dict(state, params=params, opt_state=opt_state)
             step += n
             interrupt.check(f"{phase.name}, step {step}/{p.total_steps}")
@@ -256,6 +278,9 @@ def _train(phase: Phase, lr_scale: float) -> Result:
             if not np.isfinite(losses).all() or not all_finite(state["params"]):
                 raise FloatingPointError(_divergence(phase, losses, epoch, step, n, last_ckpt))
             record["loss_sum"] += float(losses.mean(axis=0).sum() if seeded else losses.sum())
+            if seeded:
+                record["seed_loss_sums"] = [total + float(s) for total, s in
+                                            zip(record["seed_loss_sums"], losses.sum(axis=1))]
             record["loss_steps"] += n
             dt = time.perf_counter() - t0
             record["time_s"] += dt
@@ -269,6 +294,10 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                          "time_s": record["eval_time"],
                          "img_per_s": record["loss_steps"] * p.batch_size
                          * max(len(phase.seeds), 1) / max(record["eval_time"], 1e-9)}
+                if seeded:
+                    entry["train_loss_per_seed"] = [total / record["loss_steps"]
+                                                    for total in record["seed_loss_sums"]]
+                    record["seed_loss_sums"] = [0.0] * len(phase.seeds)
                 if phase.evaluate is not None:
                     state, fields = phase.evaluate(state, epoch + 1)
                     entry.update(fields)

@@ -3,13 +3,16 @@
 Layer k trains on the max-pooled, subsampled hidden maps of the frozen layers 1..k-1 (the
 CNN's pooling). Each layer is one :class:`scae.driver.Phase` with its own checkpoint folder
 ``pretrain/ckpt/layer<k>``; its last step holds the finished layer, so a rerun skips it, and
-periodic steps let a killed layer resume.
+periodic steps let a killed layer resume. :func:`pretrain` trains one stack;
+:func:`pretrain_seeds` trains the stacks of several compare seeds together, layer k of all of
+them as one phase vmapped over the seeds, into the same per-seed folders.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -22,15 +25,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from scae import atomic, driver, flops, models, ops, optim, parallel, preprocess
+from scae import atomic, checkpoint, driver, flops, models, ops, optim, parallel, preprocess, retry
 from scae import workdir as workdir_lib
-from scae.errors import InputError
+from scae.errors import InputError, is_device_oom
 
 Array = jax.Array
 EVAL_BATCH = 256  # images per evaluation batch: bounds the activations held at once
 # pretrain.cache_features='auto' re-encodes a layer's inputs on every step when the frozen
 # layers below cost at most this share of the layer's own training step.
 REENCODE_SHARE = 0.05
+# Stacks trained together (pretrain_seeds) cache their layer inputs for every seed of a
+# group: the groups are sized so that the caches take at most this share of the device's
+# memory, or CACHE_BYTES_HOST where the device does not report its size (the CPU).
+CACHE_SHARE = 0.25
+CACHE_BYTES_HOST = 2 << 30
+SEEDS_CKPT = "ckpt_seeds"  # pretrain/<this>/layer<k>_s<seeds>: a layer of several stacks
 
 
 def layer_specs(config: ml_collections.ConfigDict, in_channels: int) -> list[models.CAESpec]:
@@ -294,6 +303,124 @@ def pretrain(config: ml_collections.ConfigDict, images: Array, val_images: Array
     return stack
 
 
+def pretrain_seeds(config: ml_collections.ConfigDict, images: Array, val_images: Array,
+                   workdir: str | os.PathLike, seed_indices: Sequence[int],
+                   log: Callable[[str], None] = print) -> list[Stack]:
+    """The stacks of compare seeds ``seed_indices``, trained together; one per seed, in that
+    order.
+
+    Each seed's stack is the one :func:`pretrain` trains with ``seed_index`` i (the same keys,
+    data and checkpoints, equal up to float rounding), but layer k of every seed that still
+    needs it is one :class:`scae.driver.Phase` vmapped over those seeds, whose frozen layers
+    below are each seed's own (passed to the loss as the phase's context). Finished per-seed
+    layers, from an earlier run of either kind, are kept. The unfinished phase checkpoints in
+    ``pretrain/ckpt_seeds/layer<k>_s<seeds>``, so a killed run resumes mid-layer; once done,
+    each seed's layer is written as a normal checkpoint in ``pretrain_dir(workdir, i)/ckpt``,
+    its records in that folder's ``metrics.jsonl`` (with ``seeds_together``; ``img_per_s`` is
+    the seed's share), and the shared folder is removed.
+
+    Memory: vmapped steps hold every seed's activations, and cached layer inputs
+    (``pretrain.cache_features``, decided per layer as for one seed) take seeds times the
+    memory of one seed's. A layer that caches trains its seeds in groups whose caches fit in
+    :func:`cache_budget` (a share of the device's memory), one seed at least; a layer that
+    re-encodes trains all its seeds together. A group of one seed trains exactly as
+    :func:`pretrain` trains it. On a device out-of-memory the stacks are trained one after
+    another with :func:`pretrain`, which keeps the layers finished so far. A divergence retry
+    (``pretrain.divergence_retries``) halves the learning rate of every seed of the phase.
+    """
+    seeds = list(dict.fromkeys(int(i) for i in seed_indices))
+    if len(seeds) > 1:
+        try:
+            return _pretrain_together(config, images, val_images, Path(workdir), seeds, log)
+        except Exception as e:  # noqa: BLE001 - only a device out-of-memory falls back
+            if not is_device_oom(e):
+                raise
+        # Past the handler, so that its traceback no longer holds the failed phase's buffers.
+        driver.release_freed_memory()
+        log(f"the stacks of seeds {_seed_list(seeds)} do not fit in memory together; "
+            f"training them one after another")
+    return [pretrain(config, images, val_images, workdir, log, seed_index=i) for i in seeds]
+
+
+def _pretrain_together(config, images, val_images, workdir: Path, seeds: list[int],
+                       log) -> list[Stack]:
+    """:func:`pretrain_seeds` for two seeds or more, without the out-of-memory fallback."""
+    pc = config.pretrain
+    configs = [seed_config(config, i) for i in seeds]
+    settings = [workdir_lib.settings_digest(c, "pretrain") for c in configs]
+    for i in seeds:
+        pretrain_dir(workdir, i).mkdir(parents=True, exist_ok=True)
+    specs = layer_specs(config, images.shape[-1])
+    stacks = [Stack(specs, config.model.pool_sizes, rngs=nnx.Rngs(c.seed)) for c in configs]
+    keys = [jax.random.PRNGKey(c.seed) for c in configs]
+    val_images = val_images[: pc.eval_size]
+    images, val_images = parallel.replicate((images, val_images))
+    records: list[list[dict]] = [[] for _ in seeds]
+    for k in range(1, len(specs) + 1):
+        p = driver.plan(images.shape[0], pc.batch_size, pc.epochs[k - 1])
+        todo = []
+        for j, i in enumerate(seeds):
+            evals = _finished_layer(stacks[j].layers[k - 1], ckpt_dir(workdir, k, i),
+                                    p.total_steps)
+            if evals is None:
+                todo.append(j)
+                continue
+            _prefixed(log, i)(f"layer {k}: finished earlier ({p.total_steps} steps), kept")
+            records[j] += _layer_records(k, evals, settings[j])
+        for group in _seed_groups(pc.cache_features, stacks[0], k, images, todo, log):
+            if len(group) == 1:  # a seed alone trains as pretrain trains it
+                j = group[0]
+                records[j] += _train_layer(configs[j], stacks[j], k, images, val_images, keys[j],
+                                           pretrain_dir(workdir, seeds[j]), records[j],
+                                           _prefixed(log, seeds[j]))
+                continue
+            new = _train_layer_seeds(config, [stacks[j] for j in group], k, images,
+                                     val_images, [keys[j] for j in group],
+                                     [seeds[j] for j in group], workdir,
+                                     [records[j] for j in group],
+                                     [settings[j] for j in group], log)
+            for j, r in zip(group, new):
+                records[j] += r
+    for i, r in zip(seeds, records):
+        atomic.write_jsonl(pretrain_dir(workdir, i) / "metrics.jsonl", r)
+    shutil.rmtree(workdir / "pretrain" / SEEDS_CKPT, ignore_errors=True)  # leftovers, if any
+    return stacks
+
+
+def _seed_groups(setting, stack: Stack, k: int, images: Array, todo: list[int],
+                 log) -> list[list[int]]:
+    """The groups in which layer k of the seeds ``todo`` (positions in the seed list) trains:
+    one, unless the cached inputs of them all would exceed :func:`cache_budget`."""
+    if len(todo) <= 1 or k == 1 or not caches_inputs(setting, stack.specs, stack.pools,
+                                                      images.shape[1], k):
+        return [todo] if todo else []
+    graphdef, params = models.split(stack)
+    one = jax.eval_shape(lambda q, x: models.merge(graphdef, q).features(x, k - 1), params,
+                         jax.ShapeDtypeStruct(images.shape, images.dtype))
+    per_seed = math.prod(one.shape) * one.dtype.itemsize
+    budget = cache_budget()
+    size = max(1, budget // per_seed)
+    if size >= len(todo):
+        return [todo]
+    log(f"layer {k}: the cached inputs of {len(todo)} seeds would take "
+        f"{len(todo) * per_seed / 2**30:.1f} GiB, over the bound of {budget / 2**30:.1f} GiB; "
+        f"training {size} seed(s) at a time")
+    return [todo[a:a + size] for a in range(0, len(todo), size)]
+
+
+def cache_budget() -> int:
+    """Bytes that the cached layer inputs of stacks trained together may take:
+    :data:`CACHE_SHARE` of the first device's memory where it reports its size (GPUs, TPUs),
+    else :data:`CACHE_BYTES_HOST`."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return int(limit * CACHE_SHARE) if limit else CACHE_BYTES_HOST
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    return ", ".join(map(str, seeds))
+
+
 def _prefixed(log: Callable[[str], None], seed_index: int) -> Callable[[str], None]:
     return lambda message: log(f"stack of seed {seed_index}, {message}")
 
@@ -303,6 +430,7 @@ def _layer_records(k: int, evals: list[dict], settings: str) -> list[dict]:
     that made it (:func:`scae.workdir.settings_digest`)."""
     return [{"layer": k, "epoch": e["epoch"], "step": e["step"], "train_mse": e["train_loss"],
              "val_mse": e["val_mse"], "time_s": e["time_s"], "img_per_s": e["img_per_s"],
+             **({"seeds_together": e["seeds_together"]} if "seeds_together" in e else {}),
              "settings": settings} for e in evals]
 
 
@@ -315,12 +443,10 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
     settings = workdir_lib.settings_digest(config, "pretrain")
     p = driver.plan(images.shape[0], pc.batch_size, pc.epochs[k - 1])
     layer_dir = folder / "ckpt" / f"layer{k}"
-    saved = driver.finished(layer_dir, p.total_steps)
-    if saved is not None:
-        state, record = saved
-        _restore_layer(layer, state["params"], layer_dir)
+    evals = _finished_layer(layer, layer_dir, p.total_steps)
+    if evals is not None:
         log(f"layer {k}: finished earlier ({p.total_steps} steps), kept")
-        return _layer_records(k, record.get("evals", []), settings)
+        return _layer_records(k, evals, settings)
 
     graphdef_below, below = models.split(stack)
     feats = jax.jit(lambda x: models.merge(graphdef_below, below).features(x, k - 1))
@@ -333,12 +459,8 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
     else:
         data, encode_batch = images, feats
     parallel.check_batch(pc.batch_size, "pretrain.batch_size")
-    layer_key = jax.random.fold_in(key, k)
-    key_init, key_order, key_noise = jax.random.split(layer_key, 3)
-    # The layer's initial parameters come from its own key: a resumed or retrained layer k
-    # starts where an uninterrupted run starts, whatever happened to the layers below.
-    fresh = models.CAE(layer.spec, rngs=nnx.Rngs(key_init))
-    graphdef, params = models.split(fresh)
+    key_init, key_order, key_noise = _layer_keys(key, k)
+    graphdef, params = _fresh_layer(layer.spec, key_init)
     loss_fn = lambda q, x, step_key: models.merge(graphdef, q).loss(encode_batch(x), step_key)
     eval_n = min(EVAL_BATCH, val.shape[0])
     # The images are an argument, not a closed-over constant: XLA would fold a constant
@@ -346,11 +468,7 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
     val_mse = jax.jit(lambda q, v: jnp.mean(driver.batched_apply(
         lambda x: jnp.mean(jnp.square(models.merge(graphdef, q).reconstruct(x) - x),
                            axis=(1, 2, 3)), v, eval_n)))
-    s = layer.spec
-    log(f"layer {k}: CAE {s.in_channels}->{s.maps} maps {s.kernel}x{s.kernel}, sparsity pool "
-        f"{s.sparsity_pool}, noise {s.noise}:{s.noise_level}, decoder {s.decoder}; "
-        f"{data.shape[0]} images of {tuple(data.shape[1:])}, {p.epochs} epochs of "
-        f"{p.steps_per_epoch} steps")
+    log(f"layer {k}: {_describe(layer.spec, data.shape, p)}")
 
     def evaluate(state, epoch):
         rec = {"val_mse": float(val_mse(state["params"], val))}
@@ -373,6 +491,164 @@ def _train_layer(config, stack: Stack, k: int, images, val_images, key, folder: 
     result = driver.train(phase)
     nnx.update(layer, jax.device_get(result.state["params"]))
     return _layer_records(k, result.record["evals"], settings)
+
+
+def _train_layer_seeds(config, stacks: list[Stack], k: int, images, val_images,
+                       keys: list[Array], seeds: list[int], workdir: Path,
+                       done: list[list[dict]], settings: list[str], log) -> list[list[dict]]:
+    """Trains CAE layer k of ``stacks`` (those of compare seeds ``seeds``) together, each in
+    place on the features of its own layers 1..k-1; writes each seed's finished layer and
+    records (after ``done``, its records so far) as :func:`pretrain` does. Returns each seed's
+    records of layer k."""
+    pc = config.pretrain
+    n = len(seeds)
+    spec = stacks[0].layers[k - 1].spec
+    num = images.shape[0]
+    p = driver.plan(num, pc.batch_size, pc.epochs[k - 1])
+    group_dir = workdir / "pretrain" / SEEDS_CKPT / f"layer{k}_s{'-'.join(map(str, seeds))}"
+    stacked = lambda trees: jax.tree.map(lambda *a: jnp.stack(a), *trees)
+    key_init, key_order, key_noise = (jnp.stack(x) for x in
+                                      zip(*(_layer_keys(key, k) for key in keys)))
+    fresh = [_fresh_layer(spec, key) for key in key_init]
+    graphdef, params = fresh[0][0], stacked([q for _, q in fresh])
+    graphdef_stack, _ = models.split(stacks[0])
+    encode = lambda below, x: models.merge(graphdef_stack, below).features(x, k - 1)
+    # Each seed's own frozen layers (the whole stack's parameters; layers k.. go unused).
+    below = parallel.replicate(stacked([models.split(s)[1] for s in stacks])) if k > 1 \
+        else None
+    # Images evaluated or encoded at once over all the seeds, as one seed's EVAL_BATCH.
+    batch = max(1, EVAL_BATCH // n)
+    pool = jnp.broadcast_to(jnp.arange(num), (n, num))
+    context = below
+    if k > 1 and caches_inputs(pc.cache_features, stacks[0].specs, stacks[0].pools,
+                               images.shape[1], k):
+        # Every seed's inputs once, one after another along the example axis; seed m's pool
+        # is its own stretch, so its batches are what its single-seed run draws.
+        def encode_all(lower, x):
+            f = jax.vmap(lambda b: driver.batched_apply(lambda v: encode(b, v), x,
+                                                        min(batch, num)))(lower)
+            return f.reshape((-1,) + f.shape[2:])
+
+        data = parallel.replicate(jax.jit(encode_all)(below, images))
+        pool = pool + num * jnp.arange(n)[:, None]
+        context = None
+    else:
+        data = images
+    parallel.check_batch(pc.batch_size, "pretrain.batch_size")
+
+    def loss_fn(q, x, step_key, lower=None):
+        h = x if lower is None else encode(lower, x)
+        return models.merge(graphdef, q).loss(h, step_key)
+
+    def seed_val_mse(q, lower, x):
+        cae = models.merge(graphdef, q)
+
+        def errors(v):
+            h = v if lower is None else encode(lower, v)
+            return jnp.mean(jnp.square(cae.reconstruct(h) - h), axis=(1, 2, 3))
+
+        return jnp.mean(driver.batched_apply(errors, x, min(batch, x.shape[0])))
+
+    val_mse = jax.jit(jax.vmap(seed_val_mse, in_axes=(0, 0, None)))
+    together = _seed_list(seeds)
+    log(f"layer {k}, stacks of seeds {together} together: "
+        f"{_describe(spec, (num,) + data.shape[1:], p)}")
+
+    def evaluate(state, epoch):
+        errs = np.asarray(val_mse(state["params"], below, val_images))
+        return state, {"val_mse": [float(e) for e in errs]}
+
+    def on_eval(record):
+        e = record["evals"][-1]
+        log(f"layer {k} epoch {e['epoch']}, seeds {together}: train mse "
+            + ", ".join(f"{v:.5f}" for v in e["train_loss_per_seed"]) + "; val mse "
+            + ", ".join(f"{v:.5f}" for v in e["val_mse"])
+            + f"; {e['img_per_s']:.0f} img/s in all")
+        for m, i in enumerate(seeds):
+            layer_records = _layer_records(k, _seed_evals(record["evals"], m, n), settings[m])
+            atomic.write_jsonl(pretrain_dir(workdir, i) / "metrics.jsonl",
+                               done[m] + layer_records)
+
+    phase = driver.Phase(
+        name=f"layer {k} x{n} seeds", where=f"layer {k} of the stacks", ckpt_dir=group_dir,
+        plan=p, loss_fn=loss_fn,
+        make_tx=lambda scale: optim.make(pc, p.total_steps, lr_scale=scale), params=params,
+        data=data, pool=pool, order_key=key_order, step_key=key_noise, seeds=tuple(seeds),
+        context=context, steps_per_call=pc.steps_per_call,
+        checkpoint_every=pc.checkpoint_every_steps, evaluate=evaluate, on_eval=on_eval,
+        lr_key="pretrain.learning_rate", retries=pc.get("divergence_retries", 0), log=log)
+    result = driver.train(phase)
+    state = jax.device_get({"params": result.state["params"],
+                            "opt_state": result.state["opt_state"]})
+    out = []
+    for m, i in enumerate(seeds):
+        own = jax.tree.map(lambda a: a[m], state)
+        nnx.update(stacks[m].layers[k - 1], own["params"])
+        evals = _seed_evals(result.record["evals"], m, n)
+        _write_layer(ckpt_dir(workdir, k, i), p.total_steps, own,
+                     {"evals": evals, "time_s": result.record["time_s"], "loss_sum": 0.0,
+                      "loss_steps": 0, "eval_time": 0.0, "finished": True,
+                      "seeds_together": list(seeds)}, result.lr_scale)
+        out.append(_layer_records(k, evals, settings[m]))
+    shutil.rmtree(group_dir, ignore_errors=True)
+    retry.scale_file(group_dir).unlink(missing_ok=True)
+    return out
+
+
+def _seed_evals(evals: list[dict], m: int, n: int) -> list[dict]:
+    """The evaluations of the m-th of ``n`` seeds trained together, as a one-seed phase
+    records them (its own train loss and val_mse, its share of the images per second), with
+    ``seeds_together``."""
+    return [{"epoch": e["epoch"], "step": e["step"], "train_loss": e["train_loss_per_seed"][m],
+             "val_mse": e["val_mse"][m], "time_s": e["time_s"], "img_per_s": e["img_per_s"] / n,
+             "seeds_together": n} for e in evals]
+
+
+def _write_layer(layer_dir: Path, step: int, state: dict, record: dict,
+                 lr_scale: float) -> None:
+    """Writes a finished layer as its own phase's last checkpoint, and the learning-rate scale
+    it finished at as that phase would remember it."""
+    ckpts = checkpoint.Checkpoints(layer_dir)
+    try:
+        ckpts.save(step, state, record)
+    finally:
+        ckpts.close()
+    scale = retry.scale_file(layer_dir)
+    if lr_scale != 1.0:
+        atomic.write_text(scale, json.dumps({"lr_scale": lr_scale}))
+    else:
+        scale.unlink(missing_ok=True)
+
+
+def _finished_layer(layer: models.CAE, layer_dir: Path, total_steps: int) -> list[dict] | None:
+    """The evaluations of the layer checkpointed in ``layer_dir`` when it holds all
+    ``total_steps`` steps, its parameters put into ``layer``; None when it is not finished."""
+    saved = driver.finished(layer_dir, total_steps)
+    if saved is None:
+        return None
+    state, record = saved
+    _restore_layer(layer, state["params"], layer_dir)
+    return record.get("evals", [])
+
+
+def _layer_keys(key: Array, k: int) -> tuple[Array, Array, Array]:
+    """(init, batch order, noise) keys of layer k of the stack seeded by ``key``."""
+    return tuple(jax.random.split(jax.random.fold_in(key, k), 3))
+
+
+def _fresh_layer(spec: models.CAESpec, key_init: Array) -> tuple[nnx.GraphDef, dict]:
+    """The graph and initial parameters of a layer. They come from the layer's own key: a
+    resumed or retrained layer k starts where an uninterrupted run starts, whatever happened
+    to the layers below."""
+    return models.split(models.CAE(spec, rngs=nnx.Rngs(key_init)))
+
+
+def _describe(s: models.CAESpec, data_shape: Sequence[int], p: driver.Plan) -> str:
+    """The log line of a layer about to train on data of ``data_shape`` (per seed)."""
+    return (f"CAE {s.in_channels}->{s.maps} maps {s.kernel}x{s.kernel}, sparsity pool "
+            f"{s.sparsity_pool}, noise {s.noise}:{s.noise_level}, decoder {s.decoder}; "
+            f"{data_shape[0]} images of {tuple(data_shape[1:])}, {p.epochs} epochs of "
+            f"{p.steps_per_epoch} steps")
 
 
 def caches_inputs(setting: bool | str, specs: Sequence[models.CAESpec], pools: Sequence[int],

@@ -154,32 +154,59 @@ def test_the_reported_model_is_the_one_of_lowest_validation_error():
     np.testing.assert_array_equal(state["best"]["w"][:, 0], [2.0, 3.0])
 
 
+# The fields of a run record, whichever way its seeds and their stacks were trained.
+RUN_FIELDS = {"arm", "best_epoch", "cell_time_s", "curve", "data_exact", "data_fingerprint",
+              "data_note", "data_title", "dataset", "epochs", "label_size", "lr_scale",
+              "paper_key", "pool_size", "refit_full", "seed", "seeds_together", "settings",
+              "stack_seed", "steps", "subset", "test_error", "train_size", "val_error"}
+
+
 @pytest.mark.parametrize("vmap_seeds", [True, False])
-def test_compare_trains_seeds_together_or_one_at_a_time(tiny_npz_module, tmp_path, monkeypatch,
-                                                        vmap_seeds):
+def test_compare_trains_seeds_and_their_stacks_together_or_one_at_a_time(
+        tiny_npz_module, tmp_path, monkeypatch, vmap_seeds):
     from scae import compare
 
     c = configs.mnist.get_config("smoke")
     c.data.source = f"npz:{tiny_npz_module}"
     c.data.validation_size = 60
     c.data.pretrain_size = 0
+    c.pretrain.layers = 1
     c.compare.label_sizes = (40,)
     c.compare.num_seeds = 3
-    c.compare.arms = ("random",)
+    c.compare.arms = ("pretrained",)
+    c.compare.stack_per_seed = True
     c.compare.vmap_seeds = vmap_seeds
     data = inputs.build(c.data, c.seed)
-    groups = []
-    real = finetuning.run_cell
+    groups, stacks_together, stacks_alone = [], [], []
+    real_cell, real_together, real_alone = finetuning.run_cell, stack.pretrain_seeds, stack.pretrain
 
-    def spy(config, data, stacks, size, arm, seeds, ckpt, log):
+    def cell(config, data, stacks, size, arm, seeds, ckpt, log):
         groups.append(list(seeds))
-        return real(config, data, stacks, size, arm, seeds, ckpt, log)
+        return real_cell(config, data, stacks, size, arm, seeds, ckpt, log)
 
-    monkeypatch.setattr(finetuning, "run_cell", spy)
+    def together(config, images, val_images, workdir, seed_indices, log):
+        stacks_together.append(list(seed_indices))
+        return real_together(config, images, val_images, workdir, seed_indices, log)
+
+    def alone(*args, seed_index=0, **kwargs):
+        stacks_alone.append(seed_index)
+        return real_alone(*args, seed_index=seed_index, **kwargs)
+
+    monkeypatch.setattr(finetuning, "run_cell", cell)
+    monkeypatch.setattr(stack, "pretrain_seeds", together)
+    monkeypatch.setattr(stack, "pretrain", alone)
     rows = compare.compare(c, data, tmp_path, log=lambda _: None)
     assert groups == ([[0, 1, 2]] if vmap_seeds else [[0], [1], [2]])
-    assert sorted(r["seed"] for r in rows) == [0, 1, 2]
+    assert (stacks_together, stacks_alone) == (([[0, 1, 2]], []) if vmap_seeds
+                                               else ([], [0, 1, 2]))
+    assert sorted((r["seed"], r["stack_seed"]) for r in rows) == [(0, 0), (1, 1), (2, 2)]
     assert all(r["seeds_together"] == (3 if vmap_seeds else 1) for r in rows)
+    assert all(set(r) == RUN_FIELDS for r in rows)
+    pretrain = tmp_path / "pretrain"
+    for folder in (pretrain, pretrain / "seed1", pretrain / "seed2"):
+        assert (folder / "ckpt" / "layer1").is_dir() and (folder / "metrics.jsonl").is_file()
+    assert not (pretrain / stack.SEEDS_CKPT).exists()
+    assert (pretrain / "loss.png").is_file()  # seed 0's stack, for the figures
 
 
 def test_frozen_arm_on_cached_features_trains_as_on_images(setup, tmp_path, monkeypatch):

@@ -1,11 +1,14 @@
 """Greedy stack training: the loss falls, runs are deterministic and resume exactly."""
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from conftest import two_layer_config as _config
-from scae import checkpoint, figures, models, stack
+from scae import checkpoint, figures, models, optim, stack
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +72,143 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path, images, m
                  models.params_of(resumed))
 
 
-def test_per_seed_stacks_differ_and_are_reproducible(tmp_path, images):
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory, images):
+    """The stacks of compare seeds 0 and 1 (one epoch per layer), trained one after another
+    into one workdir: (workdir, [stack of seed 0, stack of seed 1])."""
+    w = tmp_path_factory.mktemp("sequential")
     config = _config(epochs=(1, 1))
-    one = stack.pretrain(config, images, images[:64], tmp_path / "a", log=_quiet, seed_index=1)
-    again = stack.pretrain(config, images, images[:64], tmp_path / "b", log=_quiet, seed_index=1)
-    zero = stack.pretrain(config, images, images[:64], tmp_path / "a", log=_quiet)
+    return w, [stack.pretrain(config, images, images[:64], w, log=_quiet, seed_index=i)
+               for i in (0, 1)]
+
+
+def test_per_seed_stacks_differ_and_are_reproducible(tmp_path, images, sequential):
+    w, (zero, one) = sequential
+    again = stack.pretrain(_config(epochs=(1, 1)), images, images[:64], tmp_path, log=_quiet,
+                           seed_index=1)
     jax.tree.map(np.testing.assert_array_equal, models.params_of(one), models.params_of(again))
     assert not np.allclose(one.layers[0].w[...], zero.layers[0].w[...])
-    assert (tmp_path / "a" / "pretrain" / "seed1" / "metrics.jsonl").is_file()
-    assert (tmp_path / "a" / "pretrain" / "metrics.jsonl").is_file()
+    assert (w / "pretrain" / "seed1" / "metrics.jsonl").is_file()
+    assert (w / "pretrain" / "metrics.jsonl").is_file()
+
+
+def _assert_close(a: stack.Stack, b: stack.Stack) -> None:
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4),
+                 models.params_of(a), models.params_of(b))
+
+
+def _metrics(workdir, i):
+    return figures.read_jsonl(stack.pretrain_dir(workdir, i) / "metrics.jsonl")
+
+
+def test_stacks_trained_together_are_the_ones_trained_one_after_another(tmp_path, images,
+                                                                        sequential):
+    w_seq, seq = sequential
+    # Layer 2 re-encodes its inputs, each seed through its own layer 1.
+    config = _config(epochs=(1, 1), cache_features="never")
+    logs = []
+    together = stack.pretrain_seeds(config, images, images[:64], tmp_path, [0, 1],
+                                    log=logs.append)
+    assert any("layer 2, stacks of seeds 0, 1 together" in m for m in logs), logs
+    for a, b in zip(seq, together):
+        _assert_close(a, b)
+    for k in (0, 1):
+        assert not np.allclose(together[0].layers[k].w[...], together[1].layers[k].w[...])
+    # Each seed's records are its own: its train and validation losses, as one stack at a time.
+    got = [_metrics(tmp_path, i) for i in (0, 1)]
+    for i in (0, 1):
+        ref = _metrics(w_seq, i)
+        assert [(r["layer"], r["epoch"], r["step"], r["settings"]) for r in got[i]] == \
+            [(r["layer"], r["epoch"], r["step"], r["settings"]) for r in ref]
+        for key in ("train_mse", "val_mse"):
+            np.testing.assert_allclose([r[key] for r in got[i]], [r[key] for r in ref],
+                                       rtol=1e-4)
+        assert all(r["seeds_together"] == 2 for r in got[i])
+    for key in ("train_mse", "val_mse"):
+        assert all(a[key] != b[key] for a, b in zip(*got))
+    # The layout readers know: per-seed checkpoints, nothing left of the joint phase.
+    assert not (tmp_path / "pretrain" / stack.SEEDS_CKPT).exists()
+    jax.tree.map(np.testing.assert_array_equal,
+                 models.params_of(stack.from_workdir(tmp_path, config, 1)),
+                 models.params_of(together[0]))
+    logs = []
+    reread = stack.pretrain(config, images, images[:64], tmp_path, log=logs.append,
+                            seed_index=1)
+    assert sum("finished earlier" in m for m in logs) == 2, logs
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(reread),
+                 models.params_of(together[1]))
+    # Its optimiser state is the one a stack trained alone saves, so that training on resumes.
+    layer = together[1].layers[1]
+    tx = optim.make(config.pretrain, 6)
+    like = {"params": models.params_of(layer), "opt_state": tx.init(models.params_of(layer))}
+    ckpts = checkpoint.Checkpoints(stack.ckpt_dir(tmp_path, 2, 1))
+    try:
+        state, record = ckpts.restore(6, like)
+    finally:
+        ckpts.close()
+    assert record["finished"] and record["seeds_together"] == [0, 1]
+    counts = [int(c) for c in jax.tree.leaves(state["opt_state"]) if np.ndim(c) == 0]
+    assert counts and all(c == 6 for c in counts)
+
+
+def test_a_killed_joint_layer_resumes_and_finished_layers_are_kept(tmp_path, images,
+                                                                   sequential, monkeypatch):
+    w_seq, seq = sequential
+    config = _config(epochs=(1, 1), cache_features="always")  # layer 2 on cached inputs
+    # Seed 1's layer 1 was finished by an earlier run of its stack alone.
+    kept = stack.ckpt_dir(tmp_path, 1, 1)
+    shutil.copytree(stack.ckpt_dir(w_seq, 1, 1), kept)
+    saved_dirs = []
+    real_save = checkpoint.Checkpoints.save
+
+    def save_then_die(self, step, state, record):
+        real_save(self, step, state, record)
+        saved_dirs.append(self.directory)
+        if self.directory.parent.name == stack.SEEDS_CKPT:  # the joint layer 2, mid-epoch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        stack.pretrain_seeds(config, images, images[:64], tmp_path, [0, 1], log=_quiet)
+    monkeypatch.setattr(checkpoint.Checkpoints, "save", real_save)
+    assert saved_dirs[-1].name == "layer2_s0-1" and kept.absolute() not in saved_dirs
+    logs = []
+    resumed = stack.pretrain_seeds(config, images, images[:64], tmp_path, [0, 1],
+                                   log=logs.append)
+    assert "stack of seed 1, layer 1: finished earlier (6 steps), kept" in logs, logs
+    assert "layer 2 x2 seeds: resuming at step 3/6" in logs, logs
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(resumed[1].layers[0]),
+                 models.params_of(seq[1].layers[0]))
+    for a, b in zip(seq, resumed):
+        _assert_close(a, b)
+    assert "seeds_together" not in _metrics(tmp_path, 1)[0]  # the kept layer's own record
+
+
+def test_out_of_memory_trains_the_stacks_one_after_another(tmp_path, images, monkeypatch):
+    def out_of_memory(*args):
+        jax.numpy.zeros((2**42,), jax.numpy.float32).block_until_ready()
+
+    calls = []
+    monkeypatch.setattr(stack, "_train_layer_seeds", out_of_memory)
+    monkeypatch.setattr(stack, "pretrain", lambda *args, seed_index: calls.append(seed_index))
+    logs = []
+    stack.pretrain_seeds(_config(), images, images[:64], tmp_path, [0, 1], log=logs.append)
+    assert calls == [0, 1]
+    assert logs[-1] == ("the stacks of seeds 0, 1 do not fit in memory together; training "
+                        "them one after another")
+    monkeypatch.setattr(stack, "_train_layer_seeds", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # any other error is not a reason to fall back
+        stack.pretrain_seeds(_config(), images, images[:64], tmp_path, [0, 1], log=_quiet)
+
+
+def test_cached_inputs_of_all_seeds_are_bounded(images, monkeypatch):
+    s = stack.Stack(stack.layer_specs(_config(), 1), (2, 2), rngs=nnx.Rngs(0))
+    groups = lambda setting: stack._seed_groups(setting, s, 2, images, [0, 1, 2], _quiet)
+    assert stack.cache_budget() > 0
+    assert groups("always") == [[0, 1, 2]] and groups("never") == [[0, 1, 2]]
+    one_seed = images.shape[0] * 12 * 12 * 6 * 4  # layer 2's float32 inputs of one seed
+    monkeypatch.setattr(stack, "cache_budget", lambda: 2 * one_seed)
+    assert groups("always") == [[0, 1], [2]]
+    assert groups("never") == [[0, 1, 2]]  # re-encoded inputs cost no memory per seed
+    monkeypatch.setattr(stack, "cache_budget", lambda: one_seed - 1)
+    assert groups("always") == [[0], [1], [2]]  # one seed at least, as trained alone
