@@ -93,6 +93,9 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
                                  workdir / "pretrain",
                                  figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"),
                                  dataset_title=data.identity.title if data.identity else None)
+        # The figures' programs and buffers would otherwise stay until the first cell ends,
+        # adding to its peak.
+        driver.release_freed_memory()
     progress = Progress([(steps, len(group)) for *_, group, steps in todo], log)
 
     def stack_of(seed: int) -> stack_lib.Stack:
