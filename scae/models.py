@@ -125,6 +125,12 @@ class CAE(nnx.Module):
 
     __call__ = encode
 
+    def encode_pooled(self, x: Array, pool: int) -> Array:
+        """``max_pool(self.encode(x), pool)``, pooled before the activation
+        (:func:`scae.ops.pool_activate`): the input of the layer above."""
+        z = ops.conv_valid(x, self.w[...], self.spec.conv_impl, self.spec.compute_dtype)
+        return ops.pool_activate(z, self.b[...], self.spec.activation, pool)
+
     def sparsify(self, h: Array) -> Array:
         """What the decoder sees: the max-pool-sparse map (or, for 'upsample', each window's
         max copied over the window, as in pool -> nearest-neighbour upsampling)."""
@@ -224,6 +230,12 @@ class Conv(nnx.Module):
     def __call__(self, x: Array) -> Array:
         return ops.conv_valid(x, self.w[...], self.impl, self.compute_dtype) + self.b[...]
 
+    def pooled(self, x: Array, activation: str, pool: int) -> Array:
+        """``max_pool(activation(self(x)), pool)``, pooled before the activation
+        (:func:`scae.ops.pool_activate`)."""
+        z = ops.conv_valid(x, self.w[...], self.impl, self.compute_dtype)
+        return ops.pool_activate(z, self.b[...], activation, pool)
+
 
 class Dense(nnx.Module):
     """x @ w + b, kernel ``w`` (in, out) from the models' initialiser family, zero bias."""
@@ -261,9 +273,8 @@ class CNN(nnx.Module):
 
     def features(self, x: Array) -> Array:
         """The top conv layer's pooled maps, flattened: (N, features)."""
-        act = ops.activation(self.spec.activation)
         for conv, p in zip(self.convs, self.spec.pool_sizes):
-            x = ops.max_pool(act(conv(x)), p)
+            x = conv.pooled(x, self.spec.activation, p)
         return x.reshape(x.shape[0], -1)
 
     def head(self, features: Array, dropout_key: Array | None = None) -> Array:

@@ -37,6 +37,16 @@ def activation(name: str) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
+def pool_activate(z: Array, b: Array, name: str, p: int) -> Array:
+    """``max_pool(act(z + b), p)`` computed as ``act(max_pool(z, p) + b)``.
+
+    Every activation of :data:`ACTIVATIONS` is non-decreasing and the bias is one per map, so
+    both give the same values, and the gradient still reaches each window's maximum; pooling
+    first evaluates the activation (and its gradient) on a p-th squared of the units.
+    """
+    return activation(name)(max_pool(z, p) + b)
+
+
 CONV_IMPLS = ("auto", "xla", "matmul")
 
 

@@ -96,9 +96,7 @@ class Stack(nnx.Module):
         ``pooled``): the input of CAE layer depth+1, or the CNN's conv features. Traceable."""
         depth = self._check_depth(depth)
         for k, (layer, pool) in enumerate(zip(self.layers[:depth], self.pools), start=1):
-            x = layer.encode(x)
-            if pooled or k < depth:
-                x = ops.max_pool(x, pool)
+            x = layer.encode_pooled(x, pool) if pooled or k < depth else layer.encode(x)
         return x
 
     def decode_to_image(self, x: Array, depth: int | None = None) -> Array:

@@ -120,3 +120,19 @@ def test_config_compute_dtype_defaults_to_float32_and_is_validated():
     c.model.compute_dtype = "float16"
     with pytest.raises(InputError, match="model.compute_dtype"):
         cfglib.validate(c)
+
+
+@pytest.mark.parametrize("name", sorted(ops.ACTIVATIONS))
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_pooling_before_the_activation_is_the_same_function(name, p):
+    # Odd sizes leave partial windows; the gradient must reach the same window maxima.
+    z = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 5, 3)) * 2.0
+    b = jnp.array([0.3, -0.2, 1.0])
+    act = ops.activation(name)
+    ref = lambda z, b: ops.max_pool(act(z + b), p)
+    np.testing.assert_allclose(ops.pool_activate(z, b, name, p), ref(z, b), rtol=1e-6, atol=1e-6)
+    g = jax.random.normal(jax.random.PRNGKey(1), ref(z, b).shape)
+    for got, want in zip(jax.grad(lambda z, b: jnp.sum(ops.pool_activate(z, b, name, p) * g),
+                                  argnums=(0, 1))(z, b),
+                         jax.grad(lambda z, b: jnp.sum(ref(z, b) * g), argnums=(0, 1))(z, b)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
