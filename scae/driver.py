@@ -137,6 +137,24 @@ def batched_apply(fn: Callable[[Array], Array], x: Array, batch_size: int) -> Ar
     return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
 
 
+def seed_map(fn: Callable[[Any, Array], Array], params, x: Array, batch_size: int) -> Array:
+    """``fn(params_i, x)`` for each seed's parameters (``params`` has a leading seed axis),
+    vmapped over the seeds and in batches of ``batch_size`` images per seed, jitted:
+    (seeds, len(x), ...)."""
+    per_seed = lambda q, v: batched_apply(lambda b: fn(q, b), v, min(batch_size, v.shape[0]))
+    return jax.jit(jax.vmap(per_seed, in_axes=(0, None)))(params, x)
+
+
+def seed_stretches(per_seed: Array, pool: Array | np.ndarray) -> tuple[Array, Array]:
+    """The data of a vmapped phase whose seeds each see their own version of the same
+    examples: ``per_seed`` (seeds, n, ...) laid one seed after another along the example axis,
+    and ``pool`` (seeds, k) of indices into n offset to index each seed's own stretch, so every
+    seed draws what it would draw from its own copy alone."""
+    seeds, n = per_seed.shape[:2]
+    return (per_seed.reshape((seeds * n,) + per_seed.shape[2:]),
+            jnp.asarray(pool) + n * jnp.arange(seeds)[:, None])
+
+
 def map_batches(fn: Callable[[Array], Array], x: np.ndarray | Array,
                 batch_size: int) -> np.ndarray:
     """``fn`` (jitted by the caller) over ``x`` batch by batch on the host, the results

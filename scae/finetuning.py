@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,14 +63,17 @@ def initial_model(spec: models.CNNSpec, stack: Stack | None, arm: str, key: Arra
     return stack.to_cnn(spec, rngs=nnx.Rngs(key), log=log)
 
 
-def error_fn(graphdef: nnx.GraphDef, seeds: int = 1) -> Callable:
+def error_fn(graphdef: nnx.GraphDef, seeds: int = 1, on_features: bool = False) -> Callable:
     """``errors(params, images, labels) -> percent misclassified``, in batches that bound
-    memory: :data:`EVAL_BATCH` images at once over ``seeds`` vmapped copies."""
+    memory: :data:`EVAL_BATCH` images at once over ``seeds`` vmapped copies. With
+    ``on_features`` the inputs are the conv features (:meth:`scae.models.CNN.features`) and
+    only the head runs."""
     batch = max(1, EVAL_BATCH // max(1, seeds))
 
     def errors(params, images, labels):
         model = models.merge(graphdef, params)
-        logits = driver.batched_apply(model, images, min(batch, images.shape[0]))
+        logits = driver.batched_apply(model.head if on_features else model, images,
+                                      min(batch, images.shape[0]))
         return 100.0 * jnp.mean(jnp.argmax(logits, -1) != labels)
 
     return errors
@@ -131,18 +135,28 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         return models.merge(graphdef, q).loss(x, batch[1], drop_key)
 
     data_xy, pool = (train_x, jnp.asarray(train_y)), jnp.asarray(subsets)
-    if arm == "frozen" and not (shift or flip) and _frozen_cache_fits(spec, subsets):
+    # The refit has no validation images: they are training images.
+    held_out = {"test": data.test_images} if refit else {"val": data.val_images,
+                                                         "test": data.test_images}
+    val_err = jax.jit(jax.vmap(error_fn(graphdef, n), in_axes=(0, None, None)))
+    cache = None
+    if arm == "frozen" and not (shift or flip):
         # The frozen conv layers map an image to the same features at every step, so they are
-        # computed once and the steps train the head alone: the same losses and gradients,
-        # without the conv layers' forward and backward passes.
-        data_xy, pool = frozen_features(graphdef, params, train_x, train_y, subsets)
+        # computed once (for the validation and test images too) and the steps train the head
+        # alone: the same losses and gradients, without the conv layers' passes.
+        cache = frozen_features(graphdef, params, train_x, train_y, subsets, held_out)
+    if cache is not None:
+        data_xy, pool, held_out = cache.data, cache.pool, cache.held_out
         loss_fn = lambda q, batch, key: models.merge(graphdef, q).head_loss(
             batch[0], batch[1], jax.random.split(key)[1])
-        log(f"{arm} at {label_size} labels: conv features of {data_xy[0].shape[0] // n} "
-            f"images per seed computed once, the head trained on them")
-
-    val_err = jax.jit(jax.vmap(error_fn(graphdef, n), in_axes=(0, None, None)))
-    val_x, val_y = data.val_images, jnp.asarray(data.val_labels)
+        # Seeds that share their conv layers (one stack) share one copy of the features.
+        val_err = jax.jit(jax.vmap(error_fn(graphdef, n, on_features=True),
+                                   in_axes=(0, None if cache.copies == 1 else 0, None)))
+        log(f"{arm} at {label_size} labels: conv features computed once "
+            f"({cache.copies} cop{'y' if cache.copies == 1 else 'ies'} of "
+            f"{data_xy[0].shape[0] // cache.copies} training, {len(data.val_images)} validation "
+            f"and {len(data.test_images)} test images), the head trained on them")
+    val_x, val_y = held_out.get("val"), jnp.asarray(data.val_labels)
 
     def evaluate(state, epoch):
         if refit:  # no held-out images: the last epoch's model is the one reported
@@ -167,7 +181,7 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         lr_key="finetune.learning_rate", retries=fc.get("divergence_retries", 0), log=log)
     result = driver.train(phase)
     state, record = result.state, result.record
-    test_err = (np.asarray(val_err(state["best"], data.test_images, jnp.asarray(data.test_labels)))
+    test_err = (np.asarray(val_err(state["best"], held_out["test"], jnp.asarray(data.test_labels)))
                 if len(data.test_labels) else np.full(n, np.nan))
     curves = [[[e["epoch"], e["val_error"][i]] for e in record["evals"]] for i in range(n)]
     rows = [{"label_size": label_size, "arm": arm, "seed": int(s), "epochs": p.epochs,
@@ -182,34 +196,56 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
     return rows, jax.tree.map(np.asarray, state["best"])
 
 
-def _frozen_cache_fits(spec: models.CNNSpec, subsets: np.ndarray) -> bool:
-    """Whether the frozen arm's cached features of the union of ``subsets`` (seeds, n) fit in
-    :data:`FROZEN_CACHE_BYTES` over all seeds."""
-    h, w, c = spec.feature_shape
-    union = np.unique(subsets).size
-    return subsets.shape[0] * union * h * w * c * 4 <= FROZEN_CACHE_BYTES
+class FrozenFeatures(NamedTuple):
+    """The frozen arm's inputs as conv features (:func:`frozen_features`)."""
+
+    data: tuple[Array, Array]  # (features, labels) of the training images the subsets draw
+    pool: Array  # (seeds, n) indices into ``data``, each seed's subset in order
+    held_out: dict[str, Array]  # features of each held-out set: (N, F), or (seeds, N, F)
+    copies: int  # 1 when every seed has the same conv layers, else the number of seeds
 
 
 def frozen_features(graphdef: nnx.GraphDef, params, images: Array, labels: np.ndarray,
-                    subsets: np.ndarray) -> tuple[tuple[Array, Array], Array]:
-    """The frozen arm's training data: each seed's conv features of the images its subset
-    draws from, and the pool indices into them.
+                    subsets: np.ndarray, held_out: dict[str, Array] | None = None,
+                    max_bytes: int | None = None) -> FrozenFeatures | None:
+    """The frozen arm's inputs as conv features, or None when they would take more than
+    ``max_bytes`` (default :data:`FROZEN_CACHE_BYTES`).
 
-    ``params`` are the seeds' CNN parameters (leading seed axis), ``subsets`` (seeds, n)
-    their indices into ``images``/``labels``. Returns ((features, labels), pool): features
-    (seeds * U, F) for the U images of the union of subsets, seed i's in rows i*U..(i+1)*U,
-    and pool (seeds, n) indexing seed i's subset within them, in the order of ``subsets``
-    (so batches are the same examples in the same order as without the cache).
+    ``params`` are the seeds' CNN parameters (leading seed axis), ``subsets`` (seeds, n) their
+    indices into ``images``/``labels``, ``held_out`` further image sets (validation, test).
+    The training features are those of the U images of the union of subsets, seed i's in rows
+    i*U..(i+1)*U, and the pool indexes seed i's subset within them in the order of
+    ``subsets`` (the same batches as without the cache). When every seed has the same conv
+    layers (one stack) one copy serves them all: U rows, and held-out features (N, F) rather
+    than (seeds, N, F).
     """
+    held_out = held_out or {}
     n = subsets.shape[0]
     union, inverse = np.unique(subsets, return_inverse=True)
-    inverse = inverse.reshape(subsets.shape)
-    batch = max(1, EVAL_BATCH // n)
-    feats = jax.jit(jax.vmap(
-        lambda q, x: driver.batched_apply(models.merge(graphdef, q).features, x,
-                                          min(batch, x.shape[0])), in_axes=(0, None)))
-    f = feats(params, images[jnp.asarray(union)])
-    f = f.reshape((n * union.size,) + f.shape[2:])
-    y = jnp.asarray(np.tile(np.asarray(labels)[union], n))
-    pool = jnp.asarray(inverse + union.size * np.arange(n)[:, None])
-    return (f, y), pool
+    copies = 1 if _shared_convs(params) else n
+    params = jax.tree.map(lambda a: a[:copies], params)
+    features = lambda q, x: models.merge(graphdef, q).features(x)
+    width = int(np.prod(jax.eval_shape(features, jax.tree.map(lambda a: a[0], params),
+                                       images[:1]).shape[1:]))
+    rows = union.size + sum(v.shape[0] for v in held_out.values())
+    if copies * rows * width * 4 > (FROZEN_CACHE_BYTES if max_bytes is None else max_bytes):
+        return None
+    batch = max(1, EVAL_BATCH // copies)
+
+    def per_seed(x):  # (copies, len(x), F)
+        if not x.shape[0]:
+            return jnp.zeros((copies, 0, width), jnp.float32)
+        return driver.seed_map(features, params, x, batch)
+
+    f, pool = driver.seed_stretches(per_seed(images[jnp.asarray(union)]),
+                                    inverse.reshape(subsets.shape))
+    y = jnp.asarray(np.tile(np.asarray(labels)[union], copies))
+    held = {k: per_seed(v)[0] if copies == 1 else per_seed(v) for k, v in held_out.items()}
+    return FrozenFeatures((f, y), pool, held, copies)
+
+
+def _shared_convs(params) -> bool:
+    """Whether every seed (leading axis of ``params``) has the same conv layers."""
+    convs = [v for name, layer in params.items() if models.conv_layers((name,), None)
+             for v in jax.tree.leaves(layer)]
+    return all(bool(jnp.all(v == v[:1])) for v in convs)

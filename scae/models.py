@@ -127,9 +127,9 @@ class CAE(nnx.Module):
 
     def encode_pooled(self, x: Array, pool: int) -> Array:
         """``max_pool(self.encode(x), pool)``, pooled before the activation
-        (:func:`scae.ops.pool_activate`): the input of the layer above."""
-        z = ops.conv_valid(x, self.w[...], self.spec.conv_impl, self.spec.compute_dtype)
-        return ops.pool_activate(z, self.b[...], self.spec.activation, pool)
+        (:func:`scae.ops.conv_pool_activate`): the input of the layer above."""
+        return ops.conv_pool_activate(x, self.w[...], self.b[...], self.spec.activation, pool,
+                                      self.spec.conv_impl, self.spec.compute_dtype)
 
     def sparsify(self, h: Array) -> Array:
         """What the decoder sees: the max-pool-sparse map (or, for 'upsample', each window's
@@ -232,9 +232,9 @@ class Conv(nnx.Module):
 
     def pooled(self, x: Array, activation: str, pool: int) -> Array:
         """``max_pool(activation(self(x)), pool)``, pooled before the activation
-        (:func:`scae.ops.pool_activate`)."""
-        z = ops.conv_valid(x, self.w[...], self.impl, self.compute_dtype)
-        return ops.pool_activate(z, self.b[...], activation, pool)
+        (:func:`scae.ops.conv_pool_activate`)."""
+        return ops.conv_pool_activate(x, self.w[...], self.b[...], activation, pool, self.impl,
+                                      self.compute_dtype)
 
 
 class Dense(nnx.Module):

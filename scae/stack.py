@@ -522,13 +522,8 @@ def _train_layer_seeds(config, stacks: list[Stack], k: int, images, val_images,
                                images.shape[1], k):
         # Every seed's inputs once, one after another along the example axis; seed m's pool
         # is its own stretch, so its batches are what its single-seed run draws.
-        def encode_all(lower, x):
-            f = jax.vmap(lambda b: driver.batched_apply(lambda v: encode(b, v), x,
-                                                        min(batch, num)))(lower)
-            return f.reshape((-1,) + f.shape[2:])
-
-        data = parallel.replicate(jax.jit(encode_all)(below, images))
-        pool = pool + num * jnp.arange(n)[:, None]
+        data, pool = driver.seed_stretches(driver.seed_map(encode, below, images, batch), pool)
+        data = parallel.replicate(data)
         context = None
     else:
         data = images

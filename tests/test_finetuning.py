@@ -240,10 +240,27 @@ def test_frozen_features_index_each_seed_subset_in_order():
     graphdef, _ = models.split(nets[0])
     params = jax.tree.map(lambda *q: jnp.stack(q), *[models.params_of(m) for m in nets])
     labels = np.arange(10) % 2
-    (f, y), pool = finetuning.frozen_features(graphdef, params, images, labels, subsets)
-    assert f.shape == (2 * 5, 4 * 4 * 2) and pool.shape == subsets.shape
+    held = {"val": images[:3], "none": images[:0]}
+    cache = finetuning.frozen_features(graphdef, params, images, labels, subsets, held)
+    (f, y), pool = cache.data, cache.pool
+    assert cache.copies == 2 and f.shape == (2 * 5, 4 * 4 * 2) and pool.shape == subsets.shape
+    assert cache.held_out["val"].shape == (2, 3, 32) and cache.held_out["none"].shape == (2, 0, 32)
     for i in range(2):
         net = models.merge(graphdef, jax.tree.map(lambda a: a[i], params))
         want = net.features(images[subsets[i]])
         np.testing.assert_allclose(f[np.asarray(pool[i])], want, rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(y[np.asarray(pool[i])], labels[subsets[i]])
+        np.testing.assert_allclose(cache.held_out["val"][i], net.features(images[:3]),
+                                   rtol=1e-6, atol=1e-6)
+    # Seeds with the same conv layers (one stack) share one copy: the union's rows only.
+    same = jax.tree.map(lambda a: jnp.stack([a[0], a[0]]), params)
+    same["fc"] = params["fc"]  # the heads still differ
+    shared = finetuning.frozen_features(graphdef, same, images, labels, subsets, held)
+    assert shared.copies == 1 and shared.data[0].shape == (5, 32)
+    assert shared.held_out["val"].shape == (3, 32)
+    net0 = models.merge(graphdef, jax.tree.map(lambda a: a[0], params))
+    np.testing.assert_allclose(shared.data[0][np.asarray(shared.pool[1])],
+                               net0.features(images[subsets[1]]), rtol=1e-6, atol=1e-6)
+    # Over the byte bound: no cache.
+    assert finetuning.frozen_features(graphdef, params, images, labels, subsets, held,
+                                      max_bytes=2 * 8 * 32 * 4 - 1) is None

@@ -125,14 +125,38 @@ def test_config_compute_dtype_defaults_to_float32_and_is_validated():
 @pytest.mark.parametrize("name", sorted(ops.ACTIVATIONS))
 @pytest.mark.parametrize("p", [1, 2, 3])
 def test_pooling_before_the_activation_is_the_same_function(name, p):
-    # Odd sizes leave partial windows; the gradient must reach the same window maxima.
-    z = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 5, 3)) * 2.0
+    # 11 - 3 + 1 = 9 rows: whole windows for p = 1 and 3, partial ones for p = 2; the gradient
+    # must reach the same window maxima.
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 11, 9, 2))
+    w = jax.random.normal(jax.random.PRNGKey(2), (3, 3, 2, 3))
     b = jnp.array([0.3, -0.2, 1.0])
     act = ops.activation(name)
-    ref = lambda z, b: ops.max_pool(act(z + b), p)
-    np.testing.assert_allclose(ops.pool_activate(z, b, name, p), ref(z, b), rtol=1e-6, atol=1e-6)
-    g = jax.random.normal(jax.random.PRNGKey(1), ref(z, b).shape)
-    for got, want in zip(jax.grad(lambda z, b: jnp.sum(ops.pool_activate(z, b, name, p) * g),
-                                  argnums=(0, 1))(z, b),
-                         jax.grad(lambda z, b: jnp.sum(ref(z, b) * g), argnums=(0, 1))(z, b)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    ref = lambda x, w, b: ops.max_pool(act(ops.conv_valid(x, w, "matmul") + b), p)
+    got = lambda x, w, b: ops.conv_pool_activate(x, w, b, name, p, "matmul")
+    np.testing.assert_allclose(got(x, w, b), ref(x, w, b), rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(jax.random.PRNGKey(1), ref(x, w, b).shape)
+    for a, want in zip(jax.grad(lambda *v: jnp.sum(got(*v) * g), argnums=(0, 1, 2))(x, w, b),
+                       jax.grad(lambda *v: jnp.sum(ref(*v) * g), argnums=(0, 1, 2))(x, w, b)):
+        np.testing.assert_allclose(a, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("p", [2, 3])
+def test_conv_pool_equals_pooling_the_convolution_with_ties(p):
+    # Zero regions make every position of a window tie (the background of MNIST digits):
+    # the gradient is shared among the ties exactly as max-pooling's is.
+    k = jax.random.split(jax.random.PRNGKey(4), 3)
+    x = jax.random.normal(k[0], (3, 4 + 3 * p, 4 + 2 * p, 4))
+    x = x.at[0].set(0.0).at[1, :6, :6].set(0.0)
+    w = jax.random.normal(k[1], (5, 5, 4, 6)) * 0.2
+    ref = lambda x, w: ops.max_pool(ops.conv_valid(x, w, "matmul"), p)
+    got = lambda x, w: ops.conv_pool(x, w, p, "matmul")
+    assert got(x, w).shape == ref(x, w).shape == (3, 3, 2, 6)
+    np.testing.assert_allclose(got(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(k[2], ref(x, w).shape)
+    loss = lambda f: jax.grad(lambda x, w: jnp.sum(f(x, w) * g), argnums=(0, 1))(x, w)
+    for a, want in zip(loss(got), loss(ref)):
+        np.testing.assert_allclose(a, want, rtol=1e-4, atol=1e-4)
+    # Under vmap (the seeds of a cell), each kernel its own.
+    ws = jnp.stack([w, -w])
+    np.testing.assert_allclose(jax.vmap(got, in_axes=(None, 0))(x, ws)[1], ref(x, -w),
+                               rtol=1e-5, atol=1e-5)
