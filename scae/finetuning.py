@@ -25,8 +25,9 @@ from scae.stack import Stack
 
 Array = jax.Array
 # Images evaluated at once over all the seeds of a cell: a vmapped evaluation holds each
-# seed's activations, and the conv2 patches of 256 MNIST images already take 160 MB.
-EVAL_BATCH = 256
+# seed's activations (conv2's patches alone: 20 MB per 32 MNIST images). 128 take 128 MB of
+# temporaries, half of what 256 take, at the same speed (docs/performance.md).
+EVAL_BATCH = 128
 ARMS = ("random", "pretrained", "frozen")
 # The frozen arm trains on its conv features computed once (when no augmentation changes the
 # images between steps) while they take at most this many bytes over all the seeds of a cell.
@@ -230,17 +231,16 @@ def frozen_features(graphdef: nnx.GraphDef, params, images: Array, labels: np.nd
     rows = union.size + sum(v.shape[0] for v in held_out.values())
     if copies * rows * width * 4 > (FROZEN_CACHE_BYTES if max_bytes is None else max_bytes):
         return None
-    batch = max(1, EVAL_BATCH // copies)
-
-    def per_seed(x):  # (copies, len(x), F)
-        if not x.shape[0]:
-            return jnp.zeros((copies, 0, width), jnp.float32)
-        return driver.seed_map(features, params, x, batch)
-
-    f, pool = driver.seed_stretches(per_seed(images[jnp.asarray(union)]),
-                                    inverse.reshape(subsets.shape))
+    # Every image set through one program: (copies, U + held-out images, F), then cut.
+    sets = [images[jnp.asarray(union)]] + list(held_out.values())
+    feats = driver.seed_map(features, params, jnp.concatenate(sets),
+                            max(1, EVAL_BATCH // copies))
+    cuts = np.cumsum([len(v) for v in sets])[:-1]
+    train_f, *held_f = jnp.split(feats, cuts, axis=1)
+    del feats
+    f, pool = driver.seed_stretches(train_f, inverse.reshape(subsets.shape))
     y = jnp.asarray(np.tile(np.asarray(labels)[union], copies))
-    held = {k: per_seed(v)[0] if copies == 1 else per_seed(v) for k, v in held_out.items()}
+    held = {k: h[0] if copies == 1 else h for k, h in zip(held_out, held_f)}
     return FrozenFeatures((f, y), pool, held, copies)
 
 
