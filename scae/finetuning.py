@@ -139,7 +139,6 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
     # The refit has no validation images: they are training images.
     held_out = {"test": data.test_images} if refit else {"val": data.val_images,
                                                          "test": data.test_images}
-    val_err = jax.jit(jax.vmap(error_fn(graphdef, n), in_axes=(0, None, None)))
     cache = None
     if arm == "frozen" and not (shift or flip):
         # The frozen conv layers map an image to the same features at every step, so they are
@@ -150,13 +149,14 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         data_xy, pool, held_out = cache.data, cache.pool, cache.held_out
         loss_fn = lambda q, batch, key: models.merge(graphdef, q).head_loss(
             batch[0], batch[1], jax.random.split(key)[1])
-        # Seeds that share their conv layers (one stack) share one copy of the features.
-        val_err = jax.jit(jax.vmap(error_fn(graphdef, n, on_features=True),
-                                   in_axes=(0, None if cache.copies == 1 else 0, None)))
         log(f"{arm} at {label_size} labels: conv features computed once "
             f"({cache.copies} cop{'y' if cache.copies == 1 else 'ies'} of "
             f"{data_xy[0].shape[0] // cache.copies} training, {len(data.val_images)} validation "
             f"and {len(data.test_images)} test images), the head trained on them")
+    # Images, or features; seeds that share their conv layers (one stack) share one copy.
+    per_seed_inputs = cache is not None and cache.copies > 1
+    val_err = jax.jit(jax.vmap(error_fn(graphdef, n, on_features=cache is not None),
+                               in_axes=(0, 0 if per_seed_inputs else None, None)))
     val_x, val_y = held_out.get("val"), jnp.asarray(data.val_labels)
 
     def evaluate(state, epoch):
