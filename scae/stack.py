@@ -11,6 +11,7 @@ them as one phase vmapped over the seeds, into the same per-seed folders.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -150,12 +151,8 @@ class Stack(nnx.Module):
         ignores the activations (near-linear around 0), so it shows what a filter prefers, not
         an exact preimage.
         """
-        f = jnp.moveaxis(self.layers[k - 1].w[...], 3, 0)  # each filter as a (kh, kw, c_in) map
-        for j in reversed(range(k - 1)):
-            p = self.pools[j]
-            f = ops.upsample_nearest(f, p, (f.shape[1] * p, f.shape[2] * p))
-            f = ops.conv_full_tied(f, self.layers[j].w[...])
-        return np.asarray(f)
+        return np.asarray(_project(tuple(layer.w[...] for layer in self.layers[:k]),
+                                   self.pools[:k - 1]))
 
     def to_cnn(self, spec: models.CNNSpec, *, rngs: nnx.Rngs,
                log: Callable[[str], None] = print) -> models.CNN:
@@ -250,6 +247,18 @@ def transfer(stack: Stack, cnn: models.CNN, log: Callable[[str], None] = print) 
 
 
 # --- greedy layer-wise pretraining ---------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _project(kernels: tuple[Array, ...], pools: tuple[int, ...]) -> Array:
+    """:meth:`Stack.project_filters` of the last of ``kernels``: one program, where op by op
+    each convolution's patch copies would compile on their own (seconds for layer 3)."""
+    f = jnp.moveaxis(kernels[-1], 3, 0)  # each filter as a (kh, kw, c_in) map
+    for j in reversed(range(len(kernels) - 1)):
+        p = pools[j]
+        f = ops.upsample_nearest(f, p, (f.shape[1] * p, f.shape[2] * p))
+        f = ops.conv_full_tied(f, kernels[j])
+    return f
 
 
 def pretrain_dir(workdir: str | os.PathLike, seed_index: int = 0) -> Path:

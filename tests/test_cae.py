@@ -95,6 +95,22 @@ def test_shapes_through_the_paper_stack(dataset, image, expected):
     assert s.features(x).shape[1:] == spec.feature_shape
 
 
+def test_projected_filters_spread_each_unit_over_its_window_and_decode_it():
+    config = cfglib.base_config("mnist")
+    s = stack.Stack(stack.layer_specs(config, 1), config.model.pool_sizes, rngs=nnx.Rngs(1))
+    w1, w2, w3 = (np.asarray(layer.w[...]) for layer in s.layers)
+    # Layer 2's filters, each spread over 2x2 windows and decoded by layer 1's tied decoder.
+    f = ops.upsample_nearest(jnp.moveaxis(w2, 3, 0), 2, (10, 10))
+    np.testing.assert_allclose(s.project_filters(2), ops.conv_full_tied(f, w1), atol=1e-5)
+    np.testing.assert_allclose(s.project_filters(1), np.moveaxis(w1, 3, 0))
+    # Layer 3's, through both layers below.
+    f3 = jnp.moveaxis(w3, 3, 0)
+    for w in (w2, w1):
+        f3 = ops.conv_full_tied(ops.upsample_nearest(f3, 2, (f3.shape[1] * 2,) * 2), w)
+    np.testing.assert_allclose(s.project_filters(3), f3, rtol=1e-4, atol=1e-6)
+    assert s.project_filters(3).shape == (200, 24, 24, 1)
+
+
 def test_masking_noise_zeroes_about_p_and_gaussian_noise_adds():
     x = jnp.ones((4, 28, 28, 1))
     layer = lambda **kw: models.CAE(models.CAESpec(1, 4, 5, **kw), rngs=nnx.Rngs(0))
