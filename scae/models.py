@@ -13,6 +13,7 @@ arrays, e.g. ``{"conv1": {"w", "b"}, ..., "fc": {...}, "out": {...}}`` for the C
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -40,7 +41,18 @@ INITIALIZERS = {
 
 def init_kernel(key: Array, shape: tuple[int, ...], init: str) -> Array:
     """A conv (HWIO) or dense (IO) kernel from the named initialiser family."""
-    return INITIALIZERS[init]()(key, shape, jnp.float32)
+    return _init_program(init)(key, tuple(int(d) for d in shape))
+
+
+@functools.cache
+def _init_program(init: str):
+    """The compiled initialiser of ``init``, by shape. On the CPU it is compiled at LLVM's -O1:
+    at XLA's default -O2 a threefry draw of a conv kernel's size takes 1-2.5 s to compile
+    (the paper CNN's five kernels 8 s, from a cold cache) and 0.3 s at -O1, for draws
+    bit-identical to the default's (``tests/test_cae.py``) that run once."""
+    options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+    return jax.jit(lambda key, shape: INITIALIZERS[init]()(key, shape, jnp.float32),
+                   static_argnums=1, compiler_options=options)
 
 
 def split(model: nnx.Module) -> tuple[nnx.GraphDef, Params]:

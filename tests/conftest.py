@@ -46,6 +46,12 @@ def write_npz(path: Path, num_train: int = 60, num_test: int = 20, shape: tuple[
     return path
 
 
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end runs (``slow``) first: xdist deals tests out in order, and a minute-long
+    run dealt last keeps one worker busy while the other has nothing left."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def make_npz():
     """:func:`write_npz`, for tests that need their own variant."""
@@ -96,4 +102,9 @@ def xla_cache(tmp_path_factory) -> Path:
     a user's reruns do, instead of filling ~/.cache. (Shared by xdist's workers.)"""
     path = tmp_path_factory.getbasetemp().parent / "xla_cache"
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+    # The tests that call the library in this process use it too: the phases clear JAX's
+    # in-memory caches when they end, and many tests compile the same small programs.
+    from pipelines import common
+
+    common.enable_compilation_cache()
     return path

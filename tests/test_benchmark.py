@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipelines import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +24,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_all_prints_the_machine_then_every_row_in_the_peers_order():
     proc = _run("--all", "--batch=2", "--steps=1", "--repeats=1", "--peak_n=128",
                 "--dtype=bfloat16")

@@ -95,6 +95,16 @@ def test_shapes_through_the_paper_stack(dataset, image, expected):
     assert s.features(x).shape[1:] == spec.feature_shape
 
 
+@pytest.mark.parametrize("init", sorted(models.INITIALIZERS))
+def test_kernels_drawn_by_the_compiled_initialiser_equal_the_eager_draws(init):
+    # init_kernel compiles its draws at a lower LLVM optimisation level on the CPU; the
+    # initial weights, and so every result, must not depend on it.
+    for i, shape in enumerate([(5, 5, 1, 100), (3, 3, 150, 200), (800, 300)]):
+        key = jax.random.fold_in(jax.random.PRNGKey(7), i)
+        np.testing.assert_array_equal(models.init_kernel(key, shape, init),
+                                      models.INITIALIZERS[init]()(key, shape, jnp.float32))
+
+
 def test_projected_filters_spread_each_unit_over_its_window_and_decode_it():
     config = cfglib.base_config("mnist")
     s = stack.Stack(stack.layer_specs(config, 1), config.model.pool_sizes, rngs=nnx.Rngs(1))

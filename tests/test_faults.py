@@ -533,6 +533,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_exit_74_and_the_rerun_resumes(small_disk):
     w = small_disk / "w"
     args = [sys.executable, "-m", "pipelines.pretrain", "--config=configs/mnist.py:smoke",

@@ -161,6 +161,7 @@ RUN_FIELDS = {"arm", "best_epoch", "cell_time_s", "curve", "data_exact", "data_f
               "stack_seed", "steps", "subset", "test_error", "train_size", "val_error"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vmap_seeds", [True, False])
 def test_compare_trains_seeds_and_their_stacks_together_or_one_at_a_time(
         tiny_npz_module, tmp_path, monkeypatch, vmap_seeds):

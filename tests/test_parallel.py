@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +21,7 @@ def _steps(tmp_path: Path, devices: int) -> dict:
     return dict(np.load(out))
 
 
+@pytest.mark.slow
 def test_two_devices_step_equals_one_device_step(tmp_path):
     one, two = _steps(tmp_path, 1), _steps(tmp_path, 2)
     assert int(one.pop("devices")) == 1 and int(two.pop("devices")) == 2

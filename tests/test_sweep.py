@@ -404,6 +404,7 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, *words: str) -> None
         assert w in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_command_end_to_end(tmp_path):
     cfg = tmp_path / "small_sweep.py"
     cfg.write_text(CONFIG_FILE)
