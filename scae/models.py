@@ -47,9 +47,10 @@ def init_kernel(key: Array, shape: tuple[int, ...], init: str) -> Array:
 @functools.cache
 def _init_program(init: str):
     """The compiled initialiser of ``init``, by shape. On the CPU it is compiled at LLVM's -O1:
-    at XLA's default -O2 a threefry draw of a conv kernel's size takes 1-2.5 s to compile
-    (the paper CNN's five kernels 8 s, from a cold cache) and 0.3 s at -O1, for draws
-    bit-identical to the default's (``tests/test_cae.py``) that run once."""
+    at XLA's default -O2 a threefry draw of a conv kernel's size compiles for seconds, a
+    fraction of that at -O1, for draws that run once and are bit-identical to the default's
+    (``tests/test_cae.py``; docs/performance.md: the paper stack and CNN built in 2.0 s
+    instead of 5.0 s from a cold process)."""
     options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
     return jax.jit(lambda key, shape: INITIALIZERS[init]()(key, shape, jnp.float32),
                    static_argnums=1, compiler_options=options)
