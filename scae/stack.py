@@ -246,9 +246,6 @@ def transfer(stack: Stack, cnn: models.CNN, log: Callable[[str], None] = print) 
         f"{', '.join(fresh) or 'nothing'}")
 
 
-# --- greedy layer-wise pretraining ---------------------------------------------------------
-
-
 @functools.partial(jax.jit, static_argnums=1)
 def _project(kernels: tuple[Array, ...], pools: tuple[int, ...]) -> Array:
     """:meth:`Stack.project_filters` of the last of ``kernels``: one program, where op by op
@@ -259,6 +256,9 @@ def _project(kernels: tuple[Array, ...], pools: tuple[int, ...]) -> Array:
         f = ops.upsample_nearest(f, p, (f.shape[1] * p, f.shape[2] * p))
         f = ops.conv_full_tied(f, kernels[j])
     return f
+
+
+# --- greedy layer-wise pretraining ---------------------------------------------------------
 
 
 def pretrain_dir(workdir: str | os.PathLike, seed_index: int = 0) -> Path:
