@@ -52,9 +52,12 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, *words: str) -> None
 
 @pytest.fixture(scope="module")
 def smoke_compare(tmp_path_factory) -> Path:
-    """An uninterrupted smoke compare: the reference for the kill tests."""
+    """An uninterrupted smoke compare: the reference for the kill tests. It compiles every
+    program itself (no compilation cache), so that the runs compared with it, which take their
+    programs from the session's cache, ran other compilations of them."""
     w = tmp_path_factory.mktemp("smoke") / "w"
-    proc = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}")
+    proc = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}",
+               SCAE_COMPILATION_CACHE="0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return w
 
@@ -87,6 +90,28 @@ def test_smoke_compare_writes_every_output_and_resumes(smoke_compare):
     for name in ("filters_conv1_compared", "filters_layer2", "loss", "error_vs_labels",
                  "curves", "filters_conv1", "embedding"):  # redrawn from the records
         assert (w / "figures" / f"{name}.png").stat().st_size > 0, name
+
+
+@pytest.mark.slow
+def test_two_processes_give_identical_parameters_and_metrics(smoke_compare, tmp_path):
+    """On the CPU the same config and seed reproduce every bit in a fresh process, from other
+    compilations of the same programs (the reference compiled its own, without the cache).
+    It comes before the kill tests, whose many short processes then find the session's
+    cache filled."""
+    w = tmp_path / "w"
+    again = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    _same_stack(smoke_compare, w, exact=True)
+    for name in ("pretrain/metrics.jsonl", "compare/runs.jsonl"):
+        strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "cell_time_s", "img_per_s")}
+                              for r in rows]
+        assert strip(figures.read_jsonl(w / name)) == \
+            strip(figures.read_jsonl(smoke_compare / name)), name
+    for arm in ("pretrained", "random"):  # the fine-tuned first-layer filters
+        name = f"compare/conv1_{arm}_100.npy"
+        np.testing.assert_array_equal(np.load(w / name), np.load(smoke_compare / name))
+    assert (w / "compare" / "summary.md").read_text() == \
+        (smoke_compare / "compare" / "summary.md").read_text()
 
 
 def interrupt(module: str, workdir: Path, *, marker: str | None = None,
@@ -212,27 +237,6 @@ def test_sigkill_anywhere_then_rerun_matches_the_uninterrupted_run(smoke_compare
     # Nothing half-written is left behind.
     debris = [p for p in w.rglob("*") if p.name.endswith(".tmp") or "-tmp" in p.name]
     assert not debris, debris
-
-
-@pytest.mark.slow
-def test_two_processes_give_identical_parameters_and_metrics(smoke_compare, tmp_path):
-    """On the CPU the same config and seed reproduce every bit in a fresh process, which
-    compiles everything itself (no compilation cache)."""
-    w = tmp_path / "w"
-    again = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}",
-                SCAE_COMPILATION_CACHE="0")
-    assert again.returncode == 0, again.stderr[-3000:]
-    _same_stack(smoke_compare, w, exact=True)
-    for name in ("pretrain/metrics.jsonl", "compare/runs.jsonl"):
-        strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "cell_time_s", "img_per_s")}
-                              for r in rows]
-        assert strip(figures.read_jsonl(w / name)) == \
-            strip(figures.read_jsonl(smoke_compare / name)), name
-    for arm in ("pretrained", "random"):  # the fine-tuned first-layer filters
-        name = f"compare/conv1_{arm}_100.npy"
-        np.testing.assert_array_equal(np.load(w / name), np.load(smoke_compare / name))
-    assert (w / "compare" / "summary.md").read_text() == \
-        (smoke_compare / "compare" / "summary.md").read_text()
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ MNIST images, as ``finetuning.error_fn`` runs it), without a compilation cache, 
 its own process, both variants one after the other, ROUNDS rounds.
 
     python results/bench_zen3/patch_gather.py ROUNDS       # all cases
+    python results/bench_zen3/patch_gather.py ROUNDS bfloat16  # the bf16 steps
     python results/bench_zen3/patch_gather.py - VARIANT CASE  # one case (what each process runs)
 """
 import json
@@ -14,6 +15,8 @@ import time
 
 CASES = ["cnn mnist 0", "cae mnist 1", "cae mnist 2", "cae mnist 3", "cnn cifar10 0",
          "cae cifar10 2", "eval mnist 0"]
+# The bf16 steps also build transposed patches (``ops.im2col_t``).
+BF16_CASES = ["cnn mnist 0 bfloat16", "cae mnist 2 bfloat16"]
 
 
 def slices_im2col(x, kh, kw):
@@ -31,6 +34,16 @@ def slices_strided_im2col(x, kh, kw, p, a, b):
     return jnp.concatenate(cols, axis=-1).reshape(-1, kh * kw * x.shape[-1])
 
 
+def slices_im2col_t(x, kh, kw):
+    import jax.numpy as jnp
+    n, h, w, c = x.shape
+    ho, wo = h - kh + 1, w - kw + 1
+    xt = x.transpose(3, 0, 1, 2)
+    p = jnp.concatenate([xt[:, :, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)],
+                        axis=0)
+    return p.reshape(kh * kw * c, n * ho * wo)
+
+
 def one(variant, case):
     import jax
     import jax.numpy as jnp
@@ -41,7 +54,9 @@ def one(variant, case):
     from scae import config as cfglib, driver, finetuning, models, ops, optim
     if variant == "slices":
         ops.im2col, ops.strided_im2col = slices_im2col, slices_strided_im2col
-    workload, arch, layer = case.split()
+        ops.im2col_t = slices_im2col_t
+    workload, arch, layer, *dtype = case.split()
+    dtype = dtype[0] if dtype else "float32"
     if workload == "eval":
         S, N = 3, 3000
         spec = models.CNNSpec.from_config(cfglib.base_config(arch).model, bm.IMAGE_SHAPES[arch])
@@ -58,7 +73,7 @@ def one(variant, case):
     else:
         batch, steps = 128, 10
         loss_fn, params, data, _ = bm._workload(workload, arch, int(layer), batch, "auto",
-                                                "float32")
+                                                dtype)
         tx = optim.make(cfglib.base_config(arch).pretrain, 1000)
         order = jnp.arange(steps * batch) % (4 * batch)
         key = jax.random.PRNGKey(1)
@@ -77,7 +92,7 @@ def one(variant, case):
         t = time.perf_counter()
         run()
         times.append(time.perf_counter() - t)
-    print(json.dumps({"variant": variant, "case": case, "compile_s": round(ct, 2),
+    print(json.dumps({"variant": variant, "case": case, "dtype": dtype, "compile_s": round(ct, 2),
                       "img_s": round(images / float(np.median(times[1:])), 1)}), flush=True)
 
 
@@ -85,8 +100,9 @@ if __name__ == "__main__":
     if sys.argv[1] == "-":
         one(sys.argv[2], sys.argv[3])
     else:
+        cases = BF16_CASES if sys.argv[2:] == ["bfloat16"] else CASES
         for r in range(int(sys.argv[1])):
-            for case in CASES:
+            for case in cases:
                 for variant in ("slices", "gather"):
                     out = subprocess.run([sys.executable, __file__, "-", variant, case],
                                          capture_output=True, text=True).stdout.strip()
