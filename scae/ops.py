@@ -88,10 +88,10 @@ def _window_patches(x: Array, kh: int, kw: int, ho: int, wo: int, a: int = 0, b:
     """(N, H, W, C) -> (N, ho, wo, kh*kw*C): patch (r, q) is the kh x kw window of ``x`` at
     (a + p*r, b + p*q), features in HWI order.
 
-    Float32: one gather. Concatenating the kh*kw shifted slices is the same copy, but XLA's CPU
-    backend compiles each slice as its own fusion (2-6 s of LLVM per program; the gather is
-    one). The bf16 bits (uint16, :func:`_patches`) keep the slices, which ran 4-7% faster than
-    the 2-byte gather in the bf16 steps (docs/performance.md)."""
+    One gather, except for the bf16 bits (uint16, :func:`_patches`), which concatenate the
+    kh*kw shifted slices. Both are the same copy; XLA's CPU backend compiles each slice as its
+    own fusion (2-6 s of LLVM per float32 program, the gather one fusion), while in the bf16
+    steps the slices ran 4-7% faster than a 2-byte gather (docs/performance.md)."""
     n, c = x.shape[0], x.shape[-1]
     if x.dtype == jnp.uint16:
         return jnp.concatenate([x[:, a + i:a + i + p * (ho - 1) + 1:p,
@@ -110,7 +110,8 @@ def im2col(x: Array, kh: int, kw: int) -> Array:
 
 def im2col_t(x: Array, kh: int, kw: int) -> Array:
     """The transpose of :func:`im2col`, built directly: (kh*kw*C, N*Ho*Wo), rows in HWI order,
-    so that a kernel gradient is a plain row-major matmul ``im2col_t(x) @ g``."""
+    so that a kernel gradient is a plain row-major matmul ``im2col_t(x) @ g``. Only the bf16
+    steps use it, so it keeps the slices (:func:`_window_patches`)."""
     n, h, w, c = x.shape
     ho, wo = h - kh + 1, w - kw + 1
     xt = x.transpose(3, 0, 1, 2)  # CNHW: each patch row below is one contiguous block
