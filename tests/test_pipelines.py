@@ -95,9 +95,7 @@ def test_smoke_compare_writes_every_output_and_resumes(smoke_compare):
 @pytest.mark.slow
 def test_two_processes_give_identical_parameters_and_metrics(smoke_compare, tmp_path):
     """On the CPU the same config and seed reproduce every bit in a fresh process, from other
-    compilations of the same programs (the reference compiled its own, without the cache).
-    It comes before the kill tests, whose many short processes then find the session's
-    cache filled."""
+    compilations of the same programs (the reference compiled its own, without the cache)."""
     w = tmp_path / "w"
     again = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}")
     assert again.returncode == 0, again.stderr[-3000:]
