@@ -40,7 +40,7 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Steps per compiled call (a lax.scan)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls; the median is reported.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Models trained together under jax.vmap.")
 _PEAK = flags.DEFINE_bool("peak", False, "Also measure the fp32 matmul peak.")
-_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "matmul"],
+_IMPL = flags.DEFINE_enum("conv_impl", "auto", list(ops.CONV_IMPLS),
                           "Convolution implementation (see scae.ops.resolve_impl).")
 
 _DTYPE = flags.DEFINE_enum("dtype", "float32", list(ops.COMPUTE_DTYPES),

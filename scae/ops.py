@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from scae import winograd
+
 Array = jax.Array
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -38,16 +40,40 @@ def activation(name: str) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
-CONV_IMPLS = ("auto", "xla", "matmul")
+CONV_IMPLS = ("auto", "xla", "matmul", "winograd")
+
+# Where 'winograd' applies Winograd (docs/performance.md): 5x5 kernels over at least 16 input
+# maps. Below that the transforms cost about as much as they save (conv 1 has one or three
+# maps: its matmuls would have K = 1 or 3); the paper's 3x3 layers (one or four tiles per map)
+# measured slower than their patches matmul.
+WINOGRAD_KERNELS = (5,)
+WINOGRAD_MIN_MAPS = 16
 
 
 def resolve_impl(impl: str) -> str:
-    """'auto' picks 'matmul' on the CPU, where XLA's own convolutions of these shapes are
-    several times slower than a patches-times-kernel matmul, and 'xla' (cuDNN, TPU convs)
-    elsewhere. See docs/performance.md for the measurements."""
+    """'auto' picks 'winograd' on the CPU and 'xla' (cuDNN, TPU convs) elsewhere.
+
+    'matmul' is one patches-times-kernel matmul per convolution (XLA's own CPU convolutions
+    of these shapes are several times slower); 'winograd' is the same except that float32
+    convolutions with a kernel size in :data:`WINOGRAD_KERNELS` over at least
+    :data:`WINOGRAD_MIN_MAPS` input maps run by :mod:`scae.winograd` (2.8x fewer
+    multiplications for 5x5). See docs/performance.md for the measurements."""
     if impl == "auto":
-        return "matmul" if jax.default_backend() == "cpu" else "xla"
+        return "winograd" if jax.default_backend() == "cpu" else "xla"
     return impl
+
+
+def _use_winograd(impl: str, w: Array, dtype: str) -> bool:
+    """Whether this convolution runs by :mod:`scae.winograd`: float32 only, since the
+    transforms' values are up to 5x the inputs' and bf16 would lose their low bits."""
+    return (resolve_impl(impl) == "winograd" and dtype == "float32"
+            and winograd.supports(w.shape) and w.shape[0] in WINOGRAD_KERNELS
+            and w.shape[2] >= WINOGRAD_MIN_MAPS)
+
+
+def _patch_path(impl: str) -> bool:
+    """Whether a convolution not taken by Winograd runs as patches x kernel."""
+    return resolve_impl(impl) in ("matmul", "winograd")
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -277,13 +303,16 @@ _conv_pool_mm.defvjp(_conv_pool_mm_fwd, _conv_pool_mm_bwd)
 
 
 def conv_pool(x: Array, w: Array, p: int, impl: str = "auto", dtype: str | None = None) -> Array:
-    """``max_pool(conv_valid(x, w), p)``; on the float32 matmul path, when the convolution's
-    output divides into whole p x p windows, the forward pass outside differentiation
-    (evaluation, feature extraction) never writes the unpooled output."""
+    """``max_pool(conv_valid(x, w), p)``. When the convolution's output divides into whole
+    p x p windows: by Winograd's tiles, which are 2 x 2 pooling windows, where
+    :func:`resolve_impl` allows; else, on the float32 patches path, the forward pass outside
+    differentiation (evaluation, feature extraction) never writes the unpooled output."""
     dtype = resolve_dtype(dtype)
     kh, kw = w.shape[:2]
     whole = (x.shape[1] - kh + 1) % p == 0 and (x.shape[2] - kw + 1) % p == 0
-    if p > 1 and whole and dtype == "float32" and resolve_impl(impl) == "matmul":
+    if p == winograd.M and whole and _use_winograd(impl, w, dtype):
+        return winograd.conv_pool2(x, w)
+    if p > 1 and whole and dtype == "float32" and _patch_path(impl):
         return _conv_pool_mm(x, w, p)
     return max_pool(conv_valid(x, w, impl, dtype), p)
 
@@ -318,7 +347,9 @@ def conv_valid(x: Array, w: Array, impl: str = "auto", dtype: str | None = None)
     :func:`compute_dtype` default, float32); the result is always float32.
     """
     dtype = resolve_dtype(dtype)
-    if resolve_impl(impl) == "matmul":
+    if _use_winograd(impl, w, dtype):
+        return winograd.conv_valid(x, w)
+    if _patch_path(impl):
         return _conv_valid_mm(x, w, dtype)
     return _xla_conv(x, w, "VALID", dtype)
 
@@ -332,7 +363,9 @@ def conv_full_tied(h: Array, w: Array, impl: str = "auto", dtype: str | None = N
     ``dtype`` as in :func:`conv_valid`.
     """
     dtype = resolve_dtype(dtype)
-    if resolve_impl(impl) == "matmul":
+    if _use_winograd(impl, w, dtype):
+        return winograd.conv_transpose(h, w)
+    if _patch_path(impl):
         return _conv_full_tied_mm(h, w, dtype)
     k_h, k_w = w.shape[0], w.shape[1]
     w_dec = jnp.flip(w, (0, 1)).swapaxes(2, 3)  # HW(out)(in): rotate 180, swap in/out maps

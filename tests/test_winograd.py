@@ -1,0 +1,108 @@
+"""scae.winograd against direct convolutions (XLA's), in values and gradients, and the ops
+dispatch that chooses it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scae import ops, winograd
+
+
+def _data(shape, k, c_out, seed=0):
+    kx, kw = jax.random.split(jax.random.PRNGKey(seed))
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (k, k, shape[-1], c_out)) / np.sqrt(k * k * shape[-1])
+    return x, w
+
+
+def _close(got, want, tol=2e-5):
+    """Winograd's rounding error scales with the largest value (the transforms mix a tile's
+    values), so the check is relative to the largest magnitude, not elementwise."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= tol * np.abs(want).max()
+
+
+@pytest.mark.parametrize("k", winograd.KERNELS)
+def test_matrices_give_the_correlation(k):
+    bt, g, at = winograd.matrices(k)
+    rng = np.random.default_rng(k)
+    for _ in range(5):
+        d, f = rng.normal(size=k + 1), rng.normal(size=k)
+        want = [d[i:i + k] @ f for i in range(winograd.M)]
+        np.testing.assert_allclose(at @ ((g @ f) * (bt @ d)), want, rtol=1e-12, atol=1e-12)
+
+
+# Even and odd output sizes (odd ones pad a partial tile), one tile, several maps.
+SHAPES = [((3, 12, 12, 20), 5, 7), ((2, 14, 13, 6), 5, 4), ((2, 9, 11, 7), 3, 5),
+          ((2, 4, 4, 9), 3, 6)]
+
+
+@pytest.mark.parametrize("shape,k,c_out", SHAPES)
+def test_conv_valid_and_its_gradients_match_xla(shape, k, c_out):
+    x, w = _data(shape, k, c_out)
+    got, want = winograd.conv_valid(x, w), ops.conv_valid(x, w, "xla")
+    assert got.shape == want.shape
+    _close(got, want)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))
+    for g, r in zip(jax.grad(loss(winograd.conv_valid), (0, 1))(x, w),
+                    jax.grad(loss(lambda x, w: ops.conv_valid(x, w, "xla")), (0, 1))(x, w)):
+        _close(g, r)
+
+
+@pytest.mark.parametrize("shape,k,c_out", SHAPES)
+def test_conv_transpose_is_the_adjoint_and_matches_the_tied_decoder(shape, k, c_out):
+    x, w = _data(shape, k, c_out)
+    h = jax.random.normal(jax.random.PRNGKey(7), winograd.conv_valid(x, w).shape)
+    got = winograd.conv_transpose(h, w)
+    (adjoint,) = jax.vjp(lambda x: winograd.conv_valid(x, w), x)[1](h)
+    _close(got, adjoint)
+    _close(got, ops.conv_full_tied(h, w, "xla"))
+    loss = lambda f: lambda h, w: jnp.sum(jnp.sin(f(h, w)))
+    for g, r in zip(jax.grad(loss(winograd.conv_transpose), (0, 1))(h, w),
+                    jax.grad(loss(lambda h, w: ops.conv_full_tied(h, w, "xla")), (0, 1))(h, w)):
+        _close(g, r)
+
+
+def test_input_transform_vjps_are_each_others_adjoint():
+    k, th, tw = 5, 3, 2
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 2 * th + k - 1, 2 * tw + k - 1, 3))
+    v = jax.random.normal(jax.random.PRNGKey(1), ((k + 1) ** 2, 2 * th * tw, 3))
+    tx = winograd._input_transform(x, k, th, tw)
+    tv = winograd._input_adjoint(v, k, th, tw)
+    np.testing.assert_allclose(jnp.vdot(tx, v), jnp.vdot(x, tv), rtol=1e-5)
+    # The hand-written VJP against autodiff of the plain slices.
+    _, auto = jax.vjp(lambda x: jnp.stack(winograd._points(x, k, th, tw)), x)
+    _, hand = jax.vjp(lambda x: winograd._input_transform(x, k, th, tw), x)
+    _close(hand(v)[0], auto(v)[0])
+
+
+@pytest.mark.parametrize("shape", [(3, 12, 12, 20), (2, 14, 14, 17)])
+def test_conv_pool2_matches_pooling_the_convolution(shape):
+    x, w = _data(shape, 5, 9)
+    want = lambda x, w: ops.max_pool(ops.conv_valid(x, w, "xla"), 2)
+    _close(winograd.conv_pool2(x, w), want(x, w))
+    # The forward-only form and the differentiable one give the same values.
+    _close(winograd.conv_pool2(x, w), winograd._pool2_stacked(x, w))
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(3 * f(x, w)))
+    for g, r in zip(jax.grad(loss(winograd.conv_pool2), (0, 1))(x, w),
+                    jax.grad(loss(want), (0, 1))(x, w)):
+        _close(g, r)
+
+
+def test_ops_take_winograd_only_where_it_applies():
+    x, w = _data((2, 12, 12, ops.WINOGRAD_MIN_MAPS), 5, 6)
+    for impl in ("winograd", "auto"):
+        np.testing.assert_array_equal(ops.conv_valid(x, w, impl), winograd.conv_valid(x, w))
+        np.testing.assert_array_equal(ops.conv_pool(x, w, 2, impl), winograd.conv_pool2(x, w))
+    h = ops.conv_valid(x, w, "matmul")
+    np.testing.assert_array_equal(ops.conv_full_tied(h, w, "winograd"),
+                                  winograd.conv_transpose(h, w))
+    assert not np.array_equal(ops.conv_valid(x, w, "winograd"), ops.conv_valid(x, w, "matmul"))
+    # Too few input maps, a kernel size not in WINOGRAD_KERNELS, or bf16: the patches path.
+    few, wf = _data((2, 12, 12, ops.WINOGRAD_MIN_MAPS - 1), 5, 6)
+    k3, w3 = _data((2, 9, 9, 32), 3, 6)
+    for a, b, dtype in [(few, wf, "float32"), (k3, w3, "float32"), (x, w, "bfloat16")]:
+        np.testing.assert_array_equal(ops.conv_valid(a, b, "winograd", dtype),
+                                      ops.conv_valid(a, b, "matmul", dtype))
