@@ -29,7 +29,7 @@ def huge_pages_env() -> dict[str, str] | None:
     XLA's CPU runtime allocates each call's temporaries afresh, and glibc serves blocks that
     large with new pages from the kernel: 20,000-40,000 page faults per training step of the
     paper's CNN. glibc's ``hugetlb`` tunable (glibc >= 2.35) makes them 2 MB pages where the
-    kernel's transparent huge pages are not 'never', about 30x fewer faults and 4-9% faster
+    kernel's transparent huge pages are not 'never': 20-110x fewer faults and 4-9% faster
     steps (docs/performance.md). Tunables are read only when a process starts, hence the exec:
     same PID, same arguments. ``SCAE_HUGE_PAGES=0`` turns it off."""
     if sys.platform != "linux" or os.environ.get("SCAE_HUGE_PAGES", "1") == "0":
