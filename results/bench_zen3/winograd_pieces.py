@@ -1,5 +1,6 @@
 """Conv 2 of the paper's CNN and the CAE's layer 2 at MNIST (12 x 12 x 100 inputs) and
-CIFAR-10 size (14 x 14 x 100), 128 images: the pooled forward pass, its gradient, and the
+CIFAR-10 size (14 x 14 x 100), 128 images: the pooled forward pass (Winograd: the list form used outside differentiation, and the
+stacked form that is differentiated), its gradient, and the
 CAE layer-2 loss with its gradient, by patches x kernel (ops, conv_impl=matmul) and by
 scae.winograd. Compile time of the first call and the median of 7 calls, two rounds.
 
@@ -21,6 +22,7 @@ for name, hw in [("mnist", 12), ("cifar", 14)]:
     cases = {
       "fwd conv_pool mm": jax.jit(lambda x,w: ops.conv_pool(x,w,2,"matmul")),
       "fwd conv_pool wino": jax.jit(lambda x,w: wg.conv_pool2(x,w)),
+      "fwd wino stacked": jax.jit(lambda x,w: wg._pool2_stacked(x,w)),
       "train conv_pool mm": jax.jit(jax.grad(lambda x,w: jnp.sum(ops.conv_pool(x,w,2,"matmul")*r),(0,1))),
       "train conv_pool wino": jax.jit(jax.grad(lambda x,w: jnp.sum(wg.conv_pool2(x,w)*r),(0,1))),
     }
