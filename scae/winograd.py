@@ -5,10 +5,11 @@ CVPR 2016).
 A valid k x k convolution's output is cut into 2 x 2 tiles; each tile is computed from the
 (k+1) x (k+1) input window under it as ``A^T [(G w G^T) * (B^T d B)] A``. Over a batch the
 elementwise product becomes (k+1)^2 matmuls of (tiles, C_in) x (C_in, C_out): for k = 5, 36
-products per 4 outputs instead of 100, for k = 3, 16 instead of 36. The transforms are plain
-array ops, so autodiff gives the gradients as the same small matmuls through the adjoint
-transforms (no patches, no col2im). The values differ from a direct convolution's by float32
-rounding only (about 1e-6 relative).
+products per 4 outputs instead of 100, for k = 3, 16 instead of 36. The input transform and
+its adjoint have hand-written VJPs (each the other) and the output transform is one small
+matmul, so the gradients are the same batched matmuls through the adjoint transforms (no
+patches, no col2im). The values differ from a direct convolution's by float32 rounding only
+(a few 1e-6 of the largest value; tests/test_winograd.py).
 
 Layout is NHWC for activations and HWIO for kernels, as in :mod:`scae.ops`.
 """
