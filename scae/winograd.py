@@ -199,10 +199,20 @@ def conv_valid(x: Array, w: Array) -> Array:
     return full[:, :x.shape[1] - k + 1, :x.shape[2] - k + 1]
 
 
+def _check_even(x: Array, w: Array) -> None:
+    """conv_pool2's tiles are its pooling windows only for an even valid output; an odd one
+    would pool the padding of the last tiles."""
+    k = w.shape[0]
+    if (x.shape[1] - k + 1) % M or (x.shape[2] - k + 1) % M:
+        raise ValueError(f"conv_pool2 needs an even valid output, got "
+                         f"{x.shape[1] - k + 1} x {x.shape[2] - k + 1}")
+
+
 def _pool2_forward(x: Array, w: Array) -> Array:
     """:func:`conv_pool2`'s value by the fastest forward pass: the points as a list, each one
     fusion feeding its own matmul (XLA's CPU backend copies a stack of many operands slowly),
     and the output transform as sums. Not differentiable at a useful speed."""
+    _check_even(x, w)
     k = w.shape[0]
     _, _, at = matrices(k)
     n = k + 1
@@ -226,6 +236,7 @@ def conv_pool2(x: Array, w: Array) -> Array:
 
 
 def _pool2_stacked(x: Array, w: Array) -> Array:
+    _check_even(x, w)
     y = tile_outputs(x, w)
     return y.reshape(M * M, *y.shape[2:]).max(axis=0)
 
@@ -239,7 +250,7 @@ def conv_transpose(h: Array, w: Array) -> Array:
     CAE's tied decoder): each step of :func:`tile_outputs` transposed, in reverse order."""
     k = w.shape[0]
     n_, ho, wo, o = h.shape
-    th, tw = -(-ho // M), -(-wo // M)
+    th, tw = _tiles(ho + k - 1, wo + k - 1, k)
     g = _pad_to(h, M * th, M * tw).reshape(n_, th, M, tw, M, o).transpose(2, 4, 0, 1, 3, 5)
     gm = _along0(_output_matrix(k).T, g.reshape(M * M, -1, o))            # (n*n, R, O)
     dv = _batched(gm, _kernel_transform(w), 2)                             # (n*n, R, C)

@@ -91,6 +91,14 @@ def test_conv_pool2_matches_pooling_the_convolution(shape):
         _close(g, r)
 
 
+def test_conv_pool2_refuses_an_odd_output():
+    x, w = _data((2, 13, 12, 20), 5, 4)  # 9 x 8: the last row of tiles would pool padding
+    with pytest.raises(ValueError, match="even valid output"):
+        winograd.conv_pool2(x, w)
+    with pytest.raises(ValueError, match="even valid output"):
+        jax.grad(lambda x: winograd.conv_pool2(x, w).sum())(x)
+
+
 def test_ops_take_winograd_only_where_it_applies():
     x, w = _data((2, 12, 12, ops.WINOGRAD_MIN_MAPS), 5, 6)
     for impl in ("winograd", "auto"):
