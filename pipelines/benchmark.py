@@ -38,7 +38,10 @@ _ARCH = flags.DEFINE_enum("arch", "mnist", ["mnist", "cifar10"], "Input size: 28
 _BATCH = flags.DEFINE_integer("batch", 128, "Images per step (per seed).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Steps per compiled call (a lax.scan).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls; the median is reported.")
-_SEEDS = flags.DEFINE_integer("seeds", 1, "Models trained together under jax.vmap.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "Models trained together in one program.")
+_SEED_BATCHING = flags.DEFINE_enum("seed_batching", "auto", list(driver.SEED_BATCHINGS),
+                                   "How --seeds > 1 share the program (see "
+                                   "scae.driver.resolve_seed_batching).")
 _PEAK = flags.DEFINE_bool("peak", False, "Also measure the fp32 matmul peak.")
 _IMPL = flags.DEFINE_enum("conv_impl", "auto", list(ops.CONV_IMPLS),
                           "Convolution implementation (see scae.ops.resolve_impl).")
@@ -132,8 +135,10 @@ def _workload(workload: str, arch: str, layer: int, batch: int, impl: str,
 
 
 def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repeats: int,
-              seeds: int, impl: str = "auto", dtype: str = "float32") -> dict:
-    """Times ``steps`` fused training steps of ``seeds`` vmapped models; returns the figures.
+              seeds: int, impl: str = "auto", dtype: str = "float32",
+              seed_batching: str = "auto") -> dict:
+    """Times ``steps`` fused training steps of ``seeds`` models in one program (as
+    ``seed_batching`` says); returns the figures.
     ``dtype`` is the matmul operand dtype the step is traced with (:func:`ops.compute_dtype`)."""
     loss_fn, params, data, flop_per_img = _workload(workload, arch, layer, batch, impl, dtype)
     tx = optim.make(cfglib.base_config(arch).pretrain, 1000)
@@ -145,7 +150,8 @@ def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repe
         order, key = jnp.stack([order] * seeds), jax.random.split(key, seeds)
     else:
         opt_state = tx.init(params)
-    run = driver.make_steps(loss_fn, tx, batch, steps, seeds=seeds > 1)
+    run = driver.make_steps(loss_fn, tx, batch, steps, seeds=seeds > 1,
+                            seed_batching=seed_batching)
     with ops.compute_dtype(dtype):
         compiled = run.lower(params, opt_state, data, order, 0, 0, key).compile()
     cost = compiled.cost_analysis()
@@ -161,6 +167,7 @@ def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repe
     imgs = batch * steps * seeds
     return {"workload": workload, "layer": layer if workload == "cae" else None, "arch": arch,
             "batch": batch, "seeds": seeds, "steps_per_call": steps,
+            "seed_batching": driver.resolve_seed_batching(seed_batching) if seeds > 1 else None,
             "img_per_s": round(batch * steps / dt, 1), "step_ms": round(1e3 * dt / steps, 2),
             "gflop_per_s": round(flop_per_img * imgs / dt / 1e9, 1),
             # XLA's cost analysis counts a scan's body once: one step of every seed.
@@ -182,14 +189,15 @@ def machine(peak_n: int, dtype: str) -> dict:
 
 
 def all_rows(batch: int, steps: int, repeats: int, seeds: int, impl: str, dtype: str,
-             peak_n: int = 4096):
+             peak_n: int = 4096, seed_batching: str = "auto"):
     """Yields the machine line, then every step of :data:`ROWS` with its share of the fp32
     peak (of the bf16 peak for ``dtype='bfloat16'``)."""
     head = machine(peak_n, dtype)
     yield head
     peak = head.get(f"peak_{dtype}_gflop_per_s", head["peak_gflop_per_s"])
     for arch, workload, layer in ROWS:
-        out = benchmark(workload, arch, layer or 1, batch, steps, repeats, seeds, impl, dtype)
+        out = benchmark(workload, arch, layer or 1, batch, steps, repeats, seeds, impl, dtype,
+                        seed_batching)
         out["fraction_of_peak"] = round(out["gflop_per_s"] / peak, 3)
         yield out
 
@@ -201,12 +209,13 @@ def main(config, workdir) -> None:
         raise InputError("--batch, --steps, --repeats, --seeds and --peak_n must be >= 1")
     if _ALL.value:
         for line in all_rows(_BATCH.value, _STEPS.value, _REPEATS.value, _SEEDS.value,
-                             _IMPL.value, _DTYPE.value, _PEAK_N.value):
+                             _IMPL.value, _DTYPE.value, _PEAK_N.value, _SEED_BATCHING.value):
             print(json.dumps(line), flush=True)
         return
     try:
         out = benchmark(_WORKLOAD.value, _ARCH.value, _LAYER.value, _BATCH.value, _STEPS.value,
-                        _REPEATS.value, _SEEDS.value, _IMPL.value, _DTYPE.value)
+                        _REPEATS.value, _SEEDS.value, _IMPL.value, _DTYPE.value,
+                        _SEED_BATCHING.value)
     except ValueError as e:
         raise InputError(str(e)) from None
     if _PEAK.value:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import ml_collections
 
-from scae import models, ops, preprocess
+from scae import driver, models, ops, preprocess
 from scae.errors import InputError
 
 ARMS = ("random", "pretrained", "frozen")
@@ -114,7 +114,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.compare.label_sizes = (1000, 10000, 50000)
     c.compare.num_seeds = 5
     c.compare.arms = ARMS
-    c.compare.vmap_seeds = True  # train the seeds of one cell together under jax.vmap
+    c.compare.vmap_seeds = True  # train the seeds of one cell together, in one program
+    # How those seeds share the program: 'vmap' (batched: fills a GPU or TPU), 'map' (one
+    # after another: faster on a CPU) or 'auto' (map on the CPU, vmap elsewhere).
+    c.compare.seed_batching = "auto"
     # True: seed i's pretrained and frozen arms start from a stack pretrained for seed i
     # (pretraining seed config.seed + i), so the spread over seeds includes pretraining's.
     # False: every seed shares the stack of seed 0 (cheaper; the summary says so).
@@ -218,6 +221,7 @@ def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
     _choice(c, "model.activation", tuple(ops.ACTIVATIONS))
     _choice(c, "model.init", tuple(models.INITIALIZERS))
     _choice(c, "model.conv_impl", ops.CONV_IMPLS)
+    _choice(c, "compare.seed_batching", driver.SEED_BATCHINGS)
     _choice(c, "model.compute_dtype", ops.COMPUTE_DTYPES)
     _choice(c, "data.scale", ("unit", "symmetric"))
     _choice(c, "pretrain.noise", models.NOISES)

@@ -90,16 +90,65 @@ def epoch_order(key: Array, pool: Array, epoch: int | Array) -> Array:
     return jax.random.permutation(jax.random.fold_in(key, epoch), pool)
 
 
+# How the seeds of a phase trained together share one compiled program (see over_seeds).
+SEED_BATCHINGS = ("auto", "vmap", "map")
+
+
+def resolve_seed_batching(mode: str = "auto") -> str:
+    """'auto' is 'map' on the CPU and 'vmap' elsewhere.
+
+    'vmap' batches the seeds into every operation, which fills a GPU or TPU. 'map' runs them
+    one after another within the same program (``lax.map``): on a CPU one seed's batch already
+    keeps the cores busy, and vmapped seeds add layout copies around the batched matmuls (the
+    quick job's fine-tuning step: 15-20% slower vmapped, docs/performance.md); it also holds
+    one seed's activations at a time. Both compute the same values up to float32 rounding."""
+    if mode not in SEED_BATCHINGS:
+        raise ValueError(f"seed batching {mode!r} not in {SEED_BATCHINGS}")
+    if mode == "auto":
+        return "map" if jax.default_backend() == "cpu" else "vmap"
+    return mode
+
+
+def seeds_at_once(seeds: int, mode: str = "auto") -> int:
+    """How many seeds' activations a program of ``seeds`` seeds holds at once under ``mode``:
+    the divisor of an evaluation's batch that keeps its memory bounded."""
+    return max(1, seeds) if resolve_seed_batching(mode) == "vmap" else 1
+
+
+def over_seeds(fn: Callable, in_axes: Sequence[int | None], mode: str = "auto") -> Callable:
+    """``fn`` over a leading seed axis of the arguments whose ``in_axes`` entry is 0 (None:
+    shared by every seed), its outputs stacked along a leading seed axis: ``jax.vmap(fn,
+    in_axes)``, or the same computation seed after seed as a ``lax.map``
+    (:func:`resolve_seed_batching`)."""
+    in_axes = tuple(in_axes)
+    if any(a not in (0, None) for a in in_axes):
+        raise ValueError(f"in_axes entries must be 0 or None, got {in_axes}")
+    if resolve_seed_batching(mode) == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def mapped(*args):
+        per_seed = [a for a, ax in zip(args, in_axes) if ax == 0]
+
+        def one(xs):
+            it = iter(xs)
+            return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
+
+        return lax.map(one, per_seed)
+
+    return mapped
+
+
 def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int,
-               num_steps: int, seeds: bool = False) -> Callable:
+               num_steps: int, seeds: bool = False, seed_batching: str = "auto") -> Callable:
     """Compiles ``num_steps`` training steps as one call.
 
     Returns ``run(params, opt_state, data, order, offset, step0, key, context=None) ->
     (params, opt_state, losses)``: step i trains on ``data[order[offset + i*batch_size : ... +
     batch_size]]`` with key ``fold_in(key, step0 + i)``; a ``context`` that is not None (fixed
     inputs of the loss that are not trained, such as frozen layers) is passed to ``loss_fn``
-    as its last argument. With ``seeds=True`` it is vmapped over a leading seed axis of params,
-    opt_state, order, key and context (the data are shared).
+    as its last argument. With ``seeds=True`` it runs over a leading seed axis of params,
+    opt_state, order, key and context (the data are shared), as ``seed_batching`` says
+    (:func:`over_seeds`).
     """
 
     def run(params, opt_state, data, order, offset, step0, key, context=None):
@@ -119,11 +168,11 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
 
     if not seeds:
         return jax.jit(run, donate_argnums=(0, 1))
-    vmapped = jax.vmap(run, in_axes=(0, 0, None, 0, None, None, 0, 0))
+    per_seed = over_seeds(run, (0, 0, None, 0, None, None, 0, 0), seed_batching)
 
     def run_seeds(params, opt_state, data, order, offset, step0, key, context=None):
-        # vmap takes every argument its in_axes names, so the default is filled in here.
-        return vmapped(params, opt_state, data, order, offset, step0, key, context)
+        # over_seeds takes every argument its in_axes names, so the default is filled in here.
+        return per_seed(params, opt_state, data, order, offset, step0, key, context)
 
     return jax.jit(run_seeds, donate_argnums=(0, 1))
 
@@ -137,12 +186,13 @@ def batched_apply(fn: Callable[[Array], Array], x: Array, batch_size: int) -> Ar
     return jax.tree.map(lambda o: o.reshape((-1,) + o.shape[2:])[:n], out)
 
 
-def seed_map(fn: Callable[[Any, Array], Array], params, x: Array, batch_size: int) -> Array:
+def seed_map(fn: Callable[[Any, Array], Array], params, x: Array, batch_size: int,
+             seed_batching: str = "auto") -> Array:
     """``fn(params_i, x)`` for each seed's parameters (``params`` has a leading seed axis),
-    vmapped over the seeds and in batches of ``batch_size`` images per seed, jitted:
-    (seeds, len(x), ...)."""
+    over the seeds as ``seed_batching`` says (:func:`over_seeds`) and in batches of
+    ``batch_size`` images per seed, jitted: (seeds, len(x), ...)."""
     per_seed = lambda q, v: batched_apply(lambda b: fn(q, b), v, min(batch_size, v.shape[0]))
-    return jax.jit(jax.vmap(per_seed, in_axes=(0, None)))(params, x)
+    return jax.jit(over_seeds(per_seed, (0, None), seed_batching))(params, x)
 
 
 def seed_stretches(per_seed: Array, pool: Array | np.ndarray) -> tuple[Array, Array]:
@@ -195,7 +245,8 @@ class Phase:
     pool: Array  # the example indices each epoch permutes ((seeds, n) when ``seeds``)
     order_key: Array  # batch order ((seeds, 2) when ``seeds``)
     step_key: Array  # per-step randomness: noise, dropout, augmentation
-    seeds: Sequence[int] = ()  # non-empty: these seeds' models are trained together (vmap)
+    seeds: Sequence[int] = ()  # non-empty: these seeds' models are trained in one program
+    seed_batching: str = "auto"  # how they share it: see resolve_seed_batching
     # Fixed inputs of the loss, not trained and not checkpointed (a leading seed axis when
     # ``seeds``): the loss is then loss_fn(params, batch, key, context).
     context: Any = None
@@ -282,7 +333,8 @@ def _train(phase: Phase, lr_scale: float) -> Result:
         for epoch, offset, n in p.chunks(step, phase.steps_per_call):
             t0 = time.perf_counter()
             if n not in compiled:
-                compiled[n] = make_steps(phase.loss_fn, tx, p.batch_size, n, seeds=seeded)
+                compiled[n] = make_steps(phase.loss_fn, tx, p.batch_size, n, seeds=seeded,
+                                         seed_batching=phase.seed_batching)
             order = orders(phase.order_key, phase.pool, epoch)
             params, opt_state, losses = compiled[n](state["params"], state["opt_state"],
                                                     phase.data, order, offset, step,

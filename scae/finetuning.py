@@ -1,5 +1,5 @@
-"""Fine-tuning the CNN for one cell of the comparison (a label size and an arm), every seed at
-once under ``jax.vmap``, as one resumable :class:`scae.driver.Phase`.
+"""Fine-tuning the CNN for one cell of the comparison (a label size and an arm), every seed in
+one compiled program (:func:`scae.driver.over_seeds`), as one resumable :class:`scae.driver.Phase`.
 
 Arms: ``random`` (everything from random initialisation), ``pretrained`` (conv layers from the
 CAE stack, everything fine-tuned) and ``frozen`` (conv layers from the stack, kept fixed by an
@@ -24,8 +24,8 @@ from scae import augment, driver, inputs as inputs_lib, models, optim
 from scae.stack import Stack
 
 Array = jax.Array
-# Images evaluated at once over all the seeds of a cell: a vmapped evaluation holds each
-# seed's activations (conv2's patches alone: 20 MB per 32 MNIST images). 128 take 128 MB of
+# Images evaluated at once over the seeds a program holds at once (driver.seeds_at_once): a
+# vmapped evaluation holds each seed's activations (conv2's patches alone: 20 MB per 32 MNIST images). 128 take 128 MB of
 # temporaries, half of what 256 take, at the same speed (docs/performance.md).
 EVAL_BATCH = 128
 ARMS = ("random", "pretrained", "frozen")
@@ -125,6 +125,7 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
     params = jax.tree.map(lambda *q: jnp.stack(q), *[models.params_of(m) for m in nets])
     mask = models.frozen_mask(nets[0], models.conv_layers) if arm == "frozen" else None
     n = len(seeds)
+    batching = config.compare.get("seed_batching", "auto")
     shift, flip = int(fc.get("augment_translate", 0)), bool(fc.get("augment_flip", False))
 
     def loss_fn(q, batch, key):
@@ -144,7 +145,8 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         # The frozen conv layers map an image to the same features at every step, so they are
         # computed once (for the validation and test images too) and the steps train the head
         # alone: the same losses and gradients, without the conv layers' passes.
-        cache = frozen_features(graphdef, params, train_x, train_y, subsets, held_out)
+        cache = frozen_features(graphdef, params, train_x, train_y, subsets, held_out,
+                                seed_batching=batching)
     if cache is not None:
         data_xy, pool, held_out = cache.data, cache.pool, cache.held_out
         loss_fn = lambda q, batch, key: models.merge(graphdef, q).head_loss(
@@ -155,8 +157,9 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
             f"and {len(data.test_images)} test images), the head trained on them")
     # Images, or features; seeds that share their conv layers (one stack) share one copy.
     per_seed_inputs = cache is not None and cache.copies > 1
-    val_err = jax.jit(jax.vmap(error_fn(graphdef, n, on_features=cache is not None),
-                               in_axes=(0, 0 if per_seed_inputs else None, None)))
+    val_err = jax.jit(driver.over_seeds(
+        error_fn(graphdef, driver.seeds_at_once(n, batching), on_features=cache is not None),
+        (0, 0 if per_seed_inputs else None, None), batching))
     val_x, val_y = held_out.get("val"), jnp.asarray(data.val_labels)
 
     def evaluate(state, epoch):
@@ -173,7 +176,7 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         loss_fn=loss_fn,
         make_tx=lambda scale: optim.make(fc, p.total_steps, mask, lr_scale=scale),
         params=params, data=data_xy, pool=pool, order_key=order_keys,
-        step_key=step_keys, seeds=tuple(seeds),
+        step_key=step_keys, seeds=tuple(seeds), seed_batching=batching,
         steps_per_call=fc.steps_per_call,
         eval_epochs=frozenset([p.epochs] if refit else eval_epochs(p.epochs, fc.evals)),
         evaluate=evaluate,
@@ -208,7 +211,8 @@ class FrozenFeatures(NamedTuple):
 
 def frozen_features(graphdef: nnx.GraphDef, params, images: Array, labels: np.ndarray,
                     subsets: np.ndarray, held_out: dict[str, Array] | None = None,
-                    max_bytes: int | None = None) -> FrozenFeatures | None:
+                    max_bytes: int | None = None,
+                    seed_batching: str = "auto") -> FrozenFeatures | None:
     """The frozen arm's inputs as conv features, or None when they would take more than
     ``max_bytes`` (default :data:`FROZEN_CACHE_BYTES`).
 
@@ -234,7 +238,8 @@ def frozen_features(graphdef: nnx.GraphDef, params, images: Array, labels: np.nd
     # Every image set through one program: (copies, U + held-out images, F), then cut.
     sets = [images[jnp.asarray(union)]] + list(held_out.values())
     feats = driver.seed_map(features, params, jnp.concatenate(sets),
-                            max(1, EVAL_BATCH // copies))
+                            max(1, EVAL_BATCH // driver.seeds_at_once(copies, seed_batching)),
+                            seed_batching)
     cuts = np.cumsum([len(v) for v in sets])[:-1]
     train_f, *held_f = jnp.split(feats, cuts, axis=1)
     del feats

@@ -523,15 +523,18 @@ def _train_layer_seeds(config, stacks: list[Stack], k: int, images, val_images,
     # Each seed's own frozen layers (the whole stack's parameters; layers k.. go unused).
     below = parallel.replicate(stacked([models.split(s)[1] for s in stacks])) if k > 1 \
         else None
-    # Images evaluated or encoded at once over all the seeds, as one seed's EVAL_BATCH.
-    batch = max(1, EVAL_BATCH // n)
+    batching = config.compare.get("seed_batching", "auto")
+    # Images evaluated or encoded at once over the seeds a program holds at once, as one
+    # seed's EVAL_BATCH.
+    batch = max(1, EVAL_BATCH // driver.seeds_at_once(n, batching))
     pool = jnp.broadcast_to(jnp.arange(num), (n, num))
     context = below
     if k > 1 and caches_inputs(pc.cache_features, stacks[0].specs, stacks[0].pools,
                                images.shape[1], k):
         # Every seed's inputs once, one after another along the example axis; seed m's pool
         # is its own stretch, so its batches are what its single-seed run draws.
-        data, pool = driver.seed_stretches(driver.seed_map(encode, below, images, batch), pool)
+        inputs = driver.seed_map(encode, below, images, batch, batching)
+        data, pool = driver.seed_stretches(inputs, pool)
         data = parallel.replicate(data)
         context = None
     else:
@@ -551,7 +554,7 @@ def _train_layer_seeds(config, stacks: list[Stack], k: int, images, val_images,
 
         return jnp.mean(driver.batched_apply(errors, x, min(batch, x.shape[0])))
 
-    val_mse = jax.jit(jax.vmap(seed_val_mse, in_axes=(0, 0, None)))
+    val_mse = jax.jit(driver.over_seeds(seed_val_mse, (0, 0, None), batching))
     together = _seed_list(seeds)
     log(f"layer {k}, stacks of seeds {together} together: "
         f"{_describe(spec, (num,) + data.shape[1:], p)}")
@@ -576,7 +579,7 @@ def _train_layer_seeds(config, stacks: list[Stack], k: int, images, val_images,
         plan=p, loss_fn=loss_fn,
         make_tx=lambda scale: optim.make(pc, p.total_steps, lr_scale=scale), params=params,
         data=data, pool=pool, order_key=key_order, step_key=key_noise, seeds=tuple(seeds),
-        context=context, steps_per_call=pc.steps_per_call,
+        seed_batching=batching, context=context, steps_per_call=pc.steps_per_call,
         checkpoint_every=pc.checkpoint_every_steps, evaluate=evaluate, on_eval=on_eval,
         lr_key="pretrain.learning_rate", retries=pc.get("divergence_retries", 0), log=log)
     result = driver.train(phase)

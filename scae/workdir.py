@@ -48,7 +48,8 @@ SETTINGS_FILE = "settings.json"
 # Keys that say how to run, not what to compute: results made with other values (or before
 # the key existed) are the same experiment.
 NEUTRAL = frozenset({"pretrain.divergence_retries", "finetune.divergence_retries",
-                     "compare.vmap_seeds", "data.tfds_data_dir", "pretrain.cache_features"})
+                     "compare.vmap_seeds", "compare.seed_batching", "data.tfds_data_dir",
+                     "pretrain.cache_features"})
 # Keys that select which runs of a stage are asked for; each record names its own.
 SELECTION = frozenset({"compare.label_sizes", "compare.num_seeds", "compare.arms"})
 DERIVED = ("figures",)  # drawn from the other stages; deleted whenever one of them is

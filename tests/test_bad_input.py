@@ -292,6 +292,7 @@ def test_tfds_not_prepared_or_unknown(capsys, tmp_path, workdir, monkeypatch):
     (["--config.finetune.momentum=1.5"], ["momentum"]),
     (["--config.pretrain.noise=mask", "--config.pretrain.noise_level=1.0"], ["noise_level"]),
     (["--config.pretrain.decoder=magic"], ["config.pretrain.decoder"]),
+    (["--config.compare.seed_batching=pmap"], ["config.compare.seed_batching", "vmap"]),
     (["--config.compare.arms=(random,magic)"], ["config.compare.arms"]),
     (["--config.model.features=(8,8)"], ["config.model.kernel_sizes"]),
     (["--config.pretrain.layers=5"], ["config.pretrain.layers"]),
