@@ -318,19 +318,20 @@ def pretrain_seeds(config: ml_collections.ConfigDict, images: Array, val_images:
 
     Each seed's stack is the one :func:`pretrain` trains with ``seed_index`` i (the same keys,
     data and checkpoints, equal up to float rounding), but layer k of every seed that still
-    needs it is one :class:`scae.driver.Phase` vmapped over those seeds, whose frozen layers
-    below are each seed's own (passed to the loss as the phase's context). Finished per-seed
-    layers, from an earlier run of either kind, are kept. The unfinished phase checkpoints in
-    ``pretrain/ckpt_seeds/layer<k>_s<seeds>``, so a killed run resumes mid-layer; once done,
+    needs it is one :class:`scae.driver.Phase` over those seeds (``compare.seed_batching``:
+    vmapped, or one after another in one program; :func:`scae.driver.over_seeds`), whose frozen
+    layers below are each seed's own (passed to the loss as the phase's context). Finished
+    per-seed layers, from an earlier run of either kind, are kept. The unfinished phase checkpoints
+    in ``pretrain/ckpt_seeds/layer<k>_s<seeds>``, so a killed run resumes mid-layer; once done,
     each seed's layer is written as a normal checkpoint in ``pretrain_dir(workdir, i)/ckpt``,
     its records in that folder's ``metrics.jsonl`` (with ``seeds_together``; ``img_per_s`` is
     the seed's share), and the shared folder is removed.
 
-    Memory: vmapped steps hold every seed's activations, and cached layer inputs
-    (``pretrain.cache_features``, decided per layer as for one seed) take seeds times the
-    memory of one seed's. A layer that caches trains its seeds in groups whose caches fit in
-    :func:`cache_budget` (a share of the device's memory), one seed at least; a layer that
-    re-encodes trains all its seeds together. A group of one seed trains exactly as
+    Memory: vmapped steps hold every seed's activations (mapped ones one seed's at a time), and
+    cached layer inputs (``pretrain.cache_features``, decided per layer as for one seed) take
+    seeds times the memory of one seed's. A layer that caches trains its seeds in groups whose
+    caches fit in :func:`cache_budget` (a share of the device's memory), one seed at least; a
+    layer that re-encodes trains all its seeds together. A group of one seed trains exactly as
     :func:`pretrain` trains it. On a device out-of-memory the stacks are trained one after
     another with :func:`pretrain`, which keeps the layers finished so far. A divergence retry
     (``pretrain.divergence_retries``) halves the learning rate of every seed of the phase.
