@@ -1,4 +1,5 @@
-"""Runs two training steps of a CAE layer and of the CNN and saves the parameters.
+"""Runs two training steps of a CAE layer, of two seeds' CAE layers in one program (mapped and
+vmapped) and of the CNN, and saves the parameters.
 
 Used by test_parallel.py in subprocesses with 1 and 2 (forced host) devices:
   python tests/one_step.py OUT.npz
@@ -40,6 +41,19 @@ def main(out: str) -> None:
     p, _, losses = run(*parallel.replicate((p, tx.init(p), x)), order, 0, 0, key)
     results.update({f"cae/{k}": np.asarray(v) for k, v in p.items()})
     results["cae/losses"] = np.asarray(losses)
+
+    # Two seeds in one program (driver.over_seeds), each with its own order and key.
+    _, p0 = models.split(models.CAE(spec, rngs=nnx.Rngs(key)))
+    seeds_p = jax.tree.map(lambda a: np.stack([a, 0.9 * np.asarray(a)]), p0)
+    orders = np.stack([order, order[::-1]])
+    keys = jax.random.split(key, 2)
+    for mode in ("map", "vmap"):
+        run = driver.make_steps(lambda q, b, k: models.merge(graphdef, q).loss(b, k), tx, 32, 2,
+                                seeds=True, seed_batching=mode)
+        ps, _, losses = run(*parallel.replicate((seeds_p, jax.vmap(tx.init)(seeds_p), x)),
+                            orders, 0, 0, keys)
+        results.update({f"seeds_{mode}/{k}": np.asarray(v) for k, v in ps.items()})
+        results[f"seeds_{mode}/losses"] = np.asarray(losses)
 
     graphdef, q = models.split(models.CNN(models.CNNSpec.from_config(config.model, (28, 28, 1)),
                                           rngs=nnx.Rngs(key)))

@@ -30,3 +30,7 @@ def test_two_devices_step_equals_one_device_step(tmp_path):
     assert one.keys() == two.keys()
     for k in one:
         np.testing.assert_allclose(two[k], one[k], rtol=2e-5, atol=1e-6, err_msg=k)
+    # The seeds mapped one after another train as the vmapped ones, on either mesh.
+    for k in [k for k in one if k.startswith("seeds_map/")]:
+        np.testing.assert_allclose(two[k], one[k.replace("map", "vmap", 1)], rtol=2e-5,
+                                   atol=1e-6, err_msg=k)
