@@ -130,7 +130,8 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     'pretrained' (conv layers from ``stack``, all trained) or 'frozen' (conv layers from
     ``stack``, kept fixed). Every seed trains in one program (``compare.seed_batching``) on
     a class-balanced subset of ``label_size`` labels (default: all), and keeps the parameters
-    of its lowest validation error. Images are uint8 or float NHWC; labels integers 0..num_classes-1."""
+    of its lowest validation error. Images are uint8 or float NHWC; labels integers
+    0..num_classes-1."""
     x = prepare(train_images, stack)
     if config is None:
         config = make_config("cifar10" if x.shape[-1] == 3 else "mnist", preset)
