@@ -397,8 +397,29 @@ def release_freed_memory() -> bool:
     are cleared, and glibc keeps freed pages, so without this a job's resident memory would
     grow to the sum of its phases' peaks instead of their maximum. A program needed again is
     read back from the persistent compilation cache."""
-    jax.clear_caches()
+    _drop_executables()
     return trim_heap()
+
+
+def _drop_executables() -> None:
+    """JAX's in-memory compiled programs, without its traced and lowered ones: the small
+    programs every phase runs again (the initialisers, batch order, checks, eager array
+    operations) then skip tracing and lowering and only load their executable from the
+    persistent cache. Where this JAX lacks these internals, all of its caches are cleared."""
+    try:
+        from jax._src import pjit
+        from jax._src.interpreters import pxla
+        from jax._src.lib import _jax
+
+        caches = (pjit._pjit_lower, pjit._cpp_pjit_cache_fun_only,
+                  pjit._cpp_pjit_cache_explicit_attributes)
+        clear = (pxla.clear_in_memory_compilation_cache, _jax.PjitFunctionCache.clear_all,
+                 *(getattr(c, "cache_clear", None) or c.clear for c in caches))
+    except (ImportError, AttributeError):
+        jax.clear_caches()
+        return
+    for f in clear:
+        f()
 
 
 def trim_heap() -> bool:

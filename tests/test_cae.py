@@ -83,16 +83,17 @@ def test_shapes_through_the_paper_stack(dataset, image, expected):
     config = cfglib.base_config(dataset)
     s = stack.Stack(stack.layer_specs(config, image[-1]), config.model.pool_sizes,
                     rngs=nnx.Rngs(0))
-    x = jnp.zeros((2,) + image)
+    x = jax.ShapeDtypeStruct((2,) + image, jnp.float32)
+    shape = lambda f, *args: jax.eval_shape(f, *args).shape  # traced, not run: paper sizes
     for k, layer in enumerate(s.layers):
-        inp = s.features(x, k)
+        inp = jax.eval_shape(lambda x: s.features(x, k), x)
         assert inp.shape[1:] == expected[k]
-        assert layer.reconstruct(inp).shape == inp.shape
-        assert s.decode_to_image(x, k + 1).shape == x.shape
-        assert s.project_filters(k + 1).shape[-1] == image[-1]
+        assert shape(layer.reconstruct, inp) == inp.shape
+        assert shape(lambda x: s.decode_to_image(x, k + 1), x) == x.shape
+        assert s.project_filters(k + 1).shape[-1] == image[-1]  # numpy, from a compiled map
     # The CNN's conv features are the stack's pooled features, so the stack fits it.
     spec = models.CNNSpec.from_config(config.model, image)
-    assert s.features(x).shape[1:] == spec.feature_shape
+    assert shape(s.features, x)[1:] == spec.feature_shape
 
 
 @pytest.mark.parametrize("init", sorted(models.INITIALIZERS))

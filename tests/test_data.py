@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import pickle
 import socket
+import sys
 import tarfile
 from pathlib import Path
 
@@ -486,6 +487,19 @@ def test_bare_mnist_falls_back_to_the_embedded_copy(tmp_path, no_network):
     assert got.images.shape == (10000, 28, 28, 1) and got.images.dtype == np.uint8
     assert got.class_names == tuple("0123456789")
     assert np.bincount(got.labels).min() > 800
+
+
+def test_a_data_dir_without_the_data_set_is_not_handed_to_tfds(tmp_path, monkeypatch):
+    # Looked up on the file system first, so that a command's start does not import tfds.
+    asked = []
+    fake = type(sys)("tensorflow_datasets")
+    fake.builder = lambda name, data_dir: asked.append((name, data_dir)) or 1 / 0
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "env"))
+    assert data._tfds_state("mnist", str(tmp_path)) == "absent"
+    assert data._tfds_state("mnist", None) == "absent" and asked == []
+    (tmp_path / "env" / "mnist").mkdir(parents=True)  # something there: tfds is asked
+    assert data._tfds_state("mnist", None) == "absent" and asked == [("mnist", None)]
 
 
 def test_bare_cifar10_without_tfds_says_what_to_pass(tmp_path, no_network):

@@ -88,3 +88,16 @@ def test_release_freed_memory_runs_after_every_phase(monkeypatch):
     stack.pretrain(_small_config("auto"), images, images[:32], Path(tempfile.mkdtemp()),
                    log=lambda _: None)
     assert len(calls) == 2  # one per layer
+
+
+def test_release_drops_every_compiled_program_and_they_run_again():
+    client = jax.devices()[0].client
+    f = jax.jit(lambda v: jnp.sin(v) @ v.T)
+    x = jnp.arange(16.0).reshape(4, 4)
+    want = np.asarray(f(x))
+    np.asarray(x * 3)  # an eager operation: a program of its own
+    assert len(client.live_executables()) >= 2
+    driver.release_freed_memory()
+    assert client.live_executables() == []  # nothing that held them is left
+    np.testing.assert_array_equal(f(x), want)  # traced before; compiled (or loaded) again
+    assert len(client.live_executables()) == 1

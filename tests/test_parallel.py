@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _steps(tmp_path: Path, devices: int) -> dict:
     out = tmp_path / f"d{devices}.npz"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                         f"--xla_force_host_platform_device_count={devices}".strip())
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "one_step.py"), str(out)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
