@@ -714,7 +714,7 @@ def _tfds_state(name: str, data_dir: str | None) -> str:
     """'ready', 'other format' (prepared, not for random access) or 'absent'; never downloads."""
     where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
     if "://" not in where and not (Path(where).expanduser() / name).is_dir():
-        return "absent"  # tfds keeps a prepared copy there: no need to import it (about 1 s)
+        return "absent"  # tfds prepares a data set in <dir>/<name>: none, so no import (~1 s)
     try:
         import tensorflow_datasets as tfds
 

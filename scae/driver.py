@@ -402,8 +402,8 @@ def release_freed_memory() -> bool:
 
 
 def _drop_executables() -> None:
-    """JAX's in-memory compiled programs, without its traced and lowered ones: the small
-    programs every phase runs again (the initialisers, batch order, checks, eager array
+    """Drops JAX's in-memory compiled programs but keeps their traced and lowered forms: the
+    small programs every phase runs again (the initialisers, batch order, checks, eager array
     operations) then skip tracing and lowering and only load their executable from the
     persistent cache. Where this JAX lacks these internals, all of its caches are cleared."""
     try:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 # The suite compiles its programs at LLVM's -O1 instead of XLA's default -O2: they are many and
-# small, each run a few times, and -O1 halves the compile time of the largest ones (the
-# Winograd convolutions: tests/test_winograd.py 121 s -> 59 s at -O0, -O1 between) for the
-# same results (docs/performance.md, "The test suite"). Set the flag yourself to test at
-# another level: XLA_FLAGS=--xla_backend_optimization_level=2 python -m pytest ...
+# each runs a few times, and -O1 about halves the compile time of the largest ones (the
+# Winograd convolutions: tests/test_winograd.py alone 127 s at -O2, 71 s at -O1) for the same
+# results (docs/performance.md, "The test suite"). Set the flag yourself to test at another
+# level: XLA_FLAGS=--xla_backend_optimization_level=2 python -m pytest ...
 # Read when JAX first starts a backend, and inherited by the commands the tests run.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
