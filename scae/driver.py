@@ -411,10 +411,9 @@ def _drop_executables() -> None:
         from jax._src.interpreters import pxla
         from jax._src.lib import _jax
 
-        caches = (pjit._pjit_lower, pjit._cpp_pjit_cache_fun_only,
-                  pjit._cpp_pjit_cache_explicit_attributes)
-        clear = (pxla.clear_in_memory_compilation_cache, _jax.PjitFunctionCache.clear_all,
-                 *(getattr(c, "cache_clear", None) or c.clear for c in caches))
+        clear = (pxla.clear_in_memory_compilation_cache, pjit._pjit_lower.cache_clear,
+                 pjit._cpp_pjit_cache_fun_only.clear,
+                 pjit._cpp_pjit_cache_explicit_attributes.clear, _jax.PjitFunctionCache.clear_all)
     except (ImportError, AttributeError):
         jax.clear_caches()
         return
