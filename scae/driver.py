@@ -115,6 +115,12 @@ def seeds_at_once(seeds: int, mode: str = "auto") -> int:
     return max(1, seeds) if resolve_seed_batching(mode) == "vmap" else 1
 
 
+def per_seed_batch(batch: int, seeds: int, mode: str = "auto") -> int:
+    """Images per seed in one evaluation step, so that the seeds held at once
+    (:func:`seeds_at_once`) take ``batch`` images together: at least 1."""
+    return max(1, batch // seeds_at_once(seeds, mode))
+
+
 def over_seeds(fn: Callable, in_axes: Sequence[int | None], mode: str = "auto") -> Callable:
     """``fn`` over a leading seed axis of the arguments whose ``in_axes`` entry is 0 (None:
     shared by every seed), its outputs stacked along a leading seed axis: ``jax.vmap(fn,

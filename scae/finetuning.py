@@ -70,7 +70,7 @@ def error_fn(graphdef: nnx.GraphDef, seeds: int = 1, on_features: bool = False) 
     memory: :data:`EVAL_BATCH` images at once over ``seeds`` vmapped copies. With
     ``on_features`` the inputs are the conv features (:meth:`scae.models.CNN.features`) and
     only the head runs."""
-    batch = max(1, EVAL_BATCH // max(1, seeds))
+    batch = driver.per_seed_batch(EVAL_BATCH, seeds, "vmap")
 
     def errors(params, images, labels):
         model = models.merge(graphdef, params)
@@ -239,8 +239,7 @@ def frozen_features(graphdef: nnx.GraphDef, params, images: Array, labels: np.nd
     # Every image set through one program: (copies, U + held-out images, F), then cut.
     sets = [images[jnp.asarray(union)]] + list(held_out.values())
     feats = driver.seed_map(features, params, jnp.concatenate(sets),
-                            max(1, EVAL_BATCH // driver.seeds_at_once(copies, seed_batching)),
-                            seed_batching)
+                            driver.per_seed_batch(EVAL_BATCH, copies, seed_batching), seed_batching)
     cuts = np.cumsum([len(v) for v in sets])[:-1]
     train_f, *held_f = jnp.split(feats, cuts, axis=1)
     del feats

@@ -527,7 +527,7 @@ def _train_layer_seeds(config, stacks: list[Stack], k: int, images, val_images,
     batching = config.compare.get("seed_batching", "auto")
     # Images evaluated or encoded at once over the seeds a program holds at once, as one
     # seed's EVAL_BATCH.
-    batch = max(1, EVAL_BATCH // driver.seeds_at_once(n, batching))
+    batch = driver.per_seed_batch(EVAL_BATCH, n, batching)
     pool = jnp.broadcast_to(jnp.arange(num), (n, num))
     context = below
     if k > 1 and caches_inputs(pc.cache_features, stacks[0].specs, stacks[0].pools,

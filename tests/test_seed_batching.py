@@ -22,6 +22,9 @@ def test_resolve():
     with pytest.raises(ValueError, match="seed batching"):
         driver.resolve_seed_batching("pmap")
     assert driver.seeds_at_once(3, "vmap") == 3 and driver.seeds_at_once(3, "map") == 1
+    assert driver.per_seed_batch(128, 3, "vmap") == 42
+    assert driver.per_seed_batch(128, 3, "map") == 128
+    assert driver.per_seed_batch(2, 3, "vmap") == 1
 
 
 def test_over_seeds_map_equals_vmap_with_shared_and_per_seed_arguments():
