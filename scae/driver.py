@@ -90,6 +90,9 @@ def epoch_order(key: Array, pool: Array, epoch: int | Array) -> Array:
     return jax.random.permutation(jax.random.fold_in(key, epoch), pool)
 
 
+_orders = jax.jit(epoch_order)
+_seed_orders = jax.jit(jax.vmap(epoch_order, in_axes=(0, 0, None)))  # one order per seed
+
 # How the seeds of a phase trained together share one compiled program (see over_seeds).
 SEED_BATCHINGS = ("auto", "vmap", "map")
 
@@ -315,11 +318,12 @@ def finished(ckpt_dir: Path, total_steps: int) -> tuple[Any, dict] | None:
 def _train(phase: Phase, lr_scale: float) -> Result:
     p, seeded = phase.plan, bool(phase.seeds)
     tx = phase.make_tx(lr_scale)
-    opt_state = (jax.vmap(tx.init) if seeded else tx.init)(phase.params)
+    init = jax.vmap(tx.init) if seeded else tx.init
     # Fresh buffers: the compiled steps donate params and opt_state, which extra state (the
-    # best parameters so far) must not alias.
-    state = {"params": jax.tree.map(jnp.copy, phase.params), "opt_state": opt_state,
-             **phase.extra_state}
+    # best parameters so far) must not alias. One program makes both; eagerly, each array of
+    # them was a program of its own.
+    params, opt_state = jax.jit(lambda q: (jax.tree.map(jnp.copy, q), init(q)))(phase.params)
+    state = {"params": params, "opt_state": opt_state, **phase.extra_state}
     record = {"evals": [], "time_s": 0.0, "loss_sum": 0.0, "loss_steps": 0, "eval_time": 0.0}
     ckpts = checkpoint.Checkpoints(phase.ckpt_dir)
     step = ckpts.latest_step() or 0
@@ -331,7 +335,7 @@ def _train(phase: Phase, lr_scale: float) -> Result:
         record.setdefault("seed_loss_sums", [0.0] * len(phase.seeds))
     state = parallel.replicate(state)
     compiled: dict[int, Callable] = {}
-    orders = jax.jit(jax.vmap(epoch_order, in_axes=(0, 0, None)) if seeded else epoch_order)
+    orders = _seed_orders if seeded else _orders
     bar = tqdm(total=p.total_steps, initial=step, desc=phase.name, unit="step",
                dynamic_ncols=True, leave=True, disable=step >= p.total_steps)
     last_ckpt = step

@@ -112,16 +112,18 @@ def legend_outside(ax_or_fig, handles=None, labels=None, **kwargs):
                             ncol=min(len(labels), 4), frameon=False, **kwargs)
 
 
-def tile(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tiles (N, H, W, C) images, each min-max normalised on its own, into one (H', W', C) image
-    with a white border."""
+def tile(images: np.ndarray, cols: int | None = None, pad: int = 1,
+         normalise: bool = True) -> np.ndarray:
+    """Tiles (N, H, W, C) images into one (H', W', C) image with a white border, each image
+    min-max normalised on its own (``normalise``) or taken as values in [0, 1]."""
     images = np.asarray(images, np.float32)
     n, h, w, c = images.shape
     cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    lo = images.reshape(n, -1).min(1)[:, None, None, None]
-    hi = images.reshape(n, -1).max(1)[:, None, None, None]
-    images = (images - lo) / np.maximum(hi - lo, 1e-8)
+    if normalise:
+        lo = images.reshape(n, -1).min(1)[:, None, None, None]
+        hi = images.reshape(n, -1).max(1)[:, None, None, None]
+        images = (images - lo) / np.maximum(hi - lo, 1e-8)
     out = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), np.float32)
     for i in range(n):
         r, q = divmod(i, cols)
@@ -185,15 +187,15 @@ def filters_side_by_side(panels: Sequence[tuple[str, np.ndarray]], path: str | o
 
 def reconstructions_figure(originals: np.ndarray, recons: np.ndarray, title: str,
                            path: str | os.PathLike) -> None:
-    """Originals (top row) against reconstructions (bottom row), uint8 (N, H, W, C) each."""
+    """Originals (top row) against reconstructions (bottom row), uint8 (N, H, W, C) each.
+
+    Each row is one image of the N side by side: drawing 2N small images took most of a
+    smoke run's figure time."""
     n = originals.shape[0]
-    fig, axes = plt.subplots(2, n, figsize=(max(1.1 * n, 4.0), 2.7), squeeze=False)
-    for i in range(n):
-        for row, imgs in enumerate((originals, recons)):
-            img = imgs[i].astype(np.float32) / 255.0
-            show(axes[row, i], img)
-    axes[0, 0].set_title("original", fontsize=8, loc="left")
-    axes[1, 0].set_title("reconstruction", fontsize=8, loc="left")
+    fig, axes = plt.subplots(2, 1, figsize=(max(1.1 * n, 4.0), 2.7), squeeze=False)
+    for ax, imgs, name in zip(axes[:, 0], (originals, recons), ("original", "reconstruction")):
+        show(ax, tile(np.asarray(imgs, np.float32) / 255.0, cols=n, pad=2, normalise=False))
+        ax.set_title(name, fontsize=8, loc="left")
     fig.suptitle(wrap(title, int(max(1.1 * n, 4.0) * 1.6 * _TITLE_CHARS_PER_INCH / 1.1)),
                  fontsize=10)
     save(fig, path)
