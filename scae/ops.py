@@ -394,23 +394,63 @@ def _windows(x: Array, p: int) -> Array:
     return x.reshape(n, h // p, p, w // p, p, c)
 
 
+def _window_slices(x: Array, p: int) -> list[Array]:
+    """The p*p strided views of (N, H, W, C), H and W multiples of p: element (a, b) of every
+    p x p window, in row-major order of (a, b)."""
+    return [x[:, a::p, b::p, :] for a in range(p) for b in range(p)]
+
+
+def _up(pooled: Array) -> Array:
+    """(N, H/p, W/p, C) broadcast over the windows of :func:`_windows`' view."""
+    return pooled[:, :, None, :, None, :]
+
+
+# Pooling is built from elementwise operations on the p*p strided views and on the window view
+# of a reshape, with a hand-written gradient: XLA's CPU backend ran the gradient of a max
+# reduction over the window axes (location indicators, their counts by a sum reduction, the
+# broadcasts back) 4-5x slower, and the reductions of the old mask 5-8x slower, than the same
+# values computed so (docs/performance.md).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_whole(x: Array, p: int) -> Array:
+    return functools.reduce(jnp.maximum, _window_slices(x, p))
+
+
+def _max_pool_whole_fwd(x, p):
+    top = _max_pool_whole(x, p)
+    return top, (x, top)
+
+
+def _max_pool_whole_bwd(p, res, g):
+    x, top = res
+    count = functools.reduce(jnp.add, [(v == top).astype(g.dtype) for v in _window_slices(x, p)])
+    # Each maximum of a window gets an equal share, as a max reduction's gradient gives it.
+    dx = jnp.where(_windows(x, p) == _up(top), _up(g / count), 0.0)
+    return (dx.reshape(x.shape),)
+
+
+_max_pool_whole.defvjp(_max_pool_whole_fwd, _max_pool_whole_bwd)
+
+
 def max_pool(x: Array, p: int) -> Array:
-    """Non-overlapping p x p max-pooling with subsampling; a partial edge window is kept."""
+    """Non-overlapping p x p max-pooling with subsampling; a partial edge window is kept. The
+    gradient splits ties equally among a window's maxima."""
     if p == 1:
         return x
-    return _windows(_pad_to_multiple(x, p, -jnp.inf), p).max(axis=(2, 4))
+    return _max_pool_whole(_pad_to_multiple(x, p, -jnp.inf), p)
 
 
 def pool_mask(x: Array, p: int) -> Array:
     """True at the first maximum (row-major) of each non-overlapping p x p window of ``x``."""
     h, w = x.shape[1], x.shape[2]
-    xw = _windows(_pad_to_multiple(x, p, -jnp.inf), p)
-    is_max = xw == xw.max(axis=(2, 4), keepdims=True)
-    # A unique priority per window position, highest first: the first maximum wins a tie.
-    priority = (p * p - jnp.arange(p * p, dtype=jnp.int32)).reshape(1, 1, p, 1, p, 1)
-    ranked = jnp.where(is_max, priority, 0)
-    keep = ranked == ranked.max(axis=(2, 4), keepdims=True)
-    return keep.reshape(x.shape[0], xw.shape[1] * p, xw.shape[3] * p, x.shape[3])[:, :h, :w, :]
+    xp = _pad_to_multiple(x, p, -jnp.inf)
+    parts = _window_slices(xp, p)
+    top = functools.reduce(jnp.maximum, parts)
+    first = jnp.full(top.shape, p * p, jnp.int32)  # the window position of the first maximum
+    for i in reversed(range(p * p)):
+        first = jnp.where(parts[i] == top, i, first)
+    position = jnp.arange(p * p, dtype=jnp.int32).reshape(1, 1, p, 1, p, 1)  # a*p + b
+    keep = position == _up(first)  # the window view (N, H/p, p, W/p, p, C)
+    return keep.reshape(xp.shape)[:, :h, :w, :]
 
 
 def pool_sparsify(x: Array, p: int) -> Array:

@@ -224,21 +224,47 @@ def _pool2_forward(x: Array, w: Array) -> Array:
     return functools.reduce(jnp.maximum, y).reshape(x.shape[0], th, tw, -1)
 
 
+# The gradient of a max reduction over the tiles' four outputs (location indicators, their
+# counts by a sum reduction, the broadcasts back) ran 15-25x slower on XLA's CPU backend than the
+# same values from elementwise operations on the four (docs/performance.md).
+@jax.custom_vjp
+def _max_of(xs: list[Array]) -> Array:
+    """The elementwise maximum of equally shaped arrays; the maxima share the gradient
+    equally, as a max reduction's gradient shares it."""
+    return functools.reduce(jnp.maximum, xs)
+
+
+def _max_of_fwd(xs):
+    top = _max_of(xs)
+    return top, (xs, top)
+
+
+def _max_of_bwd(res, g):
+    xs, top = res
+    hits = [x == top for x in xs]
+    share = g / functools.reduce(jnp.add, [hit.astype(g.dtype) for hit in hits])
+    return ([jnp.where(hit, share, 0.0) for hit in hits],)
+
+
+_max_of.defvjp(_max_of_fwd, _max_of_bwd)
+
+
 @jax.custom_vjp
 def conv_pool2(x: Array, w: Array) -> Array:
     """``max_pool(conv_valid(x, w), 2)`` for an even valid output: each tile is one pooling
     window, so the pooled value is the maximum of its four outputs.
 
     Outside differentiation (evaluation, feature extraction) it runs the list form
-    (:func:`_pool2_forward`); under differentiation the stacked one, whose maximum is one
-    reduction so that its gradient splits ties as ``max_pool``'s does."""
+    (:func:`_pool2_forward`); under differentiation the stacked one, whose maximum
+    (:func:`_max_of`) splits the gradient of ties as ``max_pool``'s does."""
     return _pool2_forward(x, w)
 
 
 def _pool2_stacked(x: Array, w: Array) -> Array:
     _check_even(x, w)
     y = tile_outputs(x, w)
-    return y.reshape(M * M, *y.shape[2:]).max(axis=0)
+    y = y.reshape(M * M, *y.shape[2:])
+    return _max_of([y[i] for i in range(M * M)])
 
 
 conv_pool2.defvjp(lambda x, w: jax.vjp(_pool2_stacked, x, w), lambda vjp, g: vjp(g))

@@ -160,3 +160,48 @@ def test_conv_pool_equals_pooling_the_convolution_with_ties(p):
     ws = jnp.stack([w, -w])
     np.testing.assert_allclose(jax.vmap(got, in_axes=(None, 0))(x, ws)[1], ref(x, -w),
                                rtol=1e-5, atol=1e-5)
+
+
+def _reduce_pool(x, p):
+    """Max-pooling as a max reduction over the window axes, differentiated by JAX."""
+    n, h, w, c = x.shape
+    x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)), constant_values=-jnp.inf)
+    return x.reshape(n, x.shape[1] // p, p, x.shape[2] // p, p, c).max(axis=(2, 4))
+
+
+@pytest.mark.parametrize("shape,p", [((2, 6, 8, 3), 2), ((2, 7, 5, 2), 2), ((1, 9, 9, 2), 3)])
+def test_max_pool_and_its_gradient_equal_a_max_reduction_with_ties(shape, p):
+    """The elementwise max-pooling gives the reduction's values and gradient, ties shared
+    equally (rounded values tie often), partial edge windows included; the mask keeps the
+    first maximum of each window in row-major order."""
+    x = jnp.round(jax.random.normal(jax.random.PRNGKey(0), shape) * 2)
+    top, vjp = jax.vjp(lambda v: ops.max_pool(v, p), x)
+    want, want_vjp = jax.vjp(lambda v: _reduce_pool(v, p), x)
+    g = jax.random.normal(jax.random.PRNGKey(1), want.shape)
+    np.testing.assert_array_equal(top, want)
+    got_g, want_g = jax.jit(vjp)(g)[0], jax.jit(want_vjp)(g)[0]
+    # The same shares: a tie of three divides by 3, which XLA may round differently in the
+    # two programs.
+    np.testing.assert_allclose(got_g, want_g, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(got_g != 0, want_g != 0)
+    assert float(jnp.abs(want_g).max()) > 0
+    mask = np.asarray(ops.pool_mask(x, p))
+    xs = np.asarray(x)
+    for i in range(0, shape[1], p):
+        for j in range(0, shape[2], p):
+            window = xs[:, i:i + p, j:j + p, :].reshape(shape[0], -1, shape[3])
+            first = np.argmax(window == window.max(axis=1, keepdims=True), axis=1)
+            got = mask[:, i:i + p, j:j + p, :].reshape(shape[0], -1, shape[3])
+            np.testing.assert_array_equal(got.sum(axis=1), 1)
+            np.testing.assert_array_equal(np.argmax(got, axis=1), first)
+
+
+def test_winograd_tile_maximum_shares_the_gradient_of_ties_as_a_reduction():
+    from scae import winograd
+
+    y = jnp.round(jax.random.normal(jax.random.PRNGKey(2), (4, 6, 5)))
+    g = jax.random.normal(jax.random.PRNGKey(3), (6, 5))
+    got, vjp = jax.vjp(lambda v: winograd._max_of([v[i] for i in range(4)]), y)
+    want, want_vjp = jax.vjp(lambda v: v.max(axis=0), y)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(vjp(g)[0], want_vjp(g)[0])
