@@ -444,7 +444,7 @@ def pool_mask(x: Array, p: int) -> Array:
     h, w = x.shape[1], x.shape[2]
     xp = _pad_to_multiple(x, p, -jnp.inf)
     parts = _window_slices(xp, p)
-    top = functools.reduce(jnp.maximum, parts)
+    top = _max_pool_whole(xp, p)
     first = jnp.full(top.shape, p * p, jnp.int32)  # the window position of the first maximum
     for i in reversed(range(p * p)):
         first = jnp.where(parts[i] == top, i, first)
