@@ -334,6 +334,9 @@ def _train(phase: Phase, lr_scale: float) -> Result:
     if seeded:  # checkpoints written before the per-seed sums lack them
         record.setdefault("seed_loss_sums", [0.0] * len(phase.seeds))
     state = parallel.replicate(state)
+    # Inputs still being computed (encoded layer inputs, frozen features: dispatched
+    # asynchronously) finish here, so that the phase's time and img/s count training only.
+    jax.block_until_ready((state, phase.data, phase.context))
     compiled: dict[int, Callable] = {}
     orders = _seed_orders if seeded else _orders
     bar = tqdm(total=p.total_steps, initial=step, desc=phase.name, unit="step",

@@ -161,6 +161,10 @@ class CAE(nnx.Module):
         else:
             z = ops.conv_full(h_sparse, self.w_dec[...], self.spec.conv_impl,
                               self.spec.compute_dtype)
+        return self._output(z)
+
+    def _output(self, z: Array) -> Array:
+        """The decoder's bias and output activation on its convolution ``z``."""
         if self.spec.decoder_output == "linear":
             return z + self.c[...]
         return ops.activation(self.spec.activation)(z + self.c[...])
@@ -176,12 +180,17 @@ class CAE(nnx.Module):
 
     def reconstruct(self, x: Array) -> Array:
         """Clean-input reconstruction (no noise): encode, sparsify, decode."""
+        s = self.spec
+        if s.decoder == "tied":
+            # One op for the three steps: it can keep the hidden maps in Winograd's tiles.
+            return self._output(ops.tied_sparse_pass(x, self.w[...], self.b[...], s.activation,
+                                                     s.sparsity_pool, s.conv_impl,
+                                                     s.compute_dtype))
         return self.decode(self.sparsify(self.encode(x)))
 
     def loss(self, x: Array, key: Array) -> Array:
         """Mean squared error between the reconstruction of the corrupted ``x`` and ``x``."""
-        y = self.decode(self.sparsify(self.encode(self.corrupt(x, key))))
-        return jnp.mean(jnp.square(y - x))
+        return jnp.mean(jnp.square(self.reconstruct(self.corrupt(x, key)) - x))
 
 
 # --- the classifier ------------------------------------------------------------------------

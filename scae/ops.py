@@ -465,6 +465,22 @@ def pool_sparsify(x: Array, p: int) -> Array:
     return jnp.where(pool_mask(x, p), x, 0.0)
 
 
+def tied_sparse_pass(x: Array, w: Array, b: Array, name: str, p: int, impl: str = "auto",
+                     dtype: str | None = None) -> Array:
+    """``conv_full_tied(pool_sparsify(act(conv_valid(x, w) + b), p), w)``: the tied CAE's
+    encoder, sparsity and decoder up to the decoder's bias. Where Winograd's 2 x 2 tiles are
+    the sparsity windows (p = 2, an even valid output, a convolution :func:`resolve_impl`
+    gives to Winograd) the hidden maps stay in the tiles' layout
+    (:func:`scae.winograd.tied_sparse_pass`); the values are the same."""
+    dtype = resolve_dtype(dtype)
+    kh, kw = w.shape[:2]
+    even = (x.shape[1] - kh + 1) % p == 0 and (x.shape[2] - kw + 1) % p == 0
+    if p == winograd.M and even and _use_winograd(impl, w, dtype):
+        return winograd.tied_sparse_pass(x, w, b, activation(name))
+    h = activation(name)(conv_valid(x, w, impl, dtype) + b)
+    return conv_full_tied(pool_sparsify(h, p), w, impl, dtype)
+
+
 def unpool(pooled: Array, x: Array, p: int) -> Array:
     """Puts each value of ``pooled`` back at the argmax ("switch") of its window in ``x``."""
     if p == 1:

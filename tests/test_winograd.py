@@ -99,6 +99,52 @@ def test_conv_pool2_refuses_an_odd_output():
         jax.grad(lambda x: winograd.conv_pool2(x, w).sum())(x)
 
 
+@pytest.mark.parametrize("shape,gain", [((3, 12, 12, 20), 1.0), ((2, 14, 14, 17), 1.0),
+                                        ((2, 12, 12, 16), 40.0)])
+def test_tied_sparse_pass_matches_its_three_steps(shape, gain):
+    """The tile-layout pass against encode -> pool_sparsify -> tied decoder: the same values and
+    gradients. A large gain saturates the activation, so windows hold exact ties, which
+    both must give to the first maximum."""
+    x, w = _data(shape, 5, 9)
+    w = w * gain
+    b = 0.1 * jax.random.normal(jax.random.PRNGKey(5), (9,))
+    act = ops.activation("scaled_tanh")
+    h = act(ops.conv_valid(x, w, "winograd") + b)
+    if gain > 1:
+        assert int(jnp.sum(h == h.max())) > 4 * h.shape[0]  # ties within windows
+    steps = lambda impl: lambda x, w, b: ops.conv_full_tied(
+        ops.pool_sparsify(act(ops.conv_valid(x, w, impl) + b), 2), w, impl)
+    fused = lambda x, w, b: winograd.tied_sparse_pass(x, w, b, act)
+    # The same tiles underneath: equal to the bit, ties included. Against XLA's convolutions
+    # only without saturation: their rounding turns near-ties at the activation's ceiling into
+    # other maxima.
+    np.testing.assert_array_equal(jax.jit(fused)(x, w, b), jax.jit(steps("winograd"))(x, w, b))
+    refs = [steps("winograd")] + ([steps("xla")] if gain == 1 else [])
+    loss = lambda f: lambda *a: jnp.sum(jnp.sin(3 * f(*a)))
+    for ref in refs:
+        _close(fused(x, w, b), ref(x, w, b))
+        for g, r in zip(jax.grad(loss(fused), (0, 1, 2))(x, w, b),
+                        jax.grad(loss(ref), (0, 1, 2))(x, w, b)):
+            _close(g, r)
+    np.testing.assert_array_equal(
+        ops.tied_sparse_pass(x, w, b, "scaled_tanh", 2, "winograd"), fused(x, w, b))
+
+
+def test_tied_sparse_pass_elsewhere_is_the_three_steps():
+    """Where the tiles are not the sparsity windows (odd output, pool 3, no sparsity, few
+    maps, bf16) ops.tied_sparse_pass composes the three ops."""
+    b = jnp.linspace(-0.1, 0.1, 6)
+    cases = [(_data((2, 13, 12, 20), 5, 6), 2, "float32"), (_data((2, 12, 12, 20), 5, 6), 3,
+             "float32"), (_data((2, 12, 12, 20), 5, 6), 1, "float32"),
+             (_data((2, 12, 12, 3), 5, 6), 2, "float32"), (_data((2, 12, 12, 20), 5, 6), 2,
+                                                          "bfloat16")]
+    for (x, w), p, dtype in cases:
+        h = ops.activation("tanh")(ops.conv_valid(x, w, "winograd", dtype) + b)
+        want = ops.conv_full_tied(ops.pool_sparsify(h, p), w, "winograd", dtype)
+        np.testing.assert_array_equal(ops.tied_sparse_pass(x, w, b, "tanh", p, "winograd", dtype),
+                                      want)
+
+
 def test_ops_take_winograd_only_where_it_applies():
     x, w = _data((2, 12, 12, ops.WINOGRAD_MIN_MAPS), 5, 6)
     for impl in ("winograd", "auto"):
