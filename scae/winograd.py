@@ -289,7 +289,7 @@ def tied_sparse_pass(x: Array, w: Array, b: Array, act) -> Array:
 
     Each tile is one 2 x 2 sparsity window, and the decoder's first step lays its input out
     in the same tiles, so the hidden maps stay in that layout: no NHWC re-layout of them
-    either way, and the mask is four elementwise slabs (1.1-1.16x the CAE layer-2 step on
+    either way, and the mask is four elementwise slabs (1.11-1.20x the CAE layer-2 step on
     the CPU, docs/performance.md). Differentiable; the gradient reaches the kept units only."""
     _check_even(x, w)
     k = w.shape[0]
