@@ -302,14 +302,19 @@ def _conv_pool_mm_bwd(p, vjp, g):
 _conv_pool_mm.defvjp(_conv_pool_mm_fwd, _conv_pool_mm_bwd)
 
 
+def _whole_windows(x: Array, w: Array, p: int) -> bool:
+    """Whether the valid convolution of ``x`` by ``w`` divides into whole p x p windows."""
+    kh, kw = w.shape[:2]
+    return (x.shape[1] - kh + 1) % p == 0 and (x.shape[2] - kw + 1) % p == 0
+
+
 def conv_pool(x: Array, w: Array, p: int, impl: str = "auto", dtype: str | None = None) -> Array:
     """``max_pool(conv_valid(x, w), p)``. When the convolution's output divides into whole
     p x p windows: by Winograd's tiles, which are 2 x 2 pooling windows, where
     :func:`resolve_impl` allows; else, on the float32 patches path, the forward pass outside
     differentiation (evaluation, feature extraction) never writes the unpooled output."""
     dtype = resolve_dtype(dtype)
-    kh, kw = w.shape[:2]
-    whole = (x.shape[1] - kh + 1) % p == 0 and (x.shape[2] - kw + 1) % p == 0
+    whole = _whole_windows(x, w, p)
     if p == winograd.M and whole and _use_winograd(impl, w, dtype):
         return winograd.conv_pool2(x, w)
     if p > 1 and whole and dtype == "float32" and _patch_path(impl):
@@ -444,10 +449,7 @@ def pool_mask(x: Array, p: int) -> Array:
     h, w = x.shape[1], x.shape[2]
     xp = _pad_to_multiple(x, p, -jnp.inf)
     parts = _window_slices(xp, p)
-    top = _max_pool_whole(xp, p)
-    first = jnp.full(top.shape, p * p, jnp.int32)  # the window position of the first maximum
-    for i in reversed(range(p * p)):
-        first = jnp.where(parts[i] == top, i, first)
+    first = winograd.first_max_index(parts, _max_pool_whole(xp, p))  # window position a*p + b
     position = jnp.arange(p * p, dtype=jnp.int32).reshape(1, 1, p, 1, p, 1)  # a*p + b
     keep = position == _up(first)  # the window view (N, H/p, p, W/p, p, C)
     return keep.reshape(xp.shape)[:, :h, :w, :]
@@ -473,9 +475,7 @@ def tied_sparse_pass(x: Array, w: Array, b: Array, name: str, p: int, impl: str 
     gives to Winograd) the hidden maps stay in the tiles' layout
     (:func:`scae.winograd.tied_sparse_pass`); the values are the same."""
     dtype = resolve_dtype(dtype)
-    kh, kw = w.shape[:2]
-    even = (x.shape[1] - kh + 1) % p == 0 and (x.shape[2] - kw + 1) % p == 0
-    if p == winograd.M and even and _use_winograd(impl, w, dtype):
+    if p == winograd.M and _whole_windows(x, w, p) and _use_winograd(impl, w, dtype):
         return winograd.tied_sparse_pass(x, w, b, activation(name))
     h = activation(name)(conv_valid(x, w, impl, dtype) + b)
     return conv_full_tied(pool_sparsify(h, p), w, impl, dtype)

@@ -270,16 +270,23 @@ def _pool2_stacked(x: Array, w: Array) -> Array:
 conv_pool2.defvjp(lambda x, w: jax.vjp(_pool2_stacked, x, w), lambda vjp, g: vjp(g))
 
 
+def first_max_index(parts: list[Array], top: Array) -> Array:
+    """The index of the first of ``parts`` that equals ``top`` (their elementwise maximum), as
+    int32: the max-pooling sparsity's winner of each window, ties to the lowest index. One
+    where-chain, no reduction (shared with :func:`scae.ops.pool_mask`)."""
+    first = jnp.full(top.shape, len(parts), jnp.int32)
+    for i in reversed(range(len(parts))):
+        first = jnp.where(parts[i] == top, i, first)
+    return first
+
+
 def _keep_first_max(h: Array) -> Array:
     """(P, ...) -> ``h`` with every entry but the first maximum along axis 0 set to zero: the
     max-pooling sparsity over windows laid out on the leading axis (ties go to the lowest
     index, as :func:`scae.ops.pool_mask`'s row-major order does)."""
     parts = [h[i] for i in range(h.shape[0])]
-    top = functools.reduce(jnp.maximum, parts)
-    first = jnp.full(top.shape, len(parts), jnp.int32)
-    for i in reversed(range(len(parts))):
-        first = jnp.where(parts[i] == top, i, first)
-    position = jnp.arange(len(parts), dtype=jnp.int32).reshape(-1, *[1] * top.ndim)
+    first = first_max_index(parts, functools.reduce(jnp.maximum, parts))
+    position = jnp.arange(len(parts), dtype=jnp.int32).reshape(-1, *[1] * first.ndim)
     return jnp.where(position == first[None], h, 0.0)
 
 
