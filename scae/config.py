@@ -52,9 +52,11 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.model.activation = "scaled_tanh"  # 1.7159 * tanh(2x/3); the paper's constants are unknown
     c.model.init = "glorot_uniform"  # the same family for the CAEs and the random CNN
     c.model.conv_impl = "auto"  # 'xla' | 'matmul' (patches x kernel) | 'winograd' (matmul,
-    # with Winograd's F(2x2) for 3x3 and 5x5 kernels); 'auto': winograd on CPU, xla elsewhere
+    # with Winograd's F(2x2) for 5x5 kernels over >= 16 maps); 'auto': winograd on CPU, xla
+    # elsewhere.
     # Matmul operand dtype: 'bfloat16' multiplies bf16 operands with float32 accumulation (for
     # CPUs with avx512_bf16 or AMX, and GPUs); parameters, optimizer and results stay float32.
+    # Winograd's layers stay float32 (bf16 would cost them 13x the error; scae.ops).
     c.model.compute_dtype = "float32"
     c.model.dropout = 0.0  # dropout rate before the classifier when fine-tuning; 0 = off (paper)
 

@@ -54,7 +54,7 @@ def resolve_impl(impl: str) -> str:
     """'auto' picks 'winograd' on the CPU and 'xla' (cuDNN, TPU convs) elsewhere.
 
     'matmul' is one patches-times-kernel matmul per convolution (XLA's own CPU convolutions
-    of these shapes are several times slower); 'winograd' is the same except that float32
+    of these shapes are several times slower); 'winograd' is the same except that
     convolutions with a kernel size in :data:`WINOGRAD_KERNELS` over at least
     :data:`WINOGRAD_MIN_MAPS` input maps run by :mod:`scae.winograd` (2.8x fewer
     multiplications for 5x5). See docs/performance.md for the measurements."""
@@ -63,12 +63,15 @@ def resolve_impl(impl: str) -> str:
     return impl
 
 
-def _use_winograd(impl: str, w: Array, dtype: str) -> bool:
-    """Whether this convolution runs by :mod:`scae.winograd`: float32 only, since the
-    transforms' values are up to 5x the inputs' and bf16 would lose their low bits."""
-    return (resolve_impl(impl) == "winograd" and dtype == "float32"
-            and winograd.supports(w.shape) and w.shape[0] in WINOGRAD_KERNELS
-            and w.shape[2] >= WINOGRAD_MIN_MAPS)
+def _use_winograd(impl: str, w: Array) -> bool:
+    """Whether this convolution runs by :mod:`scae.winograd`, in float32 whatever the compute
+    dtype. Its transforms' values are up to 5x the inputs' and the output sums them back, so
+    bf16 operands in its matmuls cost 13x the error of a bf16 direct convolution (2.9% rms
+    against 0.22%), while float32 Winograd ran faster than the bf16 patches path even on an
+    AMX CPU (docs/performance.md): with 'bfloat16' these layers keep float32 Winograd, and
+    impl='matmul' puts them on bf16 patches."""
+    return (resolve_impl(impl) == "winograd" and winograd.supports(w.shape)
+            and w.shape[0] in WINOGRAD_KERNELS and w.shape[2] >= WINOGRAD_MIN_MAPS)
 
 
 def _patch_path(impl: str) -> bool:
@@ -315,7 +318,7 @@ def conv_pool(x: Array, w: Array, p: int, impl: str = "auto", dtype: str | None 
     differentiation (evaluation, feature extraction) never writes the unpooled output."""
     dtype = resolve_dtype(dtype)
     whole = _whole_windows(x, w, p)
-    if p == winograd.M and whole and _use_winograd(impl, w, dtype):
+    if p == winograd.M and whole and _use_winograd(impl, w):
         return winograd.conv_pool2(x, w)
     if p > 1 and whole and dtype == "float32" and _patch_path(impl):
         return _conv_pool_mm(x, w, p)
@@ -349,10 +352,11 @@ def conv_valid(x: Array, w: Array, impl: str = "auto", dtype: str | None = None)
     """Valid 2-D convolution (cross-correlation, as in every DL library), NHWC x HWIO.
 
     ``dtype`` is the matmul operand dtype (:data:`COMPUTE_DTYPES`; None: the
-    :func:`compute_dtype` default, float32); the result is always float32.
+    :func:`compute_dtype` default, float32), except for the layers Winograd takes, which stay
+    float32 (:func:`_use_winograd`); the result is always float32.
     """
     dtype = resolve_dtype(dtype)
-    if _use_winograd(impl, w, dtype):
+    if _use_winograd(impl, w):
         return winograd.conv_valid(x, w)
     if _patch_path(impl):
         return _conv_valid_mm(x, w, dtype)
@@ -368,7 +372,7 @@ def conv_full_tied(h: Array, w: Array, impl: str = "auto", dtype: str | None = N
     ``dtype`` as in :func:`conv_valid`.
     """
     dtype = resolve_dtype(dtype)
-    if _use_winograd(impl, w, dtype):
+    if _use_winograd(impl, w):
         return winograd.conv_transpose(h, w)
     if _patch_path(impl):
         return _conv_full_tied_mm(h, w, dtype)
@@ -475,7 +479,7 @@ def tied_sparse_pass(x: Array, w: Array, b: Array, name: str, p: int, impl: str 
     gives to Winograd) the hidden maps stay in the tiles' layout
     (:func:`scae.winograd.tied_sparse_pass`); the values are the same."""
     dtype = resolve_dtype(dtype)
-    if p == winograd.M and _whole_windows(x, w, p) and _use_winograd(impl, w, dtype):
+    if p == winograd.M and _whole_windows(x, w, p) and _use_winograd(impl, w):
         return winograd.tied_sparse_pass(x, w, b, activation(name))
     h = activation(name)(conv_valid(x, w, impl, dtype) + b)
     return conv_full_tied(pool_sparsify(h, p), w, impl, dtype)

@@ -132,16 +132,17 @@ def test_tied_sparse_pass_matches_its_three_steps(shape, gain):
 
 def test_tied_sparse_pass_elsewhere_is_the_three_steps():
     """Where the tiles are not the sparsity windows (odd output, pool 3, no sparsity, few
-    maps, bf16) ops.tied_sparse_pass composes the three ops."""
+    maps, the patches impl) ops.tied_sparse_pass composes the three ops."""
     b = jnp.linspace(-0.1, 0.1, 6)
     cases = [(_data((2, 13, 12, 20), 5, 6), 2, "float32"), (_data((2, 12, 12, 20), 5, 6), 3,
              "float32"), (_data((2, 12, 12, 20), 5, 6), 1, "float32"),
-             (_data((2, 12, 12, 3), 5, 6), 2, "float32"), (_data((2, 12, 12, 20), 5, 6), 2,
-                                                          "bfloat16")]
-    for (x, w), p, dtype in cases:
-        h = ops.activation("tanh")(ops.conv_valid(x, w, "winograd", dtype) + b)
-        want = ops.conv_full_tied(ops.pool_sparsify(h, p), w, "winograd", dtype)
-        np.testing.assert_array_equal(ops.tied_sparse_pass(x, w, b, "tanh", p, "winograd", dtype),
+             (_data((2, 12, 12, 3), 5, 6), 2, "float32")]
+    cases = [(*c, "winograd") for c in cases]
+    cases.append((_data((2, 12, 12, 20), 5, 6), 2, "bfloat16", "matmul"))
+    for (x, w), p, dtype, impl in cases:
+        h = ops.activation("tanh")(ops.conv_valid(x, w, impl, dtype) + b)
+        want = ops.conv_full_tied(ops.pool_sparsify(h, p), w, impl, dtype)
+        np.testing.assert_array_equal(ops.tied_sparse_pass(x, w, b, "tanh", p, impl, dtype),
                                       want)
 
 
@@ -154,9 +155,21 @@ def test_ops_take_winograd_only_where_it_applies():
     np.testing.assert_array_equal(ops.conv_full_tied(h, w, "winograd"),
                                   winograd.conv_transpose(h, w))
     assert not np.array_equal(ops.conv_valid(x, w, "winograd"), ops.conv_valid(x, w, "matmul"))
-    # Too few input maps, a kernel size not in WINOGRAD_KERNELS, or bf16: the patches path.
+    # bf16 leaves Winograd's layers in float32 (its transforms would amplify bf16 rounding),
+    # in every op that takes Winograd.
+    np.testing.assert_array_equal(ops.conv_valid(x, w, "winograd", "bfloat16"),
+                                  winograd.conv_valid(x, w))
+    np.testing.assert_array_equal(ops.conv_pool(x, w, 2, "winograd", "bfloat16"),
+                                  winograd.conv_pool2(x, w))
+    np.testing.assert_array_equal(ops.conv_full_tied(h, w, "winograd", "bfloat16"),
+                                  winograd.conv_transpose(h, w))
+    b = jnp.zeros(w.shape[-1])
+    np.testing.assert_array_equal(ops.tied_sparse_pass(x, w, b, "tanh", 2, "winograd", "bfloat16"),
+                                  winograd.tied_sparse_pass(x, w, b, jnp.tanh))
+    # Too few input maps or a kernel size not in WINOGRAD_KERNELS: the patches path, in the
+    # compute dtype.
     few, wf = _data((2, 12, 12, ops.WINOGRAD_MIN_MAPS - 1), 5, 6)
     k3, w3 = _data((2, 9, 9, 32), 3, 6)
-    for a, b, dtype in [(few, wf, "float32"), (k3, w3, "float32"), (x, w, "bfloat16")]:
+    for a, b, dtype in [(few, wf, "float32"), (k3, w3, "float32"), (k3, w3, "bfloat16")]:
         np.testing.assert_array_equal(ops.conv_valid(a, b, "winograd", dtype),
                                       ops.conv_valid(a, b, "matmul", dtype))
