@@ -1,14 +1,15 @@
 #!/bin/bash
 # The README's quick job from an empty compilation cache, timed, its resident memory sampled
 # every 0.5 s and its log lines timestamped (seconds since start).
-#   usage: results/bench_zen3/quick_job.sh OUTDIR   (from the project root, in its environment;
-#          CODE=/path/to/a/checkout runs that checkout's code instead)
+#   usage: results/bench_zen3/quick_job.sh OUTDIR [FLAG...]   (from the project root, in its
+#          environment; CODE=/path/to/a/checkout runs that checkout's code instead; FLAGs go
+#          to pipelines.compare, e.g. --config.model.compute_dtype=bfloat16)
 set -u
 out=$(realpath -m "$1"); rm -rf "$out"; mkdir -p "$out"
 export JAX_COMPILATION_CACHE_DIR=$out/cache
 cd "${CODE:-.}" && export PYTHONPATH=$PWD
 t0=$(date +%s.%N)
-( python -u -m pipelines.compare --config=configs/mnist.py:quick --workdir="$out/run" 2>&1 | python -u -c "
+( python -u -m pipelines.compare --config=configs/mnist.py:quick --workdir="$out/run" "${@:2}" 2>&1 | python -u -c "
 import sys, time
 t0 = time.time()
 for line in sys.stdin:
