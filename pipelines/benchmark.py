@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
 
 import jax
@@ -134,12 +135,12 @@ def _workload(workload: str, arch: str, layer: int, batch: int, impl: str,
     return loss_fn, params, data, flops.cae_step(hw, spec.in_channels, spec.kernel, spec.maps, 1)
 
 
-def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repeats: int,
-              seeds: int, impl: str = "auto", dtype: str = "float32",
-              seed_batching: str = "auto") -> dict:
-    """Times ``steps`` fused training steps of ``seeds`` models in one program (as
-    ``seed_batching`` says); returns the figures.
-    ``dtype`` is the matmul operand dtype the step is traced with (:func:`ops.compute_dtype`)."""
+def compile_step(workload: str, arch: str, layer: int, batch: int, steps: int, seeds: int = 1,
+                 impl: str = "auto", dtype: str = "float32", seed_batching: str = "auto"):
+    """(compiled, args, flops per image-step): ``steps`` fused training steps of ``seeds``
+    models, compiled for ``compiled(*args)``, which returns (params, opt_state, losses).
+    ``dtype`` is the matmul operand dtype the step is traced with (:func:`ops.compute_dtype`);
+    it and anything else read at tracing time (a module's function) take effect here."""
     loss_fn, params, data, flop_per_img = _workload(workload, arch, layer, batch, impl, dtype)
     tx = optim.make(cfglib.base_config(arch).pretrain, 1000)
     order = jnp.arange(steps * batch) % (4 * batch)
@@ -152,15 +153,47 @@ def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repe
         opt_state = tx.init(params)
     run = driver.make_steps(loss_fn, tx, batch, steps, seeds=seeds > 1,
                             seed_batching=seed_batching)
+    args = (params, opt_state, data, order, 0, 0, key)
     with ops.compute_dtype(dtype):
-        compiled = run.lower(params, opt_state, data, order, 0, 0, key).compile()
+        compiled = run.lower(*args).compile()
+    return compiled, args, flop_per_img
+
+
+def alternate(variants: dict, images: int, rounds: int, calls: int = 3) -> dict[str, list[float]]:
+    """Times compiled steps in alternation: ``variants`` maps a name to (compiled, args) as
+    :func:`compile_step` gives them, each call processing ``images`` images. Each round calls
+    every variant once to warm up and ``calls`` times more; returns each variant's median
+    img/s per round, so that a machine's drift within minutes hits every variant alike."""
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (fn, args) in variants.items():
+            per_call = []
+            for i in range(calls + 1):
+                # Fresh parameter buffers for every call, ready before the clock starts.
+                state = jax.block_until_ready(jax.tree.map(jnp.copy, args[:2]))
+                t = time.perf_counter()
+                jax.block_until_ready(fn(*state, *args[2:]))
+                if i:
+                    per_call.append(images / (time.perf_counter() - t))
+            rates[name].append(statistics.median(per_call))
+    return rates
+
+
+def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repeats: int,
+              seeds: int, impl: str = "auto", dtype: str = "float32",
+              seed_batching: str = "auto") -> dict:
+    """Times ``steps`` fused training steps of ``seeds`` models in one program (as
+    ``seed_batching`` says); returns the figures.
+    ``dtype`` is the matmul operand dtype the step is traced with (:func:`ops.compute_dtype`)."""
+    compiled, (params, opt_state, data, order, *rest), flop_per_img = compile_step(
+        workload, arch, layer, batch, steps, seeds, impl, dtype, seed_batching)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
     times = []
     for _ in range(repeats + 1):  # the first call warms up
         t = time.perf_counter()
-        params, opt_state, losses = compiled(params, opt_state, data, order, 0, 0, key)
+        params, opt_state, losses = compiled(params, opt_state, data, order, *rest)
         losses.block_until_ready()
         times.append(time.perf_counter() - t)
     dt = sorted(times[1:])[len(times[1:]) // 2]

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from pipelines import benchmark
@@ -68,3 +70,20 @@ def test_vector_extensions_names_simd_flags_only():
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     if " avx2 " in flags:
         assert "avx2" in ext
+
+
+def test_alternate_times_every_variant_in_every_round_and_leaves_the_args_unchanged():
+    """benchmark.alternate (the record scripts' A/B timing) calls the compiled steps on fresh
+    copies of their parameters: the given args stay as they were, and each variant gets one
+    positive rate per round."""
+    fn, args, flop = benchmark.compile_step("cae", "mnist", 3, 4, 2)
+    assert flop > 0
+    before = [a.copy() for a in jax.tree.leaves(args[:2])]
+    rates = benchmark.alternate({"a": (fn, args), "b": (fn, args)}, 8, rounds=3, calls=2)
+    assert sorted(rates) == ["a", "b"] and all(len(r) == 3 and min(r) > 0 for r in rates.values())
+    for a, b in zip(before, jax.tree.leaves(args[:2])):
+        np.testing.assert_array_equal(a, b)
+    # The compiled steps train (2 steps, 2 losses); they donate the buffers they are given.
+    params, _, losses = fn(*jax.tree.map(jax.numpy.copy, args[:2]), *args[2:])
+    assert losses.shape == (2,) and bool(np.isfinite(losses).all())
+    assert any(not np.array_equal(a, b) for a, b in zip(before, jax.tree.leaves(params)))

@@ -13,16 +13,14 @@ import sys
 import jax
 import jax.numpy as jnp
 
+from pipelines import benchmark as bm
 from scae import ops
-
-sys.path.insert(0, "results/bench_xeon")
-from dtype_ab import compiled  # noqa: E402
 
 workload, arch, layer = sys.argv[1], sys.argv[2], int(sys.argv[3])
 top = int(sys.argv[4]) if len(sys.argv) > 4 else 14
 steps, calls = 5, 3
 for dtype in ops.COMPUTE_DTYPES:
-    fn, args, _ = compiled(workload, arch, layer, dtype, steps)
+    fn, args, _ = bm.compile_step(workload, arch, layer, 128, steps, dtype=dtype)
     jax.block_until_ready(fn(*jax.tree.map(jnp.copy, args[:2]), *args[2:]))
     shutil.rmtree("/tmp/scae_trace", ignore_errors=True)
     with jax.profiler.trace("/tmp/scae_trace"):

@@ -8,13 +8,9 @@ round's ratio, so that the machine's drift hits both alike.
 """
 import statistics
 import sys
-import time
-
-import jax
-import jax.numpy as jnp
 
 from pipelines import benchmark as bm
-from scae import config as cfglib, driver, ops, optim, winograd
+from scae import ops, winograd
 
 
 def three_steps(x, w, b, act):
@@ -23,12 +19,8 @@ def three_steps(x, w, b, act):
 
 
 def compiled(arch, steps, batch=128):
-    loss_fn, params, data, _ = bm._workload("cae", arch, 2, batch, "auto")
-    tx = optim.make(cfglib.base_config(arch).pretrain, 1000)
-    order = jnp.arange(steps * batch) % (4 * batch)
-    run = driver.make_steps(loss_fn, tx, batch, steps)
-    args = (params, tx.init(params), data, order, 0, 0, jax.random.PRNGKey(1))
-    return run.lower(*args).compile(), args
+    fn, args, _ = bm.compile_step("cae", arch, 2, batch, steps)
+    return fn, args
 
 
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 8
@@ -39,18 +31,7 @@ for arch in ("mnist", "cifar10"):
     variants = {"three steps": compiled(arch, steps)}
     winograd.tied_sparse_pass = tiles
     variants["tile layout"] = compiled(arch, steps)
-    rates = {k: [] for k in variants}
-    for _ in range(rounds):
-        for name, (fn, args) in variants.items():
-            params, opt_state = jax.tree.map(jnp.copy, args[:2])
-            jax.block_until_ready(fn(params, opt_state, *args[2:]))
-            per_call = []
-            for _ in range(3):
-                params, opt_state = jax.tree.map(jnp.copy, args[:2])
-                t0 = time.perf_counter()
-                jax.block_until_ready(fn(params, opt_state, *args[2:]))
-                per_call.append(steps * batch / (time.perf_counter() - t0))
-            rates[name].append(statistics.median(per_call))
+    rates = bm.alternate(variants, steps * batch, rounds)
     a, b = rates["three steps"], rates["tile layout"]
     ratios = [y / x for x, y in zip(a, b)]
     print(f"{arch:8s} cae 2  three steps {statistics.median(a):6.1f} img/s  tile layout "
