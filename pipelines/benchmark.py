@@ -11,7 +11,8 @@ with --peak the measured fp32 matmul GFLOP/s and the fraction of it reached.
 --all times every step at both sizes in the order of the peers' side-by-side script
 (MNIST then CIFAR-10; CNN, CAE layers 1, 2, 3): first one JSON line describing the machine
 (CPU model, vector extensions from /proc/cpuinfo, fp32 matmul peak, and the bf16 peak with
---dtype=bfloat16), then one JSON line per step with its fraction of the peak.
+--dtype=bfloat16), then one JSON line per step with its fraction of the peak (with
+--dtype=bfloat16 of both peaks: the layers Winograd takes stay fp32).
 """
 
 from __future__ import annotations
@@ -224,7 +225,8 @@ def machine(peak_n: int, dtype: str) -> dict:
 def all_rows(batch: int, steps: int, repeats: int, seeds: int, impl: str, dtype: str,
              peak_n: int = 4096, seed_batching: str = "auto"):
     """Yields the machine line, then every step of :data:`ROWS` with its share of the fp32
-    peak (of the bf16 peak for ``dtype='bfloat16'``)."""
+    peak (of the bf16 peak for ``dtype='bfloat16'``, and then also of the fp32 one, since the
+    layers Winograd takes stay fp32: :func:`scae.ops.conv_valid`)."""
     head = machine(peak_n, dtype)
     yield head
     peak = head.get(f"peak_{dtype}_gflop_per_s", head["peak_gflop_per_s"])
@@ -232,6 +234,8 @@ def all_rows(batch: int, steps: int, repeats: int, seeds: int, impl: str, dtype:
         out = benchmark(workload, arch, layer or 1, batch, steps, repeats, seeds, impl, dtype,
                         seed_batching)
         out["fraction_of_peak"] = round(out["gflop_per_s"] / peak, 3)
+        if dtype != "float32":
+            out["fraction_of_fp32_peak"] = round(out["gflop_per_s"] / head["peak_gflop_per_s"], 3)
         yield out
 
 

@@ -42,6 +42,8 @@ def test_all_prints_the_machine_then_every_row_in_the_peers_order():
         ("cifar10", "cae", 3)]
     for r in rows:
         assert r["dtype"] == "bfloat16" and r["img_per_s"] > 0 and 0 < r["fraction_of_peak"]
+        assert r["fraction_of_fp32_peak"] == pytest.approx(
+            r["gflop_per_s"] / head["peak_gflop_per_s"], rel=0.01, abs=1e-3)
 
 
 def test_single_row_keeps_its_interface_and_prints_only_its_line():
