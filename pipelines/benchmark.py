@@ -92,19 +92,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def best_seconds(fn, *args, repeats: int = 5) -> float:
+    """The fastest of ``repeats`` calls of ``fn(*args)`` in seconds, each waited for, after one
+    warm-up call (compilation)."""
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def matmul_peak(n: int = 4096, repeats: int = 5, dtype: str = "float32") -> float:
     """Measured GFLOP/s of an n x n matmul (the machine's practical peak): float32, or bf16
     operands with float32 accumulation for ``dtype='bfloat16'``."""
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     a = a.astype(jnp.bfloat16) if dtype == "bfloat16" else a
     f = jax.jit(lambda x: ops.matmul(x, x, dtype))
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / best_seconds(f, a, repeats=repeats) / 1e9
 
 
 def _workload(workload: str, arch: str, layer: int, batch: int, impl: str,

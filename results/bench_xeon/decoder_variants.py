@@ -6,15 +6,13 @@ of 7 isolated calls, and rms error relative to the fp32 patches path.
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 PYTHONPATH=. python results/bench_xeon/decoder_variants.py
 """
-import time, jax, jax.numpy as jnp, numpy as np
+import jax, jax.numpy as jnp, numpy as np
 from jax import lax
+from pipelines.benchmark import best_seconds
 from scae import ops
 bf = jnp.bfloat16
 def timeit(f, *a):
-    jax.block_until_ready(f(*a)); best=1e9
-    for _ in range(7):
-        t0=time.perf_counter(); jax.block_until_ready(f(*a)); best=min(best,time.perf_counter()-t0)
-    return best*1e3
+    return best_seconds(f, *a, repeats=7) * 1e3
 def cur(h, w): return ops._conv_full_tied_mm(h, w, "bfloat16")
 def cols_bf16(h, w):
     kh, kw, ci, co = w.shape; n, ho, wo, _ = h.shape

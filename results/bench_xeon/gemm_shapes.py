@@ -3,17 +3,16 @@
 ms, best of 5 calls. (8192, 150, 2500) is the tied decoder's and a conv input gradient's product
 on the patches path, whose 82 MB fp32 result bounds it by memory.
 
-    python results/bench_xeon/gemm_shapes.py
+    PYTHONPATH=. python results/bench_xeon/gemm_shapes.py
 """
-import time, jax, jax.numpy as jnp
+import jax, jax.numpy as jnp
 from jax import lax
+from pipelines.benchmark import best_seconds
 def t(m,k,n, dt, tn=False):
     a = jnp.ones((k,m) if tn else (m,k), dt); b = jnp.ones((k,n), dt)
     dims = (((0,),(0,)),((),())) if tn else (((1,),(0,)),((),()))
     f = jax.jit(lambda a,b: lax.dot_general(a,b,dims,preferred_element_type=jnp.float32))
-    f(a,b).block_until_ready(); best=1e9
-    for _ in range(5):
-        t0=time.perf_counter(); f(a,b).block_until_ready(); best=min(best,time.perf_counter()-t0)
+    best = best_seconds(f, a, b)
     return 2*m*k*n/best/1e9, best*1e3
 for shape in [(8192,2500,150),(8192,150,2500),(2500,8192,150),(4096,4096,4096),(8192,512,512),(8192,2560,160)]:
     for dt in (jnp.float32, jnp.bfloat16):

@@ -6,14 +6,12 @@ difference from the current transform.
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 PYTHONPATH=. python results/bench_xeon/input_transform_variants.py
 """
-import time, numpy as np, jax, jax.numpy as jnp
+import numpy as np, jax, jax.numpy as jnp
 from jax import lax
+from pipelines.benchmark import best_seconds
 from scae import winograd as wg
 def timeit(f, *a):
-    jax.block_until_ready(f(*a)); best=1e9
-    for _ in range(9):
-        t0=time.perf_counter(); jax.block_until_ready(f(*a)); best=min(best,time.perf_counter()-t0)
-    return best*1e3
+    return best_seconds(f, *a, repeats=9) * 1e3
 def gemm_transform(x, k, th, tw):
     bt, _, _ = wg.matrices(k); n = k + 1
     rows = (2 * np.arange(th))[None, :] + np.arange(n)[:, None]  # (n, th)

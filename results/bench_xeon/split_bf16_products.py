@@ -6,8 +6,9 @@ the input and sums the output, alike for all three), and the rms error relative 
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 PYTHONPATH=. python results/bench_xeon/split_bf16_products.py
 """
-import time, jax, jax.numpy as jnp
+import jax, jax.numpy as jnp
 from jax import lax
+from pipelines.benchmark import best_seconds
 bf = jnp.bfloat16
 def fp32(a, b):
     return lax.dot_general(a, b, (((2,), (1,)), ((0,), (0,))))
@@ -24,8 +25,6 @@ for (T, R, X, Y) in [(36, 2048, 100, 150), (36, 3200, 100, 150)]:
     a = jax.random.normal(jax.random.PRNGKey(0), (T, R, X)); b = jax.random.normal(jax.random.PRNGKey(1), (T, X, Y))
     ref = fp32(a, b)
     for name, f in [("fp32", fp32), ("bf16 x1", bf16), ("bf16 x3 split", split3)]:
-        g = loop(f); g(a, b).block_until_ready(); best = 1e9
-        for _ in range(5):
-            t0 = time.perf_counter(); g(a, b).block_until_ready(); best = min(best, time.perf_counter() - t0)
+        best = best_seconds(loop(f), a, b)
         err = float(jnp.sqrt(jnp.mean((f(a, b) - ref) ** 2) / jnp.mean(ref ** 2)))
         print((T, R, X, Y), f"{name:14s} {best * 100:6.2f} ms per product  rel rms err {err:.1e}", flush=True)

@@ -13,7 +13,7 @@ def batched_bf16(a, b, contract):
 for (h, c, o, scale) in [(12, 100, 150, 1/50), (32, 3, 100, 1/10), (14, 100, 150, 1/50)]:
     x = jnp.tanh(jax.random.normal(jax.random.PRNGKey(0), (32, h, h, c)))
     w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, c, o)) * scale
-    ref = lax.conv_general_dilated(x.astype(jnp.float64) if False else x, w, (1,1), "VALID", dimension_numbers=("NHWC","HWIO","NHWC"), precision=lax.Precision.HIGHEST)
+    ref = lax.conv_general_dilated(x, w, (1,1), "VALID", dimension_numbers=("NHWC","HWIO","NHWC"), precision=lax.Precision.HIGHEST)
     ref = np.asarray(ref, np.float64)
     m = np.abs(ref).max(); rms = np.sqrt((ref**2).mean())
     def err(y): 
