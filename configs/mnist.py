@@ -2,7 +2,7 @@
 
 Presets (``--config=configs/mnist.py:<preset>``):
   smoke  - seconds; tiny subsets, for tests.
-  quick  - the README's main job on the embedded MNIST, about 6 minutes on 2 CPU cores:
+  quick  - the README's main job on the embedded MNIST, a few minutes on 2 CPU cores:
            pretrains the stack (4, 1 and 1 epochs on 10k images) and compares random /
            pretrained / frozen at 1000 labels over 3 seeds (short fine-tuning).
   paper  - the full protocol: stack on all 50k non-validation training images (10 epochs

@@ -368,7 +368,7 @@ def _smoke_data(c: ml_collections.ConfigDict) -> None:
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
-    """Shrinks a comparison config to the ``smoke`` (tests) or ``quick`` (about 6 minutes on
+    """Shrinks a comparison config to the ``smoke`` (tests) or ``quick`` (a few minutes on
     2 CPU cores) preset; ``paper`` keeps the full protocol of :func:`base_config`."""
     c.preset = preset
     if preset == "smoke":
