@@ -250,6 +250,7 @@ def run(main: Callable, needs_config: bool = True, needs_workdir: bool = True) -
                 fail("--config: required, e.g. --config=configs/mnist.py:quick")
             if config is not None:
                 _validate(config, command)
+                warn_emulated_bf16(config)
             main(config, Path(_WORKDIR.value) if _WORKDIR.value else None)
             interrupt.check("the end")  # a signal no check point acted on still ends it so
         except InputError as e:
@@ -272,6 +273,23 @@ def run(main: Callable, needs_config: bool = True, needs_workdir: bool = True) -
         app.run(_main, flags_parser=_parse_flags_or_fail)
     finally:
         freeze()  # what the run made, too: the process is ending
+
+
+def warn_emulated_bf16(config) -> None:
+    """One warning line when a config asks for bf16 products on a CPU without bf16
+    instructions: XLA then computes them through float32 conversions, slower than float32
+    itself (docs/performance.md), while the run goes on as asked."""
+    import jax
+
+    from scae import provenance
+
+    model = config.get("model") if isinstance(config, ml_collections.ConfigDict) else None
+    if (model is None or model.get("compute_dtype") != "bfloat16"
+            or jax.default_backend() != "cpu" or provenance.cpu_has_bf16() is not False):
+        return
+    log("warning: model.compute_dtype=bfloat16 on a CPU without bf16 instructions "
+        "(avx512_bf16, AMX or Arm's bf16): its products are converted to float32 and run "
+        "slower than with model.compute_dtype=float32")
 
 
 def enable_compilation_cache() -> Path | None:

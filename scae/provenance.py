@@ -205,23 +205,43 @@ _VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_
                  "avx512_bf16", "amx_bf16", "amx_tile", "asimd", "sve", "sve2")
 
 
+# The instructions that multiply bf16 operands: x86's AVX-512 BF16 and AMX, Arm's BF16.
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def _cpuinfo() -> str | None:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
+def _cpu_flags(text: str) -> set[str]:
+    m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)
+    return set(m.group(1).split()) if m else set()
+
+
 def _cpu() -> tuple[str, list[str]]:
     """The CPU model and its vector extensions (from /proc/cpuinfo where there is one)."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return model, flags
+    model, text = platform.processor() or platform.machine(), _cpuinfo()
+    if text is None:
+        return model, []
     for key in ("model name", "Hardware", "cpu model"):
         m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
         if m:
             model = m.group(1).strip()
             break
-    m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)
-    if m:
-        have = set(m.group(1).split())
-        flags = [f for f in _VECTOR_FLAGS if f in have]
-    return model, flags
+    have = _cpu_flags(text)
+    return model, [f for f in _VECTOR_FLAGS if f in have]
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU has instructions that multiply bf16 operands (avx512_bf16, AMX or
+    Arm's bf16), by /proc/cpuinfo; None where no such file says (another OS)."""
+    text = _cpuinfo()
+    if text is None or not _cpu_flags(text):
+        return None
+    return bool(_cpu_flags(text) & set(_BF16_FLAGS))
 
 
 def machine(wall_time_s: float | None = None, command: str | None = None) -> dict:

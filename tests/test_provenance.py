@@ -122,3 +122,37 @@ def test_inputs_carry_the_identity_of_their_test_split(tiny_npz_module):
     c.validation_size = 50
     got = inputs.build(c, seed=0).identity
     assert (got.title, got.paper_key) == (c.source, None)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu avx avx2 fma", False),                       # AVX2 only (Zen 3)
+    ("avx2 avx512f avx512_bf16", True),                # AVX-512 BF16 (Zen 4)
+    ("avx2 avx512f amx_tile amx_bf16", True),          # AMX (Sapphire Rapids and later)
+])
+def test_cpu_has_bf16_reads_the_flags(monkeypatch, flags, expected):
+    monkeypatch.setattr(provenance, "_cpuinfo", lambda: f"model name\t: X\nflags\t\t: {flags}\n")
+    assert provenance.cpu_has_bf16() is expected
+
+
+def test_cpu_has_bf16_on_arm_and_without_cpuinfo(monkeypatch):
+    monkeypatch.setattr(provenance, "_cpuinfo", lambda: "Features\t: fp asimd sve bf16 i8mm\n")
+    assert provenance.cpu_has_bf16() is True
+    monkeypatch.setattr(provenance, "_cpuinfo", lambda: None)
+    assert provenance.cpu_has_bf16() is None
+
+
+@pytest.mark.parametrize("dtype, has_bf16, warned", [
+    ("bfloat16", False, True), ("bfloat16", True, False), ("bfloat16", None, False),
+    ("float32", False, False),
+])
+def test_commands_warn_of_bf16_without_bf16_instructions(monkeypatch, capsys, dtype, has_bf16,
+                                                        warned):
+    from pipelines import common
+    from scae import config as cfglib
+
+    config = cfglib.base_config("mnist")
+    config.model.compute_dtype = dtype
+    monkeypatch.setattr(provenance, "cpu_has_bf16", lambda: has_bf16)
+    common.warn_emulated_bf16(config)
+    err = capsys.readouterr().err
+    assert ("without bf16 instructions" in err) is warned
