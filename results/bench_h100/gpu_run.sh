@@ -1,0 +1,38 @@
+#!/bin/bash
+# The GPU records in one call of a lent machine: the machine, every training step of
+# pipelines.benchmark in fp32 and bf16, then a comparison preset (the MNIST paper protocol by
+# default), timed and stopped by SIGTERM before LIMIT seconds so that a second call resumes
+# it; its records come back packed in one file.
+#   usage, from the project root on the GPU machine:
+#     bash results/bench_h100/gpu_run.sh OUTDIR [PRESET] [LIMIT]    (PRESET: paper, quick, smoke)
+#   OUTDIR gets machine.txt, benchmark_fp32.jsonl, benchmark_bf16.jsonl (first call only),
+#   compare_log.txt, summary.txt and mnist_PRESET.tgz (the workdir without its checkpoints:
+#   `tar xzf` it and `python -m pipelines.publish --workdir=mnist_PRESET --out=results/...`).
+#   The workdir is runs/mnist_PRESET, kept between calls on a warm machine.
+# Python packages the project needs beyond that machine's image (ml_collections) travel as
+# wheels in .whl/ (see the device notes); they are installed when present.
+set -uo pipefail
+out=$(realpath -m "$1"); preset=${2:-paper}; limit=${3:-540}
+mkdir -p "$out"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+t0=$(date +%s)
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
+  python3 -c "import jax; print(jax.__version__, jax.devices())"; } > "$out/machine.txt" 2>&1
+work=runs/mnist_$preset
+if [ ! -d "$work" ]; then  # the benchmark once per machine, before the comparison starts
+  python3 -m pipelines.benchmark --all --steps=20 --repeats=3 > "$out/benchmark_fp32.jsonl" 2>/dev/null
+  python3 -m pipelines.benchmark --all --steps=20 --repeats=3 --dtype=bfloat16 \
+    > "$out/benchmark_bf16.jsonl" 2>/dev/null
+fi
+left=$(( limit - ($(date +%s) - t0) ))
+t1=$(date +%s)
+timeout -s TERM -k 60 "$left" python3 -m pipelines.compare --config=configs/mnist.py:$preset \
+  --workdir="$work" > "$out/compare_log.txt" 2>&1
+rc=$?
+echo "compare rc $rc, $(( $(date +%s) - t1 )) s (rc 143: stopped at the limit; run again to resume)" \
+  | tee "$out/summary.txt"
+tar czf "$out/mnist_$preset.tgz" --exclude=ckpt -C runs "mnist_$preset"
