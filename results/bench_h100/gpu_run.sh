@@ -29,6 +29,10 @@ if [ ! -d "$work" ]; then  # the benchmark once per machine, before the comparis
     > "$out/benchmark_bf16.jsonl" 2>/dev/null
 fi
 left=$(( limit - ($(date +%s) - t0) ))
+if [ "$left" -lt 30 ]; then  # (timeout 0 would mean no limit)
+  echo "compare not started: $left s left of the $limit s limit; run again" | tee "$out/summary.txt"
+  exit 0
+fi
 t1=$(date +%s)
 timeout -s TERM -k 60 "$left" python3 -m pipelines.compare --config=configs/mnist.py:$preset \
   --workdir="$work" > "$out/compare_log.txt" 2>&1
