@@ -37,6 +37,6 @@ t1=$(date +%s)
 timeout -s TERM -k 60 "$left" python3 -m pipelines.compare --config=configs/mnist.py:$preset \
   --workdir="$work" > "$out/compare_log.txt" 2>&1
 rc=$?
-echo "compare rc $rc, $(( $(date +%s) - t1 )) s (rc 143: stopped at the limit; run again to resume)" \
+echo "compare rc $rc, $(( $(date +%s) - t1 )) s (rc 124: stopped at the limit, and the same call again resumes it)" \
   | tee "$out/summary.txt"
 tar czf "$out/mnist_$preset.tgz" --exclude=ckpt -C runs "mnist_$preset"
