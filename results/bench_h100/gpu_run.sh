@@ -5,8 +5,9 @@
 # it; its records come back packed in one file.
 #   usage, from the project root on the GPU machine:
 #     bash results/bench_h100/gpu_run.sh OUTDIR [PRESET] [LIMIT]    (PRESET: paper, quick, smoke)
-#   OUTDIR gets machine.txt, benchmark_fp32.jsonl, benchmark_bf16.jsonl (first call only),
-#   compare_log.txt, summary.txt and mnist_PRESET.tgz (the workdir without its checkpoints:
+#   OUTDIR gets machine.txt; benchmark_fp32.jsonl, benchmark_bf16.jsonl and seeds_cnn.jsonl
+#   (on the first call only); compare_log.txt, summary.txt and mnist_PRESET.tgz (the workdir
+#   without its checkpoints:
 #   `tar xzf` it and `python -m pipelines.publish --workdir=mnist_PRESET --out=results/...`).
 #   The workdir is runs/mnist_PRESET, kept between calls on a warm machine.
 # Python packages the project needs beyond that machine's image (ml_collections) travel as
@@ -27,6 +28,12 @@ if [ ! -d "$work" ]; then  # the benchmark once per machine, before the comparis
   python3 -m pipelines.benchmark --all --steps=20 --repeats=3 > "$out/benchmark_fp32.jsonl" 2>/dev/null
   python3 -m pipelines.benchmark --all --steps=20 --repeats=3 --dtype=bfloat16 \
     > "$out/benchmark_bf16.jsonl" 2>/dev/null
+  # The CNN step of 10 seeds in one program: XLA's convolutions (grouped over the vmapped
+  # seeds) against patch matmuls (batched GEMMs), vmapped or one seed after another.
+  for impl in xla matmul; do for sb in vmap map; do
+    python3 -m pipelines.benchmark --workload=cnn --seeds=10 --steps=20 --repeats=3 \
+      --conv_impl=$impl --seed_batching=$sb 2>/dev/null | grep '^{'
+  done; done > "$out/seeds_cnn.jsonl"
 fi
 left=$(( limit - ($(date +%s) - t0) ))
 if [ "$left" -lt 30 ]; then  # (timeout 0 would mean no limit)
