@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -30,7 +29,7 @@ from absl import flags
 from flax import nnx
 
 from pipelines import common
-from scae import driver, flops, models, ops, optim, stack
+from scae import driver, flops, models, ops, optim, provenance, stack
 from scae import config as cfglib
 from scae.errors import InputError
 
@@ -68,28 +67,11 @@ _VECTOR_PREFIXES = ("avx512", "amx")
 
 def vector_extensions() -> list[str]:
     """The CPU's vector and matrix extensions from /proc/cpuinfo (empty where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    names = line.split(":", 1)[1].split()
-                    return sorted(n for n in set(names)
-                                  if n in _VECTOR_FLAGS or n.startswith(_VECTOR_PREFIXES))
-    except OSError:
-        pass
-    return []
+    return sorted(n for n in provenance.cpu_flags() or ()
+                  if n in _VECTOR_FLAGS or n.startswith(_VECTOR_PREFIXES))
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, else what :mod:`platform` says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+cpu_model = provenance.cpu_model
 
 
 def best_seconds(fn, *args, repeats: int = 5) -> float:

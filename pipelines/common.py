@@ -283,7 +283,7 @@ def warn_emulated_bf16(config) -> None:
 
     from scae import provenance
 
-    model = config.get("model") if isinstance(config, ml_collections.ConfigDict) else None
+    model = config.get("model")  # a ConfigDict: _validate checked
     if (model is None or model.get("compute_dtype") != "bfloat16"
             or jax.default_backend() != "cpu" or provenance.cpu_has_bf16() is not False):
         return

@@ -206,7 +206,7 @@ _VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_
 
 
 # The instructions that multiply bf16 operands: x86's AVX-512 BF16 and AMX, Arm's BF16.
-_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+_BF16_FLAGS = frozenset(("avx512_bf16", "amx_bf16", "bf16"))
 
 
 def _cpuinfo() -> str | None:
@@ -216,32 +216,35 @@ def _cpuinfo() -> str | None:
         return None
 
 
-def _cpu_flags(text: str) -> set[str]:
-    m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)
-    return set(m.group(1).split()) if m else set()
+def cpu_flags() -> set[str] | None:
+    """Every feature flag /proc/cpuinfo lists for the CPU (x86's ``flags``, Arm's
+    ``Features``); None where no such file says (another OS)."""
+    text = _cpuinfo()
+    m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M) if text else None
+    return set(m.group(1).split()) if m else None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what :mod:`platform` says."""
+    text = _cpuinfo() or ""
+    for key in ("model name", "Hardware", "cpu model"):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
+        if m:
+            return m.group(1).strip()
+    return platform.processor() or platform.machine()
 
 
 def _cpu() -> tuple[str, list[str]]:
     """The CPU model and its vector extensions (from /proc/cpuinfo where there is one)."""
-    model, text = platform.processor() or platform.machine(), _cpuinfo()
-    if text is None:
-        return model, []
-    for key in ("model name", "Hardware", "cpu model"):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
-        if m:
-            model = m.group(1).strip()
-            break
-    have = _cpu_flags(text)
-    return model, [f for f in _VECTOR_FLAGS if f in have]
+    have = cpu_flags() or set()
+    return cpu_model(), [f for f in _VECTOR_FLAGS if f in have]
 
 
 def cpu_has_bf16() -> bool | None:
     """Whether this CPU has instructions that multiply bf16 operands (avx512_bf16, AMX or
     Arm's bf16), by /proc/cpuinfo; None where no such file says (another OS)."""
-    text = _cpuinfo()
-    if text is None or not _cpu_flags(text):
-        return None
-    return bool(_cpu_flags(text) & set(_BF16_FLAGS))
+    flags = cpu_flags()
+    return None if flags is None else bool(flags & _BF16_FLAGS)
 
 
 def machine(wall_time_s: float | None = None, command: str | None = None) -> dict:

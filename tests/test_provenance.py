@@ -139,6 +139,7 @@ def test_cpu_has_bf16_on_arm_and_without_cpuinfo(monkeypatch):
     assert provenance.cpu_has_bf16() is True
     monkeypatch.setattr(provenance, "_cpuinfo", lambda: None)
     assert provenance.cpu_has_bf16() is None
+    assert provenance.cpu_model()  # platform's word instead
 
 
 @pytest.mark.parametrize("dtype, has_bf16, warned", [
