@@ -13,7 +13,11 @@
 # Python packages the project needs beyond that machine's image (ml_collections) travel as
 # wheels in .whl/ (see the device notes); they are installed when present.
 set -uo pipefail
+bad() { echo "gpu_run.sh: $1 (usage: gpu_run.sh OUTDIR [paper|quick|smoke] [LIMIT seconds])" >&2; exit 2; }
+[ $# -ge 1 ] && [ -n "$1" ] || bad "OUTDIR: required"
 out=$(realpath -m "$1"); preset=${2:-paper}; limit=${3:-540}
+case $preset in paper|quick|smoke) ;; *) bad "PRESET: '$preset' is not paper, quick or smoke" ;; esac
+[[ $limit =~ ^[0-9]+$ ]] || bad "LIMIT: '$limit' is not a whole number of seconds"
 mkdir -p "$out"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl \
