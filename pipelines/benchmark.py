@@ -5,7 +5,7 @@
   python -m pipelines.benchmark --all
 
 Prints one JSON line: workload, layer, arch, batch, seeds, img_per_s (per seed), step_ms,
-gflop_per_s (analytic FLOPs, see scae.flops; also XLA's own count as xla_gflop_per_s), and
+gflop_per_s (analytic FLOPs, see scae.models.flops; also XLA's own count as xla_gflop_per_s), and
 with --peak the measured fp32 matmul GFLOP/s and the fraction of it reached.
 
 --all times every step at both sizes in the order of the peers' side-by-side script
@@ -25,13 +25,15 @@ import time
 import jax
 import jax.numpy as jnp
 from absl import flags
-
 from flax import nnx
 
 from pipelines import common
-from scae import driver, flops, models, ops, optim, provenance, stack
 from scae import config as cfglib
+from scae import provenance
 from scae.errors import InputError
+from scae.models import flops, ops, stack
+from scae.models import modules as models
+from scae.train import driver, optim
 
 _WORKLOAD = flags.DEFINE_enum("workload", "cnn", ["cnn", "cae"], "Which training step.")
 _LAYER = flags.DEFINE_integer("layer", 1, "CAE layer of the paper's stack (cae workload).")
@@ -42,10 +44,10 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls; the median is report
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Models trained together in one program.")
 _SEED_BATCHING = flags.DEFINE_enum("seed_batching", "auto", list(driver.SEED_BATCHINGS),
                                    "How --seeds > 1 share the program (see "
-                                   "scae.driver.resolve_seed_batching).")
+                                   "scae.train.driver.resolve_seed_batching).")
 _PEAK = flags.DEFINE_bool("peak", False, "Also measure the fp32 matmul peak.")
 _IMPL = flags.DEFINE_enum("conv_impl", "auto", list(ops.CONV_IMPLS),
-                          "Convolution implementation (see scae.ops.resolve_impl).")
+                          "Convolution implementation (see scae.models.ops.resolve_impl).")
 
 _DTYPE = flags.DEFINE_enum("dtype", "float32", list(ops.COMPUTE_DTYPES),
                            "Matmul operand dtype (config.model.compute_dtype); accumulation, "
@@ -134,14 +136,12 @@ def compile_step(workload: str, arch: str, layer: int, batch: int, steps: int, s
     tx = optim.make(cfglib.base_config(arch).pretrain, 1000)
     order = jnp.arange(steps * batch) % (4 * batch)
     key = jax.random.PRNGKey(1)
-    if seeds > 1:
-        params = jax.tree.map(lambda x: jnp.stack([x] * seeds), params)
-        opt_state = jax.vmap(tx.init)(params)
-        order, key = jnp.stack([order] * seeds), jax.random.split(key, seeds)
-    else:
-        opt_state = tx.init(params)
-    run = driver.make_steps(loss_fn, tx, batch, steps, seeds=seeds > 1,
-                            seed_batching=seed_batching)
+    # The seed axis every phase has (one seed: the one-model program, driver.over_seeds).
+    params = jax.tree.map(lambda x: jnp.stack([x] * seeds), params)
+    opt_state = jax.vmap(tx.init)(params)
+    order = jnp.stack([order] * seeds)
+    key = jax.random.split(key, seeds) if seeds > 1 else key[None]
+    run = driver.make_steps(loss_fn, tx, batch, steps, seed_batching=seed_batching)
     args = (params, opt_state, data, order, 0, 0, key)
     with ops.compute_dtype(dtype):
         compiled = run.lower(*args).compile()
@@ -214,7 +214,7 @@ def all_rows(batch: int, steps: int, repeats: int, seeds: int, impl: str, dtype:
              peak_n: int = 4096, seed_batching: str = "auto"):
     """Yields the machine line, then every step of :data:`ROWS` with its share of the fp32
     peak (of the bf16 peak for ``dtype='bfloat16'``, and then also of the fp32 one, since the
-    layers Winograd takes stay fp32: :func:`scae.ops.conv_valid`)."""
+    layers Winograd takes stay fp32: :func:`scae.models.ops.conv_valid`)."""
     head = machine(peak_n, dtype)
     yield head
     peak = head.get(f"peak_{dtype}_gflop_per_s", head["peak_gflop_per_s"])

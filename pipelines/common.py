@@ -71,12 +71,12 @@ import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from pipelines import usage  # noqa: E402
 from scae import config as cfglib  # noqa: E402
-from scae import errors, parallel  # noqa: E402
+from scae import errors  # noqa: E402
 from scae import workdir as workdir_lib  # noqa: E402
 from scae.errors import InputError, Interrupted  # noqa: E402
-
-from pipelines import usage  # noqa: E402
+from scae.train import parallel  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/mnist.py:quick (presets: smoke, quick, paper).",
@@ -301,7 +301,7 @@ def enable_compilation_cache() -> Path | None:
     ``SCAE_COMPILATION_CACHE=0`` turns it off. Returns the folder in use."""
     import jax
 
-    from scae import data
+    from scae.data import sources as data
 
     if os.environ.get("SCAE_COMPILATION_CACHE", "1") == "0":
         jax.config.update("jax_enable_compilation_cache", False)  # even one set by JAX_* vars

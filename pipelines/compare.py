@@ -27,8 +27,11 @@ from pathlib import Path
 import jax
 
 from pipelines import common
-from scae import atomic, compare, figures, inputs, provenance
+from scae import atomic, provenance
 from scae import workdir as workdir_lib
+from scae.data import inputs
+from scae.report import workdir_figures as figures
+from scae.study import compare
 
 
 def main(config, workdir: Path) -> None:

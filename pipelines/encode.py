@@ -18,9 +18,11 @@ import numpy as np
 from absl import flags
 
 from pipelines import common
-from scae import atomic, inputs, stack
+from scae import atomic
 from scae import workdir as workdir_lib
+from scae.data import inputs
 from scae.errors import InputError
+from scae.study import pretrain as pretraining
 
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"],
                            "Which split to encode.")
@@ -39,7 +41,7 @@ def main(config, workdir: Path) -> None:
         raise InputError(f"--encode_batch: expected an integer >= 1, got {_BATCH.value}")
     workdir_lib.hold(workdir)  # no other command writes the stack while it is read
     config = common.load_workdir_config(workdir) if config is None else config
-    s = stack.from_workdir(workdir, config)
+    s = pretraining.from_workdir(workdir, config)
     depth = s.depth if _DEPTH.value is None else _DEPTH.value
     if not 1 <= depth <= s.depth:
         raise InputError(f"--depth={depth}: the stack in {workdir} has layers 1..{s.depth}")

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines import common
-from scae import filter_experiment, inputs
+from scae.data import inputs
 from scae.errors import InputError
+from scae.study import filters as filter_experiment
 
 
 def main(config, workdir: Path) -> None:

@@ -12,14 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines import common
-from scae import figures, inputs, stack
+from scae.data import inputs
+from scae.report import workdir_figures as figures
+from scae.study import pretrain as pretraining
 
 
 def main(config, workdir: Path) -> None:
     data = inputs.build(config.data, config.seed)
     inputs.check_for(config, data, "pretrain")
     common.guard_workdir(config, workdir, common.PRETRAIN_KEYS, common.overwrite())
-    trained = stack.pretrain(config, data.pretrain, data.val_images, workdir, log=common.log)
+    trained = pretraining.pretrain(config, data.pretrain, data.val_images, workdir, log=common.log)
     records = figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl")
     written = figures.pretrain_figures(config, trained, data.val_images, data.normalizer,
                                        workdir / "pretrain", records,

@@ -37,8 +37,12 @@ from pathlib import Path
 from absl import flags
 
 from pipelines import common
-from scae import atomic, figures, provenance, report, stats, sweep
+from scae import atomic, provenance
 from scae.errors import InputError
+from scae.report import stats
+from scae.report import tables as report
+from scae.report import workdir_figures as figures
+from scae.study import sweep
 
 _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
 _READMES_ONLY = flags.DEFINE_bool("readmes_only", False,

@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 from pipelines import common
-from scae import atomic, provenance, sweep
+from scae import atomic, provenance
 from scae import workdir as workdir_lib
 from scae.errors import InputError
+from scae.study import sweep
 
 
 def main(config, workdir: Path) -> None:

@@ -71,8 +71,8 @@ def _flag_lines(modules: Sequence[str]) -> list[str]:
             else:
                 name = f"--{fl.name}=" + _METAVARS.get(fl.name, _METAVARS.get(fl.flag_type(),
                                                                               "VALUE"))
-            default = ("" if fl.default in (None, "") else
-                       f" (default: {str(fl.default).lower() if isinstance(fl.default, bool) else fl.default})")
+            shown = str(fl.default).lower() if isinstance(fl.default, bool) else fl.default
+            default = "" if fl.default in (None, "") else f" (default: {shown})"
             text = re.sub(r"^<[^>]*>: ", "", fl.help)  # absl's enum prefix repeats the choices
             lines.append(_entry(name, text + default))
     lines.append(_entry("--help", "this help, exit 0" + (

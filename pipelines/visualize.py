@@ -24,9 +24,12 @@ from absl import flags
 from flax import nnx
 
 from pipelines import common
-from scae import figures, inputs, models, stack
 from scae import workdir as workdir_lib
+from scae.data import inputs
 from scae.errors import InputError
+from scae.models import modules as models
+from scae.report import workdir_figures as figures
+from scae.study import pretrain as pretraining
 
 _STYLE = flags.DEFINE_string(
     "style", None, "A matplotlib style for the figures: a name (e.g. ggplot, seaborn-v0_8) or "
@@ -52,7 +55,7 @@ def main(config, workdir: Path) -> None:
     config = common.load_workdir_config(workdir) if config is None else config
     _use_style(_STYLE.value)
     data = inputs.build(config.data, config.seed)
-    params = stack.from_workdir(workdir, config, data.image_shape[-1])
+    params = pretraining.from_workdir(workdir, config, data.image_shape[-1])
     out = workdir / "figures"
     written = figures.pretrain_figures(
         config, params, data.val_images, data.normalizer, out,

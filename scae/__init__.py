@@ -9,16 +9,56 @@ The public API (see README, "Use from Python"):
   and ``frozen`` with validation-based selection, returning the models and their records.
 - The flax NNX models :class:`CAE`, :class:`CNN` and their specs; :func:`make_config`,
   :func:`load_data` and :func:`prepare` (uint8 pixels to network inputs).
+
+The package layers (docs/architecture.md): ``data``, ``models``, ``train``, ``study`` and
+``report``, with the public API in :mod:`scae.api`. The names below load on first use, so that
+a config file (which imports :mod:`scae.config`) does not pull in JAX.
 """
 
-from scae.api import (FinetuneResult, finetune, load_data, load_stack, make_config, prepare,
-                      pretrain)
-from flax import nnx  # re-exported: Rngs for the models
+from __future__ import annotations
 
-from scae.models import CAE, CNN, CAESpec, CNNSpec
-from scae.stack import Stack
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.2.0"
 
+# public name -> the module that defines it
+_EXPORTS = {
+    "FinetuneResult": "scae.api", "finetune": "scae.api", "load_data": "scae.api",
+    "load_stack": "scae.api", "make_config": "scae.api", "prepare": "scae.api",
+    "pretrain": "scae.api",
+    "CAE": "scae.models.modules", "CNN": "scae.models.modules",
+    "CAESpec": "scae.models.modules", "CNNSpec": "scae.models.modules",
+    "Stack": "scae.models.stack",
+    "nnx": "flax",  # re-exported: Rngs for the models
+}
+
 __all__ = ["CAE", "CAESpec", "CNN", "CNNSpec", "FinetuneResult", "Stack", "finetune",
-           "load_data", "load_stack", "nnx", "make_config", "prepare", "pretrain", "__version__"]
+           "load_data", "load_stack", "make_config", "nnx", "prepare", "pretrain", "__version__"]
+
+if TYPE_CHECKING:  # the names above, for type checkers and IDEs
+    from flax import nnx
+
+    from scae.api import (
+        FinetuneResult,
+        finetune,
+        load_data,
+        load_stack,
+        make_config,
+        prepare,
+        pretrain,
+    )
+    from scae.models.modules import CAE, CNN, CAESpec, CNNSpec
+    from scae.models.stack import Stack
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'scae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

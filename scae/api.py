@@ -26,13 +26,14 @@ import numpy as np
 from flax import nnx
 
 from scae import config as cfglib
-from scae import data as data_lib
-from scae import finetuning
-from scae import inputs as inputs_lib
-from scae import models, preprocess
-from scae import stack as stack_lib
+from scae.data import inputs as inputs_lib
+from scae.data import preprocess
+from scae.data import sources as data_lib
 from scae.errors import InputError
-from scae.stack import Stack
+from scae.models import modules as models
+from scae.models.stack import Stack
+from scae.study import finetune as finetuning
+from scae.study import pretrain as pretraining
 
 
 def make_config(dataset: str = "mnist", preset: str = "paper",
@@ -98,7 +99,7 @@ def pretrain(images: np.ndarray, config: ml_collections.ConfigDict | None = None
     normalizer = preprocess.Normalizer(config.data.scale) if np.asarray(images).dtype == np.uint8 \
         else None
     with _folder(workdir) as folder:
-        stack = stack_lib.pretrain(config, jax.numpy.asarray(x), jax.numpy.asarray(val), folder,
+        stack = pretraining.pretrain(config, jax.numpy.asarray(x), jax.numpy.asarray(val), folder,
                                    log=log)
     stack.normalizer = normalizer
     return stack
@@ -108,7 +109,7 @@ def pretrain(images: np.ndarray, config: ml_collections.ConfigDict | None = None
 class FinetuneResult:
     """The fine-tuned CNN of each seed (the parameters of lowest validation error) and one
     record per seed: val_error, test_error (percent; None without test data), best_epoch,
-    the validation curve, lr_scale and more (see :func:`scae.finetuning.run_cell`)."""
+    the validation curve, lr_scale and more (see :func:`scae.study.finetune.run_cell`)."""
 
     models: list[models.CNN]
     records: list[dict]
@@ -176,6 +177,9 @@ def load_data(source: str, split: str, data_dir: str | None = None) -> data_lib.
 
 def load_stack(path: str | os.PathLike) -> Stack:
     """A stack saved with :meth:`Stack.save`, or the finished stack of a pretrain workdir."""
+    path = Path(path)
+    if (path / "config.json").exists() and not (path / "stack.json").exists():
+        return pretraining.from_workdir(path)
     return Stack.load(path)
 
 

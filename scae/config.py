@@ -11,8 +11,19 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import ml_collections
 
-from scae import driver, models, ops, preprocess
 from scae.errors import InputError
+
+# The choices of the config's enumerated keys, as plain values: loading a config file must not
+# import JAX. tests/test_config_choices.py checks each against what the code accepts.
+ACTIVATIONS = ("scaled_tanh", "tanh", "sigmoid", "relu")
+INITIALIZERS = ("glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_normal", "he_normal")
+CONV_IMPLS = ("auto", "xla", "matmul", "winograd")
+SEED_BATCHINGS = ("auto", "vmap", "map")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+NOISES = ("none", "mask", "gaussian")
+DECODERS = ("tied", "untied", "upsample")
+DECODER_OUTPUTS = ("activation", "linear")
+PREPROCESS = ("none", "gcn", "gcn_zca")
 
 ARMS = ("random", "pretrained", "frozen")
 # jax.random.PRNGKey keeps only the low 32 bits of a seed: 2**32 would silently repeat seed 0.
@@ -30,7 +41,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.seed = 0  # root of every random key: subsets, inits, noise, batch order
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = dataset  # see scae.data.load for the sources
+    c.data.source = dataset  # see scae.data.sources.load for the sources
     c.data.validation_size = 10000  # the last N training images; never trained on
     c.data.pretrain_size = 0  # unlabelled images for the CAEs; 0 = every non-validation image
     c.data.test_size = 0  # 0 = the whole test split
@@ -56,7 +67,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     # elsewhere.
     # Matmul operand dtype: 'bfloat16' multiplies bf16 operands with float32 accumulation (for
     # CPUs with avx512_bf16 or AMX, and GPUs); parameters, optimizer and results stay float32.
-    # Winograd's layers stay float32 (bf16 would cost them 13x the error; scae.ops).
+    # Winograd's layers stay float32 (bf16 would cost them 13x the error; scae.models.ops).
     c.model.compute_dtype = "float32"
     c.model.dropout = 0.0  # dropout rate before the classifier when fine-tuning; 0 = off (paper)
 
@@ -77,7 +88,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.pretrain.learning_rate = 0.001
     c.pretrain.momentum = 0.9  # sgd only
     c.pretrain.schedule = "cosine"  # 'constant' | 'cosine'
-    c.pretrain.steps_per_call = 50  # at most this many steps in one compiled scan (progress granularity)
+    # At most this many steps in one compiled scan (the progress bar's granularity).
+    c.pretrain.steps_per_call = 50
     c.pretrain.checkpoint_every_steps = 500  # periodic checkpoint within a layer
     # Layer k's inputs (the frozen layers' features): 'always' computes them once and keeps
     # them, 'never' re-encodes every batch, 'auto' keeps them only where re-encoding would cost
@@ -220,15 +232,15 @@ def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
             raise InputError(f"config.pretrain.{key}: expected {c.pretrain.layers} values "
                              f"(one per pretrained layer), got {len(c.pretrain[key])}")
     # The choices are the ones the code implements, so the two cannot drift apart.
-    _choice(c, "model.activation", tuple(ops.ACTIVATIONS))
-    _choice(c, "model.init", tuple(models.INITIALIZERS))
-    _choice(c, "model.conv_impl", ops.CONV_IMPLS)
-    _choice(c, "compare.seed_batching", driver.SEED_BATCHINGS)
-    _choice(c, "model.compute_dtype", ops.COMPUTE_DTYPES)
+    _choice(c, "model.activation", ACTIVATIONS)
+    _choice(c, "model.init", INITIALIZERS)
+    _choice(c, "model.conv_impl", CONV_IMPLS)
+    _choice(c, "compare.seed_batching", SEED_BATCHINGS)
+    _choice(c, "model.compute_dtype", COMPUTE_DTYPES)
     _choice(c, "data.scale", ("unit", "symmetric"))
-    _choice(c, "pretrain.noise", models.NOISES)
-    _choice(c, "pretrain.decoder", models.DECODERS)
-    _choice(c, "pretrain.decoder_output", models.DECODER_OUTPUTS)
+    _choice(c, "pretrain.noise", NOISES)
+    _choice(c, "pretrain.decoder", DECODERS)
+    _choice(c, "pretrain.decoder_output", DECODER_OUTPUTS)
     # True/False: configs recorded before 'auto' existed.
     if c.pretrain.cache_features not in ("auto", "always", "never", True, False):
         raise InputError(f"config.pretrain.cache_features: expected 'auto', 'always' or "
@@ -265,7 +277,7 @@ def _bool(c: ml_collections.ConfigDict, key: str) -> None:
 
 def _validate_recipe(c: ml_collections.ConfigDict) -> None:
     """The preprocessing, augmentation, dropout and refit options."""
-    _choice(c, "data.preprocess", preprocess.PREPROCESS)
+    _choice(c, "data.preprocess", PREPROCESS)
     _positive_float(c, "data.zca_epsilon")
     if c.data.preprocess != "none" and c.data.standardize:
         raise InputError(f"config.data.standardize: give either standardize=True or "

@@ -12,9 +12,10 @@ file's name says nothing about that (``configs/mnist.py`` runs on any 28x28 sour
 2. otherwise, a low-resolution signature of the test set (each class's mean image in
    4x4-pixel blocks, ``assets/test_signatures.npz``), close to that of a known test set: a
    re-encoded or otherwise re-packaged copy, such as the original CIFAR-10 binary release,
-   whose exact fingerprint could not be computed here (no copy of it was at hand). Such a copy counts as the paper's test set but is
-   marked not verified. A different set of images of the same classes (CIFAR-10's training
-   images, say) differs in these means by about twice the threshold;
+   whose exact fingerprint could not be computed here (no copy of it was at hand). Such a copy
+   counts as the paper's test set but is marked not verified. A different set of images of the
+   same classes (CIFAR-10's training images, say) differs in these means by about twice the
+   threshold;
 3. otherwise an unknown data set: titled by its source, with no paper figures.
 
 The fingerprint ignores the order of the examples (the folder reader shuffles, tfds may
@@ -77,7 +78,7 @@ SIGNATURE_BLOCK = 4  # each class mean image is averaged over blocks of 4x4 pixe
 @dataclasses.dataclass(frozen=True)
 class DataIdentity:
     """What a test split is: ``title`` names it in tables and figures; ``paper_key`` is the key
-    of the paper's figures (:data:`scae.stats.PAPER`) when the split is the paper's test set,
+    of the paper's figures (:data:`scae.report.stats.PAPER`) when the split is the paper's test set,
     else None; ``exact`` whether it is that set pixel for pixel; ``note`` says how this was
     decided (one sentence for the summary)."""
 

@@ -77,7 +77,7 @@ def tiny_npz(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_npz_module(tmp_path_factory) -> Path:
     """200 training and 50 test digits of the embedded MNIST, as an npz source (28x28)."""
-    from scae import data
+    from scae.data import sources as data
 
     train, test = data.load("mnist", "train"), data.load("mnist", "test")
     return write_npz(tmp_path_factory.mktemp("mnist") / "mnist_small.npz",

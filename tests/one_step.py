@@ -9,12 +9,19 @@ import sys
 
 import jax
 import numpy as np
-from flax import traverse_util
+from flax import nnx, traverse_util
 
-from flax import nnx
-
-from scae import driver, models, optim, parallel
 from scae import config as cfglib
+from scae.models import modules as models
+from scae.train import driver, optim, parallel
+
+
+def _one_seed(run, tx, params, data, order, key):
+    """``run`` (driver.make_steps) on one seed: its outputs without the seed axis."""
+    one = jax.tree.map(lambda a: a[None], params)
+    out = run(*parallel.replicate((one, jax.vmap(tx.init)(one), data)), order[None], 0, 0,
+              key[None])
+    return jax.tree.map(lambda a: a[0], out)
 
 
 def main(out: str) -> None:
@@ -38,7 +45,7 @@ def main(out: str) -> None:
     spec = models.CAESpec(1, 8, 5, noise="mask", noise_level=0.2)
     graphdef, p = models.split(models.CAE(spec, rngs=nnx.Rngs(key)))
     run = driver.make_steps(lambda q, b, k: models.merge(graphdef, q).loss(b, k), tx, 32, 2)
-    p, _, losses = run(*parallel.replicate((p, tx.init(p), x)), order, 0, 0, key)
+    p, _, losses = _one_seed(run, tx, p, x, order, key)
     results.update({f"cae/{k}": np.asarray(v) for k, v in p.items()})
     results["cae/losses"] = np.asarray(losses)
 
@@ -49,7 +56,7 @@ def main(out: str) -> None:
     keys = jax.random.split(key, 2)
     for mode in ("map", "vmap"):
         run = driver.make_steps(lambda q, b, k: models.merge(graphdef, q).loss(b, k), tx, 32, 2,
-                                seeds=True, seed_batching=mode)
+                                seed_batching=mode)
         ps, _, losses = run(*parallel.replicate((seeds_p, jax.vmap(tx.init)(seeds_p), x)),
                             orders, 0, 0, keys)
         results.update({f"seeds_{mode}/{k}": np.asarray(v) for k, v in ps.items()})
@@ -58,7 +65,7 @@ def main(out: str) -> None:
     graphdef, q = models.split(models.CNN(models.CNNSpec.from_config(config.model, (28, 28, 1)),
                                           rngs=nnx.Rngs(key)))
     run = driver.make_steps(lambda r, b, k: models.merge(graphdef, r).loss(b[0], b[1]), tx, 32, 2)
-    q, _, losses = run(*parallel.replicate((q, tx.init(q), (x, y))), order, 0, 0, key)
+    q, _, losses = _one_seed(run, tx, q, (x, y), order, key)
     flat = traverse_util.flatten_dict(jax.device_get(q), sep="/")
     results.update({f"cnn/{k}": np.asarray(v) for k, v in flat.items()})
     results["cnn/losses"] = np.asarray(losses)
@@ -67,3 +74,4 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+

@@ -17,8 +17,11 @@ from flax import nnx
 
 import configs.mnist
 import scae
-from scae import finetuning, models, stack as stack_lib
 from scae.errors import InputError
+from scae.models import modules as models
+from scae.models import stack as stack_lib
+from scae.study import finetune as finetuning
+from scae.study import pretrain as pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +89,7 @@ def test_encode_shapes_at_each_depth_in_bounded_batches(pooled):
 def test_api_transfer_equals_the_pipelines_transfer(tmp_path):
     config = configs.mnist.get_config("smoke")
     x = scae.prepare(scae.load_data("mnist", "train").images[:64])
-    trained = stack_lib.pretrain(config, jax.numpy.asarray(x), jax.numpy.asarray(x[:16]),
+    trained = pretraining.pretrain(config, jax.numpy.asarray(x), jax.numpy.asarray(x[:16]),
                                  tmp_path, log=lambda _: None)
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     spec = models.CNNSpec.from_config(config.model, (28, 28, 1))
@@ -135,7 +138,7 @@ def test_encode_command_writes_features_and_refuses_bad_input(tmp_path):
 
     config = configs.mnist.get_config("smoke")
     x = scae.prepare(scae.load_data("mnist", "train").images[:64])
-    stack_lib.pretrain(config, jax.numpy.asarray(x), jax.numpy.asarray(x[:16]), tmp_path / "w",
+    pretraining.pretrain(config, jax.numpy.asarray(x), jax.numpy.asarray(x[:16]), tmp_path / "w",
                        log=lambda _: None)
     (tmp_path / "w" / "config.json").write_text(json.dumps(json.loads(config.to_json())))
     out = tmp_path / "f.npz"

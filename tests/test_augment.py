@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scae import augment as aug
+from scae.data import augment as aug
 
 KEY = jax.random.PRNGKey(3)
 

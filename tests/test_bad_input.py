@@ -31,13 +31,13 @@ from unittest import mock
 import numpy as np
 import pytest
 from absl import flags
+from conftest import write_npz
 from PIL import Image
+from test_data import idx_bytes, targz, truncate, write_cifar, write_idx, write_tree
 
 import configs.mnist
-from conftest import write_npz
 from pipelines import common
-from scae import data
-from test_data import idx_bytes, targz, truncate, write_cifar, write_idx, write_tree
+from scae.data import sources as data
 
 SMOKE = "--config=configs/mnist.py:smoke"
 ROOT = Path(__file__).resolve().parents[1]
@@ -548,8 +548,8 @@ def test_data_the_model_cannot_take(capsys, tmp_path, workdir, module, kind):
 def stack_workdir(tmp_path: Path) -> Path:
     """A pretrain workdir of the smoke config with a checkpoint of layer 1 (its content does
     not matter to these tests: they fail before it is used)."""
-    from scae import checkpoint
     from scae import workdir as workdir_lib
+    from scae.train import checkpoint
 
     config = configs.mnist.get_config("smoke")
     w = tmp_path / "stack"

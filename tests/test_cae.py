@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from flax import nnx
 
-from scae import models, ops, stack
 from scae import config as cfglib
+from scae.models import modules as models
+from scae.models import ops, stack
 
 
 def test_tied_decoder_is_the_transposed_convolution():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.resources
 import pickle
 import socket
 import sys
@@ -12,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 from PIL import Image
 
-from conftest import shared_data
-from scae import data
+from scae.data import sources as data
 from scae.errors import InputError
 
 SHA256 = {
@@ -362,7 +363,7 @@ def check_tree(split: data.Split, pixels: dict, name: str) -> None:
     """Every decoded image matches the file of its class."""
     assert len(split) == sum(1 for key in pixels if key[0] == name)
     by_class = {}
-    for (s, c, k), array in pixels.items():
+    for (s, c, _), array in pixels.items():
         if s == name:
             by_class.setdefault(c, []).append(array)
     for image, label in zip(split.images, split.labels):
@@ -539,7 +540,8 @@ def test_shared_mnist_npz():
     path = shared_data("mnist.npz")
     train, test = (data.load(f"npz:{path}", s) for s in ("train", "test"))
     assert train.images.shape == (60000, 28, 28, 1) and len(test) == 10000
-    embedded = data.load("npz:" + str(Path(data.__file__).parent / "assets" / "mnist.npz"), "test")
+    asset = importlib.resources.files("scae") / "assets" / "mnist.npz"
+    embedded = data.load(f"npz:{asset}", "test")
     np.testing.assert_array_equal(embedded.images, test.images)
 
 

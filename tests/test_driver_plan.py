@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scae import driver
+from scae.train import driver
 
 
 @settings(max_examples=200, deadline=None)

@@ -20,9 +20,13 @@ import pytest
 
 import configs.mnist
 from pipelines import common
-from scae import atomic, checkpoint, compare, errors, inputs, interrupt, retry, stack
+from scae import atomic, errors, interrupt
 from scae import workdir as workdir_lib
+from scae.data import inputs
 from scae.errors import InputError, Interrupted
+from scae.study import compare
+from scae.study import pretrain as pretraining
+from scae.train import checkpoint, retry
 
 
 def test_divergence_stops_with_the_layer_epoch_and_step_and_keeps_the_checkpoint(tmp_path):
@@ -33,7 +37,7 @@ def test_divergence_stops_with_the_layer_epoch_and_step_and_keeps_the_checkpoint
     config.pretrain.layers = 1
     config.pretrain.epochs = (1,)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(64, 28, 28, 1)), jnp.float32)
-    stack.pretrain(config, x, x[:16], tmp_path, log=lambda _: None)  # a good checkpoint first
+    pretraining.pretrain(config, x, x[:16], tmp_path, log=lambda _: None)  # a good checkpoint first
     folder = tmp_path / "pretrain" / "ckpt" / "layer1"
     good = checkpoint.Checkpoints(folder)
     assert good.latest_step() == 2
@@ -44,14 +48,14 @@ def test_divergence_stops_with_the_layer_epoch_and_step_and_keeps_the_checkpoint
     with pytest.raises(FloatingPointError,
                        match=r"layer 1: .* epoch 2 by step [34]; the last good checkpoint "
                              r"\(step 2\) is kept"):
-        stack.pretrain(config, x, x[:16], tmp_path, log=lambda _: None)
+        pretraining.pretrain(config, x, x[:16], tmp_path, log=lambda _: None)
     after = checkpoint.Checkpoints(folder)
     assert after.latest_step() == 2
     np.testing.assert_array_equal(after.restore_raw(2)[0]["params"]["w"], kept["params"]["w"])
     after.close()
     config.pretrain.learning_rate = 0.01  # a rerun resumes from that checkpoint
     logs = []
-    stack.pretrain(config, x, x[:16], tmp_path, log=logs.append)
+    pretraining.pretrain(config, x, x[:16], tmp_path, log=logs.append)
     assert any("resuming at step 2/6" in m for m in logs), logs
 
 
@@ -64,14 +68,14 @@ def test_divergence_retries_halve_the_learning_rate_and_remember_it(tmp_path):
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(64, 28, 28, 1)), jnp.float32)
     logs = []
     with pytest.raises(FloatingPointError, match="layer 1"):
-        stack.pretrain(config, x, x[:16], tmp_path, log=logs.append)
+        pretraining.pretrain(config, x, x[:16], tmp_path, log=logs.append)
     assert sum("retrying with the learning rate x" in m for m in logs) == 2
     scale = (tmp_path / "pretrain" / "ckpt" / "layer1.lr_scale.json").read_text()
     assert '"lr_scale": 0.25' in scale
     # A rerun starts from the remembered rate and has no retries left.
     logs = []
     with pytest.raises(FloatingPointError):
-        stack.pretrain(config, x, x[:16], tmp_path, log=logs.append)
+        pretraining.pretrain(config, x, x[:16], tmp_path, log=logs.append)
     assert not any("retrying" in m for m in logs)
 
 
@@ -403,7 +407,7 @@ def test_a_torn_last_line_is_dropped_and_a_damaged_middle_line_refused(tmp_path)
     with pytest.raises(InputError, match=r"runs.jsonl: line 2 is not valid JSON"):
         atomic.read_jsonl(path)
     assert atomic.read_jsonl(tmp_path / "absent.jsonl") == []
-    from scae import figures
+    from scae.report import workdir_figures as figures
 
     path.write_text('{"layer": 1}\n{"lay')
     assert figures.read_jsonl(path) == [{"layer": 1}]
@@ -586,7 +590,7 @@ def test_a_divergence_retry_rescues_the_run_from_its_last_good_checkpoint(tmp_pa
     import jax.numpy as jnp
     import optax
 
-    from scae import driver
+    from scae.train import driver
 
     def make_tx(scale):
         base = optax.sgd(0.1 * scale)
@@ -603,10 +607,12 @@ def test_a_divergence_retry_rescues_the_run_from_its_last_good_checkpoint(tmp_pa
     phase = driver.Phase(
         name="toy", ckpt_dir=tmp_path / "ckpt", plan=driver.plan(8, 2, 3),
         loss_fn=lambda p, x, k: jnp.mean((x - p["w"]) ** 2), make_tx=make_tx,
-        params={"w": jnp.zeros(())}, data=jnp.arange(8.0), pool=jnp.arange(8),
-        order_key=jax.random.PRNGKey(0), step_key=jax.random.PRNGKey(1), steps_per_call=2,
+        params={"w": jnp.zeros((1,))}, data=jnp.arange(8.0), pool=jnp.arange(8)[None],
+        order_key=jax.random.PRNGKey(0)[None], step_key=jax.random.PRNGKey(1)[None], seeds=(0,),
+        steps_per_call=2,
         checkpoint_every=4, eval_epochs=frozenset(), retries=1, log=logs.append)
     result = driver.train(phase)
     assert result.lr_scale == 0.5 and bool(jnp.isfinite(result.state["params"]["w"]))
-    assert any("non-finite" in m and "retrying with the learning rate x0.5" in m for m in logs), logs
+    assert any("non-finite" in m and "retrying with the learning rate x0.5" in m
+               for m in logs), logs
     assert any("resuming at step 4/12" in m for m in logs), logs

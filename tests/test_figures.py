@@ -11,11 +11,13 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
-
 from flax import nnx
 
-from scae import comparison_plots, figures, models, plots
-from scae.stack import Stack
+from scae.models import modules as models
+from scae.models.stack import Stack
+from scae.report import compare_plots as comparison_plots
+from scae.report import plotting as plots
+from scae.report import workdir_figures as figures
 
 ARMS = ("random", "pretrained", "frozen")
 SIZES = {"MNIST": ("mnist", (1000, 10000, 50000)), "CIFAR-10": ("cifar10", (1000, 10000, 45000)),
@@ -94,7 +96,7 @@ def check_legible(s: Snapshot, dataset_title: str) -> None:
     for box in s.legend_boxes:  # legends sit outside every panel: they hide no data
         for ax, ab in s.axes_boxes:
             assert not overlaps(box, ab), f"a legend covers the panel {ax.get_title()!r}"
-        for kind, t, b in s.texts:
+        for _, t, b in s.texts:
             assert not overlaps(box, b), f"a legend covers {t!r}"
     # A title never runs into another panel (filter grids sit right under their neighbour's).
     for kind, t, b in s.texts:

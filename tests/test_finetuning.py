@@ -4,12 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import configs.mnist
 from flax import nnx
 
-from scae import finetuning, inputs, models, stack
+import configs.mnist
+from scae.data import inputs
 from scae.errors import InputError
+from scae.models import modules as models
+from scae.models import stack
+from scae.study import finetune as finetuning
+from scae.study import pretrain as pretraining
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +96,7 @@ def test_vmapped_seeds_equal_sequential_runs(setup, tmp_path):
 
 
 def test_augmentation_and_dropout_keys_are_the_same_in_every_arm(setup, tmp_path, monkeypatch):
-    from scae import driver
+    from scae.train import driver
 
     c, data, params = setup
     phases = {}
@@ -165,7 +168,7 @@ RUN_FIELDS = {"arm", "best_epoch", "cell_time_s", "curve", "data_exact", "data_f
 @pytest.mark.parametrize("vmap_seeds", [True, False])
 def test_compare_trains_seeds_and_their_stacks_together_or_one_at_a_time(
         tiny_npz_module, tmp_path, monkeypatch, vmap_seeds):
-    from scae import compare
+    from scae.study import compare
 
     c = configs.mnist.get_config("smoke")
     c.data.source = f"npz:{tiny_npz_module}"
@@ -179,7 +182,8 @@ def test_compare_trains_seeds_and_their_stacks_together_or_one_at_a_time(
     c.compare.vmap_seeds = vmap_seeds
     data = inputs.build(c.data, c.seed)
     groups, stacks_together, stacks_alone = [], [], []
-    real_cell, real_together, real_alone = finetuning.run_cell, stack.pretrain_seeds, stack.pretrain
+    real_cell = finetuning.run_cell
+    real_together, real_alone = pretraining.pretrain_seeds, pretraining.pretrain
 
     def cell(config, data, stacks, size, arm, seeds, ckpt, log):
         groups.append(list(seeds))
@@ -194,8 +198,8 @@ def test_compare_trains_seeds_and_their_stacks_together_or_one_at_a_time(
         return real_alone(*args, seed_index=seed_index, **kwargs)
 
     monkeypatch.setattr(finetuning, "run_cell", cell)
-    monkeypatch.setattr(stack, "pretrain_seeds", together)
-    monkeypatch.setattr(stack, "pretrain", alone)
+    monkeypatch.setattr(pretraining, "pretrain_seeds", together)
+    monkeypatch.setattr(pretraining, "pretrain", alone)
     rows = compare.compare(c, data, tmp_path, log=lambda _: None)
     assert groups == ([[0, 1, 2]] if vmap_seeds else [[0], [1], [2]])
     assert (stacks_together, stacks_alone) == (([[0, 1, 2]], []) if vmap_seeds
@@ -206,7 +210,7 @@ def test_compare_trains_seeds_and_their_stacks_together_or_one_at_a_time(
     pretrain = tmp_path / "pretrain"
     for folder in (pretrain, pretrain / "seed1", pretrain / "seed2"):
         assert (folder / "ckpt" / "layer1").is_dir() and (folder / "metrics.jsonl").is_file()
-    assert not (pretrain / stack.SEEDS_CKPT).exists()
+    assert not (pretrain / pretraining.SEEDS_CKPT).exists()
     assert (pretrain / "loss.png").is_file()  # seed 0's stack, for the figures
 
 

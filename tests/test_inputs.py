@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from scae import config, inputs
+from scae import config
+from scae.data import inputs
+from scae.data.preprocess import Normalizer, fit_normalizer, to_uint8
 from scae.errors import InputError
-from scae.preprocess import Normalizer, fit_normalizer, to_uint8
 
 
 def data_config(source: str, **fields):

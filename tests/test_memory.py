@@ -1,5 +1,6 @@
 """Bounded memory: which layers cache their inputs, and evaluation in bounded batches."""
 
+import importlib.resources
 import tempfile
 from pathlib import Path
 
@@ -7,12 +8,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import two_layer_config
 from flax import nnx
 
 import configs.mnist
-from conftest import two_layer_config
-from scae import api, config as cfglib, driver, figures, finetuning, models, stack
+from scae import api
+from scae import config as cfglib
 from scae.errors import InputError
+from scae.models import modules as models
+from scae.models import stack
+from scae.study import finetune as finetuning
+from scae.study import pretrain as pretraining
+from scae.train import driver
 
 
 def _paper_stack(dataset: str, channels: int) -> stack.Stack:
@@ -25,11 +32,12 @@ def test_auto_caches_only_where_reencoding_is_costly(dataset, channels, hw):
     s = _paper_stack(dataset, channels)
     # Layer 2 re-encodes (layer 1's forward pass is ~1-3% of its step); layer 3 keeps its
     # inputs (layers 1-2 forward cost several times its own step).
-    assert [stack.caches_inputs("auto", s.specs, s.pools, hw, k) for k in (2, 3)] == [False, True]
+    cached = [pretraining.caches_inputs("auto", s.specs, s.pools, hw, k) for k in (2, 3)]
+    assert cached == [False, True]
     for always in ("always", True):  # True: a config recorded before 'auto'
-        assert all(stack.caches_inputs(always, s.specs, s.pools, hw, k) for k in (2, 3))
+        assert all(pretraining.caches_inputs(always, s.specs, s.pools, hw, k) for k in (2, 3))
     for never in ("never", False):
-        assert not any(stack.caches_inputs(never, s.specs, s.pools, hw, k) for k in (2, 3))
+        assert not any(pretraining.caches_inputs(never, s.specs, s.pools, hw, k) for k in (2, 3))
 
 
 @pytest.mark.parametrize("bad", ["yes", "Auto", "false"])
@@ -45,11 +53,13 @@ def _small_config(cache):
 
 
 def test_cached_and_reencoded_inputs_train_the_same_stack(tmp_path):
-    x = np.load(figures.__file__.replace("figures.py", "assets/mnist.npz"))["train_images"][:96]
+    x = np.load(importlib.resources.files("scae") / "assets" / "mnist.npz")["train_images"][:96]
     images = jnp.asarray(x[..., None] / 255.0, jnp.float32)
     quiet = lambda _: None
-    a = stack.pretrain(_small_config("always"), images, images[:32], tmp_path / "a", log=quiet)
-    b = stack.pretrain(_small_config("never"), images, images[:32], tmp_path / "b", log=quiet)
+    a = pretraining.pretrain(_small_config("always"), images, images[:32], tmp_path / "a",
+                             log=quiet)
+    b = pretraining.pretrain(_small_config("never"), images, images[:32], tmp_path / "b",
+                             log=quiet)
     for pa, pb in zip(jax.tree.leaves(models.params_of(a)), jax.tree.leaves(models.params_of(b))):
         np.testing.assert_allclose(np.asarray(pa), np.asarray(pb), rtol=1e-4, atol=1e-6)
 
@@ -83,9 +93,9 @@ def test_vmapped_evaluation_is_batched_and_exact(monkeypatch):
 def test_release_freed_memory_runs_after_every_phase(monkeypatch):
     calls = []
     monkeypatch.setattr(driver, "release_freed_memory", lambda: calls.append(1) or True)
-    x = np.load(figures.__file__.replace("figures.py", "assets/mnist.npz"))["train_images"][:64]
+    x = np.load(importlib.resources.files("scae") / "assets" / "mnist.npz")["train_images"][:64]
     images = jnp.asarray(x[..., None] / 255.0, jnp.float32)
-    stack.pretrain(_small_config("auto"), images, images[:32], Path(tempfile.mkdtemp()),
+    pretraining.pretrain(_small_config("auto"), images, images[:32], Path(tempfile.mkdtemp()),
                    log=lambda _: None)
     assert len(calls) == 2  # one per layer
 

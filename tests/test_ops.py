@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scae import ops
+from scae.models import ops
 
 CONVS = ["conv_valid", "conv_full_tied", "conv_full"]
 
@@ -92,9 +92,9 @@ def test_tied_cae_step_in_either_dtype(dtype):
         return jnp.mean(jnp.square(y - x))
 
     l32, g32 = jax.value_and_grad(loss)(w, "float32")
-    l, g = jax.value_and_grad(loss)(w, dtype)
-    assert l.dtype == g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
-    assert abs(float(l - l32)) < 1e-2 * float(l32)
+    loss_d, g = jax.value_and_grad(loss)(w, dtype)
+    assert loss_d.dtype == g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+    assert abs(float(loss_d - l32)) < 1e-2 * float(l32)
     assert _rel(g, g32) < 5e-2
 
 
@@ -197,7 +197,7 @@ def test_max_pool_and_its_gradient_equal_a_max_reduction_with_ties(shape, p):
 
 
 def test_winograd_tile_maximum_shares_the_gradient_of_ties_as_a_reduction():
-    from scae import winograd
+    from scae.models import winograd
 
     y = jnp.round(jax.random.normal(jax.random.PRNGKey(2), (4, 6, 5)))
     g = jax.random.normal(jax.random.PRNGKey(3), (6, 5))

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 import configs.mnist
-from scae import figures, models, stack
+from scae.models import modules as models
+from scae.report import workdir_figures as figures
+from scae.study import pretrain as pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,8 +103,8 @@ def test_two_processes_give_identical_parameters_and_metrics(smoke_compare, tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     _same_stack(smoke_compare, w, exact=True)
     for name in ("pretrain/metrics.jsonl", "compare/runs.jsonl"):
-        strip = lambda rows: [{k: v for k, v in r.items() if k not in ("time_s", "cell_time_s", "img_per_s")}
-                              for r in rows]
+        timing = ("time_s", "cell_time_s", "img_per_s")
+        strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
         assert strip(figures.read_jsonl(w / name)) == \
             strip(figures.read_jsonl(smoke_compare / name)), name
     for arm in ("pretrained", "random"):  # the fine-tuned first-layer filters
@@ -167,7 +169,7 @@ def assert_nothing_redone(log: str, layers: set[int], arms: set[str]) -> None:
 
 def _same_stack(a: Path, b: Path, exact: bool = False) -> None:
     config = configs.mnist.get_config("smoke")
-    layers = lambda w: models.params_of(stack.from_workdir(w, config, 1))["layers"].values()
+    layers = lambda w: models.params_of(pretraining.from_workdir(w, config, 1))["layers"].values()
     for pa, pb in zip(layers(a), layers(b)):
         for name in pa:
             if exact:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from scae import config as cfglib
+from scae.data.preprocess import GCN_MIN_STD, Normalizer, fit_normalizer, gcn, to_uint8
 from scae.errors import InputError
-from scae.preprocess import GCN_MIN_STD, Normalizer, fit_normalizer, gcn, to_uint8
 
 
 def correlated_images(n: int, seed: int = 0, shape=(4, 4, 2)) -> np.ndarray:

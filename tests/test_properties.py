@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from scae import data
+from scae.data import sources as data
 from scae.errors import InputError
 
 SETTINGS = settings(max_examples=40, deadline=None,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scae import data, provenance
+from scae import provenance
+from scae.data import sources as data
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -115,7 +116,8 @@ def test_machine_record(monkeypatch):
 
 
 def test_inputs_carry_the_identity_of_their_test_split(tiny_npz_module):
-    from scae import config, inputs
+    from scae import config
+    from scae.data import inputs
 
     c = config.base_config("mnist").data  # a config named "mnist" ...
     c.source = f"npz:{tiny_npz_module}"  # ... run on 50 of MNIST's test digits

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from pipelines import publish
-from scae import provenance, report, stats
+from scae import provenance
+from scae.report import stats
+from scae.report import tables as report
 
 CMD = "python -m pipelines.compare --config=configs/mnist.py:smoke --workdir=w"
 

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from scae import comparison_plots, provenance, report
+from scae import provenance
+from scae.report import compare_plots as comparison_plots
+from scae.report import tables as report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ERRORS = {  # (label size, arm) -> test errors of seeds 0, 1, ...

@@ -1,4 +1,4 @@
-"""Seeds in one program: vmapped or mapped one after another (scae.driver.over_seeds)."""
+"""Seeds in one program: vmapped or mapped one after another (scae.train.driver.over_seeds)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from scae import driver
+from scae.train import driver
 
 
 def _loss(params, batch, key):
@@ -57,7 +57,7 @@ def test_make_steps_map_trains_each_seed_as_vmap_does(context):
     ctx = jnp.array([1.0, 2.0, 0.5]) if context else None
     out = {}
     for mode in ("map", "vmap"):
-        run = driver.make_steps(loss, tx, batch, steps, seeds=True, seed_batching=mode)
+        run = driver.make_steps(loss, tx, batch, steps, seed_batching=mode)
         p = jax.tree.map(jnp.copy, params)
         out[mode] = run(p, jax.vmap(tx.init)(p), data, order, 0, 0, keys, ctx)
     for got, want in zip(jax.tree.leaves(out["map"]), jax.tree.leaves(out["vmap"])):

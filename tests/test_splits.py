@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scae import splits
+from scae.data import splits
 from scae.errors import InputError
 
 LABELS = np.random.default_rng(0).permutation(np.arange(50000) % 10)

@@ -1,19 +1,24 @@
 """Greedy stack training: the loss falls, runs are deterministic and resume exactly."""
 
+import importlib.resources
 import shutil
 
 import jax
 import numpy as np
 import pytest
+from conftest import two_layer_config as _config
 from flax import nnx
 
-from conftest import two_layer_config as _config
-from scae import checkpoint, figures, models, optim, stack
+from scae.models import modules as models
+from scae.models import stack
+from scae.report import workdir_figures as figures
+from scae.study import pretrain as pretraining
+from scae.train import checkpoint, optim
 
 
 @pytest.fixture(scope="module")
 def images():
-    x = np.load(figures.__file__.replace("figures.py", "assets/mnist.npz"))["train_images"][:192]
+    x = np.load(importlib.resources.files("scae") / "assets" / "mnist.npz")["train_images"][:192]
     return jax.numpy.asarray(x[..., None] / 255.0, jax.numpy.float32)
 
 
@@ -23,8 +28,8 @@ def _quiet(_):
 
 def test_loss_decreases_and_runs_are_deterministic(tmp_path, images):
     config = _config(epochs=(4, 1), learning_rate=0.05)
-    a = stack.pretrain(config, images, images[:64], tmp_path / "a", log=_quiet)
-    b = stack.pretrain(config, images, images[:64], tmp_path / "b", log=_quiet)
+    a = pretraining.pretrain(config, images, images[:64], tmp_path / "a", log=_quiet)
+    b = pretraining.pretrain(config, images, images[:64], tmp_path / "b", log=_quiet)
     jax.tree.map(np.testing.assert_array_equal, models.params_of(a), models.params_of(b))
     records = figures.read_jsonl(tmp_path / "a" / "pretrain" / "metrics.jsonl")
     layer1 = [r for r in records if r["layer"] == 1]
@@ -35,7 +40,7 @@ def test_loss_decreases_and_runs_are_deterministic(tmp_path, images):
 
 def test_resume_after_interruption_gives_the_same_parameters(tmp_path, images, monkeypatch):
     config = _config()
-    reference = stack.pretrain(config, images, images[:64], tmp_path / "ref", log=_quiet)
+    reference = pretraining.pretrain(config, images, images[:64], tmp_path / "ref", log=_quiet)
 
     saves = []
     real_save = checkpoint.Checkpoints.save
@@ -48,10 +53,10 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path, images, m
 
     monkeypatch.setattr(checkpoint.Checkpoints, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        stack.pretrain(config, images, images[:64], tmp_path / "run", log=_quiet)
+        pretraining.pretrain(config, images, images[:64], tmp_path / "run", log=_quiet)
     monkeypatch.setattr(checkpoint.Checkpoints, "save", real_save)
     logs = []
-    resumed = stack.pretrain(config, images, images[:64], tmp_path / "run", log=logs.append)
+    resumed = pretraining.pretrain(config, images, images[:64], tmp_path / "run", log=logs.append)
     assert any("resuming at step" in m for m in logs)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
                  models.params_of(reference), models.params_of(resumed))
@@ -65,9 +70,9 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path, images, m
         np.testing.assert_allclose([r[k] for k in keys[3:]], [q[k] for k in keys[3:]], rtol=1e-5)
     # A finished stack is kept, not retrained.
     logs = []
-    stack.pretrain(config, images, images[:64], tmp_path / "run", log=logs.append)
+    pretraining.pretrain(config, images, images[:64], tmp_path / "run", log=logs.append)
     assert sum("finished earlier" in m for m in logs) == 2
-    loaded = stack.from_workdir(tmp_path / "run", config, 1)
+    loaded = pretraining.from_workdir(tmp_path / "run", config, 1)
     jax.tree.map(np.testing.assert_array_equal, models.params_of(loaded),
                  models.params_of(resumed))
 
@@ -78,13 +83,13 @@ def sequential(tmp_path_factory, images):
     into one workdir: (workdir, [stack of seed 0, stack of seed 1])."""
     w = tmp_path_factory.mktemp("sequential")
     config = _config(epochs=(1, 1))
-    return w, [stack.pretrain(config, images, images[:64], w, log=_quiet, seed_index=i)
+    return w, [pretraining.pretrain(config, images, images[:64], w, log=_quiet, seed_index=i)
                for i in (0, 1)]
 
 
 def test_per_seed_stacks_differ_and_are_reproducible(tmp_path, images, sequential):
     w, (zero, one) = sequential
-    again = stack.pretrain(_config(epochs=(1, 1)), images, images[:64], tmp_path, log=_quiet,
+    again = pretraining.pretrain(_config(epochs=(1, 1)), images, images[:64], tmp_path, log=_quiet,
                            seed_index=1)
     jax.tree.map(np.testing.assert_array_equal, models.params_of(one), models.params_of(again))
     assert not np.allclose(one.layers[0].w[...], zero.layers[0].w[...])
@@ -98,7 +103,7 @@ def _assert_close(a: stack.Stack, b: stack.Stack) -> None:
 
 
 def _metrics(workdir, i):
-    return figures.read_jsonl(stack.pretrain_dir(workdir, i) / "metrics.jsonl")
+    return figures.read_jsonl(pretraining.pretrain_dir(workdir, i) / "metrics.jsonl")
 
 
 def test_stacks_trained_together_are_the_ones_trained_one_after_another(tmp_path, images,
@@ -107,7 +112,7 @@ def test_stacks_trained_together_are_the_ones_trained_one_after_another(tmp_path
     # Layer 2 re-encodes its inputs, each seed through its own layer 1.
     config = _config(epochs=(1, 1), cache_features="never")
     logs = []
-    together = stack.pretrain_seeds(config, images, images[:64], tmp_path, [0, 1],
+    together = pretraining.pretrain_seeds(config, images, images[:64], tmp_path, [0, 1],
                                     log=logs.append)
     assert any("layer 2, stacks of seeds 0, 1 together" in m for m in logs), logs
     for a, b in zip(seq, together):
@@ -127,12 +132,12 @@ def test_stacks_trained_together_are_the_ones_trained_one_after_another(tmp_path
     for key in ("train_mse", "val_mse"):
         assert all(a[key] != b[key] for a, b in zip(*got))
     # The layout readers know: per-seed checkpoints, nothing left of the joint phase.
-    assert not (tmp_path / "pretrain" / stack.SEEDS_CKPT).exists()
+    assert not (tmp_path / "pretrain" / pretraining.SEEDS_CKPT).exists()
     jax.tree.map(np.testing.assert_array_equal,
-                 models.params_of(stack.from_workdir(tmp_path, config, 1)),
+                 models.params_of(pretraining.from_workdir(tmp_path, config, 1)),
                  models.params_of(together[0]))
     logs = []
-    reread = stack.pretrain(config, images, images[:64], tmp_path, log=logs.append,
+    reread = pretraining.pretrain(config, images, images[:64], tmp_path, log=logs.append,
                             seed_index=1)
     assert sum("finished earlier" in m for m in logs) == 2, logs
     jax.tree.map(np.testing.assert_array_equal, models.params_of(reread),
@@ -140,14 +145,16 @@ def test_stacks_trained_together_are_the_ones_trained_one_after_another(tmp_path
     # Its optimiser state is the one a stack trained alone saves, so that training on resumes.
     layer = together[1].layers[1]
     tx = optim.make(config.pretrain, 6)
-    like = {"params": models.params_of(layer), "opt_state": tx.init(models.params_of(layer))}
-    ckpts = checkpoint.Checkpoints(stack.ckpt_dir(tmp_path, 2, 1))
+    # Every finished layer is saved as a phase of its own seed: a leading seed axis of 1.
+    one = jax.tree.map(lambda a: a[None], models.params_of(layer))
+    like = {"params": one, "opt_state": jax.vmap(tx.init)(one)}
+    ckpts = checkpoint.Checkpoints(pretraining.ckpt_dir(tmp_path, 2, 1))
     try:
         state, record = ckpts.restore(6, like)
     finally:
         ckpts.close()
     assert record["finished"] and record["seeds_together"] == [0, 1]
-    counts = [int(c) for c in jax.tree.leaves(state["opt_state"]) if np.ndim(c) == 0]
+    counts = [int(c[0]) for c in jax.tree.leaves(state["opt_state"]) if np.shape(c) == (1,)]
     assert counts and all(c == 6 for c in counts)
 
 
@@ -156,24 +163,24 @@ def test_a_killed_joint_layer_resumes_and_finished_layers_are_kept(tmp_path, ima
     w_seq, seq = sequential
     config = _config(epochs=(1, 1), cache_features="always")  # layer 2 on cached inputs
     # Seed 1's layer 1 was finished by an earlier run of its stack alone.
-    kept = stack.ckpt_dir(tmp_path, 1, 1)
-    shutil.copytree(stack.ckpt_dir(w_seq, 1, 1), kept)
+    kept = pretraining.ckpt_dir(tmp_path, 1, 1)
+    shutil.copytree(pretraining.ckpt_dir(w_seq, 1, 1), kept)
     saved_dirs = []
     real_save = checkpoint.Checkpoints.save
 
     def save_then_die(self, step, state, record):
         real_save(self, step, state, record)
         saved_dirs.append(self.directory)
-        if self.directory.parent.name == stack.SEEDS_CKPT:  # the joint layer 2, mid-epoch
+        if self.directory.parent.name == pretraining.SEEDS_CKPT:  # the joint layer 2, mid-epoch
             raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint.Checkpoints, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        stack.pretrain_seeds(config, images, images[:64], tmp_path, [0, 1], log=_quiet)
+        pretraining.pretrain_seeds(config, images, images[:64], tmp_path, [0, 1], log=_quiet)
     monkeypatch.setattr(checkpoint.Checkpoints, "save", real_save)
     assert saved_dirs[-1].name == "layer2_s0-1" and kept.absolute() not in saved_dirs
     logs = []
-    resumed = stack.pretrain_seeds(config, images, images[:64], tmp_path, [0, 1],
+    resumed = pretraining.pretrain_seeds(config, images, images[:64], tmp_path, [0, 1],
                                    log=logs.append)
     assert "stack of seed 1, layer 1: finished earlier (6 steps), kept" in logs, logs
     assert "layer 2 x2 seeds: resuming at step 3/6" in logs, logs
@@ -189,26 +196,35 @@ def test_out_of_memory_trains_the_stacks_one_after_another(tmp_path, images, mon
         jax.numpy.zeros((2**42,), jax.numpy.float32).block_until_ready()
 
     calls = []
-    monkeypatch.setattr(stack, "_train_layer_seeds", out_of_memory)
-    monkeypatch.setattr(stack, "pretrain", lambda *args, seed_index: calls.append(seed_index))
+    together = pretraining._pretrain
+
+    def pretrain(config, images, val, workdir, seeds, log):
+        if len(seeds) > 1:
+            return together(config, images, val, workdir, seeds, log)
+        calls.append(seeds)
+        return [None]
+
+    monkeypatch.setattr(pretraining, "_train_layer", out_of_memory)
+    monkeypatch.setattr(pretraining, "_pretrain", pretrain)
     logs = []
-    stack.pretrain_seeds(_config(), images, images[:64], tmp_path, [0, 1], log=logs.append)
-    assert calls == [0, 1]
+    pretraining.pretrain_seeds(_config(), images, images[:64], tmp_path, [0, 1], log=logs.append)
+    assert calls == [[0], [1]]
     assert logs[-1] == ("the stacks of seeds 0, 1 do not fit in memory together; training "
                         "them one after another")
-    monkeypatch.setattr(stack, "_train_layer_seeds", lambda *args: 1 / 0)
+    monkeypatch.setattr(pretraining, "_pretrain", together)
+    monkeypatch.setattr(pretraining, "_train_layer", lambda *args: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # any other error is not a reason to fall back
-        stack.pretrain_seeds(_config(), images, images[:64], tmp_path, [0, 1], log=_quiet)
+        pretraining.pretrain_seeds(_config(), images, images[:64], tmp_path, [0, 1], log=_quiet)
 
 
 def test_cached_inputs_of_all_seeds_are_bounded(images, monkeypatch):
     s = stack.Stack(stack.layer_specs(_config(), 1), (2, 2), rngs=nnx.Rngs(0))
-    groups = lambda setting: stack._seed_groups(setting, s, 2, images, [0, 1, 2], _quiet)
-    assert stack.cache_budget() > 0
+    groups = lambda setting: pretraining._seed_groups(setting, s, 2, images, [0, 1, 2], _quiet)
+    assert pretraining.cache_budget() > 0
     assert groups("always") == [[0, 1, 2]] and groups("never") == [[0, 1, 2]]
     one_seed = images.shape[0] * 12 * 12 * 6 * 4  # layer 2's float32 inputs of one seed
-    monkeypatch.setattr(stack, "cache_budget", lambda: 2 * one_seed)
+    monkeypatch.setattr(pretraining, "cache_budget", lambda: 2 * one_seed)
     assert groups("always") == [[0, 1], [2]]
     assert groups("never") == [[0, 1, 2]]  # re-encoded inputs cost no memory per seed
-    monkeypatch.setattr(stack, "cache_budget", lambda: one_seed - 1)
+    monkeypatch.setattr(pretraining, "cache_budget", lambda: one_seed - 1)
     assert groups("always") == [[0], [1], [2]]  # one seed at least, as trained alone

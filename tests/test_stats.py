@@ -8,9 +8,10 @@ import warnings
 import numpy as np
 import pytest
 import scipy.stats
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from scae import stats
+from scae.report import stats
 
 RANDOM = [7.9, 7.5, 8.1, 7.7, 7.6]
 PRETRAINED = [7.1, 7.4, 7.0, 7.3]

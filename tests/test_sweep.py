@@ -1,4 +1,4 @@
-"""The recipe sweep (scae.sweep, pipelines.sweep): the grid, the overrides, the runs on the
+"""The recipe sweep (scae.study.sweep, pipelines.sweep): the grid, the overrides, the runs on the
 validation split only, resuming, and the command end to end."""
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ import pytest
 from absl import flags as absl_flags
 from ml_collections import config_flags
 
-from scae import api, atomic, finetuning, sweep
-from scae import inputs as inputs_lib
+from scae import api, atomic
+from scae.data import inputs as inputs_lib
 from scae.errors import InputError
+from scae.study import finetune as finetuning
+from scae.study import sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 LR = {"learning_rate": ({"finetune.learning_rate": 0.01}, {"finetune.learning_rate": 0.03})}

@@ -1,4 +1,4 @@
-"""scae.winograd against direct convolutions (XLA's), in values and gradients, and the ops
+"""scae.models.winograd against direct convolutions (XLA's), in values and gradients, and the ops
 dispatch that chooses it."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scae import ops, winograd
+from scae.models import ops, winograd
 
 
 def _data(shape, k, c_out, seed=0):

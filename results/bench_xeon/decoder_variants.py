@@ -9,7 +9,7 @@ of 7 isolated calls, and rms error relative to the fp32 patches path.
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
 from pipelines.benchmark import best_seconds
-from scae import ops
+from scae.models import ops
 bf = jnp.bfloat16
 def timeit(f, *a):
     return best_seconds(f, *a, repeats=7) * 1e3
@@ -37,5 +37,5 @@ for hw in (8, 10):
         y = jax.jit(f)(h, w); err = float(jnp.sqrt(jnp.mean((y-ref)**2)/jnp.mean(ref**2)))
         print(hw, f"{name:20s} {timeit(jax.jit(f), h, w):6.1f} ms  rel rms err {err:.1e}")
     print(hw, f"{'fp32 cur':20s} {timeit(jax.jit(lambda h,w: ops._conv_full_tied_mm(h,w,'float32')), h, w):6.1f} ms")
-    from scae import winograd
+    from scae.models import winograd
     print(hw, f"{'fp32 winograd':20s} {timeit(jax.jit(winograd.conv_transpose), h, w):6.1f} ms")

@@ -15,7 +15,7 @@ import statistics
 import sys
 
 from pipelines import benchmark as bm
-from scae import ops
+from scae.models import ops
 
 # The impl mode's variants: name -> (conv_impl, compute dtype).
 IMPL_VARIANTS = {"fp32 auto": ("auto", "float32"), "fp32 matmul": ("matmul", "float32"),

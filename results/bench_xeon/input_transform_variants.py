@@ -9,7 +9,7 @@ difference from the current transform.
 import numpy as np, jax, jax.numpy as jnp
 from jax import lax
 from pipelines.benchmark import best_seconds
-from scae import winograd as wg
+from scae.models import winograd as wg
 def timeit(f, *a):
     return best_seconds(f, *a, repeats=9) * 1e3
 def gemm_transform(x, k, th, tw):

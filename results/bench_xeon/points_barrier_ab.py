@@ -9,7 +9,7 @@ import statistics, sys
 import jax, jax.numpy as jnp
 from jax import lax
 from pipelines import benchmark as bm
-from scae import winograd as wg
+from scae.models import winograd as wg
 
 orig = wg._points
 def barrier_points(x, k, th, tw):

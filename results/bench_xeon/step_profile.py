@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from pipelines import benchmark as bm
-from scae import ops
+from scae.models import ops
 
 workload, arch, layer = sys.argv[1], sys.argv[2], int(sys.argv[3])
 top = int(sys.argv[4]) if len(sys.argv) > 4 else 14

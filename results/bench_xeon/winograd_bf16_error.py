@@ -7,7 +7,8 @@ and accumulation), at the CAE layer-2 shapes of MNIST and CIFAR-10 and at conv 1
 """
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
-from scae import winograd as wg, ops
+from scae.models import winograd as wg
+from scae.models import ops
 def batched_bf16(a, b, contract):
     return lax.dot_general(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), (((2,), (contract,)), ((0,), (0,))), preferred_element_type=jnp.float32)
 for (h, c, o, scale) in [(12, 100, 150, 1/50), (32, 3, 100, 1/10), (14, 100, 150, 1/50)]:

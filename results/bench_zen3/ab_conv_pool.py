@@ -13,7 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pipelines import benchmark as bm
-from scae import config as cfglib, driver, models, ops, optim
+from scae import config as cfglib
+from scae.train import driver
+from scae.models import modules as models
+from scae.models import ops
+from scae.train import optim
 
 FAST = ops.conv_pool
 SLOW = lambda x, w, p, impl="auto", dtype=None: ops.max_pool(ops.conv_valid(x, w, impl, dtype), p)

@@ -2,7 +2,9 @@
 without the persistent cache:  JAX_ENABLE_COMPILATION_CACHE=false PYTHONPATH=. python results/bench_zen3/cae_compile_time.py"""
 import time, jax, jax.numpy as jnp
 from pipelines import benchmark as bm
-from scae import config as cfglib, driver, optim
+from scae import config as cfglib
+from scae.train import driver
+from scae.train import optim
 for layer in (3, 1):
     loss_fn, params, data, _ = bm._workload("cae", "mnist", layer, 32, "auto")
     tx = optim.make(cfglib.base_config("mnist").pretrain, 1000)

@@ -15,7 +15,10 @@ import numpy as np
 from flax import nnx
 
 from pipelines import benchmark as bm
-from scae import config as cfglib, driver, finetuning, models
+from scae import config as cfglib
+from scae.train import driver
+from scae.study import finetune as finetuning
+from scae.models import modules as models
 
 S, N = 3, 3000
 spec = models.CNNSpec.from_config(cfglib.base_config("mnist").model, (28, 28, 1))

@@ -9,7 +9,9 @@ import sys, time, functools
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
 from flax import nnx
-from scae import models, ops, driver
+from scae.models import modules as models
+from scae.models import ops
+from scae.train import driver
 
 spec = models.CNNSpec(image_shape=(28, 28, 1))
 S = 3

@@ -7,7 +7,7 @@ positions, one matmul per position. Layer 1 (28x28x1 -> 100 maps) or 2 (12x12x10
 import time, sys
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax
-from scae import ops
+from scae.models import ops
 B = 256
 r = np.random.RandomState(0)
 def strided_patches(v, k, p):

@@ -11,7 +11,9 @@ jax.config.update("jax_enable_compilation_cache", False)
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from scae import config as cfglib, models, stack  # noqa: E402
+from scae import config as cfglib
+from scae.models import modules as models
+from scae.models import stack  # noqa: E402
 
 if sys.argv[1] == "eager":
     models.init_kernel = lambda key, shape, init: models.INITIALIZERS[init]()(key, shape,

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scae.models import INITIALIZERS
+from scae.models.modules import INITIALIZERS
 
 jax.config.update("jax_enable_compilation_cache", False)
 SHAPES = [(5, 5, 1, 100), (5, 5, 100, 150), (3, 3, 150, 200), (800, 300), (300, 10), (5, 5, 3, 100)]

@@ -8,7 +8,9 @@ import sys, time, json
 import jax
 jax.config.update("jax_enable_compilation_cache", False)
 from pipelines import benchmark as B
-from scae import driver, optim, config as cfglib
+from scae import config as cfglib
+from scae.train import driver
+from scae.train import optim
 import jax.numpy as jnp
 workload, layer, batch, seeds, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), 20
 loss_fn, params, data, fpi = B._workload(workload, "mnist", layer, batch, "auto", "float32")

@@ -1,11 +1,12 @@
 """Time and minor page faults per call of conv 2 with its pooling (MNIST size, 128 images),
-forward and training, by patches x kernel (ops, conv_impl=matmul) and by scae.winograd.
+forward and training, by patches x kernel (ops, conv_impl=matmul) and by scae.models.winograd.
 Run it as is and with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 to see what huge pages change.
 
     python results/bench_zen3/page_faults.py
 """
 import resource, time, functools, numpy as np, jax, jax.numpy as jnp
-from scae import winograd as wg, ops
+from scae.models import winograd as wg
+from scae.models import ops
 N=128; x = jnp.tanh(jax.random.normal(jax.random.PRNGKey(0), (N, 12, 12, 100)))
 w = jax.random.normal(jax.random.PRNGKey(1), (5,5,100,150))/50
 r = jax.random.normal(jax.random.PRNGKey(2), (N, 4, 4, 150))

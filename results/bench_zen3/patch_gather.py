@@ -51,7 +51,12 @@ def one(variant, case):
     jax.config.update("jax_enable_compilation_cache", False)
     from flax import nnx
     from pipelines import benchmark as bm
-    from scae import config as cfglib, driver, finetuning, models, ops, optim
+    from scae import config as cfglib
+    from scae.train import driver
+    from scae.study import finetune as finetuning
+    from scae.models import modules as models
+    from scae.models import ops
+    from scae.train import optim
     if variant == "slices":
         ops.im2col, ops.strided_im2col = slices_im2col, slices_strided_im2col
         ops.im2col_t = slices_im2col_t

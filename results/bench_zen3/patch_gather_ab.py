@@ -9,7 +9,10 @@ import sys, time, json, numpy as np, jax, jax.numpy as jnp
 sys.path.insert(0, "results/bench_zen3")
 from patch_gather import slices_im2col, slices_strided_im2col
 from pipelines import benchmark as bm
-from scae import config as cfglib, driver, ops, optim
+from scae import config as cfglib
+from scae.train import driver
+from scae.models import ops
+from scae.train import optim
 G = (ops.im2col, ops.strided_im2col)
 arch, workload, layer = sys.argv[1], sys.argv[2], int(sys.argv[3])
 batch, steps = 128, 10
@@ -18,7 +21,8 @@ for v in ("slices", "gather"):
     ops.im2col, ops.strided_im2col = (slices_im2col, slices_strided_im2col) if v == "slices" else G
     if workload == "eval":
         from flax import nnx
-        from scae import finetuning, models
+        from scae.study import finetune as finetuning
+        from scae.models import modules as models
         spec = models.CNNSpec.from_config(cfglib.base_config(arch).model, bm.IMAGE_SHAPES[arch])
         nets = [models.CNN(spec, rngs=nnx.Rngs(i)) for i in range(3)]
         graphdef, _ = models.split(nets[0])

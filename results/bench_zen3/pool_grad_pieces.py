@@ -1,5 +1,5 @@
 """The pooling pieces of the training steps, alone: XLA's gradient of a max reduction against
-the elementwise forms scae.ops and scae.winograd use (median of 7 calls of 10, two rounds, ms;
+the elementwise forms scae.models.ops and scae.models.winograd use (median of 7 calls of 10, two rounds, ms;
 shapes of the paper's CNN at batch 128: conv 1's output at MNIST and CIFAR-10 size, and
 Winograd's four tile outputs of conv 2 at MNIST size).
 
@@ -11,7 +11,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from scae import ops, winograd
+from scae.models import ops
+from scae.models import winograd
 
 
 def ms(f, *args) -> float:

@@ -1,5 +1,5 @@
 """The training steps with the reduction forms of the pooling (as scae had them) against the
-elementwise forms of scae.ops / scae.winograd, compiled side by side in one process and timed
+elementwise forms of scae.models.ops / scae.models.winograd, compiled side by side in one process and timed
 in alternation (ROUNDS rounds of 3 calls of 5 steps each, batch 128), so that the machine's
 drift hits both alike. Prints each step's median img/s and the ratio.
 
@@ -13,7 +13,11 @@ import jax
 import jax.numpy as jnp
 
 from pipelines import benchmark as bm
-from scae import config as cfglib, driver, ops, optim, winograd
+from scae import config as cfglib
+from scae.train import driver
+from scae.models import ops
+from scae.train import optim
+from scae.models import winograd
 
 sys.path.insert(0, "results/bench_zen3")
 from pool_grad_pieces import reduce_mask, reduce_pool  # noqa: E402

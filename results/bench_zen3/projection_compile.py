@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scae import config as cfglib, ops, stack
+from scae import config as cfglib
+from scae.models import ops
+from scae.models import stack
 
 jax.config.update("jax_enable_compilation_cache", False)
 c = cfglib.base_config("mnist")

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Seeds in one program, vmapped or mapped (scae.driver.over_seeds): the quick job's fine-tuning
+# Seeds in one program, vmapped or mapped (scae.train.driver.over_seeds): the quick job's fine-tuning
 # step (the CNN, 3 seeds x 64 images), the per-seed stacks' CAE layers 1 and 2 (3 seeds x 128)
 # and the quick job's validation evaluation (3 seeds x 1000 images), ROUNDS interleaved rounds.
 #   usage: bash results/bench_zen3/seed_batching_ab.sh [ROUNDS]   (project root, its environment)

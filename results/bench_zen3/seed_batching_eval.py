@@ -1,5 +1,5 @@
 """The quick job's validation evaluation (the paper CNN, 3 seeds x 1000 MNIST-sized images) as
-scae.finetuning.run_cell builds it, with the seeds vmapped or mapped; one JSON line.
+scae.study.finetune.run_cell builds it, with the seeds vmapped or mapped; one JSON line.
 
     python results/bench_zen3/seed_batching_eval.py map|vmap
 """
@@ -12,7 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scae import driver, finetuning, models
+from scae.train import driver
+from scae.study import finetune as finetuning
+from scae.models import modules as models
 
 mode = sys.argv[1]
 config = importlib.import_module("configs.mnist").get_config("quick")

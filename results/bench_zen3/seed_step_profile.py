@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from pipelines import benchmark as bm
-from scae import config as cfglib, driver, optim
+from scae import config as cfglib
+from scae.train import driver
+from scae.train import optim
 
 workload, batch, seeds, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 loss_fn, params, data, _ = bm._workload(workload, "mnist", 2, batch, "auto")

@@ -1,5 +1,5 @@
 """The CAE layer-2 step with its hidden maps in Winograd's tile layout
-(scae.winograd.tied_sparse_pass) against the three steps it replaces (encoder conv, NHWC
+(scae.models.winograd.tied_sparse_pass) against the three steps it replaces (encoder conv, NHWC
 re-layout, pool_sparsify, decoder conv), compiled side by side in one process and timed in
 alternation (ROUNDS rounds of 3 calls of 5 steps, batch 128). Prints the medians and each
 round's ratio, so that the machine's drift hits both alike.
@@ -10,7 +10,8 @@ import statistics
 import sys
 
 from pipelines import benchmark as bm
-from scae import ops, winograd
+from scae.models import ops
+from scae.models import winograd
 
 
 def three_steps(x, w, b, act):

@@ -7,7 +7,10 @@ pooled convolutions trained through a custom VJP over one matmul per pooling-win
 """
 import functools, sys, time
 import jax, jax.numpy as jnp, numpy as np
-from scae import ops, driver, optim, config as cfglib
+from scae import config as cfglib
+from scae.models import ops
+from scae.train import driver
+from scae.train import optim
 from pipelines import benchmark as bm
 
 def make_custom(first_only):

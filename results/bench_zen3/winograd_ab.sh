@@ -1,5 +1,5 @@
 #!/bin/bash
-# conv_impl=matmul (patches x kernel) against conv_impl=winograd (scae.winograd for the 5x5
+# conv_impl=matmul (patches x kernel) against conv_impl=winograd (scae.models.winograd for the 5x5
 # layers over >= 16 maps), each step in its own process, ROUNDS rounds (img/s, analytic GFLOP/s).
 #   usage: results/bench_zen3/winograd_ab.sh [ROUNDS]   (from the project root, in its environment)
 for r in $(seq "${1:-2}"); do for impl in matmul winograd; do

@@ -11,7 +11,7 @@ batched dot, "36 dots" one dot each.
 """
 import sys, time, numpy as np, jax, jax.numpy as jnp
 from jax import lax
-from scae import ops
+from scae.models import ops
 BT = np.array([[4,0,-5,0,1,0],[0,-4,-4,1,1,0],[0,4,-4,-1,1,0],[0,-2,-1,2,1,0],[0,2,-1,-2,1,0],[0,4,0,-5,0,1]], np.float32)
 AT = np.array([[1,1,1,1,1,0],[0,1,-1,2,-2,1]], np.float32)
 pts=[0,1,-1,2,-2]

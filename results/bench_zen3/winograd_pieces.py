@@ -2,12 +2,13 @@
 CIFAR-10 size (14 x 14 x 100), 128 images: the pooled forward pass (Winograd: the list form used outside differentiation, and the
 stacked form that is differentiated), its gradient, and the
 CAE layer-2 loss with its gradient, by patches x kernel (ops, conv_impl=matmul) and by
-scae.winograd. Compile time of the first call and the median of 7 calls, two rounds.
+scae.models.winograd. Compile time of the first call and the median of 7 calls, two rounds.
 
     python results/bench_zen3/winograd_pieces.py
 """
 import time, sys, numpy as np, jax, jax.numpy as jnp
-from scae import winograd as wg, ops
+from scae.models import winograd as wg
+from scae.models import ops
 B = 128
 def timeit(f, *a, rounds=7):
     t=time.perf_counter(); jax.block_until_ready(f(*a)); c=time.perf_counter()-t

@@ -6,7 +6,7 @@ of the same 29 MB, and transform + matmuls in one program (conv 2, MNIST size, 1
 """
 import collections, glob, gzip, json, shutil
 import jax, jax.numpy as jnp
-from scae import winograd as wg
+from scae.models import winograd as wg
 
 
 def prof(f, *a, label=""):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pipelines.benchmark import best_seconds
-from scae import ops
+from scae.models import ops
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 32
 HID, C, CIN, K, P, CHUNK = 8, 150, 100, 5, 2, 10

@@ -24,10 +24,11 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from scae import atomic, finetuning
+from scae import atomic
 from scae import config as cfglib
-from scae import inputs as inputs_lib
+from scae.data import inputs as inputs_lib
 from scae.errors import InputError
+from scae.study import finetune as finetuning
 
 RECORDS = "sweep.jsonl"
 
@@ -91,7 +92,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
     """Runs every point of ``config.sweep`` not yet in ``workdir/sweep.jsonl`` and returns all
     the records (one per point): the point, the validation error of each seed, their mean and
     standard deviation, the epochs and the wall time. ``build`` makes the inputs of a config
-    (default :func:`scae.inputs.build`); it is called once per distinct data setting.
+    (default :func:`scae.data.inputs.build`); it is called once per distinct data setting.
     ``ready`` is called once the first data set has loaded, before anything is written, so a
     command can leave no workdir behind for a source that does not load. ``fresh`` ignores the
     records already there (``ready`` is where a caller deletes them)."""

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from scae import winograd
+from scae.models import winograd
 
 Array = jax.Array
 
@@ -56,7 +56,7 @@ def resolve_impl(impl: str) -> str:
     'matmul' is one patches-times-kernel matmul per convolution (XLA's own CPU convolutions
     of these shapes are several times slower); 'winograd' is the same except that
     convolutions with a kernel size in :data:`WINOGRAD_KERNELS` over at least
-    :data:`WINOGRAD_MIN_MAPS` input maps run by :mod:`scae.winograd` (2.8x fewer
+    :data:`WINOGRAD_MIN_MAPS` input maps run by :mod:`scae.models.winograd` (2.8x fewer
     multiplications for 5x5). See docs/performance.md for the measurements."""
     if impl == "auto":
         return "winograd" if jax.default_backend() == "cpu" else "xla"
@@ -64,7 +64,7 @@ def resolve_impl(impl: str) -> str:
 
 
 def _use_winograd(impl: str, w: Array) -> bool:
-    """Whether this convolution runs by :mod:`scae.winograd`, in float32 whatever the compute
+    """Whether this convolution runs by :mod:`scae.models.winograd`, in float32 whatever the compute
     dtype. Its transforms' values are up to 5x the inputs' and the output sums them back, so
     bf16 operands in its matmuls cost 13x the error of a bf16 direct convolution (2.9% rms
     against 0.22%), while float32 Winograd ran faster than the bf16 patches path even on an
@@ -477,7 +477,7 @@ def tied_sparse_pass(x: Array, w: Array, b: Array, name: str, p: int, impl: str 
     encoder, sparsity and decoder up to the decoder's bias. Where Winograd's 2 x 2 tiles are
     the sparsity windows (p = 2, an even valid output, a convolution :func:`resolve_impl`
     gives to Winograd) the hidden maps stay in the tiles' layout
-    (:func:`scae.winograd.tied_sparse_pass`); the values are the same."""
+    (:func:`scae.models.winograd.tied_sparse_pass`); the values are the same."""
     dtype = resolve_dtype(dtype)
     if p == winograd.M and _whole_windows(x, w, p) and _use_winograd(impl, w):
         return winograd.tied_sparse_pass(x, w, b, activation(name))

@@ -1,4 +1,4 @@
-"""The models as flax NNX modules over the custom-VJP ops of :mod:`scae.ops`: one CAE layer
+"""The models as flax NNX modules over the custom-VJP ops of :mod:`scae.models.ops`: one CAE layer
 (Masci et al., 2011, section 2), the classifier CNN of the paper, and their static specs.
 
 A module can be called, inspected (``nnx.display``, ``nnx.state(model, nnx.Param)``) and put
@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from scae import ops
 from scae.errors import InputError
+from scae.models import ops
 
 Array = jax.Array
 Params = dict  # the pure-dict form of a module's nnx.Param state
@@ -75,7 +75,7 @@ def params_of(model: nnx.Module) -> Params:
 
 def frozen_mask(model: nnx.Module, frozen: nnx.filterlib.Filter) -> Params:
     """A pytree of bools like :func:`params_of`: False where ``frozen`` (an nnx filter) matches,
-    for :func:`scae.optim.make`'s optax partition."""
+    for :func:`scae.train.optim.make`'s optax partition."""
     frozen_paths = {path for path, _ in nnx.to_flat_state(nnx.state(model, frozen))}
     return jax.tree_util.tree_map_with_path(
         lambda path, _: tuple(p.key for p in path) not in frozen_paths, params_of(model))
@@ -97,8 +97,8 @@ class CAESpec:
     noise: str = "none"
     noise_level: float = 0.0
     init: str = "glorot_uniform"
-    conv_impl: str = "auto"  # see scae.ops.resolve_impl
-    compute_dtype: str = "float32"  # matmul operands; see scae.ops.COMPUTE_DTYPES
+    conv_impl: str = "auto"  # see scae.models.ops.resolve_impl
+    compute_dtype: str = "float32"  # matmul operands; see scae.models.ops.COMPUTE_DTYPES
     # 'activation': y = act(...) as the paper; 'linear': y = full-conv + c, for inputs beyond
     # the activation's range (standardised or whitened pixels).
     decoder_output: str = "activation"
@@ -140,7 +140,7 @@ class CAE(nnx.Module):
 
     def encode_pooled(self, x: Array, pool: int) -> Array:
         """``max_pool(self.encode(x), pool)``, pooled before the activation
-        (:func:`scae.ops.conv_pool_activate`): the input of the layer above."""
+        (:func:`scae.models.ops.conv_pool_activate`): the input of the layer above."""
         return ops.conv_pool_activate(x, self.w[...], self.b[...], self.spec.activation, pool,
                                       self.spec.conv_impl, self.spec.compute_dtype)
 
@@ -210,7 +210,7 @@ class CNNSpec:
     activation: str = "scaled_tanh"
     init: str = "glorot_uniform"
     conv_impl: str = "auto"
-    compute_dtype: str = "float32"  # matmul operands; see scae.ops.COMPUTE_DTYPES
+    compute_dtype: str = "float32"  # matmul operands; see scae.models.ops.COMPUTE_DTYPES
     dropout: float = 0.0  # before the classifier layer, in training only
 
     @classmethod
@@ -254,7 +254,7 @@ class Conv(nnx.Module):
 
     def pooled(self, x: Array, activation: str, pool: int) -> Array:
         """``max_pool(activation(self(x)), pool)``, pooled before the activation
-        (:func:`scae.ops.conv_pool_activate`)."""
+        (:func:`scae.models.ops.conv_pool_activate`)."""
         return ops.conv_pool_activate(x, self.w[...], self.b[...], activation, pool, self.impl,
                                       self.compute_dtype)
 

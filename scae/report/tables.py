@@ -1,4 +1,4 @@
-"""Tables of the comparison, written from run records (its figures: scae.comparison_plots).
+"""Tables of the comparison, written from run records (its figures: scae.report.compare_plots).
 
 Run records are the dicts the fine-tuning produces, one per (label size, arm, seed):
 ``dataset``, ``label_size``, ``arm``, ``seed``, ``epochs``, ``steps``, ``best_epoch``,
@@ -19,7 +19,8 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
-from scae import atomic, provenance, stats
+from scae import atomic, provenance
+from scae.report import stats
 
 RUN_COLUMNS = ("dataset", "label_size", "arm", "seed", "epochs", "steps", "best_epoch",
                "val_error", "test_error", "cell_time_s", "seeds_together", "lr_scale",

@@ -1,7 +1,7 @@
 """The comparison's figures, drawn from run records and arrays: test error against labels,
 validation curves, first-layer filters before and after fine-tuning, and a PCA embedding.
 
-Run records are those of :mod:`scae.report`. Each figure takes the data set's display name
+Run records are those of :mod:`scae.report.tables`. Each figure takes the data set's display name
 (``dataset_title``, e.g. "CIFAR-10") for its title; without it the name is looked up from the
 records' ``dataset``.
 """
@@ -15,21 +15,22 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib import ticker
 
-from scae import plots, stats
-from scae.plots import plt
+from scae.report import plotting as plots
+from scae.report import stats
+from scae.report.plotting import plt
 
 ARM_COLORS = {"random": "tab:blue", "pretrained": "tab:orange", "frozen": "tab:green"}
 
 
 def arm_label(arm: str) -> str:
     """The display name of an arm (e.g. "CAE pretrained")."""
-    from scae.report import ARM_LABELS  # report imports this module: import at call time
+    from scae.report.tables import ARM_LABELS  # report imports this module: import at call time
 
     return ARM_LABELS.get(arm, arm)
 
 
 def _default_title(dataset: str | None) -> str | None:
-    from scae.report import DATASET_NAMES
+    from scae.report.tables import DATASET_NAMES
 
     return DATASET_NAMES.get(dataset, dataset) if dataset else None
 

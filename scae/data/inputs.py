@@ -10,9 +10,11 @@ import ml_collections
 import numpy as np
 
 from scae import config as cfglib
-from scae import data, provenance, splits
+from scae import provenance
+from scae.data import sources as data
+from scae.data import splits
+from scae.data.preprocess import Normalizer, fit_normalizer
 from scae.errors import InputError
-from scae.preprocess import Normalizer, fit_normalizer
 
 
 @dataclasses.dataclass

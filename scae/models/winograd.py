@@ -11,7 +11,7 @@ matmul, so the gradients are the same batched matmuls through the adjoint transf
 patches, no col2im). The values differ from a direct convolution's by float32 rounding only
 (a few 1e-6 of the largest value; tests/test_winograd.py).
 
-Layout is NHWC for activations and HWIO for kernels, as in :mod:`scae.ops`.
+Layout is NHWC for activations and HWIO for kernels, as in :mod:`scae.models.ops`.
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ conv_pool2.defvjp(lambda x, w: jax.vjp(_pool2_stacked, x, w), lambda vjp, g: vjp
 def first_max_index(parts: list[Array], top: Array) -> Array:
     """The index of the first of ``parts`` that equals ``top`` (their elementwise maximum), as
     int32: the max-pooling sparsity's winner of each window, ties to the lowest index. One
-    where-chain, no reduction (shared with :func:`scae.ops.pool_mask`)."""
+    where-chain, no reduction (shared with :func:`scae.models.ops.pool_mask`)."""
     first = jnp.full(top.shape, len(parts), jnp.int32)
     for i in reversed(range(len(parts))):
         first = jnp.where(parts[i] == top, i, first)
@@ -283,7 +283,7 @@ def first_max_index(parts: list[Array], top: Array) -> Array:
 def _keep_first_max(h: Array) -> Array:
     """(P, ...) -> ``h`` with every entry but the first maximum along axis 0 set to zero: the
     max-pooling sparsity over windows laid out on the leading axis (ties go to the lowest
-    index, as :func:`scae.ops.pool_mask`'s row-major order does)."""
+    index, as :func:`scae.models.ops.pool_mask`'s row-major order does)."""
     parts = [h[i] for i in range(h.shape[0])]
     first = first_max_index(parts, functools.reduce(jnp.maximum, parts))
     position = jnp.arange(len(parts), dtype=jnp.int32).reshape(-1, *[1] * first.ndim)

@@ -1,6 +1,6 @@
-"""The one training driver: every resumable unit of training (a CAE layer of one stack or of
-the stacks of several seeds, a fine-tuning cell of seeds trained together) is a
-:class:`Phase` run by :func:`train`.
+"""The one training driver: every resumable unit of training (a CAE layer of the stacks of
+one seed or several, a fine-tuning cell of seeds trained together) is a :class:`Phase` over a
+leading seed axis, run by :func:`train`.
 
 Data sets live on the device; each epoch is a seeded permutation of example indices, and a
 compiled ``lax.scan`` runs many steps per call, gathering its batches from the device arrays,
@@ -8,7 +8,7 @@ so Python is off the per-step path. Randomness is ``fold_in(key, step)``: a run 
 checkpoint at step s draws exactly what an uninterrupted run draws. Around the compiled chunks
 the driver keeps the progress bar, the checkpoints (orbax, only complete ones are ever seen),
 the guard against non-finite losses or parameters, the divergence retries
-(:mod:`scae.retry`), and the per-evaluation records.
+(:mod:`scae.train.retry`), and the per-evaluation records.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import optax
 from jax import lax
 from tqdm.auto import tqdm
 
-from scae import checkpoint, interrupt, parallel, retry
+from scae import interrupt
+from scae.train import checkpoint, parallel, retry
 
 Array = jax.Array
 # loss_fn(params, batch, key) -> scalar loss, where batch = data[indices] (a pytree); a phase
@@ -90,8 +91,6 @@ def epoch_order(key: Array, pool: Array, epoch: int | Array) -> Array:
     return jax.random.permutation(jax.random.fold_in(key, epoch), pool)
 
 
-_orders = jax.jit(epoch_order)
-_seed_orders = jax.jit(jax.vmap(epoch_order, in_axes=(0, 0, None)))  # one order per seed
 
 # How the seeds of a phase trained together share one compiled program (see over_seeds).
 SEED_BATCHINGS = ("auto", "vmap", "map")
@@ -132,8 +131,23 @@ def over_seeds(fn: Callable, in_axes: Sequence[int | None], mode: str = "auto") 
     in_axes = tuple(in_axes)
     if any(a not in (0, None) for a in in_axes):
         raise ValueError(f"in_axes entries must be 0 or None, got {in_axes}")
-    if resolve_seed_batching(mode) == "vmap":
-        return jax.vmap(fn, in_axes=in_axes)
+    batched = (jax.vmap(fn, in_axes=in_axes) if resolve_seed_batching(mode) == "vmap"
+               else _mapped(fn, in_axes))
+
+    def over(*args):
+        per_seed = [a for a, ax in zip(args, in_axes) if ax == 0]
+        if per_seed and all(leaf.shape[0] == 1 for leaf in jax.tree.leaves(per_seed)):
+            # One seed: its program is the one-model program, with no batching around it.
+            one = fn(*(jax.tree.map(lambda x: x[0], a) if ax == 0 else a
+                       for a, ax in zip(args, in_axes)))
+            return jax.tree.map(lambda x: x[None], one)
+        return batched(*args)
+
+    return over
+
+
+def _mapped(fn: Callable, in_axes: tuple[int | None, ...]) -> Callable:
+    """``fn`` seed after seed, as a ``lax.map`` over the arguments of ``in_axes`` 0."""
 
     def mapped(*args):
         per_seed = [a for a, ax in zip(args, in_axes) if ax == 0]
@@ -147,17 +161,21 @@ def over_seeds(fn: Callable, in_axes: Sequence[int | None], mode: str = "auto") 
     return mapped
 
 
+# One order per seed: its own key and pool.
+_seed_orders = jax.jit(over_seeds(epoch_order, (0, 0, None), "vmap"))
+
+
 def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int,
-               num_steps: int, seeds: bool = False, seed_batching: str = "auto") -> Callable:
-    """Compiles ``num_steps`` training steps as one call.
+               num_steps: int, seed_batching: str = "auto") -> Callable:
+    """Compiles ``num_steps`` training steps of every seed as one call.
 
     Returns ``run(params, opt_state, data, order, offset, step0, key, context=None) ->
-    (params, opt_state, losses)``: step i trains on ``data[order[offset + i*batch_size : ... +
-    batch_size]]`` with key ``fold_in(key, step0 + i)``; a ``context`` that is not None (fixed
-    inputs of the loss that are not trained, such as frozen layers) is passed to ``loss_fn``
-    as its last argument. With ``seeds=True`` it runs over a leading seed axis of params,
-    opt_state, order, key and context (the data are shared), as ``seed_batching`` says
-    (:func:`over_seeds`).
+    (params, opt_state, losses)`` over a leading seed axis of params, opt_state, order, key,
+    context and losses (the data are shared), as ``seed_batching`` says (:func:`over_seeds`):
+    seed m's step i trains on ``data[order[m, offset + i*batch_size : ... + batch_size]]``
+    with key ``fold_in(key[m], step0 + i)``; a ``context`` that is not None (fixed inputs of
+    the loss that are not trained, such as frozen layers) is passed to ``loss_fn`` as its last
+    argument.
     """
 
     def run(params, opt_state, data, order, offset, step0, key, context=None):
@@ -175,8 +193,6 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
         (params, opt_state), losses = lax.scan(step, (params, opt_state), jnp.arange(num_steps))
         return params, opt_state, losses
 
-    if not seeds:
-        return jax.jit(run, donate_argnums=(0, 1))
     per_seed = over_seeds(run, (0, 0, None, 0, None, None, 0, 0), seed_batching)
 
     def run_seeds(params, opt_state, data, order, offset, step0, key, context=None):
@@ -249,12 +265,12 @@ class Phase:
     plan: Plan
     loss_fn: LossFn
     make_tx: Callable[[float], optax.GradientTransformation]  # lr_scale -> optimiser
-    params: Any  # initial parameters (a leading seed axis when ``seeds``)
+    params: Any  # initial parameters, with a leading seed axis
     data: Any  # a device pytree indexed by example
-    pool: Array  # the example indices each epoch permutes ((seeds, n) when ``seeds``)
-    order_key: Array  # batch order ((seeds, 2) when ``seeds``)
+    pool: Array  # (seeds, n): the example indices each epoch permutes, per seed
+    order_key: Array  # (seeds, 2): each seed's batch order
     step_key: Array  # per-step randomness: noise, dropout, augmentation
-    seeds: Sequence[int] = ()  # non-empty: these seeds' models are trained in one program
+    seeds: Sequence[int]  # the seeds whose models train in one program (one or more)
     seed_batching: str = "auto"  # how they share it: see resolve_seed_batching
     # Fixed inputs of the loss, not trained and not checkpointed (a leading seed axis when
     # ``seeds``): the loss is then loss_fn(params, batch, key, context).
@@ -278,9 +294,9 @@ class Result:
     scale the phase finished at.
 
     Each evaluation holds ``epoch``, ``step``, ``train_loss`` (the mean training loss since the
-    previous evaluation, over the seeds too when seeded), ``time_s``, ``img_per_s`` (all seeds
-    together), the fields of the phase's ``evaluate`` and, when seeded,
-    ``train_loss_per_seed`` (each seed's own mean, in the order of ``Phase.seeds``)."""
+    previous evaluation, over the seeds too), ``time_s``, ``img_per_s`` (all seeds together),
+    the fields of the phase's ``evaluate`` and ``train_loss_per_seed`` (each seed's own mean,
+    in the order of ``Phase.seeds``)."""
 
     state: dict
     record: dict
@@ -293,6 +309,20 @@ def train(phase: Phase) -> Result:
     scale_path = retry.scale_file(phase.ckpt_dir)
     return retry.halving_lr(lambda scale: _train(phase, scale), scale_path, phase.retries,
                             phase.log)
+
+
+def write_finished(ckpt_dir: Path, step: int, state: dict, record: dict,
+                   lr_scale: float) -> None:
+    """Writes ``state`` (with its seed axis) as the last checkpoint of a finished phase in
+    ``ckpt_dir``, with the learning-rate scale it finished at, as :func:`train` would leave
+    them: a unit trained inside a larger phase becomes a phase of its own."""
+    record = {"loss_sum": 0.0, "loss_steps": 0, "eval_time": 0.0, **record, "finished": True}
+    ckpts = checkpoint.Checkpoints(ckpt_dir)
+    try:
+        ckpts.save(step, state, record)
+    finally:
+        ckpts.close()
+    retry.write_scale(retry.scale_file(ckpt_dir), lr_scale)
 
 
 def latest(ckpt_dir: Path) -> tuple[int, Any, dict] | None:
@@ -316,9 +346,11 @@ def finished(ckpt_dir: Path, total_steps: int) -> tuple[Any, dict] | None:
 
 
 def _train(phase: Phase, lr_scale: float) -> Result:
-    p, seeded = phase.plan, bool(phase.seeds)
+    p = phase.plan
+    if not phase.seeds:
+        raise ValueError(f"{phase.name}: a phase trains one seed or more, got none")
     tx = phase.make_tx(lr_scale)
-    init = jax.vmap(tx.init) if seeded else tx.init
+    init = jax.vmap(tx.init)
     # Fresh buffers: the compiled steps donate params and opt_state, which extra state (the
     # best parameters so far) must not alias. One program makes both; eagerly, each array of
     # them was a program of its own.
@@ -331,14 +363,12 @@ def _train(phase: Phase, lr_scale: float) -> Result:
         state, record = ckpts.restore(step, state)
         if step < p.total_steps:
             phase.log(f"{phase.name}: resuming at step {step}/{p.total_steps}")
-    if seeded:  # checkpoints written before the per-seed sums lack them
-        record.setdefault("seed_loss_sums", [0.0] * len(phase.seeds))
+    record.setdefault("seed_loss_sums", [0.0] * len(phase.seeds))
     state = parallel.replicate(state)
     # Inputs still being computed (encoded layer inputs, frozen features: dispatched
     # asynchronously) finish here, so that the phase's time and img/s count training only.
     jax.block_until_ready((state, phase.data, phase.context))
     compiled: dict[int, Callable] = {}
-    orders = _seed_orders if seeded else _orders
     bar = tqdm(total=p.total_steps, initial=step, desc=phase.name, unit="step",
                dynamic_ncols=True, leave=True, disable=step >= p.total_steps)
     last_ckpt = step
@@ -346,9 +376,9 @@ def _train(phase: Phase, lr_scale: float) -> Result:
         for epoch, offset, n in p.chunks(step, phase.steps_per_call):
             t0 = time.perf_counter()
             if n not in compiled:
-                compiled[n] = make_steps(phase.loss_fn, tx, p.batch_size, n, seeds=seeded,
+                compiled[n] = make_steps(phase.loss_fn, tx, p.batch_size, n,
                                          seed_batching=phase.seed_batching)
-            order = orders(phase.order_key, phase.pool, epoch)
+            order = _seed_orders(phase.order_key, phase.pool, epoch)
             params, opt_state, losses = compiled[n](state["params"], state["opt_state"],
                                                     phase.data, order, offset, step,
                                                     phase.step_key, phase.context)
@@ -360,10 +390,9 @@ def _train(phase: Phase, lr_scale: float) -> Result:
             bar.set_postfix(loss=f"{losses.mean():.5f}")
             if not np.isfinite(losses).all() or not all_finite(state["params"]):
                 raise FloatingPointError(_divergence(phase, losses, epoch, step, n, last_ckpt))
-            record["loss_sum"] += float(losses.mean(axis=0).sum() if seeded else losses.sum())
-            if seeded:
-                record["seed_loss_sums"] = [total + float(s) for total, s in
-                                            zip(record["seed_loss_sums"], losses.sum(axis=1))]
+            record["loss_sum"] += float(losses.mean(axis=0).sum())
+            record["seed_loss_sums"] = [total + float(s) for total, s in
+                                        zip(record["seed_loss_sums"], losses.sum(axis=1))]
             record["loss_steps"] += n
             dt = time.perf_counter() - t0
             record["time_s"] += dt
@@ -376,11 +405,10 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                          "train_loss": record["loss_sum"] / record["loss_steps"],
                          "time_s": record["eval_time"],
                          "img_per_s": record["loss_steps"] * p.batch_size
-                         * max(len(phase.seeds), 1) / max(record["eval_time"], 1e-9)}
-                if seeded:
-                    entry["train_loss_per_seed"] = [total / record["loss_steps"]
-                                                    for total in record["seed_loss_sums"]]
-                    record["seed_loss_sums"] = [0.0] * len(phase.seeds)
+                         * len(phase.seeds) / max(record["eval_time"], 1e-9),
+                         "train_loss_per_seed": [total / record["loss_steps"]
+                                                 for total in record["seed_loss_sums"]]}
+                record["seed_loss_sums"] = [0.0] * len(phase.seeds)
                 if phase.evaluate is not None:
                     state, fields = phase.evaluate(state, epoch + 1)
                     entry.update(fields)
@@ -458,13 +486,10 @@ def _divergence(phase: Phase, losses: np.ndarray, epoch: int, step: int, n: int,
     """The message of a non-finite loss or parameter: where, and what to do."""
     bad = np.argwhere(~np.isfinite(losses))
     where = phase.where or phase.name
-    if phase.seeds:
-        seed_i, i = bad[0] if len(bad) else (0, n - 1)
+    seed_i, i = bad[0] if len(bad) else (0, n - 1)
+    if len(phase.seeds) > 1:
         where += f", seed {phase.seeds[seed_i]}"
-        loss = losses[seed_i, i]
-    else:
-        i = int(bad[0][0]) if len(bad) else n - 1
-        loss = losses[i]
+    loss = losses[seed_i, i]
     return (f"{where}: the loss or parameters became non-finite (loss {loss}) in epoch "
             f"{epoch + 1} by step {step - n + i + 1}; the last good checkpoint (step "
             f"{last_ckpt}) is kept; lower config.{phase.lr_key} and rerun to resume from it")

@@ -9,7 +9,10 @@ from pathlib import Path
 import ml_collections
 
 from scae import config as cfglib
-from scae import figures, inputs as inputs_lib, plots, stack
+from scae.data import inputs as inputs_lib
+from scae.report import plotting as plots
+from scae.report import workdir_figures as figures
+from scae.study import pretrain as pretraining
 
 
 def variant_config(config, name: str) -> ml_collections.ConfigDict:
@@ -34,7 +37,7 @@ def run(config, data: inputs_lib.Inputs, workdir: Path,
         c = variant_config(config, name)
         sub = workdir / name
         log(f"variant {name}: {config.variants[name].title}")
-        params = stack.pretrain(c, data.pretrain, data.val_images, sub, log=log)
+        params = pretraining.pretrain(c, data.pretrain, data.val_images, sub, log=log)
         records = figures.read_jsonl(sub / "pretrain" / "metrics.jsonl")
         figures.pretrain_figures(c, params, data.val_images, data.normalizer, sub / "pretrain",
                                  records)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from scae import atomic
+from scae.errors import InputError
 
 T = TypeVar("T")
 
@@ -23,9 +24,30 @@ def scale_file(ckpt_dir: Path) -> Path:
 
 
 def read_scale(path: Path) -> float:
-    """The learning-rate scale remembered in ``path``; 1.0 when there is none."""
+    """The learning-rate scale remembered in ``path``; 1.0 when there is none.
+
+    The file is written by :func:`halving_lr` only, so its value is a halving of the rate:
+    1, 1/2, 1/4, ... Anything else (negative, zero, NaN, above 1, not a power of 2) was not
+    written by a retry and would silently change the training (a negative scale is gradient
+    ascent), so it is refused as bad input naming the file."""
     v = atomic.read_json(path, {})  # a torn file: the scale is unknown, start at 1
-    return float(v.get("lr_scale", 1.0)) if isinstance(v, dict) else 1.0
+    if not isinstance(v, dict):
+        return 1.0
+    raw = v.get("lr_scale", 1.0)
+    ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw) \
+        and 0 < raw <= 1 and math.log2(raw).is_integer() and raw >= 2.0 ** -60
+    if not ok:
+        raise InputError(f"{path}: lr_scale {raw!r} is not a halving of the learning rate "
+                         f"(1, 0.5, 0.25, ...); delete the file to train at the config's rate")
+    return float(raw)
+
+
+def write_scale(path: Path, scale: float) -> None:
+    """Remembers ``scale`` in ``path`` (no file for 1: the config's own rate)."""
+    if scale != 1.0:
+        atomic.write_text(path, json.dumps({"lr_scale": scale}))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def halving_lr(train: Callable[[float], T], scale_path: Path, retries: int,
@@ -42,5 +64,5 @@ def halving_lr(train: Callable[[float], T], scale_path: Path, retries: int,
             if round(math.log2(1.0 / scale)) >= retries:
                 raise
             scale /= 2
-            atomic.write_text(scale_path, json.dumps({"lr_scale": scale}))
+            write_scale(scale_path, scale)
             log(f"{e}; retrying with the learning rate x{scale}")

@@ -1,5 +1,6 @@
 """Fine-tuning the CNN for one cell of the comparison (a label size and an arm), every seed in
-one compiled program (:func:`scae.driver.over_seeds`), as one resumable :class:`scae.driver.Phase`.
+one compiled program (:func:`scae.train.driver.over_seeds`), as one resumable
+:class:`scae.train.driver.Phase`.
 
 Arms: ``random`` (everything from random initialisation), ``pretrained`` (conv layers from the
 CAE stack, everything fine-tuned) and ``frozen`` (conv layers from the stack, kept fixed by an
@@ -20,8 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scae import augment, driver, inputs as inputs_lib, models, optim
-from scae.stack import Stack
+from scae.data import augment
+from scae.data import inputs as inputs_lib
+from scae.models import modules as models
+from scae.models.stack import Stack
+from scae.train import driver, optim
 
 Array = jax.Array
 # Images evaluated at once over the seeds a program holds at once (driver.seeds_at_once): a
@@ -68,7 +72,7 @@ def initial_model(spec: models.CNNSpec, stack: Stack | None, arm: str, key: Arra
 def error_fn(graphdef: nnx.GraphDef, seeds: int = 1, on_features: bool = False) -> Callable:
     """``errors(params, images, labels) -> percent misclassified``, in batches that bound
     memory: :data:`EVAL_BATCH` images at once over ``seeds`` vmapped copies. With
-    ``on_features`` the inputs are the conv features (:meth:`scae.models.CNN.features`) and
+    ``on_features`` the inputs are the conv features (:meth:`scae.models.modules.CNN.features`) and
     only the head runs."""
     batch = driver.per_seed_batch(EVAL_BATCH, seeds, "vmap")
 

@@ -41,7 +41,8 @@ def save(fig, path: str | os.PathLike, dpi: int = 110) -> None:
 
 def wrap(text: str, width: int) -> str:
     """``text`` with each of its lines wrapped at ``width`` characters."""
-    return "\n".join(textwrap.fill(line, max(width, 8), break_on_hyphens=False) for line in text.split("\n"))
+    return "\n".join(textwrap.fill(line, max(width, 8), break_on_hyphens=False)
+                     for line in text.split("\n"))
 
 
 def titled(dataset_title: str | None, text: str) -> str:

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from scae import atomic, comparison_plots, plots, preprocess
-from scae.stack import Stack
+from scae import atomic
+from scae.data import preprocess
+from scae.models.stack import Stack
+from scae.report import compare_plots as comparison_plots
+from scae.report import plotting as plots
 
 NUM_RECONSTRUCTIONS = 10
 EMBEDDING_POINTS = 2000
@@ -20,7 +23,7 @@ EMBEDDING_POINTS = 2000
 
 def display_name(config) -> str:
     """The data set's display name for figure titles (MNIST, CIFAR-10, or the config's name)."""
-    from scae.report import DATASET_NAMES
+    from scae.report.tables import DATASET_NAMES
 
     return DATASET_NAMES.get(config.dataset, str(config.dataset))
 
@@ -83,7 +86,7 @@ def comparison_figures(config, data, stack: Stack, rows: list[dict], compare_dir
     label size, those of the pretrained and random arms after fine-tuning) and
     ``embedding.png`` (PCA of test images and of the stack's top-layer features).
 
-    ``data`` is the workdir's :class:`scae.inputs.Inputs`, ``stack`` its stack, ``rows`` the
+    ``data`` is the workdir's :class:`scae.data.inputs.Inputs`, ``stack`` its stack, ``rows`` the
     run records of ``compare_dir/runs.jsonl``.
     """
     identity = getattr(data, "identity", None)

@@ -11,10 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from scae import atomic, driver, figures, finetuning, inputs as inputs_lib, report
-from scae import stack as stack_lib
+from scae import atomic
 from scae import workdir as workdir_lib
+from scae.data import inputs as inputs_lib
 from scae.errors import InputError, is_device_oom
+from scae.models import stack as stack_lib
+from scae.report import tables as report
+from scae.report import workdir_figures as figures
+from scae.study import finetune as finetuning
+from scae.study import pretrain as pretraining
+from scae.train import driver
+
 
 def check_label_sizes(config, data: inputs_lib.Inputs) -> None:
     """Raises :class:`InputError` for a label size the non-validation training set lacks."""
@@ -81,11 +88,11 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
     # 0's, when stacks are not per seed) by its pretrained and frozen runs.
     if per_seed and config.compare.vmap_seeds:
         needed = sorted({0} | {s for _, arm, group, _ in todo if arm != "random" for s in group})
-        stacks = dict(zip(needed, stack_lib.pretrain_seeds(config, data.pretrain,
+        stacks = dict(zip(needed, pretraining.pretrain_seeds(config, data.pretrain,
                                                            data.val_images, workdir, needed,
                                                            log=log)))
     else:
-        stacks = {0: stack_lib.pretrain(config, data.pretrain, data.val_images, workdir,
+        stacks = {0: pretraining.pretrain(config, data.pretrain, data.val_images, workdir,
                                         log=log)}
     stack = stacks[0]
     if not (workdir / "pretrain" / "loss.png").exists():
@@ -102,7 +109,7 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
         """Seed ``seed``'s stack: its own when stacks are per seed, else seed 0's."""
         i = seed if per_seed else 0
         if i not in stacks:
-            stacks[i] = stack_lib.pretrain(config, data.pretrain, data.val_images, workdir,
+            stacks[i] = pretraining.pretrain(config, data.pretrain, data.val_images, workdir,
                                            log=log, seed_index=i)
         return stacks[i]
 
@@ -115,7 +122,7 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
             r["settings"] = workdir_lib.settings_digest(config, "compare")
             r.update(data.identity.to_record() if data.identity else {})
             r["pool_size"] = int(data.train_images.shape[0])
-            # Which compare seed's stack the run started from (see stack_lib.pretrain_dir).
+            # Which compare seed's stack the run started from (see pretraining.pretrain_dir).
             r["stack_seed"] = None if arm == "random" else (r["seed"] if per_seed else 0)
         # Every output of the cell is written before the record that says it is done.
         if arm in ("pretrained", "random"):
@@ -156,7 +163,7 @@ def write_tables(config, rows: list[dict], out: Path) -> None:
     # The pretraining records of every stack the runs started from (seed 0's, and the
     # per-seed ones), for the reconstruction error over stacks.
     used = sorted({r["stack_seed"] for r in rows if r.get("stack_seed") is not None} | {0})
-    metrics = [figures.read_jsonl(stack_lib.pretrain_dir(out.parent, i) / "metrics.jsonl")
+    metrics = [figures.read_jsonl(pretraining.pretrain_dir(out.parent, i) / "metrics.jsonl")
                for i in used]
     # The records carry the test split's identity (title, paper or not); older ones do not.
     identity = None if rows and "data_title" in rows[0] else config.dataset

@@ -1,0 +1,246 @@
+"""The CAE stack as a value: the :class:`Stack` module (encode to any depth, reconstruct,
+filter projection, transfer into the CNN, save/load) and the layer specs a config describes.
+
+How a stack is trained is :mod:`scae.study.pretrain`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from scae import atomic
+from scae.data import preprocess
+from scae.errors import InputError
+from scae.models import modules as models
+from scae.models import ops
+from scae.train import driver
+
+Array = jax.Array
+EVAL_BATCH = 256  # images per evaluation batch: bounds the activations held at once
+
+
+def layer_specs(config: ml_collections.ConfigDict, in_channels: int) -> list[models.CAESpec]:
+    """The CAE of each pretrained layer, from the config's ``model`` and ``pretrain``."""
+    m, p = config.model, config.pretrain
+    specs, c = [], in_channels
+    for k in range(p.layers):
+        specs.append(models.CAESpec(
+            in_channels=c, maps=m.features[k], kernel=m.kernel_sizes[k],
+            sparsity_pool=p.sparsity_pool[k], activation=m.activation, decoder=p.decoder,
+            noise=p.noise, noise_level=p.noise_level, init=m.init,
+            conv_impl=m.get("conv_impl", "auto"),
+            compute_dtype=m.get("compute_dtype", "float32"),
+            decoder_output=p.get("decoder_output", "activation")))
+        c = m.features[k]
+    return specs
+
+
+class Stack(nnx.Module):
+    """A stack of CAE layers with the CNN's max-pooling (with subsampling) between them.
+
+    ``layers[k-1]`` is CAE layer k (:class:`scae.models.modules.CAE`); ``pools[k-1]`` the
+    pooling after it. Encode images to any depth, reconstruct them, build the CNN with the
+    stack's filters (:meth:`to_cnn`), save and load it. Images given to the methods are float32
+    NHWC as the stack was trained on (see :func:`scae.api.prepare` for uint8 images).
+    """
+
+    def __init__(self, specs: Sequence[models.CAESpec], pools: Sequence[int], *,
+                 rngs: nnx.Rngs):
+        if len(pools) < len(specs):
+            raise InputError(f"stack: {len(specs)} layers need {len(specs)} pool sizes, got "
+                             f"{len(pools)}")
+        self.pools = tuple(int(p) for p in pools)
+        self.layers = nnx.List([models.CAE(s, rngs=rngs) for s in specs])
+        # How uint8 pixels become the stack's inputs (scae.api.prepare), when known.
+        self.normalizer: preprocess.Normalizer | None = None
+
+    @property
+    def specs(self) -> list[models.CAESpec]:
+        return [layer.spec for layer in self.layers]
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+    def _check_depth(self, depth: int | None) -> int:
+        depth = self.depth if depth is None else depth
+        if not 0 <= depth <= self.depth:
+            raise InputError(f"depth {depth}: the stack has layers 1..{self.depth}")
+        return depth
+
+    def features(self, x: Array, depth: int | None = None, pooled: bool = True) -> Array:
+        """``x`` through layers 1..depth, each encoded and max-pooled (the last one only when
+        ``pooled``): the input of CAE layer depth+1, or the CNN's conv features. Traceable."""
+        depth = self._check_depth(depth)
+        for k, (layer, pool) in enumerate(zip(self.layers[:depth], self.pools), start=1):
+            x = layer.encode_pooled(x, pool) if pooled or k < depth else layer.encode(x)
+        return x
+
+    def decode_to_image(self, x: Array, depth: int | None = None) -> Array:
+        """Reconstructs images ``x`` through CAE layer ``depth`` and back down the stack.
+
+        The top CAE reconstructs its input; each layer below then unpools it at the switches
+        of its own forward pass and decodes it with its decoder, back to image space.
+        """
+        depth = self._check_depth(depth)
+        hiddens, h = [], x
+        for layer, pool in zip(self.layers[:depth - 1], self.pools):
+            hid = layer.encode(h)
+            hiddens.append(hid)
+            h = ops.max_pool(hid, pool)
+        y = self.layers[depth - 1].reconstruct(h)
+        for layer, pool, hid in reversed(list(zip(self.layers, self.pools, hiddens))):
+            y = layer.decode(ops.unpool(y, hid, pool))
+        return y
+
+    def encode(self, images: np.ndarray | Array, depth: int | None = None, pooled: bool = True,
+               batch_size: int = EVAL_BATCH) -> np.ndarray:
+        """:meth:`features` of ``images`` computed batch by batch into host memory, so any
+        number of images fits: float32 (N, H', W', maps of layer ``depth``)."""
+        depth = self._check_depth(depth)
+        self._check_input(images)
+        graphdef, params = models.split(self)
+        fn = jax.jit(lambda q, x: models.merge(graphdef, q).features(x, depth, pooled))
+        return driver.map_batches(lambda x: fn(params, x), images, batch_size)
+
+    def reconstruct(self, images: np.ndarray | Array, depth: int | None = None,
+                    batch_size: int = EVAL_BATCH) -> np.ndarray:
+        """:meth:`decode_to_image` of ``images``, batch by batch into host memory."""
+        depth = self._check_depth(depth)
+        self._check_input(images)
+        graphdef, params = models.split(self)
+        fn = jax.jit(lambda q, x: models.merge(graphdef, q).decode_to_image(x, depth))
+        return driver.map_batches(lambda x: fn(params, x), images, batch_size)
+
+    def _check_input(self, images) -> None:
+        c = self.layers[0].spec.in_channels if self.depth else None
+        if getattr(images, "ndim", 0) != 4 or (c is not None and images.shape[-1] != c):
+            raise InputError(f"images of shape {tuple(getattr(images, 'shape', ()))}: the "
+                             f"stack expects NHWC images with {c} channel(s)")
+
+    def project_filters(self, k: int) -> np.ndarray:
+        """Pixel-space pictures of layer ``k``'s filters, (maps, H, W, image channels).
+
+        A deeper filter lives on the pooled maps of the layer below, which no one can read. It
+        is projected down linearly: each pooled unit is spread over its pooling window (nearest
+        upsampling) and passed through the lower layer's tied decoder, down to the image. This
+        ignores the activations (near-linear around 0), so it shows what a filter prefers, not
+        an exact preimage.
+        """
+        return np.asarray(_project(tuple(layer.w[...] for layer in self.layers[:k]),
+                                   self.pools[:k - 1]))
+
+    def to_cnn(self, spec: models.CNNSpec, *, rngs: nnx.Rngs,
+               log: Callable[[str], None] = print) -> models.CNN:
+        """A fresh :class:`scae.models.modules.CNN` of ``spec`` whose conv k takes CAE layer k's
+        encoder kernel and bias (model surgery on the state, as big_vision's
+        ``merge_params``). A shape mismatch is an :class:`InputError`; the map and every
+        parameter that keeps its fresh initialisation are logged."""
+        cnn = models.CNN(spec, rngs=rngs)
+        transfer(self, cnn, log)
+        return cnn
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the stack to the folder ``path`` (orbax parameters and ``stack.json`` with
+        the layer specs), replacing it whole: a kill leaves the old stack or the new one."""
+        path = Path(path).absolute()
+        tmp = path.with_name(f".{path.name}.saving")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / "params", jax.device_get(models.params_of(self)))
+        norm = self.normalizer
+        atomic.write_text(tmp / "stack.json", json.dumps(
+            {"pools": list(self.pools), "specs": [dataclasses.asdict(s) for s in self.specs],
+             "normalizer": None if norm is None else {
+                 "scale": norm.scale,
+                 "mean": None if norm.mean is None else np.asarray(norm.mean).tolist(),
+                 "std": None if norm.std is None else np.asarray(norm.std).tolist()}},
+            indent=1))
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Stack:
+        """A stack written by :meth:`save` (a workdir's stack: :func:`scae.load_stack`)."""
+        path = Path(path)
+        meta = path / "stack.json"
+        if not meta.exists():
+            what = ("a workdir: scae.load_stack reads its finished stack"
+                    if (path / "config.json").exists() else "not a saved stack (no stack.json)")
+            raise InputError(f"{path}: {what}")
+        try:
+            info = json.loads(meta.read_text())
+            specs = [models.CAESpec(**s) for s in info["specs"]]
+            pools = info["pools"]
+            norm = info.get("normalizer")
+            normalizer = None if norm is None else preprocess.Normalizer(
+                norm["scale"], *(None if norm[k] is None else np.asarray(norm[k], np.float32)
+                                 for k in ("mean", "std")))
+        except (ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{meta}: unreadable ({e})") from None
+        stack = cls(specs, pools, rngs=nnx.Rngs(0))
+        stack.normalizer = normalizer
+        like = models.params_of(stack)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                params = ckptr.restore(path.absolute() / "params", abstract)
+        except Exception as e:  # noqa: BLE001 - orbax raises many kinds for a damaged folder
+            raise InputError(f"{path / 'params'}: cannot read the saved parameters "
+                             f"({type(e).__name__}); save the stack again") from None
+        nnx.update(stack, params)
+        return stack
+
+
+def transfer(stack: Stack, cnn: models.CNN, log: Callable[[str], None] = print) -> None:
+    """Copies CAE layer k's ``w`` and ``b`` into ``cnn``'s conv k, in place. The decoder
+    biases ``c`` (and an untied ``w_dec``) have no counterpart in the CNN."""
+    loaded = []
+    for k, layer in enumerate(stack.layers, start=1):
+        name = f"conv{k}"
+        if name not in cnn.spec.conv_names:
+            raise InputError(f"transfer: the CNN has no layer {name} for CAE layer {k}")
+        conv = getattr(cnn, name)
+        for p in ("w", "b"):
+            src, dst = getattr(layer, p), getattr(conv, p)
+            if src[...].shape != dst[...].shape:
+                raise InputError(f"transfer: CAE layer {k} {p} has shape "
+                                 f"{tuple(src[...].shape)}, CNN {name}.{p} expects "
+                                 f"{tuple(dst[...].shape)}")
+            dst[...] = jnp.asarray(src[...], dst[...].dtype)
+            loaded.append(f"layer{k}.{p}->{name}.{p}")
+    fresh = [".".join(str(k) for k in path) for path, _ in
+             nnx.to_flat_state(nnx.state(cnn, nnx.Param))
+             if f"{path[0]}.{path[-1]}" not in {m.split("->")[1] for m in loaded}]
+    log(f"transfer: {', '.join(loaded) or 'nothing'}; fresh initialisation kept for "
+        f"{', '.join(fresh) or 'nothing'}")
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _project(kernels: tuple[Array, ...], pools: tuple[int, ...]) -> Array:
+    """:meth:`Stack.project_filters` of the last of ``kernels``: one program, where op by op
+    each convolution's patch copies would compile on their own (seconds for layer 3)."""
+    f = jnp.moveaxis(kernels[-1], 3, 0)  # each filter as a (kh, kw, c_in) map
+    for j in reversed(range(len(kernels) - 1)):
+        p = pools[j]
+        f = ops.upsample_nearest(f, p, (f.shape[1] * p, f.shape[2] * p))
+        f = ops.conv_full_tied(f, kernels[j])
+    return f
