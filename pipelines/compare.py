@@ -30,7 +30,6 @@ from pipelines import common
 from scae import atomic, provenance
 from scae import workdir as workdir_lib
 from scae.data import inputs
-from scae.report import workdir_figures as figures
 from scae.study import compare
 
 
@@ -44,7 +43,7 @@ def main(config, workdir: Path) -> None:
     compare.check_label_sizes(config, data)
     common.guard_workdir(config, workdir, common.COMPARE_KEYS, common.overwrite())
     resumed = (workdir / "pretrain" / "metrics.jsonl").exists()
-    before = len(workdir_lib.asked_runs(config, figures.read_jsonl(
+    before = len(workdir_lib.asked_runs(config, atomic.read_jsonl(
         workdir / "compare" / "runs.jsonl")))
     rows = None
     try:

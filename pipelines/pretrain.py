@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines import common
+from scae import atomic
 from scae.data import inputs
 from scae.report import workdir_figures as figures
 from scae.study import pretrain as pretraining
@@ -22,7 +23,7 @@ def main(config, workdir: Path) -> None:
     inputs.check_for(config, data, "pretrain")
     common.guard_workdir(config, workdir, common.PRETRAIN_KEYS, common.overwrite())
     trained = pretraining.pretrain(config, data.pretrain, data.val_images, workdir, log=common.log)
-    records = figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl")
+    records = atomic.read_jsonl(workdir / "pretrain" / "metrics.jsonl")
     written = figures.pretrain_figures(config, trained, data.val_images, data.normalizer,
                                        workdir / "pretrain", records,
                                        dataset_title=data.identity.title if data.identity else None)

@@ -41,7 +41,6 @@ from scae import atomic, provenance
 from scae.errors import InputError
 from scae.report import stats
 from scae.report import tables as report
-from scae.report import workdir_figures as figures
 from scae.study import sweep
 
 _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
@@ -95,14 +94,14 @@ def publish(workdir: Path, out: Path) -> list[Path]:
 
 def sweep_tables(folder: Path) -> dict[str, str]:
     """sweep.md as written from ``folder``'s sweep records ({} when it has none)."""
-    records = figures.read_jsonl(folder / sweep.RECORDS)
+    records = atomic.read_jsonl(folder / sweep.RECORDS)
     if not records:
         return {}
     return {"sweep.md": sweep.markdown(records)}
 
 
 def _verdicts_block(folder: Path) -> str:
-    rows = figures.read_jsonl(folder / "runs.jsonl")
+    rows = atomic.read_jsonl(folder / "runs.jsonl")
     if not rows:
         return f"Pending: no finished runs in `results/{folder.name}` yet."
     title = report.data_identity(rows).title
@@ -123,10 +122,10 @@ def _json(path: Path) -> dict:
 def tables(folder: Path) -> dict[str, str]:
     """runs.csv, summary.csv and summary.md as written from ``folder``'s records ({} when it
     has no runs)."""
-    rows = figures.read_jsonl(folder / "runs.jsonl")
+    rows = atomic.read_jsonl(folder / "runs.jsonl")
     if not rows:
         return sweep_tables(folder)
-    stacks = [figures.read_jsonl(p) for p in sorted(folder.glob("metrics*.jsonl"))]
+    stacks = [atomic.read_jsonl(p) for p in sorted(folder.glob("metrics*.jsonl"))]
     csv_text, md_text = report.summary_texts(rows, None, stacks)
     return {"runs.csv": report.runs_csv_text(rows), "summary.csv": csv_text,
             "summary.md": md_text}
@@ -178,7 +177,7 @@ def machine_text(machine: Mapping) -> str:
 def _table_block(folder: Path) -> str:
     if not (folder / "runs.jsonl").is_file():
         return f"Pending: no finished runs in `results/{folder.name}` yet."
-    rows = figures.read_jsonl(folder / "runs.jsonl")
+    rows = atomic.read_jsonl(folder / "runs.jsonl")
     md = tables(folder)["summary.md"]
     body = md.split("\n", 1)[1].strip()  # without the summary's title
     pending = pending_cells(_json(folder / "config.json"), rows)
@@ -190,7 +189,7 @@ def _table_block(folder: Path) -> str:
 
 def _expected_block(folder: Path) -> str:
     """The job's numbers in one paragraph, with its machine and wall time."""
-    rows = figures.read_jsonl(folder / "runs.jsonl")
+    rows = atomic.read_jsonl(folder / "runs.jsonl")
     if not rows:
         command = COMMANDS.get(folder.name, "python -m pipelines.compare ...")
         return (f"Expected output: pending (no committed record yet). To produce it: "

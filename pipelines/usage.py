@@ -282,17 +282,3 @@ def missing_key(config, argv: Sequence[str]) -> str | None:
                 return key
     return None
 
-
-def parse_plain(argv: list[str]) -> list[str]:
-    """absl flag parsing for a command without a config: ``--help`` prints the command's help
-    and exits 0; a bad flag is one line on stderr and exit status 2."""
-    argv, wants_help = split_help(argv)
-    try:
-        rest = flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
-    if wants_help:
-        print(command_help(uses_config=False), end="")
-        sys.exit(0)
-    return rest

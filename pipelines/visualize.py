@@ -24,6 +24,7 @@ from absl import flags
 from flax import nnx
 
 from pipelines import common
+from scae import atomic
 from scae import workdir as workdir_lib
 from scae.data import inputs
 from scae.errors import InputError
@@ -59,13 +60,13 @@ def main(config, workdir: Path) -> None:
     out = workdir / "figures"
     written = figures.pretrain_figures(
         config, params, data.val_images, data.normalizer, out,
-        figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"))
+        atomic.read_jsonl(workdir / "pretrain" / "metrics.jsonl"))
     fresh = models.CNN(models.CNNSpec.from_config(config.model, data.image_shape),
                        rngs=nnx.Rngs(config.seed))
     written.append(figures.filters_compared_figure(
         config, params, np.moveaxis(np.asarray(fresh.conv1.w[...]), 3, 0),
         workdir / "compare", out / "filters_conv1_compared.png"))
-    rows = figures.read_jsonl(workdir / "compare" / "runs.jsonl")
+    rows = atomic.read_jsonl(workdir / "compare" / "runs.jsonl")
     if rows:
         written += figures.comparison_figures(config, data, params, rows, workdir / "compare",
                                               out)

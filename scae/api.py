@@ -137,8 +137,8 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     if config is None:
         config = make_config("cifar10" if x.shape[-1] == 3 else "mnist", preset)
     config = override(config, **overrides)
-    if arm not in finetuning.ARMS:
-        raise InputError(f"arm {arm!r}: expected one of {', '.join(finetuning.ARMS)}")
+    if arm not in cfglib.ARMS:
+        raise InputError(f"arm {arm!r}: expected one of {', '.join(cfglib.ARMS)}")
     if arm != "random" and stack is None:
         raise InputError(f"arm {arm!r} needs a stack (stack=...)")
     y = _labels(train_labels, x, "train_labels", config.model.num_classes)

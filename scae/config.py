@@ -31,7 +31,6 @@ MAX_SEED = 2**32 - 1
 # Image channels the figures can draw (grayscale, RGB); others are refused up front.
 CHANNELS = (1, 3)
 # What each command needs of the config beyond :func:`validate`.
-COMMANDS = ("pretrain", "compare", "filters", "visualize", "encode", "export")
 
 
 def base_config(dataset: str) -> ml_collections.ConfigDict:

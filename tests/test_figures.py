@@ -60,7 +60,7 @@ class Snapshot:
                        for t in (ax.title, ax._left_title, ax._right_title) if t.get_text()]
         self.texts = []  # (kind, text, box)
         for ax in self.axes:
-            for t in plots.tick_labels(ax):
+            for t in tick_labels(ax):
                 self.texts.append(("tick", t.get_text(), t.get_window_extent(r)))
             for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label,
                       ax.yaxis.label):
@@ -76,7 +76,7 @@ class Snapshot:
         self.ylabels = [ax.get_ylabel() for ax in self.axes if ax.axison]
         self.epoch_ticks = [t for ax in self.axes if ax.get_xlabel() == "epoch"
                             for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
-        self.x_tick_texts = [[t.get_text() for t in plots.tick_labels(ax, "x")]
+        self.x_tick_texts = [[t.get_text() for t in tick_labels(ax, "x")]
                              for ax in self.axes]
 
     def all_text(self) -> str:
@@ -248,3 +248,20 @@ def test_visualize_style():
         assert matplotlib.rcParams["axes.facecolor"] == "#E5E5E5"
     with pytest.raises(InputError, match="--style: 'no-such-style'"):
         visualize._use_style("no-such-style")
+
+def tick_labels(ax, which: str = "xy") -> list:
+    """The tick labels of ``ax`` a reader sees: visible, non-empty and inside the view (of the
+    x and/or y axis, major and minor)."""
+    out = []
+    for axis in (ax.xaxis if "x" in which else None, ax.yaxis if "y" in which else None):
+        if axis is None:
+            continue
+        lo, hi = sorted(axis.get_view_interval())
+        span = (hi - lo) * 1e-9
+        for tick in itertools.chain(axis.get_major_ticks(), axis.get_minor_ticks()):
+            if not lo - span <= tick.get_loc() <= hi + span:
+                continue
+            for label in (tick.label1, tick.label2):
+                if label.get_visible() and label.get_text().strip():
+                    out.append(label)
+    return out

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import configs.mnist
+from scae import atomic
 from scae.models import modules as models
-from scae.report import workdir_figures as figures
 from scae.study import pretrain as pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,8 +105,8 @@ def test_two_processes_give_identical_parameters_and_metrics(smoke_compare, tmp_
     for name in ("pretrain/metrics.jsonl", "compare/runs.jsonl"):
         timing = ("time_s", "cell_time_s", "img_per_s")
         strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]
-        assert strip(figures.read_jsonl(w / name)) == \
-            strip(figures.read_jsonl(smoke_compare / name)), name
+        assert strip(atomic.read_jsonl(w / name)) == \
+            strip(atomic.read_jsonl(smoke_compare / name)), name
     for arm in ("pretrained", "random"):  # the fine-tuned first-layer filters
         name = f"compare/conv1_{arm}_100.npy"
         np.testing.assert_array_equal(np.load(w / name), np.load(smoke_compare / name))
@@ -151,12 +151,12 @@ def interrupt(module: str, workdir: Path, *, marker: str | None = None,
 def finished_work(workdir: Path, reference: Path) -> tuple[set[int], set[str]]:
     """The CAE layers whose last checkpoint is in ``workdir``, and the arms whose runs are
     recorded there (the smoke preset has one label size)."""
-    total = {r["layer"]: r["step"] for r in figures.read_jsonl(reference / "pretrain" /
+    total = {r["layer"]: r["step"] for r in atomic.read_jsonl(reference / "pretrain" /
                                                                 "metrics.jsonl")}
     layers = {k for k, steps in total.items()
               if str(steps) in {p.name for p in (workdir / "pretrain" / "ckpt" /
                                                    f"layer{k}").glob("*")}}
-    arms = {r["arm"] for r in figures.read_jsonl(workdir / "compare" / "runs.jsonl")}
+    arms = {r["arm"] for r in atomic.read_jsonl(workdir / "compare" / "runs.jsonl")}
     return layers, arms
 
 
@@ -214,8 +214,8 @@ def test_sigkill_anywhere_then_rerun_matches_the_uninterrupted_run(smoke_compare
     assert again.returncode == 0, again.stderr[-3000:]
     assert_nothing_redone(again.stderr, *done)
     _same_stack(smoke_compare, w)
-    ref = figures.read_jsonl(smoke_compare / "compare" / "runs.jsonl")
-    got = figures.read_jsonl(w / "compare" / "runs.jsonl")
+    ref = atomic.read_jsonl(smoke_compare / "compare" / "runs.jsonl")
+    got = atomic.read_jsonl(w / "compare" / "runs.jsonl")
     assert [[r[k] for k in RUN_KEYS] for r in ref] == [[r[k] for k in RUN_KEYS] for r in got]
     assert (w / "compare" / "summary.md").read_text() == \
         (smoke_compare / "compare" / "summary.md").read_text()
@@ -227,7 +227,7 @@ def test_sigkill_anywhere_then_rerun_matches_the_uninterrupted_run(smoke_compare
     # The per-epoch records survive too: the same layers, epochs, steps and settings, and the
     # same losses to float32 tolerance (a resumed layer replays its steps); times differ.
     timing = ("time_s", "cell_time_s", "img_per_s")
-    records = lambda d: figures.read_jsonl(d / "pretrain" / "metrics.jsonl")
+    records = lambda d: atomic.read_jsonl(d / "pretrain" / "metrics.jsonl")
     assert len(records(w)) == len(records(smoke_compare)) > 0
     for r, q in zip(records(smoke_compare), records(w)):
         assert {k: v for k, v in r.items() if k not in timing + ("train_mse", "val_mse")} == \

@@ -9,9 +9,9 @@ import pytest
 from conftest import two_layer_config as _config
 from flax import nnx
 
+from scae import atomic
 from scae.models import modules as models
 from scae.models import stack
-from scae.report import workdir_figures as figures
 from scae.study import pretrain as pretraining
 from scae.train import checkpoint, optim
 
@@ -31,7 +31,7 @@ def test_loss_decreases_and_runs_are_deterministic(tmp_path, images):
     a = pretraining.pretrain(config, images, images[:64], tmp_path / "a", log=_quiet)
     b = pretraining.pretrain(config, images, images[:64], tmp_path / "b", log=_quiet)
     jax.tree.map(np.testing.assert_array_equal, models.params_of(a), models.params_of(b))
-    records = figures.read_jsonl(tmp_path / "a" / "pretrain" / "metrics.jsonl")
+    records = atomic.read_jsonl(tmp_path / "a" / "pretrain" / "metrics.jsonl")
     layer1 = [r for r in records if r["layer"] == 1]
     assert [r["epoch"] for r in layer1] == [1, 2, 3, 4]
     assert layer1[-1]["train_mse"] < layer1[0]["train_mse"]
@@ -62,8 +62,8 @@ def test_resume_after_interruption_gives_the_same_parameters(tmp_path, images, m
                  models.params_of(reference), models.params_of(resumed))
     # The per-epoch records survive the kill too (times differ; losses do not).
     keys = ("layer", "epoch", "step", "train_mse", "val_mse")
-    ref = figures.read_jsonl(tmp_path / "ref" / "pretrain" / "metrics.jsonl")
-    run = figures.read_jsonl(tmp_path / "run" / "pretrain" / "metrics.jsonl")
+    ref = atomic.read_jsonl(tmp_path / "ref" / "pretrain" / "metrics.jsonl")
+    run = atomic.read_jsonl(tmp_path / "run" / "pretrain" / "metrics.jsonl")
     assert len(ref) == len(run) == 3
     for r, q in zip(ref, run):
         assert [r[k] for k in keys[:3]] == [q[k] for k in keys[:3]]
@@ -103,7 +103,7 @@ def _assert_close(a: stack.Stack, b: stack.Stack) -> None:
 
 
 def _metrics(workdir, i):
-    return figures.read_jsonl(pretraining.pretrain_dir(workdir, i) / "metrics.jsonl")
+    return atomic.read_jsonl(pretraining.pretrain_dir(workdir, i) / "metrics.jsonl")
 
 
 def test_stacks_trained_together_are_the_ones_trained_one_after_another(tmp_path, images,

@@ -3,8 +3,8 @@ zero padding and random horizontal flips (Cireşan et al. 2011 trained a CNN of 
 on CIFAR-10 with translations).
 
 The arms of one seed must see identical augmented batches, so that their difference measures
-the initialisation only: the key comes from :func:`step_key` (the seed's key and the step),
-never from anything that depends on the arm.
+the initialisation only: the key is the seed's per-step key (:mod:`scae.study.finetune`),
+never anything that depends on the arm.
 """
 
 from __future__ import annotations
@@ -13,17 +13,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-
-# Folded into the seed's key first, so the augmentation stream is independent of every other
-# use of that key (subsets, initialisation, batch order, dropout).
-AUGMENT_STREAM = 0x5CAE
-
-
-def step_key(seed_key: jax.Array, step: jax.Array | int) -> jax.Array:
-    """The augmentation key of one training step of one seed (``step`` may be traced).
-
-    Depends on the seed's key and the step only, so every arm gets the same augmentation."""
-    return jax.random.fold_in(jax.random.fold_in(seed_key, AUGMENT_STREAM), step)
 
 
 @functools.partial(jax.jit, static_argnames=("translate", "flip"))

@@ -63,7 +63,7 @@ def matrices(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def supports(w_shape: tuple[int, ...]) -> bool:
     """Whether :func:`conv_valid` handles a kernel of this HWIO shape: square, k in
     :data:`KERNELS`."""
-    return len(w_shape) == 4 and w_shape[0] == w_shape[1] and w_shape[0] in _POINTS
+    return len(w_shape) == 4 and w_shape[0] == w_shape[1] and w_shape[0] in KERNELS
 
 
 def _tiles(h: int, w: int, k: int) -> tuple[int, int]:

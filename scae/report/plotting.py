@@ -7,7 +7,6 @@ checkpoints. Files are written via a temporary name and a rename.
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import textwrap
@@ -54,23 +53,6 @@ def integer_ticks(axis) -> None:
     """Only whole-number ticks on ``axis`` (epochs, counts)."""
     axis.set_major_locator(ticker.MaxNLocator(integer=True, nbins="auto", min_n_ticks=2))
 
-
-def tick_labels(ax, which: str = "xy") -> list:
-    """The tick labels of ``ax`` a reader sees: visible, non-empty and inside the view (of the
-    x and/or y axis, major and minor)."""
-    out = []
-    for axis in (ax.xaxis if "x" in which else None, ax.yaxis if "y" in which else None):
-        if axis is None:
-            continue
-        lo, hi = sorted(axis.get_view_interval())
-        span = (hi - lo) * 1e-9
-        for tick in itertools.chain(axis.get_major_ticks(), axis.get_minor_ticks()):
-            if not lo - span <= tick.get_loc() <= hi + span:
-                continue
-            for label in (tick.label1, tick.label2):
-                if label.get_visible() and label.get_text().strip():
-                    out.append(label)
-    return out
 
 
 def _overlap(a, b, pad: float = 1.0) -> bool:

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scae.config import ARMS
+
 # Display and sort order of the arms; unknown arms follow in name order.
-ARMS = ("random", "pretrained", "frozen")
 BASELINE = "random"
 ALPHA = 0.05
 # Per-seed differences closer than this (percentage points) count as equal: recorded test

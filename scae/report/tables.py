@@ -103,10 +103,6 @@ def _sort_rows(rows: Sequence[Mapping]) -> list[Mapping]:
                                        int(r.get("seed", 0))))
 
 
-def _dataset_name(dataset: str) -> str:
-    return DATASET_NAMES.get(dataset, dataset)
-
-
 # ---------------------------------------------------------------------------------------------
 # Tables
 

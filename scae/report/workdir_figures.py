@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from scae import atomic
 from scae.data import preprocess
 from scae.models.stack import Stack
 from scae.report import compare_plots as comparison_plots
@@ -141,9 +140,3 @@ def filters_compared_figure(config, stack: Stack, random_filters: np.ndarray, co
         title, f"first-layer filters ({n} of {h}x{w} pixels) before and after fine-tuning"))
     return path
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file (an absent file has none)."""
-    if not path.exists():
-        return []
-    return atomic.read_jsonl(path)

@@ -69,7 +69,7 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
     out = workdir / "compare"
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "runs.jsonl"
-    rows = figures.read_jsonl(rows_path)
+    rows = atomic.read_jsonl(rows_path)
     fc = config.finetune
     # Only the runs this config asks for, made with its settings, count as done or reported;
     # runs.jsonl keeps every record.
@@ -98,7 +98,7 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
     if not (workdir / "pretrain" / "loss.png").exists():
         figures.pretrain_figures(config, stack, data.val_images, data.normalizer,
                                  workdir / "pretrain",
-                                 figures.read_jsonl(workdir / "pretrain" / "metrics.jsonl"),
+                                 atomic.read_jsonl(workdir / "pretrain" / "metrics.jsonl"),
                                  dataset_title=data.identity.title if data.identity else None)
         # The figures' programs and buffers would otherwise stay until the first cell ends,
         # adding to its peak.
@@ -163,7 +163,7 @@ def write_tables(config, rows: list[dict], out: Path) -> None:
     # The pretraining records of every stack the runs started from (seed 0's, and the
     # per-seed ones), for the reconstruction error over stacks.
     used = sorted({r["stack_seed"] for r in rows if r.get("stack_seed") is not None} | {0})
-    metrics = [figures.read_jsonl(pretraining.pretrain_dir(out.parent, i) / "metrics.jsonl")
+    metrics = [atomic.read_jsonl(pretraining.pretrain_dir(out.parent, i) / "metrics.jsonl")
                for i in used]
     # The records carry the test split's identity (title, paper or not); older ones do not.
     identity = None if rows and "data_title" in rows[0] else config.dataset

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import ml_collections
 
+from scae import atomic
 from scae import config as cfglib
 from scae.data import inputs as inputs_lib
 from scae.report import plotting as plots
@@ -38,7 +39,7 @@ def run(config, data: inputs_lib.Inputs, workdir: Path,
         sub = workdir / name
         log(f"variant {name}: {config.variants[name].title}")
         params = pretraining.pretrain(c, data.pretrain, data.val_images, sub, log=log)
-        records = figures.read_jsonl(sub / "pretrain" / "metrics.jsonl")
+        records = atomic.read_jsonl(sub / "pretrain" / "metrics.jsonl")
         figures.pretrain_figures(c, params, data.val_images, data.normalizer, sub / "pretrain",
                                  records)
         mse = records[-1]["val_mse"]

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scae.config import ARMS
 from scae.data import augment
 from scae.data import inputs as inputs_lib
 from scae.models import modules as models
@@ -33,7 +34,6 @@ Array = jax.Array
 # images). 128 take 128 MB of temporaries, half of what 256 take, at the same speed
 # (docs/performance.md).
 EVAL_BATCH = 128
-ARMS = ("random", "pretrained", "frozen")
 # The frozen arm trains on its conv features computed once (when no augmentation changes the
 # images between steps) while they take at most this many bytes over all the seeds of a cell.
 FROZEN_CACHE_BYTES = 2 << 30
