@@ -28,10 +28,11 @@ def huge_pages_env() -> dict[str, str] | None:
     large blocks with transparent huge pages, or None where that is off, on or unavailable.
 
     XLA's CPU runtime allocates each call's temporaries afresh, and glibc serves blocks that
-    large with new pages from the kernel: 11,000-40,000 page faults per call of the paper's
-    conv 2 (128 images). glibc's ``hugetlb`` tunable (glibc >= 2.35) makes them 2 MB pages where the
-    kernel's transparent huge pages are not 'never': 20-110x fewer faults and 4-9% faster
-    steps (docs/performance.md). Tunables are read only when a process starts, hence the exec:
+    large with new pages from the kernel, thousands of page faults per call of the paper's
+    conv 2. glibc's ``hugetlb`` tunable (glibc >= 2.35) makes them huge pages where the
+    kernel's transparent huge pages are not 'never': far fewer faults and faster steps
+    (docs/performance.md, "Winograd's F(2×2, 5×5) for the 5×5 layers, and huge pages").
+    Tunables are read only when a process starts, hence the exec:
     same PID, same arguments. ``SCAE_HUGE_PAGES=0`` turns it off."""
     if sys.platform != "linux" or os.environ.get("SCAE_HUGE_PAGES", "1") == "0":
         return None
@@ -220,9 +221,10 @@ def run(main: Callable, needs_config: bool = True, needs_workdir: bool = True) -
     74, SIGINT 130, SIGTERM 143 (see :mod:`scae.errors`). Without ``needs_workdir`` a missing
     ``--workdir`` gives ``workdir=None``."""
     command = _command(main)
-    # A command's imports (JAX, flax, orbax: about 200,000 objects) live as long as it does.
+    # A command's imports (JAX, flax, orbax: a great many objects) live as long as it does.
     # Frozen, they are out of the way of the cyclic collector's full passes during the run and
-    # of the passes Python makes as it shuts down: exit took about 1 s otherwise.
+    # of the passes Python makes as it shuts down (docs/performance.md, "commands that end at
+    # once").
     freeze = gc.freeze if _AS_COMMAND else lambda: None
     freeze()
 
@@ -294,8 +296,8 @@ def warn_emulated_bf16(config) -> None:
 
 def enable_compilation_cache() -> Path | None:
     """Keeps every compiled XLA program on disk, so a rerun (a resume after a kill, another
-    seed, the next preset) loads it instead of compiling again: a smoke pretrain starts in
-    9 s instead of 37 s on 2 CPU cores. JAX keys each entry on the program, the compile options,
+    seed, the next preset) loads it instead of compiling again (docs/performance.md,
+    "Compilation from a cold cache"). JAX keys each entry on the program, the compile options,
     the devices and its own version, so a stale entry is never used. The folder is
     ``$JAX_COMPILATION_CACHE_DIR`` or ``<SCAE_CACHE_DIR or ~/.cache/scae>/xla``;
     ``SCAE_COMPILATION_CACHE=0`` turns it off. Returns the folder in use."""
@@ -317,8 +319,8 @@ def enable_compilation_cache() -> Path | None:
         return None
     jax.config.update("jax_compilation_cache_dir", folder)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-        # JAX's default (1 s) skips the many small programs that together cost most of a
-        # short run's start-up.
+        # JAX's default minimum compile time skips the many small programs that together cost
+        # most of a short run's start-up.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return Path(folder)
 

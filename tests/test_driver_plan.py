@@ -1,5 +1,6 @@
 """The driver's plan: how a run's steps are cut into compiled calls."""
 
+import jax
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -35,3 +36,14 @@ def test_call_size_divides_the_epoch_when_it_can():
     assert driver.plan(15 * 64, 64, 1).call_size(50) == 15
     assert driver.plan(311, 1, 1).call_size(50) == 50  # prime: calls of 50 and one of 11
     assert [k for *_, k in driver.plan(311, 1, 1).chunks(0, 50)] == [50] * 6 + [11]
+
+
+def test_the_jax_internals_the_driver_clears_still_exist():
+    """driver._drop_executables clears JAX's executable caches through private names (there is
+    no public call that keeps the traces); when a JAX release removes them, the driver falls
+    back to jax.clear_caches, slower to restart phases. This test says so instead of a silent
+    slowdown: update driver.executable_caches for the new JAX."""
+    clears = driver.executable_caches()
+    assert clears is not None, (f"jax {jax.__version__} lacks the executable caches that "
+                                "scae.train.driver.executable_caches names")
+    assert all(callable(f) for f in clears)

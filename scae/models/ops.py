@@ -119,8 +119,8 @@ def _window_patches(x: Array, kh: int, kw: int, ho: int, wo: int, a: int = 0, b:
 
     One gather, except for the bf16 bits (uint16, :func:`_patches`), which concatenate the
     kh*kw shifted slices. Both are the same copy; XLA's CPU backend compiles each slice as its
-    own fusion (2-6 s of LLVM per float32 program, the gather one fusion), while in the bf16
-    steps the slices ran 4-7% faster than a 2-byte gather (docs/performance.md)."""
+    own fusion (longer LLVM compilation per float32 program; the gather is one fusion), while
+    in the bf16 steps the slices ran faster than a 2-byte gather (docs/performance.md)."""
     n, c = x.shape[0], x.shape[-1]
     if x.dtype == jnp.uint16:
         return jnp.concatenate([x[:, a + i:a + i + p * (ho - 1) + 1:p,
@@ -282,7 +282,7 @@ def strided_im2col(x: Array, kh: int, kw: int, p: int, a: int, b: int) -> Array:
 # A convolution followed by p x p max-pooling, as p*p matmuls, one per position in the pooling
 # window, and their elementwise maximum: the same values as pooling the whole convolution, but
 # the unpooled output is never written. For one input channel (conv 1) that output is most of
-# the layer's memory traffic: about 1.3x faster CNN forward passes on the CPU. Training
+# the layer's memory traffic, so CNN forward passes run faster on the CPU. Training
 # (under differentiation) keeps pooling the whole convolution, whose backward pass measured
 # faster than one through the p*p matmuls (docs/performance.md).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -417,7 +417,7 @@ def _up(pooled: Array) -> Array:
 # Pooling is built from elementwise operations on the p*p strided views and on the window view
 # of a reshape, with a hand-written gradient: XLA's CPU backend ran the gradient of a max
 # reduction over the window axes (location indicators, their counts by a sum reduction, the
-# broadcasts back) 4-5x slower, and the reductions of the old mask 5-8x slower, than the same
+# broadcasts back) and the reductions of an explicit mask several times slower than the same
 # values computed so (docs/performance.md).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool_whole(x: Array, p: int) -> Array:

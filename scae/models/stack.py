@@ -237,7 +237,7 @@ def transfer(stack: Stack, cnn: models.CNN, log: Callable[[str], None] = print) 
 @functools.partial(jax.jit, static_argnums=1)
 def _project(kernels: tuple[Array, ...], pools: tuple[int, ...]) -> Array:
     """:meth:`Stack.project_filters` of the last of ``kernels``: one program, where op by op
-    each convolution's patch copies would compile on their own (seconds for layer 3)."""
+    each convolution's patch copies would compile as programs of their own."""
     f = jnp.moveaxis(kernels[-1], 3, 0)  # each filter as a (kh, kw, c_in) map
     for j in reversed(range(len(kernels) - 1)):
         p = pools[j]

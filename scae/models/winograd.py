@@ -225,8 +225,8 @@ def _pool2_forward(x: Array, w: Array) -> Array:
 
 
 # The gradient of a max reduction over the tiles' four outputs (location indicators, their
-# counts by a sum reduction, the broadcasts back) ran 15-25x slower on XLA's CPU backend than the
-# same values from elementwise operations on the four (docs/performance.md).
+# counts by a sum reduction, the broadcasts back) ran several times slower on XLA's CPU backend
+# than the same values from elementwise operations on the four (docs/performance.md).
 @jax.custom_vjp
 def _max_of(xs: list[Array]) -> Array:
     """The elementwise maximum of equally shaped arrays; the maxima share the gradient

@@ -30,9 +30,8 @@ from scae.train import driver, optim
 
 Array = jax.Array
 # Images evaluated at once over the seeds a program holds at once (driver.seeds_at_once): a
-# vmapped evaluation holds each seed's activations (conv2's patches alone: 20 MB per 32 MNIST
-# images). 128 take 128 MB of temporaries, half of what 256 take, at the same speed
-# (docs/performance.md).
+# vmapped evaluation holds each seed's activations (conv2's patches dominate), and 128 take half
+# the temporaries of 256 at the same speed (docs/performance.md).
 EVAL_BATCH = 128
 # The frozen arm trains on its conv features computed once (when no augmentation changes the
 # images between steps) while they take at most this many bytes over all the seeds of a cell.

@@ -101,9 +101,9 @@ def resolve_seed_batching(mode: str = "auto") -> str:
 
     'vmap' batches the seeds into every operation, which fills a GPU or TPU. 'map' runs them
     one after another within the same program (``lax.map``): on a CPU one seed's batch already
-    keeps the cores busy, and vmapped seeds add layout copies around the batched matmuls (the
-    quick job's fine-tuning step: 15-20% slower vmapped, docs/performance.md); it also holds
-    one seed's activations at a time. Both compute the same values up to float32 rounding."""
+    keeps the cores busy, and vmapped seeds add layout copies around the batched matmuls
+    (docs/performance.md, "The seeds of a cell one after another, in one program"); it also
+    holds one seed's activations at a time. Both compute the same values up to float32 rounding."""
     if mode not in SEED_BATCHINGS:
         raise ValueError(f"seed batching {mode!r} not in {SEED_BATCHINGS}")
     if mode == "auto":
@@ -434,10 +434,10 @@ def release_freed_memory() -> bool:
     """Drops JAX's in-memory compiled programs and hands the C heap's free pages back to the
     system (:func:`trim_heap`); True when the pages were handed back.
 
-    JAX keeps every program it compiled (about 100 MB for a pretraining run) until its caches
-    are cleared, and glibc keeps freed pages, so without this a job's resident memory would
-    grow to the sum of its phases' peaks instead of their maximum. A program needed again is
-    read back from the persistent compilation cache."""
+    JAX keeps every program it compiled until its caches are cleared, and glibc keeps freed
+    pages, so without this a job's resident memory would grow to the sum of its phases' peaks
+    instead of their maximum. A program needed again is read back from the persistent
+    compilation cache."""
     _drop_executables()
     return trim_heap()
 
@@ -446,28 +446,39 @@ def _drop_executables() -> None:
     """Drops JAX's in-memory compiled programs but keeps their traced and lowered forms: the
     small programs every phase runs again (the initialisers, batch order, checks, eager array
     operations) then skip tracing and lowering and only load their executable from the
-    persistent cache. Where this JAX lacks these internals, all of its caches are cleared."""
+    persistent cache. JAX has no public call for that (``jax.clear_caches`` drops the traces
+    too), so it uses JAX internals (:func:`executable_caches`); where this JAX lacks them, all
+    of its caches are cleared."""
+    clears = executable_caches()
+    if clears is None:
+        jax.clear_caches()
+        return
+    for f in clears:
+        f()
+
+
+def executable_caches() -> tuple[Callable[[], Any], ...] | None:
+    """The clear functions of JAX's caches of compiled executables (private names, the one
+    place this package uses any; tests/test_driver_plan.py fails when a JAX release removes
+    them), or None where they are missing."""
     try:
         from jax._src import pjit
         from jax._src.interpreters import pxla
         from jax._src.lib import _jax
 
-        clear = (pxla.clear_in_memory_compilation_cache, pjit._pjit_lower.cache_clear,
-                 pjit._cpp_pjit_cache_fun_only.clear,
-                 pjit._cpp_pjit_cache_explicit_attributes.clear, _jax.PjitFunctionCache.clear_all)
+        return (pxla.clear_in_memory_compilation_cache, pjit._pjit_lower.cache_clear,
+                pjit._cpp_pjit_cache_fun_only.clear,
+                pjit._cpp_pjit_cache_explicit_attributes.clear, _jax.PjitFunctionCache.clear_all)
     except (ImportError, AttributeError):
-        jax.clear_caches()
-        return
-    for f in clear:
-        f()
+        return None
 
 
 def trim_heap() -> bool:
     """glibc's ``malloc_trim``: the C heap's free pages back to the system, True when some
     were. Evaluations and checkpoints between training calls leave freed blocks that the next
     call's temporaries do not reuse, so without it the resident memory of a phase creeps up
-    with each evaluation (about 60 MB each in the quick job's cells). A no-op where the C
-    library is not glibc."""
+    with each evaluation (docs/performance.md, memory). A no-op where the C library is not
+    glibc."""
     global _malloc_trim
     if _malloc_trim is None:
         try:
