@@ -23,27 +23,5 @@ from scae import config as cfglib
 
 
 def get_config(arg: str | None = None):
-    preset = cfglib.preset_arg(arg, ("smoke", "quick", "paper"))
-    c = cfglib.base_config("cifar10")
-    c.data.source = "cifar10"
-    c.data.validation_size = 5000
-    c.data.standardize = True
-    # Standardised (or whitened) pixels reach beyond the scaled tanh's +-1.716: the decoder's
-    # output is linear so that the CAEs can reconstruct what they are given.
-    c.pretrain.decoder_output = "linear"
-    cfglib.apply_preset(c, preset)
-    if preset == "paper":
-        c.compare.label_sizes = (1000, 10000, 45000)
-        # The recipe chosen on validation by configs/cifar10_sweep.py (results/cifar10_sweep):
-        # GCN + ZCA whitening, learning rate 0.03, weight decay 5e-4, random translations by
-        # up to 2 pixels and horizontal flips.
-        c.data.standardize = False
-        c.data.preprocess = "gcn_zca"
-        c.finetune.learning_rate = 0.03
-        c.finetune.weight_decay = 0.0005
-        c.finetune.augment_translate = 2
-        c.finetune.augment_flip = True
-        # The full cell trains again on all 50k training images (validation included) for the
-        # schedule chosen on validation, as the paper's 50k; see finetune.refit_full.
-        c.finetune.refit_full = True
-    return c
+    # The presets are defined once, in scae.config, which scae.make_config reads too.
+    return cfglib.dataset_config("cifar10", cfglib.preset_arg(arg, ("smoke", "quick", "paper")))

@@ -17,10 +17,5 @@ from scae import config as cfglib
 
 
 def get_config(arg: str | None = None):
-    preset = cfglib.preset_arg(arg, ("smoke", "quick", "paper"))
-    c = cfglib.base_config("mnist")
-    c.data.source = "mnist"
-    cfglib.apply_preset(c, preset)
-    if preset == "paper":
-        c.compare.num_seeds = 10
-    return c
+    # The presets are defined once, in scae.config, which scae.make_config reads too.
+    return cfglib.dataset_config("mnist", cfglib.preset_arg(arg, ("smoke", "quick", "paper")))

@@ -39,13 +39,10 @@ from scae.study import pretrain as pretraining
 def make_config(dataset: str = "mnist", preset: str = "paper",
                 **overrides: Any) -> ml_collections.ConfigDict:
     """The config of ``dataset`` ('mnist' or 'cifar10', the paper's architecture for 28x28 or
-    32x32 images) with a preset ('smoke', 'quick', 'paper') and keyword overrides
-    (``section__field=value``), validated."""
-    if dataset not in ("mnist", "cifar10"):
-        raise InputError(f"dataset {dataset!r}: expected 'mnist' or 'cifar10'")
-    c = cfglib.base_config(dataset)
-    cfglib.apply_preset(c, cfglib.preset_arg(preset, ("smoke", "quick", "paper")))
-    return override(c, **overrides)
+    32x32 images) with a preset ('smoke', 'quick', 'paper'): exactly what
+    ``configs/<dataset>.py:<preset>`` gives (one definition, :func:`scae.config.dataset_config`),
+    with keyword overrides (``section__field=value``), validated."""
+    return override(cfglib.dataset_config(dataset, preset), **overrides)
 
 
 def override(config: ml_collections.ConfigDict, **overrides: Any) -> ml_collections.ConfigDict:

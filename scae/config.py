@@ -92,8 +92,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.pretrain.checkpoint_every_steps = 500  # periodic checkpoint within a layer
     # Layer k's inputs (the frozen layers' features): 'always' computes them once and keeps
     # them, 'never' re-encodes every batch, 'auto' keeps them only where re-encoding would cost
-    # more than 5% of the layer's own step (layer 2 of the paper's stack re-encodes: its inputs
-    # would take 2.9 GB for 50k MNIST images; layer 3 keeps them). The same numbers either way.
+    # more than a small share of the layer's own step (scae.study.pretrain.REENCODE_SHARE; the
+    # paper's layer 2 re-encodes, layer 3 keeps them). The same numbers either way.
     c.pretrain.cache_features = "auto"
     c.pretrain.eval_size = 2000  # validation images for the reconstruction MSE
     # After a non-finite loss or parameter: halve the learning rate and resume from the last
@@ -412,6 +412,47 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:
         c.compare.label_sizes = (1000,)
         c.compare.num_seeds = 3
         c.compare.stack_per_seed = False  # one stack for time; the summary says so
+
+
+PRESETS = ("smoke", "quick", "paper")
+DATASETS = ("mnist", "cifar10")
+
+
+def dataset_config(dataset: str, preset: str) -> ml_collections.ConfigDict:
+    """The comparison config of ``dataset`` ('mnist' or 'cifar10') with ``preset`` (one of
+    :data:`PRESETS`): the one definition that ``configs/<dataset>.py:<preset>`` and
+    :func:`scae.make_config` both return."""
+    if dataset not in DATASETS:
+        raise InputError(f"dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    preset = preset_arg(preset, PRESETS)
+    c = base_config(dataset)
+    c.data.source = dataset
+    if dataset == "cifar10":
+        c.data.validation_size = 5000
+        c.data.standardize = True
+        # Standardised (or whitened) pixels reach beyond the scaled tanh's +-1.716: the
+        # decoder's output is linear so that the CAEs can reconstruct what they are given.
+        c.pretrain.decoder_output = "linear"
+    apply_preset(c, preset)
+    if preset != "paper":
+        return c
+    if dataset == "mnist":
+        c.compare.num_seeds = 10
+        return c
+    c.compare.label_sizes = (1000, 10000, 45000)
+    # The recipe chosen on validation by configs/cifar10_sweep.py (results/cifar10_sweep):
+    # GCN + ZCA whitening, learning rate 0.03, weight decay 5e-4, random translations by up
+    # to 2 pixels and horizontal flips.
+    c.data.standardize = False
+    c.data.preprocess = "gcn_zca"
+    c.finetune.learning_rate = 0.03
+    c.finetune.weight_decay = 0.0005
+    c.finetune.augment_translate = 2
+    c.finetune.augment_flip = True
+    # The full cell trains again on all 50k training images (validation included) for the
+    # schedule chosen on validation, as the paper's 50k; see finetune.refit_full.
+    c.finetune.refit_full = True
+    return c
 
 
 def preset_arg(arg: str | None, presets: Sequence[str]) -> str:

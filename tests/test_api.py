@@ -3,6 +3,7 @@ encode at every depth), the transfer the commands use, and the frozen arm."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -165,3 +166,25 @@ def test_encode_command_writes_features_and_refuses_bad_input(tmp_path):
     assert run(f"--output={out}", f"--source=npz:{rgb}", "--split=test") == 2
     os.remove(tmp_path / "w" / "config.json")
     assert run(f"--output={out}") == 2
+
+
+def _config_file(name: str):
+    path = ROOT / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+@pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
+def test_make_config_is_the_config_file(dataset, preset):
+    from pipelines import usage
+
+    want = dict(usage.flat_items(_config_file(dataset).get_config(preset)))
+    got = dict(usage.flat_items(scae.make_config(dataset, preset)))
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        assert got[key] == value, f"{key}: make_config {got[key]!r}, config file {value!r}"
+    with pytest.raises(InputError, match="dataset 'svhn'"):
+        scae.make_config("svhn", preset)
