@@ -175,7 +175,9 @@ def test_summary_compares_a_refit_cell_with_the_papers_50k_figures(refit_rows):
     assert _md_row(md, "1,000")[3:5] == ["55.52", "52.30"]
     assert "| 45,000 |" not in md and "all (45,000)" not in md
     assert "Refit on every training image" in md
-    assert "The paper: " + report.fmt_signed(21.80 - 22.50) in md  # the verdict at 50k
+    # The verdict at 50k names the paper's difference there, as transcribed.
+    assert ("The paper's difference: " + report.fmt_signed(21.80 - 22.50)) in md
+    assert stats.PAPER_CAVEAT in md
 
     csv_text, md2 = report.summary_texts(refit_rows)
     assert md2.startswith(md)
@@ -223,7 +225,7 @@ def test_summary_names_the_failed_run_and_the_tests_without_its_seed():
             + [run(1000, "pretrained", s, e, val_error=89.2 if s == 1 else e)
                for s, e in enumerate(pretrained)])
     _, md = report.summary_texts(rows)
-    assert "1 run(s) never trained" in md
+    assert "1 run(s) failed (never trained" in md
     assert "pretrained at 1,000 labels seed 1 (89.20%)" in md
     note = md[md.index("never trained"):]
     without = np.mean([p - r for s, (p, r) in enumerate(zip(pretrained, random)) if s != 1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import scipy.stats
 
 from scae import provenance
 from scae.report import compare_plots as comparison_plots
+from scae.report import stats
 from scae.report import tables as report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -109,8 +111,10 @@ def test_summary_csv_and_md(rows, tmp_path):
     # Welch alone would call 1k significant; the paired test, which the verdict uses, does not.
     assert welch < 0.05 < paired.pvalue
     assert ("1,000 labels: no significant difference between pretraining and random "
-            "initialisation (−0.60 points, paired over 4 seeds: 95% CI") in md
-    assert "10,000 labels: no significant difference" in md
+            "initialisation (−0.60 points, about 60 of the 10,000 test images; paired over "
+            "4 seeds: 95% CI") in md
+    # A difference of 0.00 points on MNIST is negligible, whatever p says.
+    assert "10,000 labels: a negligible difference" in md
     assert "50,000 labels:" in md and "no paired test (needs at least 2 seeds" in md
 
 
@@ -305,8 +309,64 @@ def test_runs_at_a_lowered_learning_rate_are_listed(rows, tmp_path):
     report.write_summary(rows, "mnist", tmp_path / "s.csv", tmp_path / "s.md")
     text = (tmp_path / "s.md").read_text()
     r = rows[3]
-    assert "1 run(s) diverged" in text
+    assert "1 run(s) finished at a lowered learning rate" in text
     assert f"{r['arm']} at {r['label_size']:,} labels seed {r['seed']} (x0.5)" in text
     report.write_summary([dict(r, lr_scale=1.0) for r in rows], "mnist", tmp_path / "s.csv",
                          tmp_path / "s.md")
-    assert "diverged" not in (tmp_path / "s.md").read_text()
+    assert "lowered learning rate" not in (tmp_path / "s.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts by Holm-adjusted p, in test images, against the paper's difference as transcribed
+
+
+def _rows(dataset, errors):
+    return [{"dataset": dataset, "label_size": size, "arm": arm, "seed": s, "test_error": e}
+            for (size, arm), errs in errors.items() for s, e in enumerate(errs)]
+
+
+def test_verdicts_use_holm_and_weigh_the_paper_against_our_interval():
+    rnd = [45.0, 46.0, 44.5, 45.5, 46.5]
+    errors = {(1000, "random"): rnd,
+              # raw p about 0.03 at 1k: significant alone, not after Holm over three tests
+              (1000, "pretrained"): [a - d for a, d in zip(rnd, [0.2, 1.5, 0.4, 1.2, 0.9])],
+              (10000, "random"): [30.0, 29.5, 29.8, 30.2, 29.9],
+              (10000, "pretrained"): [30.1, 29.3, 29.9, 30.0, 30.0],
+              (50000, "random"): [23.0, 23.2, 22.9, 23.1, 23.3],
+              (50000, "pretrained"): [22.8, 23.4, 22.9, 23.0, 23.1]}
+    rows = _rows("cifar10", errors)
+    (d1, d10, d50) = stats.paired_tests(rows)
+    assert d1.p < 0.05 < d1.p_holm
+    lines = report.verdict_lines(rows)
+    one = lines[0]
+    assert one.startswith("- 1,000 labels: no significant difference")
+    assert f"Holm-adjusted p = {report.fmt_p(d1.p_holm)}" in one
+    assert f"about {abs(d1.diff) * 100:,.0f} of the 10,000 test images" in one
+    # The paper's 1k difference (−3.22) lies outside our interval, and it is the corroborated one.
+    assert "The paper's difference: −3.22, outside our 95% CI" in one
+    assert stats.PAPER_CAVEAT in one and "Kohlbrenner et al." in one
+    md = report.summary_markdown(rows)
+    assert "| paper random† | paper CAE† |" in md and "p (Holm)" in md
+    assert "† Paper: Masci et al. (2011)" in md and stats.PAPER_CAVEAT in md
+    assert "Kohlbrenner" in md
+    row = [c.strip() for c in next(x for x in md.splitlines()
+                                   if x.startswith("| 1,000 | pretrained − random")).split("|")]
+    assert report.fmt_p(d1.p_holm) in row and "−3.22: no" in row
+    assert report.fmt_signed(d1.diff * 100, 0) in row  # the difference in test images
+    csv_rows = list(csv.DictReader(io.StringIO(report.summary_texts(rows)[0])))
+    pre1 = next(r for r in csv_rows if r["label_size"] == "1000" and r["arm"] == "pretrained")
+    assert float(pre1["p_holm"]) == pytest.approx(d1.p_holm, rel=1e-5)
+    assert pre1["paper_diff_in_ci"] == "False"
+    assert float(pre1["diff_test_images"]) == pytest.approx(d1.diff * 100, rel=1e-5)
+
+
+def test_a_tiny_mnist_difference_is_negligible_whatever_p_says():
+    rnd = [0.92, 0.95, 0.90, 0.93, 0.91, 0.94]
+    rows = _rows("mnist", {(50000, "random"): rnd,
+                           (50000, "pretrained"): [x - 0.06 + 0.001 * (i % 2)
+                                                   for i, x in enumerate(rnd)]})
+    (d,) = stats.paired_tests(rows)
+    assert d.p_holm < 0.001 and d.significant
+    (line, *_) = report.verdict_lines(rows)
+    assert "a negligible difference" in line and "significant" not in line
+    assert "about 6 of the 10,000 test images" in line

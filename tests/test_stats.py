@@ -278,3 +278,63 @@ def test_welch_df_and_interval_by_hand(a, b):
     assert w.diff == pytest.approx(diff, abs=1e-12)
     assert w.ci_low == pytest.approx(diff - half, rel=1e-6, abs=1e-9)
     assert w.ci_high == pytest.approx(diff + half, rel=1e-6, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Holm's adjustment over the primary tests
+
+
+@pytest.mark.parametrize("p,expected", [
+    # Sorted 0.01 < 0.02 < 0.04 of m = 3: 3 x 0.01, max(0.03, 2 x 0.02), max(0.04, 1 x 0.04).
+    ([0.04, 0.01, 0.02], [0.04, 0.03, 0.04]),
+    # The CIFAR-10 table's primary tests (1k, 10k, 50k): 3 x 0.0367 = 0.1101, then
+    # max(0.1101, 2 x 0.378) = 0.756 for both 10k and 50k (1 x 0.531 is smaller).
+    ([0.0367, 0.378, 0.531], [0.1101, 0.756, 0.756]),
+    # Capped at 1, and a step-down: 2 x 0.6 = 1.2 -> 1; the smaller one 3 x 0.001.
+    ([0.6, 0.001, 0.7], [1.0, 0.003, 1.0]),
+    # An undefined test stays undefined and does not count in m (m = 2 here).
+    ([0.02, math.nan, 0.03], [0.04, math.nan, 0.04]),
+    ([0.2], [0.2]),
+    ([], []),
+])
+def test_holm_against_hand_computed_values(p, expected):
+    got = stats.holm(p)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert (math.isnan(g) and math.isnan(e)) or g == pytest.approx(e, rel=1e-12)
+
+
+def test_paired_tests_adjust_the_primary_family_only():
+    rnd = {s: 5.0 + s for s in range(5)}
+    # 1k: a clear gain; 10k: a small, noisy one; the frozen arm is outside the family.
+    pre1 = {s: v - 0.5 + 0.05 * (s % 2) for s, v in rnd.items()}
+    pre10 = {s: v - 0.1 + 0.2 * (s % 3 == 0) for s, v in rnd.items()}
+    fro = {s: v + 1.0 + 0.1 * s for s, v in rnd.items()}
+    tests = stats.paired_tests(paired_records({
+        (1000, "random"): rnd, (1000, "pretrained"): pre1, (1000, "frozen"): fro,
+        (10000, "random"): rnd, (10000, "pretrained"): pre10}))
+    primary = [t for t in tests if t.primary]
+    assert [(t.label_size, t.arm_a) for t in primary] == [(1000, "pretrained"),
+                                                        (10000, "pretrained")]
+    assert [t.p_holm for t in primary] == pytest.approx(stats.holm([t.p for t in primary]))
+    (frozen,) = [t for t in tests if t.arm_a == "frozen"]
+    assert math.isnan(frozen.p_holm) and frozen.significant == (frozen.p < 0.05)
+    # A primary test is significant by its adjusted p, not its raw one.
+    for t in primary:
+        assert t.significant == (t.p_holm < 0.05)
+
+
+def test_a_raw_p_below_alpha_is_not_significant_once_adjusted():
+    d = stats.PairedDifference(label_size=1000, arm_a="pretrained", arm_b="random",
+                               seeds=[0, 1], differences=[-1.0, -0.8], diff=-0.9, ci_low=-1.7,
+                               ci_high=-0.1, t=-9.0, df=1.0, p=0.0367, p_holm=0.110)
+    assert not d.significant
+
+
+def test_differences_in_test_images_paper_difference_and_negligible():
+    assert stats.as_images(-0.06, 10000) == pytest.approx(-6.0)
+    assert math.isnan(stats.as_images(-0.06, None))
+    assert stats.paper_difference("cifar10", 1000) == pytest.approx(52.30 - 55.52)
+    assert math.isnan(stats.paper_difference(None, 1000))
+    assert stats.negligible("mnist", -0.06) and not stats.negligible("mnist", -0.1)
+    assert not stats.negligible("cifar10", -0.06)  # no bound set for CIFAR-10

@@ -22,9 +22,10 @@ from collections.abc import Mapping, Sequence
 from scae import atomic, provenance
 from scae.report import stats
 
-RUN_COLUMNS = ("dataset", "label_size", "arm", "seed", "epochs", "steps", "best_epoch",
-               "val_error", "test_error", "cell_time_s", "seeds_together", "lr_scale",
-               "stack_seed", "pool_size")
+RUN_COLUMNS = ("dataset", "label_size", "train_size", "arm", "seed", "epochs", "steps",
+               "best_epoch", "val_error", "test_error", "cell_time_s", "seeds_together",
+               "lr_scale", "stack_seed", "pool_size", "failed", "first_eval_train_loss",
+               "git_commit", "git_dirty")
 DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 ARM_LABELS = {"random": "random init", "pretrained": "CAE pretrained",
               "frozen": "CAE frozen"}
@@ -90,14 +91,6 @@ def fmt_signed(x: float, digits: int = 2) -> str:
     return f"{'+' if x > 0 else MINUS}{abs(x):.{k}f}"
 
 
-def _fmt_cell(c: stats.Cell | None) -> str:
-    if c is None:
-        return ""
-    if math.isnan(c.std):
-        return f"{c.mean:.2f} ({c.n})"
-    return f"{c.mean:.2f} ± {c.std:.2f} ({c.n})"
-
-
 def _sort_rows(rows: Sequence[Mapping]) -> list[Mapping]:
     return sorted(rows, key=lambda r: (int(r["label_size"]), stats.arm_key(r["arm"]),
                                        int(r.get("seed", 0))))
@@ -108,12 +101,27 @@ def _sort_rows(rows: Sequence[Mapping]) -> list[Mapping]:
 
 
 def runs_csv_text(rows: Sequence[Mapping]) -> str:
-    """The text of ``runs.csv``: one row per run (no curve), sorted by label size, arm, seed."""
-    # Records from before divergence retries existed ran at the configured rate: lr_scale 1.
-    body = [[_num(r.get(k)) if k in ("val_error", "test_error", "cell_time_s")
-             else r.get(k, 1.0 if k == "lr_scale" else "") for k in RUN_COLUMNS]
-            for r in _sort_rows(rows)]
-    return _csv_text(RUN_COLUMNS, body)
+    """The text of ``runs.csv``: one row per run (no curve), sorted by label size, arm, seed.
+
+    ``train_size`` is the number of images the run trained on (:func:`trained_size`, also for
+    records made before they carried it); ``failed`` says whether the run hit the failure rule
+    (:func:`failed_runs`; blank for records of no rule and no post-hoc failure)."""
+    failed = {id(r) for r in failed_runs(rows)}
+    out = []
+    for r in _sort_rows(rows):
+        # Records from before divergence retries existed ran at the configured rate: 1.
+        fields = dict(r, lr_scale=r.get("lr_scale", 1.0),
+                      train_size=r.get("train_size") or trained_size(int(r["label_size"]),
+                                                                      [r]))
+        fields["failed"] = id(r) in failed
+        out.append([_num(fields.get(k)) if k in ("val_error", "test_error", "cell_time_s",
+                                                 "first_eval_train_loss")
+                    else _csv_value(fields.get(k)) for k in RUN_COLUMNS])
+    return _csv_text(RUN_COLUMNS, out)
+
+
+def _csv_value(x) -> str:
+    return "" if x is None else str(x)
 
 
 def write_runs_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> None:
@@ -201,10 +209,12 @@ def stacks_line(metrics: Sequence[Sequence[Mapping]] | None) -> str:
             f"({over}): {', '.join(parts)}.")
 
 
-SUMMARY_COLUMNS = ("dataset", "label_size", "labels", "arm", "n", "mean_test_error",
-                   "std_test_error", "n_pairs", "diff_vs_random", "ci_low", "ci_high", "t",
-                   "df", "p_value", "wilcoxon_p", "welch_ci_low", "welch_ci_high", "welch_p",
-                   "paper_test_error")
+SUMMARY_COLUMNS = ("dataset", "label_size", "labels", "train_size", "arm", "n", "n_failed",
+                   "mean_test_error", "std_test_error", "n_pairs", "diff_vs_random",
+                   "diff_test_images", "ci_low", "ci_high", "t", "df", "p_value", "p_holm",
+                   "wilcoxon_p", "welch_ci_low", "welch_ci_high", "welch_p",
+                   "paper_test_error", "paper_diff_in_ci")
+PAPER_MARK = "\u2020"  # marks the paper's transcribed figures in a table's header
 
 
 def write_summary(rows: Sequence[Mapping],
@@ -213,17 +223,38 @@ def write_summary(rows: Sequence[Mapping],
                   stacks: Sequence[Sequence[Mapping]] | None = None) -> None:
     """``summary.csv`` (one row per label size and arm) and ``summary.md`` (a readable table
     of means, paired differences from random with CIs and tests, and, when the test split is
-    the paper's, the paper's figures).
+    the paper's, the paper's figures as transcribed).
 
     ``identity`` is the test split's :class:`~scae.provenance.DataIdentity` (None: the one the
     records carry; a string: the config's data set name, for records made before identities
     were recorded). ``stacks`` are the pretraining metrics of each stack (see
     :func:`stacks_line`). In the csv, the difference, ``ci_low``, ``ci_high``, ``t``, ``df``
-    and ``p_value`` are the paired t-test's; Welch's are in the ``welch_*`` columns.
+    and ``p_value`` are the paired t-test's, ``p_holm`` its Holm-adjusted p over the primary
+    tests (pretrained − random); Welch's are in the ``welch_*`` columns.
     """
     csv_text, md_text = summary_texts(rows, identity, stacks)
     atomic.write_text(csv_path, csv_text)
     atomic.write_text(md_path, md_text)
+
+
+def test_set_size(rows: Sequence[Mapping],
+                  identity: provenance.DataIdentity | str | None = None) -> int | None:
+    """The number of test images the errors are percentages of: the records' ``test_size``,
+    else that of the paper's test set when the records were evaluated on it; None: unknown."""
+    sizes = {int(r["test_size"]) for r in rows if r.get("test_size")}
+    if len(sizes) == 1:
+        return sizes.pop()
+    key = data_identity(rows, identity).paper_key
+    return provenance.TEST_SETS[key][1] if key in provenance.TEST_SETS else None
+
+
+def _paper_in_ci(d: stats.PairedDifference, paper_key: str | None, size: int) -> bool | None:
+    """Whether the paper's difference lies inside the paired 95% CI (None: no CI or no
+    paper figure)."""
+    paper = stats.paper_difference(paper_key, size)
+    if math.isnan(paper) or math.isnan(d.ci_low):
+        return None
+    return d.ci_low <= paper <= d.ci_high
 
 
 def summary_texts(rows: Sequence[Mapping],
@@ -234,17 +265,24 @@ def summary_texts(rows: Sequence[Mapping],
     cells, welch = stats.summarize(rows)
     wmap = {(d.label_size, d.arm_a): d for d in welch}
     pmap = {(d.label_size, d.arm_a): d for d in stats.paired_tests(rows)}
+    n_test = test_set_size(rows, ident)
+    failed = _failed_counts(rows)
     body = []
     for c in cells:
         d, w = pmap.get((c.label_size, c.arm)), wmap.get((c.label_size, c.arm))
-        paper = stats.PAPER.get((ident.paper_key, c.arm, trained_size(c.label_size, rows)))
-        body.append([ident.title, c.label_size, label_text(c.label_size, rows), c.arm, c.n,
+        at = trained_size(c.label_size, rows)
+        paper = stats.PAPER.get((ident.paper_key, c.arm, at))
+        inside = _paper_in_ci(d, ident.paper_key, at) if d and d.primary else None
+        body.append([ident.title, c.label_size, label_text(c.label_size, rows), at, c.arm, c.n,
+                     failed.get((c.label_size, c.arm), 0),
                      _num(c.mean), _num(c.std), d.n if d else "", _num(d.diff) if d else "",
+                     _num(stats.as_images(d.diff, n_test)) if d else "",
                      _num(d.ci_low) if d else "", _num(d.ci_high) if d else "",
                      _num(d.t) if d else "", _num(d.df) if d else "",
-                     _num_p(d.p) if d else "", _num_p(d.wilcoxon_p) if d else "",
+                     _num_p(d.p) if d else "", _num_p(d.p_holm) if d else "",
+                     _num_p(d.wilcoxon_p) if d else "",
                      _num(w.ci_low) if w else "", _num(w.ci_high) if w else "",
-                     _num_p(w.p) if w else "", _num(paper)])
+                     _num_p(w.p) if w else "", _num(paper), "" if inside is None else inside])
     return (_csv_text(SUMMARY_COLUMNS, body),
             summary_markdown(rows, ident, stacks) + _retried_note(rows) + _failed_note(rows))
 
@@ -256,24 +294,73 @@ def _retried_note(rows: Sequence[Mapping]) -> str:
         return ""
     runs = ", ".join(f"{r['arm']} at {r['label_size']:,} labels seed {r['seed']} "
                      f"(x{r['lr_scale']:g})" for r in retried)
-    return (f"\n{len(retried)} run(s) diverged and finished at a lowered learning rate "
-            f"(config *.divergence_retries; lr_scale in runs.csv): {runs}.\n")
+    return (f"\n{len(retried)} run(s) finished at a lowered learning rate (after a divergence, "
+            f"config *.divergence_retries, or a restart by finetune.failure_rule; lr_scale in "
+            f"runs.csv): {runs}.\n")
 
 
 # A run whose best validation error stays this close to chance never trained (it collapsed
-# to predicting one class): flagged, never dropped.
+# to predicting one class): the post-hoc check for records made before the failure rule.
 CHANCE_MARGIN = 2.0
 
 
 def failed_runs(rows: Sequence[Mapping]) -> list[Mapping]:
-    """The runs whose selected error is within :data:`CHANCE_MARGIN` points of chance
+    """The runs that failed. A record made under a failure rule says so itself (``failed``,
+    set while training by the rule fixed in the config: see
+    :func:`scae.study.finetune.failure`); for records made before the rule, the post-hoc
+    check: the selected error is within :data:`CHANCE_MARGIN` points of chance
     (100 (1 - 1/K) for K classes; the validation error, or the test error of a refit)."""
     out = []
     for r in _sort_rows(rows):
+        if "failed" in r:
+            if r["failed"]:
+                out.append(r)
+            continue
         chance = 100.0 * (1.0 - 1.0 / int(r.get("num_classes", 10)))
         if _selected_error(r) >= chance - CHANCE_MARGIN:
             out.append(r)
     return out
+
+
+def _failed_counts(rows: Sequence[Mapping]) -> dict[tuple[int, str], int]:
+    out: dict[tuple[int, str], int] = {}
+    for r in failed_runs(rows):
+        key = (int(r["label_size"]), str(r["arm"]))
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def failure_line(rows: Sequence[Mapping]) -> str:
+    """One sentence: the rule that decides a failed run, and how many runs of each arm hit
+    it (restarted or failed); '' without records."""
+    if not rows:
+        return ""
+    arms = sorted({str(r["arm"]) for r in rows}, key=stats.arm_key)
+    failed = failed_runs(rows)
+    ruled = [r for r in rows if "failed" in r]
+    counts = []
+    for a in arms:
+        of = [r for r in rows if r["arm"] == a]
+        hits = [r for r in of if r.get("failure_restarts") or r in failed]
+        restarted = sum(bool(r.get("failure_restarts")) for r in of)
+        counts.append(f"{ARM_LABELS.get(a, a)} {len(hits)} of {len(of)}"
+                      + (f" ({restarted} restarted at a lower rate, "
+                         f"{sum(r in failed for r in of)} failed)" if restarted else ""))
+    if len(ruled) == len(rows):
+        names = sorted({str(r.get("failure_rule")) for r in rows})
+        how = (f"The rule was fixed in the config before any run (finetune.failure_rule = "
+               f"{', '.join(names)}) and is the same for every arm: a run whose training loss "
+               f"at its first evaluation has not fallen below chance, log(number of classes), "
+               f"hits it.")
+    elif not ruled:
+        how = (f"No failure rule ran while these runs trained (records made before it): a "
+               f"run counts as failed, post hoc, when its selected error is within "
+               f"{CHANCE_MARGIN:g} points of chance.")
+    else:
+        how = (f"{len(ruled)} of the {len(rows)} records were made under a failure rule; the "
+               f"others count as failed, post hoc, when their selected error is within "
+               f"{CHANCE_MARGIN:g} points of chance.")
+    return f"Runs that hit the failure rule, per arm: {'; '.join(counts)}. {how}"
 
 
 def _selected_error(r: Mapping) -> float:
@@ -286,23 +373,30 @@ def _selected_error(r: Mapping) -> float:
 
 
 def _failed_note(rows: Sequence[Mapping]) -> str:
-    """The runs that never trained, and the paired tests without their seeds' pairs."""
+    """The runs that failed, and the paired tests without their seeds' pairs."""
     failed = failed_runs(rows)
     if not failed:
         return ""
     runs = ", ".join(f"{r['arm']} at {label_text(int(r['label_size']), rows)} labels seed "
                      f"{r['seed']} ({_selected_error(r):.2f}%)" for r in failed)
-    lines = [f"\n{len(failed)} run(s) never trained: their selected error is within "
-             f"{CHANCE_MARGIN:g} points of chance (they collapsed to one class): {runs}. They "
-             "are kept in every mean and test above. For reference, the paired differences "
-             "without those seeds at those label sizes:"]
+    lines = [f"\n{len(failed)} run(s) failed (never trained; see the failure rule above): "
+             f"{runs}. They are kept in the means and tests above, where their cells say "
+             "\"failed\". For reference, the paired differences without those seeds at those "
+             "label sizes:"]
     bad = {(int(r["label_size"]), int(r["seed"])) for r in failed}
     kept = [r for r in rows if (int(r["label_size"]), int(r["seed"])) not in bad]
     sizes = {b[0] for b in bad}
     rest = [d for d in stats.paired_tests(kept) if d.label_size in sizes]
+    key = data_identity(rows).paper_key
     for d in rest:
+        inside = (_paper_in_ci(d, key, trained_size(d.label_size, rows)) if d.primary
+                  else None)
+        paper = stats.paper_difference(key, trained_size(d.label_size, rows))
         lines.append(f"- {label_text(d.label_size, rows)} labels, {d.arm_a} − {d.arm_b}: "
-                     f"{_fmt_paired(d)} over {d.n} seeds, {p_phrase(d.p)}")
+                     f"{_fmt_paired(d)} over {d.n} seeds, {p_phrase(d.p)} (unadjusted)"
+                     + ("" if inside is None else
+                        f"; the paper's {fmt_signed(paper)}{PAPER_MARK} is "
+                        f"{'inside' if inside else 'outside'} this interval"))
     if not rest:
         lines.append("- none: no complete pair of seeds is left at those label sizes.")
     return "\n".join(lines) + "\n"
@@ -312,6 +406,21 @@ def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     return (["| " + " | ".join(header) + " |",
              "| " + " | ".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + " |"]
             + ["| " + " | ".join(row) + " |" for row in body] + [""])
+
+
+def paper_note(paper_key: str | None, exact: str = "") -> str:
+    """The sentence under a table that prints the paper's figures: what they are."""
+    corroborated = "; ".join(f"{label} at {size:,} labels: {text}"
+                             for (key, size), text in stats.CORROBORATED.items()
+                             if key == paper_key
+                             for label in [provenance.TEST_SETS.get(key, (key,))[0]])
+    return (f"{PAPER_MARK} Paper: Masci et al. (2011), test error in percent of random and "
+            f"CAE-stack initialisation (single figures, no spread reported), "
+            f"{stats.PAPER_CAVEAT}"
+            + (f". Of their differences only one is corroborated: {corroborated}"
+               if corroborated else "")
+            + "; ours − paper is our mean minus the paper's figure (positive: ours is behind "
+              "the paper by that many points)." + exact)
 
 
 def summary_markdown(rows: Sequence[Mapping],
@@ -334,16 +443,19 @@ def summary_markdown(rows: Sequence[Mapping],
     has_paper = any((key, a, trained_size(s, rows)) in stats.PAPER
                     for a in ("random", "pretrained") for s in sizes)
     labels = {s: label_text(s, rows) for s in sizes}
+    failed = _failed_counts(rows)
+    n_test = test_set_size(rows, ident)
 
     lines += ["Test error in percent on the test set, at the epoch of lowest validation error: "
               "mean ± sample standard deviation (ddof=1) over seeds, with the number of seeds "
-              "in brackets.", ""]
+              "in brackets (and how many of them failed, if any).", ""]
     header = ["labels"] + [ARM_LABELS.get(a, a) for a in arms]
     if has_paper:
-        header += ["paper random", "paper CAE", "ours − paper (random, CAE)"]
+        header += [f"paper random{PAPER_MARK}", f"paper CAE{PAPER_MARK}",
+                   f"ours − paper{PAPER_MARK} (random, CAE)"]
     body = []
     for s in sizes:
-        row = [labels[s]] + [_fmt_cell(cmap.get((s, a))) for a in arms]
+        row = [labels[s]] + [_fmt_cell(cmap.get((s, a)), failed.get((s, a), 0)) for a in arms]
         if has_paper:
             at = trained_size(s, rows)
             row += [_fmt_paper(stats.PAPER.get((key, a, at))) for a in ("random", "pretrained")]
@@ -355,10 +467,7 @@ def summary_markdown(rows: Sequence[Mapping],
     if has_paper:
         exact = ("" if ident.exact or ident.note == provenance.LEGACY_NOTE else
                  " Our test set is the paper's, but not pixel for pixel (see above).")
-        lines += ["Paper: Masci et al. (2011), test error in percent of random and CAE-stack "
-                  "initialisation (single figures, no spread reported); ours − paper is our mean "
-                  "minus the paper's figure (positive: ours is behind the paper by that many "
-                  "points)." + exact, ""]
+        lines += [paper_note(key, exact), ""]
     whole = [s for s in sizes if labels[s].startswith("all")]
     if whole:
         refit = any(r.get("refit_full") for r in rows if int(r["label_size"]) in whole)
@@ -366,31 +475,74 @@ def summary_markdown(rows: Sequence[Mapping],
                   "labelled pool, so every seed trains on the same images; seeds then differ "
                   "only in initialisation and order."
                   + (" Refit on every training image, the validation images included, for the "
-                     "schedule chosen on validation beforehand; no selection on validation in "
-                     "the refit: the final model is tested." if refit else ""), ""]
-    for sentence in (stack_statement(rows), stacks_line(stacks)):
+                     "configured schedule (a fixed default, not chosen on validation); no "
+                     "selection on validation in the refit: the final model is tested."
+                     if refit else ""), ""]
+    for sentence in (stack_statement(rows), stacks_line(stacks), failure_line(rows)):
         if sentence:
             lines += [sentence, ""]
 
     if paired:
+        images = (f"; test images: the mean difference as a count of the {n_test:,} test "
+                  f"images (difference × {n_test:,} / 100)" if n_test else "")
         lines += ["Differences are arm − random, paired by seed (for one seed, the arms share "
                   "the labelled subset, the head initialisation and the batch order): the mean "
-                  "of the per-seed differences with its 95% confidence interval and the "
-                  "two-sided paired t-test p (the test the verdicts use); the Wilcoxon "
-                  "signed-rank p as a check; Welch's unpaired t-test p as a secondary column. "
-                  "Negative: the arm has lower error than random initialisation.", ""]
-        body = [[labels[d.label_size], f"{d.arm_a} − {d.arm_b}", str(d.n),
-                 _fmt_paired(d), fmt_p(d.p), _fmt_wilcoxon(d),
-                 fmt_p(wmap[d.label_size, d.arm_a].p)] for d in paired]
-        lines += _table(["labels", "difference", "pairs", "mean [95% CI]", "p (paired t)",
-                         "p (Wilcoxon)", "p (Welch)"], body)
+                  "of the per-seed differences with its 95% confidence interval" + images
+                  + "; the two-sided paired t-test p and, for the primary tests (pretrained − "
+                  "random, one per label size), Holm's adjusted p over them, which the "
+                  "verdicts use; the Wilcoxon signed-rank p as a check; Welch's unpaired "
+                  "t-test p as a secondary column. Negative: the arm has lower error than "
+                  "random initialisation. Frozen − random is a probe, outside the family and "
+                  "not adjusted.", ""]
+        header = ["labels", "difference", "pairs", "mean [95% CI]"]
+        header += ["test images"] if n_test else []
+        header += ["p (paired t)", "p (Holm)", "p (Wilcoxon)", "p (Welch)"]
+        header += [f"paper{PAPER_MARK} inside CI?"] if has_paper else []
+        body = []
+        for d in paired:
+            at = trained_size(d.label_size, rows)
+            row = [labels[d.label_size], f"{d.arm_a} − {d.arm_b}", str(d.n), _fmt_paired(d)]
+            row += [_fmt_images(stats.as_images(d.diff, n_test))] if n_test else []
+            row += [fmt_p(d.p), fmt_p(d.p_holm) if d.primary else "—", _fmt_wilcoxon(d),
+                    fmt_p(wmap[d.label_size, d.arm_a].p)]
+            if has_paper:
+                row.append(_fmt_inside(d, key, at) if d.primary else "")
+            body.append(row)
+        lines += _table(header, body)
         if any(d.wilcoxon_reason[:1].isdigit() for d in paired):
             lines += [f"Wilcoxon n/a (k pairs): with fewer than {stats.WILCOXON_MIN_PAIRS} "
                       f"non-zero differences the signed-rank test cannot reach p < "
                       f"{stats.ALPHA:g} (its smallest two-sided p is 2/2^k).", ""]
-    lines += [_verdict(d, labels[d.label_size], key, trained_size(d.label_size, rows))
-              for d in paired if d.arm_a == "pretrained"]
+    lines += [_verdict(d, labels[d.label_size], key, trained_size(d.label_size, rows), n_test,
+                       _negligible_key(rows, ident))
+              for d in paired if d.primary]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _negligible_key(rows: Sequence[Mapping], ident: provenance.DataIdentity) -> str | None:
+    """The data set whose negligible size applies (:data:`stats.NEGLIGIBLE`): the paper's
+    test set, else the config's data set name."""
+    return ident.paper_key or next((r["dataset"] for r in rows if "dataset" in r), None)
+
+
+def _fmt_images(x: float) -> str:
+    return "n/a" if math.isnan(x) else fmt_signed(x, 0)
+
+
+def _fmt_inside(d: stats.PairedDifference, paper_key: str | None, size: int) -> str:
+    inside = _paper_in_ci(d, paper_key, size)
+    if inside is None:
+        return ""
+    return f"{fmt_signed(stats.paper_difference(paper_key, size))}: {'yes' if inside else 'no'}"
+
+
+def _fmt_cell(c: stats.Cell | None, failed: int = 0) -> str:
+    if c is None:
+        return ""
+    n = f"({c.n}, {failed} failed)" if failed else f"({c.n})"
+    if math.isnan(c.std):
+        return f"{c.mean:.2f} {n}"
+    return f"{c.mean:.2f} ± {c.std:.2f} {n}"
 
 
 def _fmt_paired(d: stats.PairedDifference) -> str:
@@ -423,33 +575,60 @@ def _fmt_paper(x: float | None) -> str:
 def verdict_lines(rows: Sequence[Mapping],
                   identity: provenance.DataIdentity | str | None = None) -> list[str]:
     """One sentence per label size on whether pretraining changed the test error (the paired
-    t-test), then the note on runs that never trained, if any: the plain answer."""
+    t-test, Holm-adjusted over the label sizes), the failure rule's counts, then the note on
+    runs that failed, if any: the plain answer."""
     ident = data_identity(rows, identity)
+    n_test = test_set_size(rows, ident)
     lines = [_verdict(d, label_text(d.label_size, rows), ident.paper_key,
-                      trained_size(d.label_size, rows))
-             for d in stats.paired_tests(rows) if d.arm_a == "pretrained"]
+                      trained_size(d.label_size, rows), n_test, _negligible_key(rows, ident))
+             for d in stats.paired_tests(rows) if d.primary]
+    line = failure_line(rows)
     note = _failed_note(rows).strip()
-    return lines + (["", note] if note else [])
+    return lines + (["", line] if line else []) + (["", note] if note else [])
+
+
+def _images_phrase(points: float, n_test: int | None) -> str:
+    x = stats.as_images(points, n_test)
+    return "" if math.isnan(x) else f", about {abs(x):,.0f} of the {n_test:,} test images"
+
+
+def _paper_sentence(d: stats.PairedDifference, paper_key: str | None, size: int) -> str:
+    """Whether the paper's difference lies inside our interval, and what the figure is."""
+    paper = stats.paper_difference(paper_key, size)
+    if math.isnan(paper):
+        return ""
+    inside = _paper_in_ci(d, paper_key, size)
+    where = ("" if inside is None else
+             f", {'inside' if inside else 'outside'} our 95% CI")
+    corroborated = stats.CORROBORATED.get((paper_key, size))
+    return (f" The paper's difference: {fmt_signed(paper)}{where} ({stats.PAPER_CAVEAT}"
+            + (f"; {corroborated}" if corroborated else "") + ").")
 
 
 def _verdict(d: stats.PairedDifference, label: str, paper_key: str | None,
-             paper_size: int | None = None) -> str:
-    """One sentence on whether pretraining changed the test error, by the paired t-test."""
+             paper_size: int | None = None, n_test: int | None = None,
+             negligible_key: str | None = None) -> str:
+    """One sentence on whether pretraining changed the test error, by the paired t-test's
+    Holm-adjusted p, with the paper's difference against our interval."""
     head = f"- {label} labels: "
-    pr, pc = (stats.PAPER.get((paper_key, a, paper_size or d.label_size))
-              for a in ("random", "pretrained"))
-    paper = f" The paper: {fmt_signed(pc - pr)}." if pr is not None and pc is not None else ""
+    paper = _paper_sentence(d, paper_key, paper_size or d.label_size)
+    images = _images_phrase(d.diff, n_test)
     if math.isnan(d.p):
-        return head + (f"pretrained − random = {fmt_signed(d.diff)} points; no paired test "
-                       f"({d.reason}).{paper}")
+        return head + (f"pretrained − random = {fmt_signed(d.diff)} points{images}; no paired "
+                       f"test ({d.reason}).{paper}")
     ci = (f"paired over {d.n} seeds: 95% CI {fmt_signed(d.ci_low)} to {fmt_signed(d.ci_high)}, "
-          f"{p_phrase(d.p)}")
+          f"{p_phrase(d.p)}, Holm-adjusted {p_phrase(d.p_holm)}")
+    key = negligible_key or paper_key
+    if stats.negligible(key, d.diff):
+        return head + (f"a negligible difference: pretrained − random = {fmt_signed(d.diff)} "
+                       f"points{images}, below the {stats.NEGLIGIBLE[key]:g} points that count "
+                       f"on this data set, whatever p says ({ci}).{paper}")
     if not d.significant:
         return head + (f"no significant difference between pretraining and random "
-                       f"initialisation ({fmt_signed(d.diff)} points, {ci}).{paper}")
+                       f"initialisation ({fmt_signed(d.diff)} points{images}; {ci}).{paper}")
     if d.diff < 0:
         return head + (f"pretraining helped significantly: test error "
                        f"{fmt_signed(-d.diff).lstrip('+')} points lower than random "
-                       f"initialisation ({ci}).{paper}")
+                       f"initialisation{images} ({ci}).{paper}")
     return head + (f"pretraining hurt significantly: test error {fmt_signed(d.diff).lstrip('+')} "
-                   f"points higher than random initialisation ({ci}).{paper}")
+                   f"points higher than random initialisation{images} ({ci}).{paper}")
