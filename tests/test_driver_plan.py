@@ -1,10 +1,16 @@
 """The driver's plan: how a run's steps are cut into compiled calls."""
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scae.train import driver
+from scae import interrupt
+from scae.errors import Interrupted
+from scae.train import checkpoint, driver
 
 
 @settings(max_examples=200, deadline=None)
@@ -47,3 +53,70 @@ def test_the_jax_internals_the_driver_clears_still_exist():
     assert clears is not None, (f"jax {jax.__version__} lacks the executable caches that "
                                 "scae.train.driver.executable_caches names")
     assert all(callable(f) for f in clears)
+
+
+
+def _toy_phase(tmp_path, clock, **kwargs):
+    return driver.Phase(
+        name="toy", ckpt_dir=tmp_path / "ckpt", plan=driver.plan(8, 2, 5),
+        loss_fn=lambda p, x, k: jnp.mean((x - p["w"]) ** 2), make_tx=lambda s: optax.sgd(0.1 * s),
+        params={"w": jnp.zeros((1,))}, data=jnp.arange(8.0), pool=jnp.arange(8)[None],
+        order_key=jax.random.PRNGKey(0)[None], step_key=jax.random.PRNGKey(1)[None], seeds=(0,),
+        steps_per_call=2, clock=clock, log=lambda _: None, **kwargs)
+
+
+@pytest.fixture
+def saves(monkeypatch):
+    """The steps every checkpoint save of the test wrote, in order."""
+    steps, real = [], checkpoint.Checkpoints.save
+
+    def save(self, step, state, record):
+        steps.append(step)
+        return real(self, step, state, record)
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "save", save)
+    return steps
+
+
+def test_checkpoints_by_time_keep_every_evaluation_and_the_end(tmp_path, saves):
+    """With checkpoint_seconds, a phase saves at most that often (a fake clock: 10 s a
+    chunk of 2 steps) and at its end; every evaluation still reaches on_eval."""
+    ticks = iter(range(0, 10_000, 10))
+    seen = []
+    driver.train(_toy_phase(tmp_path, lambda: next(ticks), checkpoint_seconds=25,
+                            on_eval=lambda r: seen.append(r["evals"][-1]["step"])))
+    # 10 chunks: a save once 25 s have passed since the last (3 chunks), and the end.
+    assert saves == [6, 12, 18, 20], saves
+    assert seen == [4, 8, 12, 16, 20]
+    saves.clear()
+    driver.train(_toy_phase(tmp_path / "every", lambda: 0.0, checkpoint_seconds=0))
+    assert saves == [4, 8, 12, 16, 20]  # 0: a save at every evaluation
+
+
+def test_a_signal_saves_the_step_it_stops_at_and_the_rerun_resumes_exactly(tmp_path, saves,
+                                                                            monkeypatch):
+    whole = driver.train(_toy_phase(tmp_path / "whole", lambda: 0.0, checkpoint_seconds=1e9))
+    saves.clear()
+    chunks = []
+    real_check = interrupt.check
+
+    def pending():
+        return Interrupted(15, "toy") if len(chunks) >= 2 else None
+
+    def check(where=None):
+        chunks.append(where)
+        if len(chunks) >= 3:
+            raise Interrupted(15, where or "")
+
+    monkeypatch.setattr(interrupt, "pending", pending)
+    monkeypatch.setattr(interrupt, "check", check)
+    with pytest.raises(Interrupted):
+        driver.train(_toy_phase(tmp_path, lambda: 0.0, checkpoint_seconds=1e9))
+    assert saves == [6], saves  # no save by time; the one the signal asked for, at step 6
+    monkeypatch.setattr(interrupt, "pending", lambda: None)
+    monkeypatch.setattr(interrupt, "check", real_check)
+    resumed = driver.train(_toy_phase(tmp_path, lambda: 0.0, checkpoint_seconds=1e9))
+    assert saves == [6, 20]
+    np.testing.assert_array_equal(resumed.state["params"]["w"], whole.state["params"]["w"])
+    losses = lambda r: [(e["step"], e["train_loss"]) for e in r.record["evals"]]
+    assert losses(resumed) == losses(whole)

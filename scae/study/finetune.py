@@ -181,7 +181,7 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         make_tx=lambda scale: optim.make(fc, p.total_steps, mask, lr_scale=scale),
         params=params, data=data_xy, pool=pool, order_key=order_keys,
         step_key=step_keys, seeds=tuple(seeds), seed_batching=batching,
-        steps_per_call=fc.steps_per_call,
+        steps_per_call=fc.steps_per_call, checkpoint_seconds=fc.get("checkpoint_seconds", 0.0),
         eval_epochs=frozenset([p.epochs] if refit else eval_epochs(p.epochs, fc.evals)),
         evaluate=evaluate,
         extra_state={"best": jax.tree.map(jnp.copy, params), "best_val": jnp.full((n,), jnp.inf),

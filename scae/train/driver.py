@@ -276,11 +276,16 @@ class Phase:
     # ``seeds``): the loss is then loss_fn(params, batch, key, context).
     context: Any = None
     steps_per_call: int = 50
-    checkpoint_every: int = 0  # extra checkpoints every N steps; 0: only at evaluations
+    checkpoint_every: int = 0  # also a checkpoint every N steps (0: none by steps)
+    # A checkpoint at most every N seconds of the phase, plus one at its end and one when a
+    # signal stops it; 0: a checkpoint at every evaluation. Selection on validation keeps the
+    # best parameters in the state, so no save is owed at an evaluation.
+    checkpoint_seconds: float = 0.0
+    clock: Callable[[], float] = time.monotonic  # what checkpoint_seconds is measured with
     eval_epochs: frozenset[int] | None = None  # epochs (1-based) to evaluate after; None: all
     evaluate: Evaluate | None = None
     extra_state: dict = dataclasses.field(default_factory=dict)  # e.g. the best parameters
-    on_eval: Callable[[dict], None] | None = None  # called with the record after each save
+    on_eval: Callable[[dict], None] | None = None  # called with the record after each evaluation
     where: str = ""  # names the unit in messages (default: ``name``)
     lr_key: str = "learning_rate"  # the config key a divergence message tells to lower
     retries: int = 0  # divergence retries (halvings of the learning rate)
@@ -371,7 +376,7 @@ def _train(phase: Phase, lr_scale: float) -> Result:
     compiled: dict[int, Callable] = {}
     bar = tqdm(total=p.total_steps, initial=step, desc=phase.name, unit="step",
                dynamic_ncols=True, leave=True, disable=step >= p.total_steps)
-    last_ckpt = step
+    last_ckpt, last_save_t = step, phase.clock()
     try:
         for epoch, offset, n in p.chunks(step, phase.steps_per_call):
             t0 = time.perf_counter()
@@ -384,7 +389,6 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                                                     phase.step_key, phase.context)
             state = dict(state, params=params, opt_state=opt_state)
             step += n
-            interrupt.check(f"{phase.name}, step {step}/{p.total_steps}")
             losses = np.asarray(losses)
             bar.update(n)
             bar.set_postfix(loss=f"{losses.mean():.5f}")
@@ -414,20 +418,35 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                     entry.update(fields)
                 record["evals"].append(entry)
                 record.update(loss_sum=0.0, loss_steps=0, eval_time=0.0)
-            if evaluated or (phase.checkpoint_every
-                             and step - last_ckpt >= phase.checkpoint_every):
+            if _checkpoint_due(phase, step, last_ckpt, last_save_t, evaluated):
                 record["finished"] = step >= p.total_steps
                 ckpts.save(step, state, record)
-                last_ckpt = step
+                last_ckpt, last_save_t = step, phase.clock()
                 trim_heap()
-                if evaluated and phase.on_eval is not None:
-                    phase.on_eval(record)
+            if evaluated and phase.on_eval is not None:
+                phase.on_eval(record)
+            interrupt.check(f"{phase.name}, step {step}/{p.total_steps}")
     finally:
         bar.close()
         ckpts.close()
         compiled.clear()
         release_freed_memory()
     return Result(state, record, lr_scale)
+
+
+def _checkpoint_due(phase: Phase, step: int, last_ckpt: int, last_save_t: float,
+                    evaluated: bool) -> bool:
+    """Whether the state at ``step`` (a chunk just trained, its evaluation done) is saved: at
+    the phase's end, when a signal is stopping the run (so a rerun resumes here), every
+    ``checkpoint_every`` steps, and at evaluations every ``checkpoint_seconds`` (every one when
+    that is 0). A kill loses at most that much training."""
+    if step >= phase.plan.total_steps or interrupt.pending() is not None:
+        return step > last_ckpt
+    if phase.checkpoint_every and step - last_ckpt >= phase.checkpoint_every:
+        return True
+    if phase.checkpoint_seconds <= 0:
+        return evaluated
+    return phase.clock() - last_save_t >= phase.checkpoint_seconds
 
 
 def release_freed_memory() -> bool:
