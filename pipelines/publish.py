@@ -47,6 +47,9 @@ _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
 _READMES_ONLY = flags.DEFINE_bool("readmes_only", False,
                                   "Rewrite the tables of every results/ folder and the README "
                                   "blocks from the committed records (no workdir).")
+_ALLOW_DIRTY = flags.DEFINE_bool("allow_dirty", False,
+                                  "Publish a workdir whose records were made from a git tree "
+                                  "with uncommitted changes (refused by default).")
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "results/README.md")
@@ -69,10 +72,13 @@ def _metrics_files(workdir: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def publish(workdir: Path, out: Path) -> list[Path]:
-    """Copies records and figures of ``workdir`` into ``out``; rewrites the tables."""
+def publish(workdir: Path, out: Path, allow_dirty: bool = False) -> list[Path]:
+    """Copies records and figures of ``workdir`` into ``out``; rewrites the tables. Refuses
+    (ValueError) records made from a dirty git tree unless ``allow_dirty``."""
     if not (workdir / "config.json").is_file():
         raise FileNotFoundError(f"{workdir / 'config.json'}: not found; not a workdir")
+    provenance.check_clean([_json(workdir / "machine.json"),
+                            *atomic.read_jsonl(workdir / "compare" / "runs.jsonl")], allow_dirty)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     copies = [(workdir / name, Path(name).name) for name in FILES] + _metrics_files(workdir)
@@ -292,7 +298,7 @@ def main(config, workdir: Path | None) -> None:
     written = []
     try:
         if not _READMES_ONLY.value:
-            written = publish(workdir, Path(_OUT.value))
+            written = publish(workdir, Path(_OUT.value), _ALLOW_DIRTY.value)
         else:  # every committed result's tables again from its records, as the code writes them
             written = refresh_results()
         written += update_readmes()

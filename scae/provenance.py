@@ -33,7 +33,8 @@ import json
 import os
 import platform
 import re
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -250,7 +251,8 @@ def cpu_has_bf16() -> bool | None:
 
 def machine(wall_time_s: float | None = None, command: str | None = None) -> dict:
     """A record of the machine running this process: CPU model, vector extensions, cores,
-    jax's devices and versions, and (when given) the wall time and command measured.
+    jax's devices and versions, the code's commit and dirty-tree flag (:func:`git_state`),
+    and (when given) the wall time and command measured.
 
     Written as ``machine.json`` beside a comparison's records, so that a published timing
     names the hardware it was measured on.
@@ -275,6 +277,7 @@ def machine(wall_time_s: float | None = None, command: str | None = None) -> dic
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
     }
+    out.update(git_state())
     if wall_time_s is not None:
         out["wall_time_s"] = round(float(wall_time_s), 1)
     if command is not None:
@@ -315,3 +318,50 @@ def describe_machine(m: Mapping) -> str:
     cpu = f"{m.get('cpu', 'unknown CPU')} ({m.get('cpu_cores', '?')} cores"
     cpu += f"; {' '.join(flags)})" if flags else ")"
     return f"{cpu}, jax {m.get('jax', '?')} on {devices}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The code a record was made by
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """git's output in ``root``, or None when git is absent, fails or hangs."""
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state(package: Path = _PACKAGE) -> dict:
+    """``git_commit`` (the checkout's HEAD) and ``git_dirty`` (whether tracked files differ
+    from it) of the git checkout this package was imported from; both None when it was not
+    imported from one (an installed copy) or git is absent. Never raises: a record without
+    its commit is better than no record.
+
+    Untracked files do not count as dirty: a checkout holds workdirs and caches that no
+    result depends on, while every module the code imports is tracked.
+    """
+    top = _git(package, "rev-parse", "--show-toplevel")
+    if top is None or (Path(top) / package.name).resolve() != package.resolve():
+        return {"git_commit": None, "git_dirty": None}
+    commit = _git(package, "rev-parse", "HEAD")
+    status = _git(package, "status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def check_clean(records: Iterable[Mapping], allow_dirty: bool = False) -> None:
+    """Raises ValueError when a record (a run record, ``machine.json``) says it was made from a
+    git tree with uncommitted changes, unless ``allow_dirty``: a published number must name
+    the code that made it. Records without the flag (made before it, or outside a checkout)
+    pass."""
+    dirty = [r for r in records if isinstance(r, Mapping) and r.get("git_dirty") is True]
+    if dirty and not allow_dirty:
+        commits = sorted({str(r.get("git_commit")) for r in dirty})
+        raise ValueError(f"{len(dirty)} record(s) were made from a git tree with uncommitted "
+                         f"changes (git_dirty, on commit {', '.join(commits)}): the commit does "
+                         f"not name the code that made them. Commit and rerun, or pass "
+                         f"--allow_dirty to publish them anyway")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scae import atomic
+from scae import atomic, provenance
 from scae import workdir as workdir_lib
 from scae.data import inputs as inputs_lib
 from scae.errors import InputError, is_device_oom
@@ -104,6 +104,9 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
         # adding to its peak.
         driver.release_freed_memory()
     progress = Progress([(steps, len(group)) for *_, group, steps in todo], log)
+    # The code every run of this session is made by: the commit, and whether the tree had
+    # uncommitted changes (publish refuses those unless told otherwise).
+    code = provenance.git_state()
 
     def stack_of(seed: int) -> stack_lib.Stack:
         """Seed ``seed``'s stack: its own when stacks are per seed, else seed 0's."""
@@ -124,6 +127,7 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
             r["pool_size"] = int(data.train_images.shape[0])
             # Which compare seed's stack the run started from (see pretraining.pretrain_dir).
             r["stack_seed"] = None if arm == "random" else (r["seed"] if per_seed else 0)
+            r.update(code)
         # Every output of the cell is written before the record that says it is done.
         if arm in ("pretrained", "random"):
             with atomic.replacing(out / f"conv1_{arm}_{size}.npy") as tmp, tmp.open("wb") as f:
