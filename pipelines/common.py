@@ -3,7 +3,8 @@ failure into one line on stderr and its exit status.
 
 Each pipeline is ``common.run(main)`` with ``main(config, workdir)``; a bad flag, config file,
 config value or data file ends with exit status 2 before anything in the workdir is written;
-a divergence with 3, a failed write with 74, SIGINT and SIGTERM with 130 and 143. What a
+a divergence with 3, a failed write with 74, SIGINT, SIGTERM and SIGHUP with 130, 143 and
+129. What a
 workdir may hold and reuse is :mod:`scae.workdir`'s; the names below keep the commands' calls.
 """
 
@@ -58,7 +59,7 @@ if _AS_COMMAND and (_env := huge_pages_env()):
 _EARLY_SIGNALS: list[int] = []
 if _AS_COMMAND:  # a command is starting: record signals from the first moment (importing
     # scae imports jax, which takes seconds); scae.interrupt takes over below
-    for _signum in (signal.SIGINT, signal.SIGTERM):
+    for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(_signum, lambda signum, frame: _EARLY_SIGNALS.append(signum))
 
 
@@ -99,11 +100,26 @@ def fail(message: str, status: int = 2) -> None:
     log(f"error: {line}")  # on a line of its own, even below a progress bar
     sys.stderr.flush()
     if _AS_COMMAND:
-        # The one line is said. Library threads that a failure left behind (orbax's and
-        # tensorstore's event loops) print tracebacks while Python shuts down; drop them.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
+        end(status)
     sys.exit(status)
+
+
+def end(status: int) -> None:
+    """Ends a command's process with ``status`` once its output is flushed, without Python's
+    shutdown.
+
+    Every file the command writes is complete by now (each write is a temporary file and a
+    rename, checkpoints are saved synchronously). What Python's shutdown would still do is
+    tear down modules under threads that XLA, orbax and tensorstore leave running after a
+    failure or a signal stopped the work mid-way: on a loaded machine that crashed the process
+    with SIGSEGV (exit 139) after the right line was printed, and printed those threads'
+    tracebacks. ``os._exit`` skips that teardown."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+            pass
+    os._exit(status)
 
 
 def _config_spec(argv: list[str]) -> str | None:
@@ -218,8 +234,8 @@ def _validate(config, command: str) -> None:
 def run(main: Callable, needs_config: bool = True, needs_workdir: bool = True) -> None:
     """Parses the flags and calls ``main(config, workdir)``, turning every expected failure
     into one line on stderr and its exit status: bad input 2, divergence 3, a failed write
-    74, SIGINT 130, SIGTERM 143 (see :mod:`scae.errors`). Without ``needs_workdir`` a missing
-    ``--workdir`` gives ``workdir=None``."""
+    74, SIGINT 130, SIGTERM 143, SIGHUP 129 (see :mod:`scae.errors`). Without
+    ``needs_workdir`` a missing ``--workdir`` gives ``workdir=None``."""
     command = _command(main)
     # A command's imports (JAX, flax, orbax: a great many objects) live as long as it does.
     # Frozen, they are out of the way of the cyclic collector's full passes during the run and
@@ -264,7 +280,8 @@ def run(main: Callable, needs_config: bool = True, needs_workdir: bool = True) -
             fail(str(e), status=e.exit_status)
         except KeyboardInterrupt:
             interrupt.finish()
-            fail(str(interrupt.pending() or Interrupted(signal.SIGINT, "")), status=130)
+            e = interrupt.pending() or Interrupted(signal.SIGINT, "")
+            fail(str(e), status=e.exit_status)
         except Exception as e:
             error = errors.as_write_error(e)
             if error is None:

@@ -2,8 +2,8 @@
 
 Pipelines turn each type into one line on stderr and its own exit status:
 :class:`InputError` 2, a divergence (``FloatingPointError``) 3, :class:`WriteError` 74,
-:class:`Interrupted` 130 (SIGINT) or 143 (SIGTERM). Everything else is a bug and keeps its
-traceback.
+:class:`Interrupted` 130 (SIGINT), 143 (SIGTERM) or 129 (SIGHUP). Everything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class WriteError(OSError):
 
 
 class Interrupted(BaseException):
-    """A SIGINT or SIGTERM arrived; raised at the next safe point (see :mod:`scae.interrupt`).
+    """A SIGINT, SIGTERM or SIGHUP arrived; raised at the next safe point (see
+    :mod:`scae.interrupt`).
 
     A BaseException like KeyboardInterrupt, so that no ``except Exception`` swallows it."""
 
@@ -60,7 +61,7 @@ class Interrupted(BaseException):
 
     @property
     def exit_status(self) -> int:
-        """128 + the signal number: 130 for SIGINT, 143 for SIGTERM."""
+        """128 + the signal number: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP."""
         return 128 + self.signum
 
 

@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM: stop within seconds at a consistent point, and never be lost.
+"""SIGINT, SIGTERM and SIGHUP: stop within seconds at a consistent point, and never be lost.
 
 Python runs a signal handler between two bytecodes of the main thread, wherever that is. An
 exception raised there can land in a weakref callback or a ``__del__``, where Python prints
@@ -8,8 +8,9 @@ process. So the handler never raises. It records the signal, and:
 
 * the training driver calls :func:`check` between compiled chunks (and the command envelope
   before it starts and after the command's main returns), which raises
-  :class:`~scae.errors.Interrupted`: the envelope prints one line and exits with 130 (SIGINT)
-  or 143 (SIGTERM);
+  :class:`~scae.errors.Interrupted`: the envelope prints one line and exits with 130 (SIGINT),
+  143 (SIGTERM) or 129 (SIGHUP: the terminal closed, whose default action would end the
+  process in the middle of a write and say nothing);
 * if no :func:`check` comes within ``GRACE_S`` seconds (data loading, compilation, code
   without check points), a watchdog thread prints the same line and ends the process with the
   same status. That is as safe as a kill, which every write already survives: files are
@@ -30,7 +31,7 @@ from collections.abc import Iterator, Sequence
 
 from scae.errors import Interrupted
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE_S = 4.0  # how long the process may run on after a signal before it is ended
 MAX_DEFER_S = 60.0  # the longest a deferred block holds the end back
 
@@ -40,6 +41,10 @@ class _State:
         self.pending: int | None = None  # the first signal received
         self.where: str | None = None  # what the command was doing then
         self.at: str | None = None  # what the command says it is doing now (see :func:`at`)
+        # The last check point passed ("layer 2, step 40/120"): names the moment of a signal
+        # that arrives between check points (a checkpoint save, an evaluation), where the
+        # Python frame would only name a function.
+        self.progress: str | None = None
         self.defer = 0  # depth of deferred() blocks
         self.done = False  # the envelope is ending the process: the watchdog stands down
         self.installed = False
@@ -53,8 +58,8 @@ _state = _State()
 
 
 def early(received: Sequence[int] = ()) -> None:
-    """Records SIGINT and SIGTERM from a command's first moment (before the slow imports)
-    until :func:`install`, which keeps what was recorded. ``received``: the signals a
+    """Records the signals of :data:`SIGNALS` from a command's first moment (before the slow
+    imports) until :func:`install`, which keeps what was recorded. ``received``: the signals a
     simpler handler recorded before this module could be imported."""
     if threading.current_thread() is not threading.main_thread():
         return
@@ -67,7 +72,7 @@ def early(received: Sequence[int] = ()) -> None:
 
 
 def install() -> None:
-    """Installs the SIGINT and SIGTERM handlers (main thread only; elsewhere a no-op). Forgets
+    """Installs the handlers of :data:`SIGNALS` (main thread only; elsewhere a no-op). Forgets
     an earlier signal unless :func:`early` recorded it. Called once by the command envelope."""
     if threading.current_thread() is not threading.main_thread():
         return
@@ -75,7 +80,7 @@ def install() -> None:
     _keep_stderr()
     if not s.early:
         s.pending, s.where = None, None
-    s.early, s.at, s.defer, s.done = False, None, 0, False
+    s.early, s.at, s.progress, s.defer, s.done = False, None, None, 0, False
     s.generation += 1
     for signum in SIGNALS:
         previous = signal.signal(signum, _handler)
@@ -99,7 +104,8 @@ def uninstall() -> None:
     callers that run commands in-process, such as tests)."""
     s = _state
     s.done = True
-    s.pending, s.where = None, None  # what this command received ends with it
+    s.pending, s.where, s.progress = None, None, None  # what this command received ends
+    # with it
     if s.installed and threading.current_thread() is threading.main_thread():
         for signum, previous in s.previous.items():
             signal.signal(signum, previous)
@@ -113,10 +119,13 @@ def pending() -> Interrupted | None:
 
 
 def check(where: str | None = None) -> None:
-    """Raises :class:`~scae.errors.Interrupted` if SIGINT or SIGTERM arrived. The training
-    driver calls this between compiled chunks, with ``where`` such as "layer 2, step 40/120"
-    for the message."""
+    """Raises :class:`~scae.errors.Interrupted` if a signal of :data:`SIGNALS` arrived. The
+    training driver calls this between compiled chunks, with ``where`` such as "layer 2, step
+    40/120" for the message; a signal that arrives before the next check point is reported at
+    that place too."""
     s = _state
+    if where is not None:
+        s.progress = where
     if s.pending is not None:
         raise Interrupted(s.pending, where or s.at or s.where or "")
 
@@ -152,13 +161,16 @@ def finish() -> None:
 
 
 def _location(frame) -> str:
-    """The innermost frame of this project's code, as 'scae/file.py:function'."""
+    """The innermost frame of this project's code, as 'scae/train/file.py:function' (only
+    where no check point has been passed yet: start-up)."""
     while frame is not None:
-        path = frame.f_code.co_filename.replace(os.sep, "/")
-        parts = path.split("/")
-        if len(parts) >= 2 and parts[-2] in ("scae", "pipelines") \
-                and not path.endswith("scae/interrupt.py"):
-            return f"{parts[-2]}/{parts[-1]}:{frame.f_code.co_name}"
+        parts = frame.f_code.co_filename.replace(os.sep, "/").split("/")
+        for top in ("scae", "pipelines"):
+            if top in parts[:-1]:
+                rel = "/".join(parts[len(parts) - 1 - parts[::-1].index(top):])
+                if rel != "scae/interrupt.py":
+                    return f"{rel}:{frame.f_code.co_name}"
+                break
         frame = frame.f_back
     return ""
 
@@ -168,7 +180,7 @@ def _handler(signum: int, frame) -> None:
     if s.pending is not None:  # asked twice: end now
         _end(Interrupted(s.pending, s.at or s.where or ""))
     s.pending = signum
-    s.where = s.at or _location(frame) or "start-up"
+    s.where = s.at or s.progress or _location(frame) or "start-up"
     _start_watchdog()
 
 
