@@ -26,6 +26,11 @@ DECODER_OUTPUTS = ("activation", "linear")
 PREPROCESS = ("none", "gcn", "gcn_zca")
 
 ARMS = ("random", "pretrained", "frozen")
+# What happens to a fine-tuning run whose training loss at its first evaluation has not fallen
+# below chance, log(classes) (scae.study.finetune.hit_failure_rule), in every arm alike: 'mark'
+# records it as failed; 'restart' trains it again at half the rate (lr_scale in its record),
+# and marks it failed if it hits the rule again; 'none' records the diagnostics only.
+FAILURE_RULES = ("none", "mark", "restart")
 # jax.random.PRNGKey keeps only the low 32 bits of a seed: 2**32 would silently repeat seed 0.
 MAX_SEED = 2**32 - 1
 # Image channels the figures can draw (grayscale, RGB); others are refused up front.
@@ -122,6 +127,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     # (validation included) with that schedule and test the final model; the refit does no
     # selection on validation. For a full-label cell comparable to the paper's 50k.
     c.finetune.refit_full = False
+    # Fixed before any run, the same for every arm: see FAILURE_RULES.
+    c.finetune.failure_rule = "mark"
 
     c.compare = ml_collections.ConfigDict()
     c.compare.label_sizes = (1000, 10000, 50000)
@@ -289,6 +296,7 @@ def _validate_recipe(c: ml_collections.ConfigDict) -> None:
     _positive_ints(c, "finetune.augment_translate", allow_zero=True)
     _bool(c, "finetune.augment_flip")
     _bool(c, "finetune.refit_full")
+    _choice(c, "finetune.failure_rule", FAILURE_RULES)
     _bool(c, "compare.stack_per_seed")
 
 

@@ -1,5 +1,7 @@
 """Fine-tuning: weight transfer, the frozen arm, fair arms and vmapped seeds."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,6 +82,14 @@ def test_arms_share_subsets_and_the_frozen_arm_keeps_its_conv_weights(setup, tmp
         for r in rows:
             assert 0 <= r["test_error"] <= 100 and 1 <= r["best_epoch"] <= r["epochs"]
             assert len(r["curve"]) == 3
+            # The diagnostics: each conv layer's starting RMS against the random
+            # initialiser's, and the training loss at the first evaluation.
+            assert len(r["conv_rms"]) == len(r["conv_rms_random"]) == 3
+            assert math.isfinite(r["first_eval_train_loss"]) and r["failure_rule"] == "mark"
+            assert r["failed"] == finetuning.hit_failure_rule(r["first_eval_train_loss"], 10)
+    random_rows, pretrained_rows = out["random"][0], out["pretrained"][0]
+    assert random_rows[0]["conv_rms"] == random_rows[0]["conv_rms_random"]
+    assert pretrained_rows[0]["conv_rms"] != pretrained_rows[0]["conv_rms_random"]
 
 
 def test_vmapped_seeds_equal_sequential_runs(setup, tmp_path):
@@ -161,7 +171,10 @@ def test_the_reported_model_is_the_one_of_lowest_validation_error():
 RUN_FIELDS = {"arm", "best_epoch", "cell_time_s", "curve", "data_exact", "data_fingerprint",
               "data_note", "data_title", "dataset", "epochs", "label_size", "lr_scale",
               "paper_key", "pool_size", "refit_full", "seed", "seeds_together", "settings",
-              "stack_seed", "steps", "subset", "test_error", "train_size", "val_error"}
+              "stack_seed", "steps", "subset", "test_error", "train_size", "val_error",
+              "git_commit", "git_dirty", "test_size", "num_classes", "conv_rms",
+              "conv_rms_random", "first_eval_epoch", "first_eval_train_loss", "chance_loss",
+              "failure_rule", "failure_hit", "failed"}
 
 
 @pytest.mark.slow
@@ -185,9 +198,9 @@ def test_compare_trains_seeds_and_their_stacks_together_or_one_at_a_time(
     real_cell = finetuning.run_cell
     real_together, real_alone = pretraining.pretrain_seeds, pretraining.pretrain
 
-    def cell(config, data, stacks, size, arm, seeds, ckpt, log):
+    def cell(config, data, stacks, size, arm, seeds, ckpt, log, **kwargs):
         groups.append(list(seeds))
-        return real_cell(config, data, stacks, size, arm, seeds, ckpt, log)
+        return real_cell(config, data, stacks, size, arm, seeds, ckpt, log, **kwargs)
 
     def together(config, images, val_images, workdir, seed_indices, log):
         stacks_together.append(list(seed_indices))

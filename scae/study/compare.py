@@ -145,9 +145,31 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
 
 
 def _run_group(config, data, stacks, size, arm, group, out, log):
-    ckpt = out / "ckpt" / f"{size}_{arm}_s{'-'.join(map(str, group))}"
+    """Trains one group of seeds of a cell; under ``finetune.failure_rule = 'restart'``, each
+    run that hit the rule trains again alone at half the rate (the same rule for every arm)."""
+    rows, best = _train_group(config, data, stacks, size, arm, group, out, log)
+    if config.finetune.get("failure_rule", "none") != "restart":
+        return rows, best
+    for i, r in enumerate(rows):
+        if not r.get("failure_hit"):
+            continue
+        log(f"{arm} at {size} labels, seed {r['seed']}: training loss "
+            f"{r['first_eval_train_loss']:.3f} at its first evaluation is not below chance "
+            f"({r['chance_loss']:.3f}); training it again at half the rate "
+            f"(finetune.failure_rule)")
+        (again,), b = _train_group(config, data, stacks and [stacks[i]], size, arm, [r["seed"]],
+                                   out, log, lr_factor=0.5, tag="_restart")
+        rows[i] = dict(again, failure_restarts=1,
+                       first_try_train_loss=r["first_eval_train_loss"])
+        best = b if i == 0 else best
+    return rows, best
+
+
+def _train_group(config, data, stacks, size, arm, group, out, log, lr_factor=1.0, tag=""):
+    ckpt = out / "ckpt" / f"{size}_{arm}_s{'-'.join(map(str, group))}{tag}"
     try:
-        return finetuning.run_cell(config, data, stacks, size, arm, group, ckpt, log)
+        return finetuning.run_cell(config, data, stacks, size, arm, group, ckpt, log,
+                                   lr_factor=lr_factor)
     except Exception as e:  # noqa: BLE001 - only a device out-of-memory falls back
         if not is_device_oom(e) or len(group) == 1:
             raise
@@ -155,7 +177,8 @@ def _run_group(config, data, stacks, size, arm, group, out, log):
             f"training them one at a time")
         rows, best = [], None
         for i, s in enumerate(group):
-            r, b = _run_group(config, data, stacks and [stacks[i]], size, arm, [s], out, log)
+            r, b = _train_group(config, data, stacks and [stacks[i]], size, arm, [s], out, log,
+                                lr_factor, tag)
             rows += r
             best = best or b
         return rows, best

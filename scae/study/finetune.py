@@ -12,6 +12,7 @@ number of steps. The model reported is the one with the lowest validation error.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -56,6 +57,48 @@ def eval_epochs(num_epochs: int, evals: int) -> list[int]:
     return sorted({int(round(e)) for e in np.linspace(num_epochs / evals, num_epochs, evals)})
 
 
+def hit_failure_rule(first_eval_loss: float, num_classes: int) -> bool:
+    """Whether a run hit the failure rule (config ``finetune.failure_rule``): its training loss
+    at its first evaluation has not fallen below chance, log(num_classes), the cross-entropy of
+    a uniform guess. A run that collapses to one class stays there; a run that learns is far
+    below it by then. A non-finite loss hits the rule."""
+    return not first_eval_loss < math.log(num_classes)
+
+
+def conv_rms(params) -> list[float]:
+    """The root-mean-square weight of each conv layer of one model's parameters, in order."""
+    return [float(np.sqrt(np.mean(np.square(np.asarray(layer["w"], np.float64)))))
+            for name, layer in sorted(params.items()) if models.conv_layers((name,), None)]
+
+
+def diagnostics(nets: Sequence[models.CNN], spec: models.CNNSpec, arm: str,
+                init_keys: Array) -> list[dict]:
+    """Per seed, what the run started from: each conv layer's weight RMS (``conv_rms``) beside
+    that of the random initialiser with the same key (``conv_rms_random``), so that transferred
+    filters far larger or smaller than a random start show in the records."""
+    out = []
+    for i, net in enumerate(nets):
+        ref = net if arm == "random" else initial_model(spec, None, "random", init_keys[i])
+        out.append({"conv_rms": conv_rms(models.params_of(net)),
+                    "conv_rms_random": conv_rms(models.params_of(ref))})
+    return out
+
+
+def apply_failure_rule(rows: list[dict], evals: Sequence[dict], rule: str,
+                       num_classes: int) -> None:
+    """Adds the training loss at the first evaluation and the failure rule's verdict to each
+    run record (``rows`` in the order of the evaluations' ``train_loss_per_seed``)."""
+    first = evals[0] if evals else {}
+    losses = first.get("train_loss_per_seed") or [math.nan] * len(rows)
+    for r, loss in zip(rows, losses):
+        r.update(first_eval_epoch=first.get("epoch"), first_eval_train_loss=float(loss),
+                 chance_loss=math.log(num_classes), failure_rule=rule)
+        hit = hit_failure_rule(float(loss), num_classes)
+        r["failure_hit"] = hit
+        if rule != "none":
+            r["failed"] = hit
+
+
 def initial_model(spec: models.CNNSpec, stack: Stack | None, arm: str, key: Array,
                   log: Callable[[str], None] = print) -> models.CNN:
     """The CNN of ``arm`` initialised from ``key``: random, or with conv k from CAE layer k."""
@@ -96,7 +139,8 @@ def keep_best(state: dict, errs: Array, epoch: int) -> dict:
 
 def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | None,
              label_size: int, arm: str, seeds: Sequence[int], ckpt_dir: Path,
-             log: Callable[[str], None] = print) -> tuple[list[dict], dict]:
+             log: Callable[[str], None] = print,
+             lr_factor: float = 1.0) -> tuple[list[dict], dict]:
     """Trains ``arm`` at ``label_size`` for ``seeds`` together (or resumes it); ``stack`` is
     the stack every seed starts from, or one stack per seed.
 
@@ -104,8 +148,10 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
     Each record: label_size, arm, seed, epochs, steps, best_epoch, val_error, test_error
     (percent; the test error of the parameters with the lowest validation error),
     cell_time_s (the wall time of the whole cell) and seeds_together (how many seeds shared
-    it), the labelled subset's fingerprint, the validation curve and ``lr_scale`` (the factor
-    on ``finetune.learning_rate``; below 1 after divergence retries).
+    it), the labelled subset's fingerprint, the validation curve, ``lr_scale`` (the factor
+    on ``finetune.learning_rate``: ``lr_factor``, halved by divergence retries), the test
+    set's size and the diagnostics of :func:`diagnostics` and :func:`apply_failure_rule`
+    (``failed`` when ``finetune.failure_rule`` is not 'none').
     """
     fc = config.finetune
     spec = models.CNNSpec.from_config(config.model, data.image_shape)
@@ -125,6 +171,7 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
                                         zip(*(seed_keys(config.seed, s) for s in seeds)))
     nets = [initial_model(spec, stacks[i], arm, init_keys[i], log if i == 0 else quiet)
             for i in range(len(seeds))]
+    starts = diagnostics(nets, spec, arm, init_keys)
     graphdef, _ = models.split(nets[0])
     params = jax.tree.map(lambda *q: jnp.stack(q), *[models.params_of(m) for m in nets])
     mask = models.frozen_mask(nets[0], models.conv_layers) if arm == "frozen" else None
@@ -178,7 +225,7 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         name=f"{arm} {label_size} labels x{n} seeds", where=f"{arm} run at {label_size} labels",
         ckpt_dir=ckpt_dir, plan=p,
         loss_fn=loss_fn,
-        make_tx=lambda scale: optim.make(fc, p.total_steps, mask, lr_scale=scale),
+        make_tx=lambda scale: optim.make(fc, p.total_steps, mask, lr_scale=scale * lr_factor),
         params=params, data=data_xy, pool=pool, order_key=order_keys,
         step_key=step_keys, seeds=tuple(seeds), seed_batching=batching,
         steps_per_call=fc.steps_per_call, checkpoint_seconds=fc.get("checkpoint_seconds", 0.0),
@@ -198,9 +245,11 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
              "test_error": float(test_err[i]), "refit_full": refit,
              "train_size": int(subsets.shape[1]),
              "cell_time_s": record["time_s"], "seeds_together": n,
-             "subset": subset_digest(subsets[i]), "lr_scale": result.lr_scale,
-             "curve": curves[i]}
+             "subset": subset_digest(subsets[i]), "lr_scale": result.lr_scale * lr_factor,
+             "test_size": int(len(data.test_labels)), "num_classes": spec.num_classes,
+             **starts[i], "curve": curves[i]}
             for i, s in enumerate(seeds)]
+    apply_failure_rule(rows, record["evals"], fc.get("failure_rule", "none"), spec.num_classes)
     return rows, jax.tree.map(np.asarray, state["best"])
 
 

@@ -1,0 +1,120 @@
+"""The failure rule fixed in the config before any run (finetune.failure_rule), the same for
+every arm: it fires on a constructed collapsed run and on no normal run; a restart trains the
+run again at half the rate; the tables count the runs of each arm that hit it."""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+import numpy as np
+import pytest
+
+from scae import config as cfglib
+from scae.report import tables as report
+from scae.study import compare, finetune
+
+CHANCE = math.log(10)
+
+
+def evals(*first_losses: float) -> list[dict]:
+    """A phase's evaluation records: the first with these per-seed training losses."""
+    return [{"epoch": 3, "train_loss": float(np.mean(first_losses)),
+             "train_loss_per_seed": list(first_losses)},
+            {"epoch": 6, "train_loss": 0.1, "train_loss_per_seed": [0.1] * len(first_losses)}]
+
+
+def test_the_rule_fires_on_a_collapsed_run_and_on_no_normal_run():
+    # A run that predicts one class of ten balanced ones has a cross-entropy of at least
+    # log(10); one that learns is far below it after an epoch or more.
+    collapsed = [CHANCE, CHANCE + 0.01, 2.5, math.nan, math.inf]
+    normal = [CHANCE - 0.05, 1.9, 1.2, 0.4, 0.05]
+    assert all(finetune.hit_failure_rule(x, 10) for x in collapsed)
+    assert not any(finetune.hit_failure_rule(x, 10) for x in normal)
+    assert finetune.hit_failure_rule(0.7, 2) and not finetune.hit_failure_rule(0.6, 2)
+
+
+@pytest.mark.parametrize("rule", ["mark", "restart", "none"])
+def test_apply_failure_rule_records_the_first_evaluation(rule):
+    rows = [{"arm": a, "seed": s} for a, s in (("pretrained", 0), ("pretrained", 1))]
+    finetune.apply_failure_rule(rows, evals(2.31, 1.4), rule, 10)
+    assert [r["first_eval_train_loss"] for r in rows] == [2.31, 1.4]
+    assert all(r["first_eval_epoch"] == 3 and r["chance_loss"] == CHANCE for r in rows)
+    assert [r["failure_hit"] for r in rows] == [True, False]
+    if rule == "none":  # diagnostics only: the post-hoc check of the tables applies
+        assert all("failed" not in r for r in rows)
+    else:
+        assert [r["failed"] for r in rows] == [True, False]
+
+
+def test_conv_rms():
+    params = {"conv1": {"w": np.full((5, 5, 1, 4), 2.0), "b": np.zeros(4)},
+              "conv2": {"w": np.array([3.0, -4.0]), "b": np.zeros(1)},
+              "fc": {"w": np.ones((3, 3)), "b": np.zeros(3)}}
+    assert finetune.conv_rms(params) == pytest.approx([2.0, math.sqrt(12.5)])
+
+
+def test_the_config_fixes_the_rule_before_any_run():
+    c = cfglib.base_config("cifar10")
+    assert c.finetune.failure_rule in cfglib.FAILURE_RULES
+    cfglib.validate(c)
+    c.finetune.failure_rule = "retry"
+    with pytest.raises(Exception, match="failure_rule"):
+        cfglib.validate(c)
+
+
+def _config(rule: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"finetune": {"failure_rule": rule}})
+
+
+def test_restart_trains_a_run_that_hit_the_rule_again_at_half_the_rate(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_train(config, data, stacks, size, arm, group, out, log, lr_factor=1.0, tag=""):
+        calls.append((tuple(group), lr_factor, tag))
+        rows = [{"label_size": size, "arm": arm, "seed": s, "lr_scale": lr_factor,
+                 "first_eval_train_loss": 2.4 if s == 1 and lr_factor == 1.0 else 1.0,
+                 "chance_loss": CHANCE} for s in group]
+        finetune.apply_failure_rule(rows, evals(*[r["first_eval_train_loss"] for r in rows]),
+                                    config.finetune.failure_rule, 10)
+        return rows, {"conv1": {"w": np.zeros((len(group), 1))}}
+
+    monkeypatch.setattr(compare, "_train_group", fake_train)
+    rows, _ = compare._run_group(_config("restart"), None, None, 1000, "random", [0, 1, 2],
+                                 tmp_path, lambda _: None)
+    assert calls == [((0, 1, 2), 1.0, ""), ((1,), 0.5, "_restart")]
+    assert [r["seed"] for r in rows] == [0, 1, 2]
+    assert rows[1]["lr_scale"] == 0.5 and rows[1]["failure_restarts"] == 1
+    assert rows[1]["first_try_train_loss"] == 2.4 and rows[1]["failed"] is False
+    assert not any(r.get("failed") for r in rows)
+
+    calls.clear()  # 'mark' trains nothing again: the run stays, marked failed
+    rows, _ = compare._run_group(_config("mark"), None, None, 1000, "pretrained", [0, 1],
+                                 tmp_path, lambda _: None)
+    assert calls == [((0, 1), 1.0, "")]
+    assert [r["failed"] for r in rows] == [False, True]
+
+
+def test_tables_count_the_runs_of_each_arm_that_hit_the_rule():
+    rows = []
+    for arm in ("random", "pretrained"):
+        for seed in range(3):
+            r = {"dataset": "cifar10", "label_size": 1000, "arm": arm, "seed": seed,
+                 "test_error": 45.0 - seed, "val_error": 45.0, "failure_rule": "restart",
+                 "failed": False}
+            if arm == "pretrained" and seed == 0:
+                r.update(failed=True, test_error=90.0, val_error=90.0)
+            if arm == "pretrained" and seed == 1:
+                r.update(failure_restarts=1, lr_scale=0.5)
+            rows.append(r)
+    line = report.failure_line(rows)
+    assert "random init 0 of 3" in line
+    assert "CAE pretrained 2 of 3 (1 restarted at a lower rate, 1 failed)" in line
+    assert "finetune.failure_rule = restart" in line and "same for every arm" in line
+    md = report.summary_markdown(rows)
+    assert "(3, 1 failed)" in md  # the failed run is flagged in its cell, never silently mixed
+    assert [r["seed"] for r in report.failed_runs(rows)] == [0]
+    # A record made under the rule is judged by it, not by the post-hoc check.
+    near = dict(rows[0], val_error=89.0, test_error=89.0)
+    assert report.failed_runs([near]) == []
+    assert report.failed_runs([{k: v for k, v in near.items() if k != "failed"}]) != []
