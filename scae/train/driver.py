@@ -27,7 +27,7 @@ import optax
 from jax import lax
 from tqdm.auto import tqdm
 
-from scae import interrupt
+from scae import accounting, interrupt
 from scae.train import checkpoint, parallel, retry
 
 Array = jax.Array
@@ -365,7 +365,8 @@ def _train(phase: Phase, lr_scale: float) -> Result:
     ckpts = checkpoint.Checkpoints(phase.ckpt_dir)
     step = ckpts.latest_step() or 0
     if step:
-        state, record = ckpts.restore(step, state)
+        with accounting.part("checkpoints"):
+            state, record = ckpts.restore(step, state)
         if step < p.total_steps:
             phase.log(f"{phase.name}: resuming at step {step}/{p.total_steps}")
     record.setdefault("seed_loss_sums", [0.0] * len(phase.seeds))
@@ -379,17 +380,22 @@ def _train(phase: Phase, lr_scale: float) -> Result:
     last_ckpt, last_save_t = step, phase.clock()
     try:
         for epoch, offset, n in p.chunks(step, phase.steps_per_call):
-            t0 = time.perf_counter()
-            if n not in compiled:
-                compiled[n] = make_steps(phase.loss_fn, tx, p.batch_size, n,
-                                         seed_batching=phase.seed_batching)
             order = _seed_orders(phase.order_key, phase.pool, epoch)
-            params, opt_state, losses = compiled[n](state["params"], state["opt_state"],
-                                                    phase.data, order, offset, step,
-                                                    phase.step_key, phase.context)
+            args = (state["params"], state["opt_state"], phase.data, order, offset, step,
+                    phase.step_key, phase.context)
+            if n not in compiled:
+                # Compiled ahead of the call, so that the records' times and img/s count the
+                # steps alone and the command's accounting shows compilation apart.
+                with accounting.part("compilation"):
+                    compiled[n] = make_steps(phase.loss_fn, tx, p.batch_size, n,
+                                             seed_batching=phase.seed_batching
+                                             ).lower(*args).compile()
+            t0 = time.perf_counter()
+            with accounting.part("training steps"):
+                params, opt_state, losses = compiled[n](*args)
+                losses = np.asarray(losses)
             state = dict(state, params=params, opt_state=opt_state)
             step += n
-            losses = np.asarray(losses)
             bar.update(n)
             bar.set_postfix(loss=f"{losses.mean():.5f}")
             if not np.isfinite(losses).all() or not all_finite(state["params"]):
@@ -414,17 +420,20 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                                                  for total in record["seed_loss_sums"]]}
                 record["seed_loss_sums"] = [0.0] * len(phase.seeds)
                 if phase.evaluate is not None:
-                    state, fields = phase.evaluate(state, epoch + 1)
+                    with accounting.part("evaluation"):
+                        state, fields = phase.evaluate(state, epoch + 1)
                     entry.update(fields)
                 record["evals"].append(entry)
                 record.update(loss_sum=0.0, loss_steps=0, eval_time=0.0)
             if _checkpoint_due(phase, step, last_ckpt, last_save_t, evaluated):
                 record["finished"] = step >= p.total_steps
-                ckpts.save(step, state, record)
+                with accounting.part("checkpoints"):
+                    ckpts.save(step, state, record)
                 last_ckpt, last_save_t = step, phase.clock()
                 trim_heap()
             if evaluated and phase.on_eval is not None:
-                phase.on_eval(record)
+                with accounting.part("evaluation"):
+                    phase.on_eval(record)
             interrupt.check(f"{phase.name}, step {step}/{p.total_steps}")
     finally:
         bar.close()
