@@ -135,6 +135,61 @@ def test_error_vs_labels(drawn, tmp_path, title):
         assert comparison_plots._size_label(size) in shown, (size, shown)
     if dataset == "cifar10":
         assert "50k" not in shown and "paper: random init" in s.legend_texts
+    assert "median, bars from the lowest to the highest seed" in s.all_text()
+
+
+def refit_records(failed_seed: int | None = None) -> list[dict]:
+    """CIFAR-10-like records whose full cell (45,000 labels of a 45,000-image pool) is refit
+    on all 50,000 training images, without validation curves; optionally one failed run."""
+    rows = records("cifar10", (1000, 10000, 45000))
+    for r in rows:
+        r.update(pool_size=45000, refit_full=r["label_size"] == 45000,
+                 train_size=50000 if r["label_size"] == 45000 else r["label_size"])
+        if r["refit_full"]:
+            r["curve"] = [[30, float("nan")]]
+        if (r["label_size"], r["arm"], r["seed"]) == (10000, "pretrained", failed_seed):
+            r["test_error"] = 90.0
+    return rows
+
+
+def test_figure_labels_come_from_the_records(drawn, tmp_path):
+    rows = refit_records(failed_seed=0)
+    s = drawn(comparison_plots.error_vs_labels_figure, rows, "cifar10", tmp_path / "e.png",
+              "CIFAR-10")
+    check_legible(s, "CIFAR-10")
+    shown = s.x_tick_texts[0]
+    assert "all (50,000)" in shown and "45k" not in shown and "45,000" not in shown
+    # The failed run's cell: a bar from its lowest to its highest seed, never below the lowest.
+    ax = s.axes[0]
+    errs = sorted(r["test_error"] for r in rows
+                  if (r["label_size"], r["arm"]) == (10000, "pretrained"))
+    lows = [seg[:, 1].min() for coll in ax.collections if hasattr(coll, "get_segments")
+            for seg in coll.get_segments() if len(seg) == 2 and seg[0, 0] == seg[1, 0]]
+    assert min(lows) >= min(r["test_error"] for r in rows) - 1e-9
+    assert any(abs(lo - errs[0]) < 1e-9 for lo in lows)
+
+    c = drawn(comparison_plots.curves_figure, rows, tmp_path / "c.png", "CIFAR-10")
+    check_legible(c, "CIFAR-10")
+    # The refit cell has no validation curve: no panel for it, none empty.
+    assert [t.split("\n")[0] for t in c.titles] == ["1,000 labels", "10,000 labels"]
+    assert len(c.axes) == 2
+
+
+def test_figure_texts_describe_the_preprocessing(drawn, tmp_path):
+    def config(**data):
+        return ml_collections.ConfigDict({"data": {"preprocess": "none", "standardize": False,
+                                                   "scale": "unit", **data}})
+
+    assert figures._pixels(config(preprocess="gcn_zca")) == "GCN + ZCA-whitened pixels"
+    assert figures._pixels(config(standardize=True)).startswith("standardised pixels")
+    assert figures._pixels(config()) == "pixels scaled to [0, 1]"
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    s = drawn(comparison_plots.embedding_figure, rng.normal(size=(60, 12)),
+              rng.normal(size=(60, 5)), labels, ["a", "b", "c"], tmp_path / "e.png",
+              "CIFAR-10 test set", inputs=figures._pixels(config(preprocess="gcn_zca")))
+    assert s.titles[0].startswith("GCN + ZCA-whitened pixels")
+    assert "raw pixels" not in s.all_text()
 
 
 @pytest.mark.parametrize("title", sorted(SIZES))

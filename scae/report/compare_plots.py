@@ -53,6 +53,19 @@ def _log_y_if_wide(ax, values: Sequence[float]) -> bool:
     return True
 
 
+def _label_text(size: int, rows: Sequence[Mapping]) -> str:
+    """The name of a label size as the tables give it (``all (50,000)`` for a refit cell)."""
+    from scae.report.tables import label_text
+
+    return label_text(size, rows)
+
+
+def _trained_size(size: int, rows: Sequence[Mapping]) -> int:
+    from scae.report.tables import trained_size
+
+    return trained_size(size, rows)
+
+
 def _size_label(n: int) -> str:
     """A label size as a tick label: 100, 1k, 2.5k, 45k, 1,234."""
     if n >= 1000 and len(f"{n / 1000:g}") <= 4:
@@ -62,10 +75,13 @@ def _size_label(n: int) -> str:
 
 def error_vs_labels_figure(rows: Sequence[Mapping], dataset: str, path: str | os.PathLike,
                            dataset_title: str | None = None) -> None:
-    """Test error against label size (log x): mean ± std per arm, seeds as faint points, and
-    the paper's figures for ``dataset`` as hollow markers."""
+    """Test error against the images a cell trained on (log x): the median per arm with bars
+    from the lowest to the highest seed (a run that failed widens its bar, never a spread it
+    does not have), every seed as a faint point, and the paper's figures for ``dataset`` as
+    hollow markers. A run label size is named as in the tables (``all (50,000)``)."""
     title = dataset_title or _default_title(dataset)
     cells, _ = stats.summarize(rows)
+    at = {c.label_size: _trained_size(c.label_size, rows) for c in cells}
     arms = sorted({c.arm for c in cells}, key=stats.arm_key)
     fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
     # Arms are spread slightly along x so their bars and seed points do not hide each other.
@@ -73,9 +89,12 @@ def error_vs_labels_figure(rows: Sequence[Mapping], dataset: str, path: str | os
     for a in arms:
         cs = [c for c in cells if c.arm == a]
         color = ARM_COLORS.get(a)
-        xs = np.array([c.label_size for c in cs], float) * shift[a]
-        ax.errorbar(xs, [c.mean for c in cs], yerr=[0 if math.isnan(c.std) else c.std for c in cs],
-                    fmt="o-", color=color, capsize=3, lw=1.5, ms=5, label=arm_label(a), zorder=3)
+        xs = np.array([at[c.label_size] for c in cs], float) * shift[a]
+        med = np.array([np.median(c.values) for c in cs])
+        lo = med - np.array([min(c.values) for c in cs])
+        hi = np.array([max(c.values) for c in cs]) - med
+        ax.errorbar(xs, med, yerr=[lo, hi], fmt="o-", color=color, capsize=3, lw=1.5, ms=5,
+                    label=arm_label(a), zorder=3)
         for x, c in zip(xs, cs):
             ax.scatter(np.full(c.n, x), c.values, s=12, color=color, alpha=0.3, lw=0, zorder=2)
     paper_sizes = sorted({s for (d, _, s) in stats.PAPER if d == dataset})
@@ -85,7 +104,10 @@ def error_vs_labels_figure(rows: Sequence[Mapping], dataset: str, path: str | os
             ax.plot(paper_sizes, ys, marker, ls=":", lw=0.8, ms=8, mfc="none",
                     color=ARM_COLORS[a], zorder=1,
                     label=f"paper: {'random init' if a == 'random' else 'CAE pretrained'}")
-    run_sizes = {c.label_size for c in cells}
+    run_sizes = set(at.values())
+    # The whole-pool cell keeps the tables' name (``all (50,000)``); other sizes stay short.
+    names = {v: name if name.startswith("all") else _size_label(v)
+             for k, v in at.items() for name in [_label_text(k, rows)]}
     sizes = sorted(run_sizes | set(paper_sizes))
     ax.set_xscale("log")
     log_y = _log_y_if_wide(ax, [v for c in cells for v in c.values]
@@ -93,10 +115,11 @@ def error_vs_labels_figure(rows: Sequence[Mapping], dataset: str, path: str | os
     ax.set_xlabel("labelled training images (log scale)")
     ax.set_ylabel("test error (%, log scale)" if log_y else "test error (%)")
     ax.set_title(plots.titled(title, "test error against labelled training images")
-                 + "\nmean ± std over seeds; faint dots: single seeds", fontsize=10)
+                 + "\nmedian, bars from the lowest to the highest seed; dots: single seeds",
+                 fontsize=10)
     ax.grid(alpha=0.3, which="both")
     if sizes:
-        ax.set_xticks(sizes, [_size_label(s) for s in sizes])
+        ax.set_xticks(sizes, [names.get(s, _size_label(s)) for s in sizes])
         ax.xaxis.set_minor_locator(ticker.NullLocator())
         plots.legend_outside(ax, fontsize=8)  # first: it narrows the axes
         # Sizes that were run keep their labels; a nearby size only the paper has loses its.
@@ -130,7 +153,9 @@ def curves_figure(rows: Sequence[Mapping], path: str | os.PathLike,
     """Validation error per epoch, one panel per label size: the mean curve of each arm over
     its seeds with a shaded min–max band."""
     title = dataset_title or _default_title(rows[0].get("dataset") if rows else None)
-    sizes = sorted({int(r["label_size"]) for r in rows})
+    # A cell without a validation curve (a refit has no validation images) gets no panel.
+    sizes = sorted({int(r["label_size"]) for r in rows
+                    if any(math.isfinite(float(v)) for _, v in r.get("curve") or [])})
     n = max(len(sizes), 1)
     fig, axes = plt.subplots(1, n, figsize=(max(3.9 * n, 5.2), 3.8), squeeze=False,
                              layout="constrained")
@@ -150,14 +175,15 @@ def curves_figure(rows: Sequence[Mapping], path: str | os.PathLike,
             ax.fill_between(ep, lo, hi, color=color, alpha=0.2, lw=0)
             extent += [lo.min(), hi.max()]
         log_y = _log_y_if_wide(ax, extent)
-        ax.set_title(f"{size:,} labels" + (f"\n{_seeds_note(counts)}" if counts else ""),
+        ax.set_title(f"{_label_text(size, rows)} labels"
+                     + (f"\n{_seeds_note(counts)}" if counts else ""),
                      fontsize=9)
         ax.set_xlabel("epoch")
         plots.integer_ticks(ax.xaxis)
         ax.set_ylabel("validation error (%, log scale)" if log_y else "validation error (%)")
         ax.grid(alpha=0.3, which="both")
     if not sizes:
-        axes[0, 0].text(0.5, 0.5, "no finished runs", ha="center", va="center",
+        axes[0, 0].text(0.5, 0.5, "no validation curves", ha="center", va="center",
                         transform=axes[0, 0].transAxes)
     if handles:
         plots.legend_outside(fig, list(handles.values()),
@@ -198,15 +224,16 @@ def pca_2d(x: np.ndarray, power_iters: int = 10) -> tuple[np.ndarray, np.ndarray
 
 def embedding_figure(raw: np.ndarray, feats: np.ndarray, labels: np.ndarray,
                      class_names: Sequence[str] | None, path: str | os.PathLike,
-                     dataset_title: str | None = None) -> None:
-    """2-D PCA of raw pixels (N, D) beside that of the stack's top-layer features (N, F) of the
-    same images, coloured by class."""
+                     dataset_title: str | None = None, inputs: str = "raw pixels") -> None:
+    """2-D PCA of the stack's input images (N, D) beside that of its top-layer features
+    (N, F) of the same images, coloured by class. ``inputs`` names what the images are (the
+    preprocessing they had)."""
     labels = np.asarray(labels).reshape(-1)
     classes = np.unique(labels)
     cmap = plt.get_cmap("tab10" if classes.size <= 10 else "tab20")
     fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.8), layout="constrained")
     names = list(class_names or [])
-    panels = ((axes[0], raw, "raw pixels"), (axes[1], feats, "CAE stack's top-layer features"))
+    panels = ((axes[0], raw, inputs), (axes[1], feats, "CAE stack's top-layer features"))
     for ax, x, what in panels:
         proj, ratio = pca_2d(x)
         for i, k in enumerate(classes):

@@ -15,6 +15,7 @@ from scae.data import preprocess
 from scae.models.stack import Stack
 from scae.report import compare_plots as comparison_plots
 from scae.report import plotting as plots
+from scae.report import tables
 
 NUM_RECONSTRUCTIONS = 10
 EMBEDDING_POINTS = 2000
@@ -27,8 +28,16 @@ def display_name(config) -> str:
     return DATASET_NAMES.get(config.dataset, str(config.dataset))
 
 
+# The inputs after data.preprocess: global contrast normalisation, then ZCA whitening.
+PREPROCESSED = {"gcn": "GCN-normalised pixels", "gcn_zca": "GCN + ZCA-whitened pixels"}
+
+
 def _pixels(config) -> str:
-    """What the first CAE reconstructs, in the units of its MSE."""
+    """What the first CAE reconstructs, in the units of its MSE: the preprocessing the
+    config applied (``data.preprocess``, else ``data.standardize``, else ``data.scale``)."""
+    how = config.data.get("preprocess", "none")
+    if how in PREPROCESSED:
+        return PREPROCESSED[how]
     if config.data.get("standardize", False):
         return "standardised pixels (per-channel mean 0, std 1)"
     return {"unit": "pixels scaled to [0, 1]", "symmetric": "pixels scaled to [-1, 1]"}.get(
@@ -104,7 +113,7 @@ def comparison_figures(config, data, stack: Stack, rows: list[dict], compare_dir
         w = _fine_tuned_filters(compare_dir, arm, sizes[-1])
         if w is not None:
             after[f"{comparison_plots.arm_label(arm)}, after fine-tuning\n"
-                  f"on {sizes[-1]:,} labels (one seed)"] = w
+                  f"on {tables.label_text(sizes[-1], rows)} labels (one seed)"] = w
     path = out_dir / "filters_conv1.png"
     comparison_plots.filters_before_after_figure(
         np.moveaxis(np.asarray(stack.layers[0].w[...]), 3, 0), after, path, title)
@@ -115,7 +124,7 @@ def comparison_figures(config, data, stack: Stack, rows: list[dict], compare_dir
     comparison_plots.embedding_figure(np.asarray(x).reshape(x.shape[0], -1),
                                       np.asarray(feats).reshape(x.shape[0], -1),
                                       data.test_labels[:EMBEDDING_POINTS], data.class_names,
-                                      path, f"{title} test set")
+                                      path, f"{title} test set", inputs=_pixels(config))
     written.append(path)
     return written
 
