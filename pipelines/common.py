@@ -187,10 +187,24 @@ def config_dict(config) -> dict:
     return workdir_lib.config_dict(config)
 
 
-def guard_workdir(config, workdir: Path, keys: Sequence[str], overwrite: bool) -> None:
+def guard_workdir(config, workdir: Path, keys: Sequence[str], overwrite: bool,
+                  data=None) -> None:
     """:func:`scae.workdir.guard` for the stage whose config sections are ``keys``
-    (:data:`PRETRAIN_KEYS`, :data:`COMPARE_KEYS`, or with ``variants`` the filter experiment)."""
-    workdir_lib.guard(config, workdir, workdir_lib.stage_for_keys(keys), overwrite)
+    (:data:`PRETRAIN_KEYS`, :data:`COMPARE_KEYS`, or with ``variants`` the filter experiment),
+    with the fingerprint of ``data`` (the command's :class:`scae.data.inputs.Inputs`), so that
+    results made from other data at the same path are refused."""
+    workdir_lib.guard(config, workdir, workdir_lib.stage_for_keys(keys), overwrite,
+                      data_fingerprint(config, data))
+
+
+def data_fingerprint(config, data) -> workdir_lib.DataFingerprint | None:
+    """What a workdir records of the data of ``config.data.source`` as loaded (``data``, an
+    :class:`scae.data.inputs.Inputs`), or None without data."""
+    if data is None or not getattr(data, "fingerprint", ""):
+        return None
+    identity = getattr(data, "identity", None)
+    return workdir_lib.DataFingerprint(str(config.data.source), data.fingerprint,
+                                       identity.fingerprint if identity else "")
 
 
 lock_workdir = workdir_lib.lock

@@ -22,7 +22,8 @@ def main(config, workdir: Path) -> None:
                          "configs/filters_mnist.py or configs/filters_cifar10.py")
     data = inputs.build(config.data, config.seed)
     inputs.check_for(config, data, "filters")
-    common.guard_workdir(config, workdir, common.PRETRAIN_KEYS + ("variants",), common.overwrite())
+    common.guard_workdir(config, workdir, common.PRETRAIN_KEYS + ("variants",),
+                         common.overwrite(), data)
     path = filter_experiment.run(config, data, workdir, log=common.log)
     common.log(f"wrote {path}")
 

@@ -21,7 +21,8 @@ from scae.study import pretrain as pretraining
 def main(config, workdir: Path) -> None:
     data = inputs.build(config.data, config.seed)
     inputs.check_for(config, data, "pretrain")
-    common.guard_workdir(config, workdir, common.PRETRAIN_KEYS, common.overwrite())
+    common.guard_workdir(config, workdir, common.PRETRAIN_KEYS, common.overwrite(),
+                         data)
     trained = pretraining.pretrain(config, data.pretrain, data.val_images, workdir, log=common.log)
     records = atomic.read_jsonl(workdir / "pretrain" / "metrics.jsonl")
     written = figures.pretrain_figures(config, trained, data.val_images, data.normalizer,

@@ -139,6 +139,19 @@ def fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def data_digest(*arrays: np.ndarray) -> str:
+    """A hash of arrays' exact content, shapes and dtypes, in order: what a workdir records of
+    the data its results were computed from (:class:`scae.workdir.DataFingerprint`), so that
+    other data at the same path is seen. Order counts: the validation split and the labelled
+    subsets are drawn by index."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.reshape(-1).view(np.uint8).data if a.size else b"")
+    return h.hexdigest()
+
+
 def signature(images: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Each class's mean image averaged over 4x4-pixel blocks, (num_classes, H/4, W/4, C)
     float64, in grey levels: what stays of a test set when its pixels change slightly."""

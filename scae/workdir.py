@@ -23,22 +23,30 @@ the other stages it leaves in place (pretrain run on a compared workdir keeps de
 compare runs' fine-tuning). Workdirs from before ``settings.json`` existed fall back on
 ``config.json``.
 
-:func:`guard` compares every stage that has results with the new config. A stage the command
+:func:`guard` compares every stage that has results with the new config and the data it is
+given (a fingerprint of the data's content, which each stage's ``settings.json`` records: data
+replaced at the same path is other data). A stage the command
 uses or writes that was made with other settings is *stale*: the command stops with one line
 naming the differing keys, their old and new values and the remedy, or, with ``--overwrite``,
 deletes only the stale stages (and what was computed from them): a still-valid stack is kept
-when only fine-tuning settings changed.
+when only fine-tuning settings changed. A workdir holds one kind of work: the filter experiment
+never shares one with pretrain and compare (each would relabel the other's ``config.json``).
+
+Commands and the Python API (:func:`claimed`) go through the same check and the same lock;
+commands that only read a workdir take the lock shared (:func:`hold`), and every file a command
+writes outside a workdir is checked first (:func:`check_output`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from scae import atomic
@@ -49,7 +57,8 @@ SETTINGS_FILE = "settings.json"
 # the key existed) are the same experiment.
 NEUTRAL = frozenset({"pretrain.divergence_retries", "finetune.divergence_retries",
                      "compare.vmap_seeds", "compare.seed_batching", "data.tfds_data_dir",
-                     "pretrain.cache_features"})
+                     "pretrain.cache_features", "pretrain.checkpoint_seconds",
+                     "finetune.checkpoint_seconds"})
 # Keys that select which runs of a stage are asked for; each record names its own.
 SELECTION = frozenset({"compare.label_sizes", "compare.num_seeds", "compare.arms"})
 DERIVED = ("figures",)  # drawn from the other stages; deleted whenever one of them is
@@ -183,6 +192,17 @@ def _has_results(stage: str, workdir: Path, recorded: dict | None) -> bool:
     return False
 
 
+def _settings_path(workdir: Path, stage: str) -> Path:
+    """Where ``stage``'s settings.json lives: in its folder, or for the filter experiment (whose
+    results are one folder per variant) beside config.json."""
+    if stage == "filters":
+        return workdir / f"filters_{SETTINGS_FILE}"
+    return workdir / stage / SETTINGS_FILE
+
+
+_OTHER_DATA = "other data"
+
+
 class _Workdir:
     """What a workdir records, read once."""
 
@@ -202,11 +222,29 @@ class _Workdir:
 
     def recorded(self, stage: str) -> dict | None:
         """The full config sections ``stage``'s records were made with, or None if unknown."""
-        if stage != "filters":
-            value = atomic.read_json(self.path / stage / SETTINGS_FILE)
-            if isinstance(value, dict) and isinstance(value.get("sections"), dict):
-                return value["sections"]
+        value = atomic.read_json(_settings_path(self.path, stage))
+        if isinstance(value, dict) and isinstance(value.get("sections"), dict):
+            return value["sections"]
         return None if self.config is None else _sections(self.config, stage)
+
+    def data_changed(self, stage: str, data: DataFingerprint) -> str | None:
+        """Why ``stage``'s results were made from other data than ``data``, or None when the
+        same (or unknown: a workdir older than data fingerprints, with no run record either)."""
+        value = atomic.read_json(_settings_path(self.path, stage))
+        known = value.get("data") if isinstance(value, dict) else None
+        if isinstance(known, dict) and known.get("digest"):
+            if known["digest"] == data.digest:
+                return None
+            return (f"{_OTHER_DATA}: {data.name} is not the data these results were made from "
+                    f"(content {str(known['digest'])[:12]} in the workdir, {data.digest[:12]} "
+                    f"now; a file replaced at the same path is other data)")
+        if stage == "compare" and data.test:
+            runs = atomic.read_jsonl(self.path / "compare" / "runs.jsonl")
+            old = {r.get("data_fingerprint") for r in runs} - {None, ""}
+            if old and old != {data.test}:
+                return (f"{_OTHER_DATA}: the test split of {data.name} is not the one these "
+                        f"runs were evaluated on (their data_fingerprint differs)")
+        return None
 
     def has_results(self, stage: str) -> bool:
         return _has_results(stage, self.path, self.recorded(stage) or self.config)
@@ -260,10 +298,11 @@ def stage_for_keys(keys: Sequence[str]) -> str:
     return "filters" if "variants" in keys else "compare" if "finetune" in keys else "pretrain"
 
 
-def stale_stages(config, workdir: Path, stage: str) -> dict[str, list[str]]:
+def stale_stages(config, workdir: Path, stage: str,
+                 data: DataFingerprint | None = None) -> dict[str, list[str]]:
     """The stages with results in ``workdir`` that a ``stage`` command must not reuse, each
-    with the reasons (differing keys with old and new values). Includes the stages computed
-    from a stale one (compare from a stale stack)."""
+    with the reasons (differing keys with old and new values, or other data). Includes the
+    stages computed from a stale one (compare from a stale stack)."""
     w = _Workdir(workdir)
     stale: dict[str, list[str]] = {}
     for s in USES[stage]:
@@ -276,21 +315,52 @@ def stale_stages(config, workdir: Path, stage: str) -> dict[str, list[str]]:
         diffs = _differences(_strip(recorded), stage_settings(config, s), _defaults(config))
         if diffs:
             stale[s] = [f"{k}: {_show(a)} in the workdir, {_show(b)} now" for k, a, b in diffs]
+        elif data is not None and (changed := w.data_changed(s, data)):
+            stale[s] = [changed]
     for s, st in STAGES.items():  # what was computed from a stale stage goes with it
         if s not in stale and any(u in stale for u in st.upstream) and w.has_results(s):
             stale[s] = [f"made from the stale {', '.join(u for u in st.upstream if u in stale)}"]
     return stale
 
 
-def guard(config, workdir: str | os.PathLike, stage: str, overwrite: bool) -> None:
+@dataclasses.dataclass(frozen=True)
+class DataFingerprint:
+    """What a stage's records were computed from: ``name`` says which data in a message (the
+    data source, or "the images"), ``digest`` is a hash of their content (see
+    ``scae.provenance.data_digest``), ``test`` the test split's content fingerprint that run
+    records carry as ``data_fingerprint`` (checked for workdirs whose settings.json predates
+    ``digest``)."""
+
+    name: str
+    digest: str
+    test: str = ""
+
+
+def _foreign(w: _Workdir, stage: str) -> str | None:
+    """The stages of another kind of work that ``w`` holds results of, which a ``stage``
+    command must not share the workdir with, as 'pretrain/ and compare/'; or None."""
+    family = ("filters",) if stage == "filters" else ("pretrain", "compare")
+    others = [s for s in STAGES if s not in family and w.has_results(s)]
+    if not others:
+        return None
+    return " and ".join("filter-experiment (filters.png, variant folders)" if s == "filters"
+                        else f"{s}/" for s in others)
+
+
+def guard(config, workdir: str | os.PathLike, stage: str, overwrite: bool,
+          data: DataFingerprint | None = None, *, overwrite_hint: str = "pass --overwrite",
+          new_workdir: str = "--workdir") -> None:
     """Makes ``workdir`` ready for a command that runs ``stage``, or refuses it.
 
     Before anything is written: refuses a workdir that is a file, lies under a file or is
-    read-only, and one whose results of a stage this command uses or writes were made with
-    other settings (one line naming the keys, old and new values, and the remedy). With
-    ``overwrite`` those stale results are deleted instead, and only they. Then takes the
-    workdir's lock, sweeps what killed writes left, and records the settings (``settings.json``
-    of each stage written, and ``config.json``).
+    read-only, one that holds another kind of work (a filter experiment and a pretrain or
+    compare workdir), and one whose results of a stage this command uses or writes were made
+    with other settings or from other ``data`` (one line naming the keys, old and new values,
+    or the data, and the remedy). With ``overwrite`` those stale results are deleted instead,
+    and only they. Then takes the workdir's lock, sweeps what killed writes left, and records
+    the settings (``settings.json`` of each stage written, with the data's fingerprint, and
+    ``config.json``). ``overwrite_hint`` and ``new_workdir`` word the remedy for the caller
+    (the API has no flags).
     """
     import jax
 
@@ -298,18 +368,26 @@ def guard(config, workdir: str | os.PathLike, stage: str, overwrite: bool) -> No
     if stage not in USES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(USES)}")
     check_writable(workdir)
-    stale = stale_stages(config, workdir, stage)
+    foreign = _foreign(_Workdir(workdir), stage)
+    if foreign:
+        what = "a filter experiment" if stage == "filters" else f"{stage} results"
+        raise InputError(f"{workdir} holds {foreign} results of another command; {what} "
+                         f"cannot share a workdir with them (each would mislabel the other's "
+                         f"config.json): use a new {new_workdir}")
+    stale = stale_stages(config, workdir, stage, data)
     if stale and not overwrite:
         first = next(iter(stale))
         reasons = stale[first]
         shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3
                                          else "")
         kept = [s for s in ("pretrain",) if s not in stale and (workdir / s).is_dir()]
+        what = ("results made from other data" if any(r.startswith(_OTHER_DATA) for r in reasons)
+                else "results of a different config")
         raise InputError(
-            f"{workdir} holds results of a different config ({first}: {shown}); pass "
-            f"--overwrite to delete the stale {' and '.join(f'{s}/' for s in stale)} results"
+            f"{workdir} holds {what} ({first}: {shown}); {overwrite_hint} to delete the stale "
+            f"{' and '.join(f'{s}/' for s in stale)} results"
             f"{' (' + ', '.join(f'{s}/' for s in kept) + ' is kept)' if kept else ''}, or use "
-            f"a new --workdir")
+            f"a new {new_workdir}")
     primary = jax.process_index() == 0  # the other hosts of a multi-host run share the workdir
     if primary:
         lock(workdir)
@@ -324,20 +402,23 @@ def guard(config, workdir: str | os.PathLike, stage: str, overwrite: bool) -> No
 
             logging.warning("deleted the stale %s results in %s", ", ".join(stale), workdir)
         atomic.sweep(workdir)
-        _record(config, workdir, stage, _Workdir(workdir))
+        _record(config, workdir, stage, _Workdir(workdir), data)
 
 
-def _record(config, workdir: Path, stage: str, w: _Workdir) -> None:
-    """Writes the settings of the stages ``stage`` writes, and config.json as the config
-    the workdir's records describe."""
+def _record(config, workdir: Path, stage: str, w: _Workdir,
+            data: DataFingerprint | None = None) -> None:
+    """Writes the settings of the stages ``stage`` writes (with the data's fingerprint), and
+    config.json as the config the workdir's records describe."""
     full = config_dict(config)
     uses = USES[stage]
     for s in uses:
-        if s == "filters":
-            continue
-        atomic.write_text(workdir / s / SETTINGS_FILE, json.dumps(
-            {"stage": s, "digest": settings_digest(config, s), "sections": _sections(full, s)},
-            indent=2) + "\n")
+        record = {"stage": s, "digest": settings_digest(config, s), "sections": _sections(full, s)}
+        if data is not None:
+            record["data"] = {"name": data.name, "digest": data.digest}
+        elif isinstance(old := atomic.read_json(_settings_path(workdir, s)), dict) \
+                and isinstance(old.get("data"), dict):
+            record["data"] = old["data"]  # a caller that gave no data keeps what is known
+        atomic.write_text(_settings_path(workdir, s), json.dumps(record, indent=2) + "\n")
     described = dict(full)
     for s, st in STAGES.items():  # stages left in place keep describing their records
         if s in uses or not w.has_results(s):
@@ -355,10 +436,15 @@ def _record(config, workdir: Path, stage: str, w: _Workdir) -> None:
 _LOCKS = {}  # workdir -> open lock file: a lock lasts as long as its process, however it ends
 
 
-def lock(workdir: str | os.PathLike) -> None:
+def lock(workdir: str | os.PathLike, shared: bool = False, flag: str = "--workdir") -> None:
     """Takes ``workdir/.lock`` for this process, or raises :class:`InputError` naming the
     process that holds it. The operating system releases it when the process ends, even by
-    SIGKILL, so a killed run never leaves a stale lock. (POSIX only; elsewhere a no-op.)"""
+    SIGKILL, so a killed run never leaves a stale lock. (POSIX only; elsewhere a no-op.)
+
+    ``shared``: for a command that only reads the workdir: any number of readers at once, but
+    never beside a command that writes it (which takes the lock alone). A reader of a workdir
+    where no lock file can be made (a read-only copy) reads without one: nothing else can write
+    there either."""
     try:
         import fcntl
     except ImportError:
@@ -371,16 +457,18 @@ def lock(workdir: str | os.PathLike) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         f = open(workdir / ".lock", "a+")  # noqa: SIM115 - held open for the process's lifetime
     except OSError as e:
-        raise InputError(f"--workdir {workdir}: cannot take its lock ({e.strerror or e}); use "
-                         f"another --workdir") from None
+        if shared and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return
+        raise InputError(f"{flag} {workdir}: cannot take its lock ({e.strerror or e}); use "
+                         f"another {flag}") from None
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except OSError:
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
         raise InputError(f"{workdir} is in use by a running command ({holder}); wait for it "
-                         f"to end or use another --workdir") from None
+                         f"to end or use another {flag}") from None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()}\n")
@@ -388,15 +476,82 @@ def lock(workdir: str | os.PathLike) -> None:
     _LOCKS[key] = f
 
 
-def hold(workdir: str | os.PathLike) -> None:
-    """Takes the lock of an existing workdir for a command that reads it (and draws figures
-    into it), so that it never sees another command's half-written state: refuses a workdir
-    that does not exist, is not a writable folder, or is in use."""
+def release(workdir: str | os.PathLike) -> None:
+    """Gives back this process's lock of ``workdir`` (for callers that outlive one use of it:
+    the Python API in a notebook); a no-op when not held."""
+    f = _LOCKS.pop(str(Path(workdir).resolve()), None)
+    if f is not None:
+        f.close()
+
+
+def hold(workdir: str | os.PathLike, write: bool = True) -> None:
+    """Takes the lock of an existing workdir for a command that reads it (``write``: and draws
+    figures into it, then alone, after sweeping what killed writes left), so that it never
+    sees another command's half-written state: refuses a workdir that does not exist, is not
+    a folder (or, to write, not a writable one), or is in use."""
     workdir = Path(workdir)
     if not workdir.exists():
         raise InputError(f"--workdir {workdir}: not found")
-    check_writable(workdir)
-    lock(workdir)
+    if not workdir.is_dir():
+        raise InputError(f"--workdir {workdir}: is a file; expected a folder")
+    if write:
+        check_writable(workdir)
+    lock(workdir, shared=not write)
+    if write:
+        atomic.sweep(workdir)
+
+
+@contextlib.contextmanager
+def claimed(config, workdir: str | os.PathLike, stage: str,
+            data: DataFingerprint | None = None) -> Iterator[Path]:
+    """:func:`guard` for a caller of the Python API (``scae.api.pretrain(..., workdir=W)``):
+    the same settings and data check as the commands (another config or other images refused
+    with :class:`InputError` naming the differing keys or the data; never the old results
+    returned silently), the same lock, given back when the block ends unless this process
+    held it before."""
+    workdir = Path(workdir)
+    held = str(workdir.resolve()) in _LOCKS
+    guard(config, workdir, stage, overwrite=False, data=data,
+          overwrite_hint="delete that workdir (or the stale folders)", new_workdir="workdir")
+    try:
+        yield workdir
+    finally:
+        if not held:
+            release(workdir)
+
+
+def check_output(path: str | os.PathLike, flag: str, folder: bool = False,
+                 files: Sequence[str] = ()) -> Path:
+    """Raises :class:`InputError` unless ``path``, a file a command writes outside its workdir
+    (or with ``folder``, a folder it writes ``files`` into), can be written: not a folder where
+    a file must go (nor a file where a folder must), not under a file, not in a read-only or
+    unwritable folder. Called before anything is written, so that the output path is one line
+    and exit 2, never a traceback after the work. Returns ``path``."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path}: is a file; expected a folder (or a new name)")
+    if not folder and path.is_dir():
+        raise InputError(f"{flag} {path}: is a folder; expected a file name, e.g. "
+                         f"{path / 'out.npz' if flag == '--output' else path / 'file'}")
+    existing = path.parent if not folder else path
+    while not existing.exists():
+        if existing.is_symlink():
+            raise InputError(f"{flag} {path}: {existing} is a dangling symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag} {path}: lies under {existing}, which is a file")
+    for name in files:
+        if (path / name).is_dir():
+            raise InputError(f"{flag} {path}: {path / name} is a folder, expected a file; move "
+                             f"it away or use another {flag}")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".probe-"):
+            pass
+    except OSError as e:
+        cause = "read-only file system" if e.errno == errno.EROFS else \
+            (os.strerror(e.errno) if e.errno else str(e)).lower()
+        raise InputError(f"{flag} {path}: cannot write in {existing} ({cause})") from None
+    return path
 
 
 def load_config(workdir: str | os.PathLike):

@@ -580,3 +580,27 @@ def test_visualize_takes_the_lock(capsys, stack_workdir):
         assert status == 2 and "in use by a running command" in err, err[-2000:]
     status, err = command(capsys, "visualize", f"--workdir={stack_workdir / 'absent'}")
     assert status == 2 and "not found" in err and not (stack_workdir / "absent").exists()
+
+
+# --- the data a workdir was made from --------------------------------------------------------
+
+
+def test_other_images_at_the_same_path_are_refused(capsys, tmp_path):
+    """Replacing the npz a workdir was made from with other images at the same path used to go
+    unnoticed (the stack and runs reused, exit 0)."""
+    path = npz_good(tmp_path)
+    w = tmp_path / "w"
+    args = [SMOKE, f"--workdir={w}", f"--config.data.source=npz:{path}",
+            "--config.data.validation_size=60", "--config.data.pretrain_size=0",
+            "--config.pretrain.layers=1"]
+    status, err = command(capsys, "pretrain", *args)
+    assert not status, err[-2000:]
+    other = np.load(path)
+    write_npz(path, num_train=300, num_test=50, shape=(28, 28),
+              train_images=255 - other["train_images"])
+    before = snapshot(w)
+    status, err = command(capsys, "pretrain", *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1, err[-2000:]
+    assert "other data" in lines[0] and str(path) in lines[0] and str(w) in lines[0], lines[0]
+    assert snapshot(w) == before

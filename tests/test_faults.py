@@ -217,6 +217,113 @@ def test_label_sizes_and_seeds_select_runs_without_making_them_stale(tmp_path):
         workdir_lib.settings_digest(_smoke(), "pretrain")
 
 
+def _filters_config():
+    import configs.filters_mnist
+
+    return configs.filters_mnist.get_config("smoke")
+
+
+def _ended(w: Path) -> None:
+    """As if the command holding ``w``'s lock had ended."""
+    workdir_lib.release(w)
+
+
+def test_other_data_at_the_same_path_is_refused_naming_the_data_and_the_workdir(tmp_path):
+    w = tmp_path / "w"
+    source = "npz:/data/d.npz"
+    first = workdir_lib.DataFingerprint(source, "a" * 32)
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=False, data=first)
+    _results(w, "pretrain", "compare")
+    _ended(w)
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=False, data=first)  # the same: reused
+    _ended(w)
+    other = workdir_lib.DataFingerprint(source, "b" * 32)
+    with pytest.raises(InputError) as refused:
+        workdir_lib.guard(_smoke(), w, "pretrain", overwrite=False, data=other)
+    message = str(refused.value)
+    assert str(w) in message and source in message and "other data" in message, message
+    assert "--overwrite" in message
+    assert (w / "pretrain" / "metrics.jsonl").exists()
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=True, data=other)  # deletes the stale
+    assert not (w / "pretrain" / "metrics.jsonl").exists()
+    assert not (w / "compare" / "runs.jsonl").exists()
+    recorded = json.loads((w / "pretrain" / "settings.json").read_text())
+    assert recorded["data"] == {"name": source, "digest": "b" * 32}
+
+
+def test_runs_evaluated_on_another_test_split_are_refused_in_an_older_workdir(tmp_path):
+    # A workdir whose settings.json predates data fingerprints: its run records still carry
+    # the test split's content fingerprint.
+    w = tmp_path / "w"
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=False)
+    _results(w, "pretrain")
+    (w / "compare" / "runs.jsonl").write_text(json.dumps({"data_fingerprint": "t1"}) + "\n")
+    _ended(w)
+    same = workdir_lib.DataFingerprint("mnist", "d" * 32, test="t1")
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=False, data=same)
+    _ended(w)
+    for settings in w.glob("*/settings.json"):  # as written before data fingerprints
+        record = json.loads(settings.read_text())
+        record.pop("data")
+        settings.write_text(json.dumps(record))
+    with pytest.raises(InputError, match="other data: the test split of mnist"):
+        workdir_lib.guard(_smoke(), w, "compare", overwrite=False,
+                          data=workdir_lib.DataFingerprint("mnist", "d" * 32, test="t2"))
+
+
+def test_the_filter_experiment_never_shares_a_workdir_with_pretrain_or_compare(tmp_path):
+    """Filters on a compare workdir used to be accepted and relabel its config.json (the
+    compare model kept, filters trained with another), after which the identical command was
+    refused and the suggested --overwrite would delete valid results."""
+    w = tmp_path / "w"
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=False)
+    _results(w, "pretrain", "compare")
+    _ended(w)
+    before = (w / "config.json").read_text()
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match=r"holds pretrain/ and compare/ results of another "
+                                             r"command; a filter experiment cannot share"):
+            workdir_lib.guard(_filters_config(), w, "filters", overwrite=overwrite)
+    assert (w / "config.json").read_text() == before and (w / "compare" / "runs.jsonl").exists()
+    f = tmp_path / "f"
+    workdir_lib.guard(_filters_config(), f, "filters", overwrite=False)
+    (f / "plain").mkdir()
+    (f / "filters.png").write_bytes(b"png")
+    _ended(f)
+    workdir_lib.guard(_filters_config(), f, "filters", overwrite=False)  # its own: resumed
+    _ended(f)
+    for stage in ("pretrain", "compare"):
+        with pytest.raises(InputError, match="holds filter-experiment"):
+            workdir_lib.guard(_smoke(), f, stage, overwrite=False)
+    assert "variants" in json.loads((f / "config.json").read_text())
+
+
+def test_the_api_claims_a_workdir_like_the_commands(tmp_path):
+    """scae.api.pretrain(images, workdir=W) a second time with other settings or other images
+    must not return the old stack: claimed() refuses, naming the keys or the data, and gives
+    the lock back when the block ends."""
+    w = tmp_path / "w"
+    images = workdir_lib.DataFingerprint("the images", "a" * 32)
+    with workdir_lib.claimed(_smoke(), w, "pretrain", images):
+        _results(w, "pretrain")
+        assert str(w.resolve()) in workdir_lib._LOCKS
+    assert str(w.resolve()) not in workdir_lib._LOCKS  # given back
+    with workdir_lib.claimed(_smoke(), w, "pretrain", images):  # the same: resumed
+        pass
+    with pytest.raises(InputError, match=r"pretrain.learning_rate: .* in the workdir, 0.5 now"
+                                         r".*delete that workdir") as refused:
+        with workdir_lib.claimed(_smoke(**{"pretrain.learning_rate": 0.5}), w, "pretrain",
+                                 images):
+            pass
+    assert "--" not in str(refused.value)  # no command-line flags in the API's message
+    with pytest.raises(InputError, match="other data: the images"):
+        with workdir_lib.claimed(_smoke(), w, "pretrain",
+                                 workdir_lib.DataFingerprint("the images", "b" * 32)):
+            pass
+    assert (w / "pretrain" / "metrics.jsonl").exists()
+    assert str(w.resolve()) not in workdir_lib._LOCKS
+
+
 def test_a_summary_reports_only_the_runs_asked_under_these_settings():
     config = _smoke(**{"compare.label_sizes": (100, 200), "compare.num_seeds": 2,
                        "compare.arms": ("random", "pretrained")})
@@ -343,7 +450,7 @@ def test_a_full_disk_during_a_checkpoint_save_is_a_write_error(tmp_path):
     # A real file-system refusal inside orbax/tensorstore: the file-size limit (EFBIG).
     code = ("import resource, signal, sys, numpy as np\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-            "from scae import checkpoint\n"
+            "from scae.train import checkpoint\n"
             "c = checkpoint.Checkpoints(sys.argv[1])\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
             "try:\n"

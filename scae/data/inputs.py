@@ -37,6 +37,9 @@ class Inputs:
     # What the test split is, by content: names it in tables and figures and decides whether
     # the paper's figures are shown beside ours.
     identity: provenance.DataIdentity | None = None
+    # A hash of the loaded train and test splits (provenance.data_digest): a workdir records
+    # it, so that other data at the same path is refused, not silently reused.
+    fingerprint: str = ""
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -93,6 +96,8 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
         class_names=train.class_names,
         normalizer=normalizer,
         identity=provenance.identify(c.source, test.images[:test_n], test.labels[:test_n]),
+        fingerprint=provenance.data_digest(train.images, train.labels, test.images,
+                                           test.labels),
     )
 
 
