@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scae import atomic
 from scae.data import preprocess
 from scae.models.stack import Stack
 from scae.report import compare_plots as comparison_plots
@@ -149,3 +150,39 @@ def filters_compared_figure(config, stack: Stack, random_filters: np.ndarray, co
         title, f"first-layer filters ({n} of {h}x{w} pixels) before and after fine-tuning"))
     return path
 
+
+
+def redraw_published(folder: Path) -> list[Path]:
+    """Redraws the figures of a published results folder that need only its records:
+    ``compare_error_vs_labels.png`` and ``compare_curves.png`` from ``runs.jsonl``, and
+    ``pretrain_loss.png`` from seed 0's ``metrics.jsonl`` and ``config.json``. The figures
+    that need the trained stack or fine-tuned filters (filters, reconstructions, embedding)
+    are left as the training drew them.
+
+      python -c "from pathlib import Path; from scae.report import workdir_figures as f; \\
+                 f.redraw_published(Path('results/cifar10_paper'))"
+    """
+    import json
+
+    import ml_collections
+
+    folder = Path(folder)
+    rows = atomic.read_jsonl(folder / "runs.jsonl")
+    written = []
+    config_path = folder / "config.json"
+    config = (ml_collections.ConfigDict(json.loads(config_path.read_text()))
+              if config_path.is_file() else None)
+    if rows:
+        identity = tables.data_identity(rows, None if "data_title" in rows[0]
+                                        else rows[0].get("dataset"))
+        title = identity.title
+        written += [folder / "compare_error_vs_labels.png", folder / "compare_curves.png"]
+        comparison_plots.error_vs_labels_figure(rows, identity.paper_key, written[0], title)
+        comparison_plots.curves_figure(rows, written[1], title)
+    else:
+        title = display_name(config) if config is not None else None
+    metrics = atomic.read_jsonl(folder / "metrics.jsonl")
+    if metrics and config is not None and "data" in config:
+        written.append(folder / "pretrain_loss.png")
+        plots.pretrain_loss_figure(metrics, written[-1], title, _pixels(config))
+    return written
