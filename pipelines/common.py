@@ -64,7 +64,7 @@ if _AS_COMMAND:  # a command is starting: record signals from the first moment (
 
 
 
-from scae import interrupt  # noqa: E402
+from scae import accounting, interrupt  # noqa: E402
 
 if _AS_COMMAND:
     interrupt.early(_EARLY_SIGNALS)
@@ -283,8 +283,11 @@ def run(main: Callable, needs_config: bool = True, needs_workdir: bool = True) -
             if config is not None:
                 _validate(config, command)
                 warn_emulated_bf16(config)
+            accounting.started()
             main(config, Path(_WORKDIR.value) if _WORKDIR.value else None)
             interrupt.check("the end")  # a signal no check point acted on still ends it so
+            if _WORKDIR.value:
+                log(accounting.table(accounting.breakdown()))
         except InputError as e:
             fail(str(e))
         except FloatingPointError as e:  # divergence: the message names where; exit 3

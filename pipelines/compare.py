@@ -27,7 +27,7 @@ from pathlib import Path
 import jax
 
 from pipelines import common
-from scae import atomic, provenance
+from scae import accounting, atomic, provenance
 from scae import workdir as workdir_lib
 from scae.data import inputs
 from scae.study import compare
@@ -38,7 +38,8 @@ def main(config, workdir: Path) -> None:
     # Whether compiled programs could come from the persistent cache: a cold start compiles all.
     cache = jax.config.jax_compilation_cache_dir
     cached = sum(1 for _ in Path(cache).iterdir()) if cache and Path(cache).is_dir() else 0
-    data = inputs.build(config.data, config.seed)
+    with accounting.part("data loading and preprocessing"):
+        data = inputs.build(config.data, config.seed)
     inputs.check_for(config, data, "compare")
     compare.check_label_sizes(config, data)
     common.guard_workdir(config, workdir, common.COMPARE_KEYS, common.overwrite(),
@@ -56,8 +57,13 @@ def main(config, workdir: Path) -> None:
             command = "python -m pipelines.compare " + " ".join(sys.argv[1:])
             record = provenance.session_record(workdir / "machine.json",
                                                time.monotonic() - t0, command, resumed)
+            # The whole session, start-up included: the parts add up to time_breakdown_total_s.
+            parts = accounting.breakdown()
             atomic.write_text(workdir / "machine.json",
-                              json.dumps(record | {"cache_entries_at_start": cached},
+                              json.dumps(record | {"cache_entries_at_start": cached,
+                                                   "time_breakdown_s": parts,
+                                                   "time_breakdown_total_s":
+                                                       round(accounting.wall_time(), 3)},
                                          indent=2) + "\n")
     print((workdir / "compare" / "summary.md").read_text())
 

@@ -12,22 +12,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines import common
-from scae import atomic
+from scae import accounting, atomic
 from scae.data import inputs
 from scae.report import workdir_figures as figures
 from scae.study import pretrain as pretraining
 
 
 def main(config, workdir: Path) -> None:
-    data = inputs.build(config.data, config.seed)
+    with accounting.part("data loading and preprocessing"):
+        data = inputs.build(config.data, config.seed)
     inputs.check_for(config, data, "pretrain")
     common.guard_workdir(config, workdir, common.PRETRAIN_KEYS, common.overwrite(),
                          data)
     trained = pretraining.pretrain(config, data.pretrain, data.val_images, workdir, log=common.log)
     records = atomic.read_jsonl(workdir / "pretrain" / "metrics.jsonl")
-    written = figures.pretrain_figures(config, trained, data.val_images, data.normalizer,
-                                       workdir / "pretrain", records,
-                                       dataset_title=data.identity.title if data.identity else None)
+    with accounting.part("figures and tables"):
+        written = figures.pretrain_figures(
+            config, trained, data.val_images, data.normalizer, workdir / "pretrain", records,
+            dataset_title=data.identity.title if data.identity else None)
     common.log("wrote " + ", ".join(str(p) for p in written))
 
 

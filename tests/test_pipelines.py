@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +59,29 @@ def smoke_compare(tmp_path_factory) -> Path:
     program itself (no compilation cache), so that the runs compared with it, which take their
     programs from the session's cache, ran other compilations of them."""
     w = tmp_path_factory.mktemp("smoke") / "w"
+    start = time.monotonic()
     proc = run("compare", "--config=configs/mnist.py:smoke", f"--workdir={w}",
                SCAE_COMPILATION_CACHE="0")
+    (w.parent / "outside_wall_time_s").write_text(str(time.monotonic() - start))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| where the wall time went | s | share |" in proc.stderr
     return w
+
+
+@pytest.mark.slow
+def test_machine_json_accounts_for_the_whole_wall_time(smoke_compare):
+    """machine.json's breakdown: parts that add up to the session's wall time (within 2%),
+    which the process's own clock agrees with from outside."""
+    m = json.loads((smoke_compare / "machine.json").read_text())
+    parts, total = m["time_breakdown_s"], m["time_breakdown_total_s"]
+    assert abs(sum(parts.values()) - total) <= 0.02 * total, (parts, total)
+    assert all(v >= 0 for v in parts.values()), parts
+    for name in ("start-up and imports", "data loading and preprocessing", "compilation",
+                 "training steps", "evaluation", "checkpoints", "figures and tables", "other"):
+        assert name in parts, name
+    assert parts["training steps"] > 0 and parts["compilation"] > 0
+    outside = float((smoke_compare.parent / "outside_wall_time_s").read_text())
+    assert total <= outside + 0.5 and total >= 0.9 * m["wall_time_s"], (total, outside)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scae import atomic, provenance
+from scae import accounting, atomic, provenance
 from scae import workdir as workdir_lib
 from scae.data import inputs as inputs_lib
 from scae.errors import InputError, is_device_oom
@@ -184,6 +184,7 @@ def _train_group(config, data, stacks, size, arm, group, out, log, lr_factor=1.0
         return rows, best
 
 
+@accounting.part("figures and tables")
 def write_tables(config, rows: list[dict], out: Path) -> None:
     """runs.csv, summary.csv and summary.md from the run records."""
     report.write_runs_csv(rows, out / "runs.csv")
@@ -198,6 +199,7 @@ def write_tables(config, rows: list[dict], out: Path) -> None:
                          stacks=[m for m in metrics if m] or None)
 
 
+@accounting.part("figures and tables")
 def write_figures(config, data: inputs_lib.Inputs, stack: stack_lib.Stack, rows: list[dict],
                   out: Path) -> None:
     """error_vs_labels.png, curves.png, filters_conv1.png and embedding.png."""
