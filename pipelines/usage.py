@@ -11,7 +11,6 @@ exit status 0.
 from __future__ import annotations
 
 import ast
-import difflib
 import inspect
 import re
 import runpy
@@ -21,6 +20,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from absl import flags
+
+from scae.config import closest_keys
 
 HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort", "--helpfull",
              "-helpfull", "--help=true", "--help=1")
@@ -231,36 +232,6 @@ def command_help(config=None, config_spec: str | None = None, uses_config: bool 
                       "config with its value."]
     parts += ["", textwrap.fill(EXIT_STATUSES if uses_config else PLAIN_EXIT_STATUSES, _WIDTH)]
     return "\n".join(parts).rstrip() + "\n"
-
-
-def _best(word: str, candidates, n: int) -> list[str]:
-    """difflib's close matches of ``word``, without those far behind the best one."""
-    scored = sorted(((difflib.SequenceMatcher(None, word, c).ratio(), c) for c in candidates),
-                    key=lambda sc: -sc[0])
-    scored = [(r, c) for r, c in scored if r >= 0.6]
-    return [c for r, c in scored[:n] if r >= scored[0][0] - 0.1]
-
-
-def closest_keys(config, key: str, n: int = 3) -> list[str]:
-    """The keys of ``config`` nearest to the mistyped dotted ``key``, best first: first among
-    the keys of the deepest section that exists (``pretrain.epochz``: the pretrain keys), then
-    among all keys, then by the last name alone (``epochs``: ``pretrain.epochs``, ...)."""
-    keys = all_keys(config)
-    parts = key.split(".")
-    known = 0
-    while known < len(parts) - 1 and ".".join(parts[:known + 1]) in keys:
-        known += 1
-    prefix = ".".join(parts[:known])
-    if prefix:
-        inside = [k[len(prefix) + 1:] for k in keys if k.startswith(prefix + ".")]
-        close = [f"{prefix}.{k}" for k in _best(".".join(parts[known:]), inside, n)]
-        if close:
-            return close
-    close = _best(key, keys, n)
-    if not close:  # a right name under a wrong section or none: epochs -> pretrain.epochs
-        leaves = _best(parts[-1], {k.split(".")[-1] for k in keys}, n)
-        close = [k for k in keys if k.split(".")[-1] in leaves][:n]
-    return close
 
 
 def unknown_key_message(config, key: str, config_spec: str) -> str:

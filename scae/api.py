@@ -2,18 +2,22 @@
 (or from random initialisation), and load what the commands trained.
 
     import scae
-    stack = scae.pretrain(images, preset="quick")               # uint8 or float NHWC
-    feats = stack.encode(scae.prepare(test_images, stack), depth=2)
+    stack = scae.pretrain(images, preset="quick")      # raw images: uint8, or floats in [0, 1]
+    feats = stack.encode(test_images, depth=2)          # the stack applies its input transform
     result = scae.finetune(train_x, train_y, val_x, val_y, stack=stack, arm="pretrained")
 
 Configs are the commands' configs (:func:`make_config`); keyword overrides name a key with
-``__`` between section and field, e.g. ``pretrain__epochs=(2, 1, 1)``.
+``__`` between section and field, e.g. ``pretrain__epochs=(2, 1, 1)``. A stack carries the
+input transform of its config (``data.scale``, ``data.standardize``, ``data.preprocess``,
+fitted on the images it was trained on), so every function here takes raw images.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
+import inspect
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -54,50 +58,48 @@ def override(config: ml_collections.ConfigDict, **overrides: Any) -> ml_collecti
 
 def prepare(images: np.ndarray, normalizer: preprocess.Normalizer | Stack | None = None,
             scale: str = "unit") -> np.ndarray:
-    """Network inputs from images: uint8 NHWC pixels are scaled by ``normalizer`` (or a
-    stack's, or ``scale``: 'unit' [0, 1] / 'symmetric' [-1, 1]); float images pass as they
-    are. A 3-D array of grey images gets its channel axis."""
-    x = np.asarray(images)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise InputError(f"images of shape {x.shape}: expected (N, H, W, C) or (N, H, W)")
-    if x.dtype == np.uint8:
-        if isinstance(normalizer, Stack):
-            normalizer = getattr(normalizer, "normalizer", None)
-        return (normalizer or preprocess.Normalizer(scale))(x)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise InputError(f"images of dtype {x.dtype}: expected uint8 pixels or floats")
-    return x.astype(np.float32, copy=False)
+    """Network inputs from raw images (uint8 NHWC pixels, or floats in [0, 1]; a 3-D array is a
+    batch of grey images) through ``normalizer``: a transform, a stack's transform, or else the
+    fixed ``scale`` ('unit' [0, 1] / 'symmetric' [-1, 1]). :meth:`Stack.encode` does this
+    itself: give it the raw images."""
+    if isinstance(normalizer, Stack):
+        normalizer = normalizer.normalizer
+    x = preprocess.as_batch(np.asarray(images))
+    return (normalizer or preprocess.Normalizer(scale)).raw(x)
 
 
 def pretrain(images: np.ndarray, config: ml_collections.ConfigDict | None = None, *,
              preset: str = "paper", dataset: str | None = None,
              val_images: np.ndarray | None = None, workdir: str | os.PathLike | None = None,
              log: Callable[[str], None] = print, **overrides: Any) -> Stack:
-    """Greedy layer-wise pretraining of a CAE stack on ``images`` (uint8 or float NHWC).
+    """Greedy layer-wise pretraining of a CAE stack on raw ``images`` (uint8 NHWC, or floats
+    in [0, 1]).
 
-    ``config`` defaults to :func:`make_config` for ``dataset`` (from the image size when not
-    given) and ``preset``; ``overrides`` change single keys. The validation reconstruction
-    error is measured on ``val_images``, or on the last ``pretrain.eval_size`` images (at most
-    a tenth), which are then not trained on. With a ``workdir`` the layers are checkpointed
-    there and a rerun resumes; without one they train in a temporary folder.
+    ``config`` defaults to :func:`make_config` for ``dataset`` (from the image channels when
+    not given) and ``preset``; ``overrides`` change single keys. The config's input transform
+    (``data.scale``, ``data.standardize``, ``data.preprocess``) is fitted on the training
+    images and carried by the returned stack, which then takes raw images too. The validation
+    reconstruction error is measured on ``val_images``, or on the last ``pretrain.eval_size``
+    images (at most a tenth), which are then not trained on. With a ``workdir`` the layers are
+    checkpointed there and a rerun resumes; without one they train in a temporary folder.
     """
-    x = prepare(images)
+    _keywords(pretrain, overrides)
+    x = preprocess.as_batch(np.asarray(images))
     if config is None:
-        dataset = dataset or ("cifar10" if x.shape[-1] == 3 else "mnist")
-        config = make_config(dataset, preset)
+        config = make_config(dataset or ("cifar10" if x.shape[-1] == 3 else "mnist"), preset)
     config = override(config, **overrides)
+    cfglib.check_model_fits(config, x.shape[1:], None, "pretrain")
     if val_images is None:
         n_val = min(config.pretrain.eval_size, max(x.shape[0] // 10, 1))
         x, val = x[:-n_val], x[-n_val:]
     else:
-        val = prepare(val_images)
-    normalizer = preprocess.Normalizer(config.data.scale) if np.asarray(images).dtype == np.uint8 \
-        else None
+        val = preprocess.as_batch(np.asarray(val_images), x.shape[-1])
+    d = config.data
+    normalizer = preprocess.fit_normalizer(preprocess.as_pixels(x), d.scale, d.standardize,
+                                           d.preprocess, d.zca_epsilon)
     with _folder(workdir) as folder:
-        stack = pretraining.pretrain(config, jax.numpy.asarray(x), jax.numpy.asarray(val), folder,
-                                   log=log)
+        stack = pretraining.pretrain(config, jax.numpy.asarray(normalizer.raw(x)),
+                                     jax.numpy.asarray(normalizer.raw(val)), folder, log=log)
     stack.normalizer = normalizer
     return stack
 
@@ -118,41 +120,74 @@ class FinetuneResult:
 
 
 def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.ndarray,
-             val_labels: np.ndarray, *, stack: Stack | None = None, arm: str = "pretrained",
-             test_images: np.ndarray | None = None, test_labels: np.ndarray | None = None,
-             seeds: Sequence[int] = (0,), label_size: int | None = None,
-             config: ml_collections.ConfigDict | None = None, preset: str = "paper",
-             workdir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
-             **overrides: Any) -> FinetuneResult:
+             val_labels: np.ndarray, *, stack: Stack | str | os.PathLike | None = None,
+             arm: str = "pretrained", test_images: np.ndarray | None = None,
+             test_labels: np.ndarray | None = None, seeds: Sequence[int] = (0,),
+             label_size: int | None = None, config: ml_collections.ConfigDict | None = None,
+             preset: str = "paper", workdir: str | os.PathLike | None = None,
+             log: Callable[[str], None] = print, **overrides: Any) -> FinetuneResult:
     """Fine-tunes the paper's CNN on labelled arrays: ``arm`` 'random' (random init),
     'pretrained' (conv layers from ``stack``, all trained) or 'frozen' (conv layers from
     ``stack``, kept fixed). Every seed trains in one program (``compare.seed_batching``) on
     a class-balanced subset of ``label_size`` labels (default: all), and keeps the parameters
-    of its lowest validation error. Images are uint8 or float NHWC; labels integers
-    0..num_classes-1."""
-    x = prepare(train_images, stack)
-    if config is None:
-        config = make_config("cifar10" if x.shape[-1] == 3 else "mnist", preset)
-    config = override(config, **overrides)
-    if arm not in cfglib.ARMS:
-        raise InputError(f"arm {arm!r}: expected one of {', '.join(cfglib.ARMS)}")
+    of its lowest validation error.
+
+    ``stack`` is a :class:`Stack` or the path of a saved stack or a pretrain workdir
+    (:func:`load_stack`). With a stack the CNN's conv layers are the stack's (maps, kernels,
+    pools, activation) and the images go through the stack's input transform; the head
+    (``model.fc_width``, ``model.num_classes``, dropout) and the training recipe come from
+    the config. Without one the config's transform is fitted on the training images. Images
+    are raw (uint8 NHWC, or floats in [0, 1]); labels integers 0..num_classes-1.
+    """
+    _keywords(finetune, overrides)
+    if arm not in finetuning.ARMS:
+        raise InputError(f"arm {arm!r}: expected one of {', '.join(finetuning.ARMS)}")
+    if isinstance(stack, (str, os.PathLike)):
+        stack = load_stack(stack)
+    if stack is not None and not isinstance(stack, Stack):
+        raise InputError(f"stack: expected a Stack or the path of one, got "
+                         f"{type(stack).__name__}")
     if arm != "random" and stack is None:
         raise InputError(f"arm {arm!r} needs a stack (stack=...)")
-    y = _labels(train_labels, x, "train_labels", config.model.num_classes)
-    vx = prepare(val_images, stack)
-    vy = _labels(val_labels, vx, "val_labels", config.model.num_classes)
-    tx = prepare(test_images, stack) if test_images is not None else vx[:0]
-    ty = (_labels(test_labels, tx, "test_labels", config.model.num_classes)
+    channels = stack.specs[0].in_channels if stack is not None and stack.depth else None
+    x = preprocess.as_batch(np.asarray(train_images), channels)
+    if config is None:
+        config = make_config("cifar10" if x.shape[-1] == 3 else "mnist", preset)
+    config = override(_stack_architecture(override(config, **overrides), stack))
+    cfglib.check_model_fits(config, x.shape[1:], None, "compare")
+    if stack is not None:
+        to_inputs = stack.prepare
+        normalizer = stack.normalizer or preprocess.Normalizer(config.data.scale)
+    else:
+        d = config.data
+        normalizer = preprocess.fit_normalizer(preprocess.as_pixels(x), d.scale, d.standardize,
+                                               d.preprocess, d.zca_epsilon)
+        to_inputs = lambda im: normalizer.raw(preprocess.as_batch(np.asarray(im), x.shape[-1]))
+
+    def images_of(name: str, im: np.ndarray) -> np.ndarray:
+        out = to_inputs(im)
+        if tuple(out.shape[1:]) != tuple(x.shape[1:]):
+            raise InputError(f"{name}: images of {tuple(out.shape[1:])}, the training images "
+                             f"are {tuple(x.shape[1:])}")
+        return out
+
+    n_classes = config.model.num_classes
+    tx = images_of("train_images", x)
+    y = _labels(train_labels, tx, "train_labels", n_classes)
+    vx = images_of("val_images", val_images)
+    vy = _labels(val_labels, vx, "val_labels", n_classes)
+    ex = images_of("test_images", test_images) if test_images is not None else vx[:0]
+    ey = (_labels(test_labels, ex, "test_labels", n_classes)
           if test_images is not None else vy[:0])
-    names = tuple(str(i) for i in range(config.model.num_classes))
+    names = tuple(str(i) for i in range(n_classes))
     data = inputs_lib.Inputs(
-        pretrain=x, train_images=jax.numpy.asarray(x), train_labels=y,
-        val_images=jax.numpy.asarray(vx), val_labels=vy, test_images=jax.numpy.asarray(tx),
-        test_labels=ty, class_names=names, normalizer=preprocess.Normalizer(config.data.scale))
+        pretrain=tx, train_images=jax.numpy.asarray(tx), train_labels=y,
+        val_images=jax.numpy.asarray(vx), val_labels=vy, test_images=jax.numpy.asarray(ex),
+        test_labels=ey, class_names=names, normalizer=normalizer)
     size = len(y) if label_size is None else label_size
     with _folder(workdir) as folder:
         rows, best = finetuning.run_cell(config, data, stack, size, arm, list(seeds),
-                                           Path(folder) / "finetune" / f"{size}_{arm}", log)
+                                         Path(folder) / "finetune" / f"{size}_{arm}", log)
     spec = models.CNNSpec.from_config(config.model, data.image_shape)
     nets = []
     for i in range(len(seeds)):
@@ -165,6 +200,33 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
     return FinetuneResult(nets, rows)
 
 
+def _keywords(fn: Callable, overrides: dict[str, Any]) -> None:
+    """Refuses a keyword that is neither a parameter of ``fn`` nor a ``section__field`` config
+    override but is close to a parameter (``lable_size``): the config would name it unknown."""
+    params = [p for p in inspect.signature(fn).parameters if p not in ("overrides",)]
+    for name in overrides:
+        close = difflib.get_close_matches(name, params, n=1) if "__" not in name else []
+        if close:
+            raise InputError(f"{fn.__name__}(): no keyword {name!r}; did you mean {close[0]}? "
+                             f"(config overrides are section__field=value)")
+
+
+def _stack_architecture(config: ml_collections.ConfigDict,
+                        stack: Stack | None) -> ml_collections.ConfigDict:
+    """``config`` with the CNN's conv layers 1..depth of ``stack``: their maps, kernels and
+    pools, and the stack's activation; deeper conv layers and the head stay the config's."""
+    if stack is None or not stack.depth:
+        return config
+    specs, m, d = stack.specs, config.model, stack.depth
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.model.features = tuple(s.maps for s in specs) + tuple(m.features[d:])
+    c.model.kernel_sizes = tuple(s.kernel for s in specs) + tuple(m.kernel_sizes[d:])
+    c.model.pool_sizes = tuple(stack.pools[:d]) + tuple(m.pool_sizes[d:])
+    c.model.activation = specs[0].activation
+    c.pretrain.layers = min(c.pretrain.layers, len(c.model.features))
+    return c
+
+
 def load_data(source: str, split: str, data_dir: str | None = None) -> data_lib.Split:
     """A split ('train' or 'test') of a data source as uint8 NHWC ``images`` and integer
     ``labels`` (sources as ``config.data.source``: ``mnist``, ``cifar10``, ``npz:PATH``,
@@ -173,10 +235,15 @@ def load_data(source: str, split: str, data_dir: str | None = None) -> data_lib.
 
 
 def load_stack(path: str | os.PathLike) -> Stack:
-    """A stack saved with :meth:`Stack.save`, or the finished stack of a pretrain workdir."""
+    """A stack saved with :meth:`Stack.save`, or the finished stack of a pretrain (or compare)
+    workdir with its input transform fitted again from the workdir's config: either way it
+    takes raw images."""
     path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: no such folder; expected a stack saved with Stack.save or "
+                         f"a pretrain workdir")
     if (path / "config.json").exists() and not (path / "stack.json").exists():
-        return pretraining.from_workdir(path)
+        return pretraining.from_workdir(path, transform=True)
     return Stack.load(path)
 
 

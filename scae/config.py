@@ -6,6 +6,7 @@ Config files in ``configs/`` build on :func:`base_config` and pick a preset; the
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -157,12 +158,59 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, ob
         node = c
         for s in sections:
             if s not in node or not isinstance(node[s], ml_collections.ConfigDict):
-                raise InputError(f"{where}{name}: no such config section {s!r}")
+                raise InputError(f"{where}{name}: no such config section {s!r}"
+                                 f"{_did_you_mean(config, name, sep)}")
             node = node[s]
         if field not in node:
-            raise InputError(f"{where}{name}: no such config key")
+            raise InputError(f"{where}{name}: no such config key"
+                             f"{_did_you_mean(config, name, sep)}")
         node[field] = tuple(value) if isinstance(value, list) else value
     return c
+
+
+def _did_you_mean(config: ml_collections.ConfigDict, name: str, sep: str) -> str:
+    close = closest_keys(config, name.replace(sep, "."))
+    return f"; did you mean {' or '.join(k.replace('.', sep) for k in close)}?" if close else ""
+
+
+def all_keys(config: Mapping) -> list[str]:
+    """Every dotted key of ``config``: the sections and the leaves."""
+    keys = []
+    for key, value in config.items():
+        keys.append(key)
+        if hasattr(value, "items"):
+            keys += [f"{key}.{k}" for k in all_keys(value)]
+    return keys
+
+
+def _best(word: str, candidates, n: int) -> list[str]:
+    """difflib's close matches of ``word``, without those far behind the best one."""
+    scored = sorted(((difflib.SequenceMatcher(None, word, c).ratio(), c) for c in candidates),
+                    key=lambda sc: -sc[0])
+    scored = [(r, c) for r, c in scored if r >= 0.6]
+    return [c for r, c in scored[:n] if r >= scored[0][0] - 0.1]
+
+
+def closest_keys(config: Mapping, key: str, n: int = 3) -> list[str]:
+    """The keys of ``config`` nearest to the mistyped dotted ``key``, best first: first among
+    the keys of the deepest section that exists (``pretrain.epochz``: the pretrain keys), then
+    among all keys, then by the last name alone (``epochs``: ``pretrain.epochs``, ...)."""
+    keys = all_keys(config)
+    parts = key.split(".")
+    known = 0
+    while known < len(parts) - 1 and ".".join(parts[:known + 1]) in keys:
+        known += 1
+    prefix = ".".join(parts[:known])
+    if prefix:
+        inside = [k[len(prefix) + 1:] for k in keys if k.startswith(prefix + ".")]
+        close = [f"{prefix}.{k}" for k in _best(".".join(parts[known:]), inside, n)]
+        if close:
+            return close
+    close = _best(key, keys, n)
+    if not close:  # a right name under a wrong section or none: epochs -> pretrain.epochs
+        leaves = _best(parts[-1], {k.split(".")[-1] for k in keys}, n)
+        close = [k for k in keys if k.split(".")[-1] in leaves][:n]
+    return close
 
 
 def _positive_ints(c: ml_collections.ConfigDict, key: str, allow_zero: bool = False) -> None:
@@ -225,6 +273,9 @@ def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
                 "pretrain.divergence_retries", "finetune.divergence_retries",
                 "finetune.min_steps", "seed"):
         _positive_ints(c, key, allow_zero=True)
+    if c.model.num_classes < 2:
+        raise InputError(f"config.model.num_classes: a classifier needs at least 2 classes, "
+                         f"got {c.model.num_classes}")
     n = len(c.model.features)
     for key in ("kernel_sizes", "pool_sizes"):
         if len(c.model[key]) != n:

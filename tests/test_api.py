@@ -18,6 +18,7 @@ from flax import nnx
 
 import configs.mnist
 import scae
+from scae.data import preprocess
 from scae.errors import InputError
 from scae.models import modules as models
 from scae.models import stack as stack_lib
@@ -55,7 +56,7 @@ def _stack(channels: int = 1, seed: int = 0) -> scae.Stack:
 
 def test_save_then_load_is_bit_exact_and_replaces_a_saved_stack(tmp_path):
     a, b = _stack(seed=1), _stack(seed=2)
-    a.normalizer = scae.api.preprocess.Normalizer("symmetric")
+    a.normalizer = preprocess.Normalizer("symmetric")
     a.save(tmp_path / "s")
     b.save(tmp_path / "s")  # over an existing one: the folder is replaced whole
     b.save(tmp_path / "s")
@@ -107,7 +108,7 @@ def test_frozen_arm_leaves_the_stack_filters_unchanged_and_trains_the_head():
     data = scae.load_data("mnist", "train")
     x, y = data.images[:300], data.labels[:300]
     s = _stack()
-    s.normalizer = scae.api.preprocess.Normalizer("unit")
+    s.normalizer = preprocess.Normalizer("unit")
     result = scae.finetune(x[:200], y[:200], x[200:], y[200:], stack=s, arm="frozen",
                            preset="smoke", log=lambda _: None)
     net = result.model

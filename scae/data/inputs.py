@@ -75,9 +75,7 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
     train, test = _load_both(c)
     train_idx, val_idx = splits.validation_split(len(train), c.validation_size)
     pool = train.images[: len(train_idx)]  # validation is the tail, so the pool is a view
-    # Workdir configs from before these keys existed mean no GCN/ZCA.
-    normalizer = fit_normalizer(pool, c.scale, c.standardize, c.get("preprocess", "none"),
-                                c.get("zca_epsilon", 0.1))
+    normalizer = _fit(c, pool)
     train_images = jnp.asarray(normalizer(pool))
     if c.pretrain_size:
         chosen = splits.pretrain_indices(len(pool), c.pretrain_size, seed)
@@ -99,6 +97,23 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
         fingerprint=provenance.data_digest(train.images, train.labels, test.images,
                                            test.labels),
     )
+
+
+def _fit(c: ml_collections.ConfigDict, pool: np.ndarray) -> Normalizer:
+    # Workdir configs from before these keys existed mean no GCN/ZCA.
+    return fit_normalizer(pool, c.scale, c.standardize, c.get("preprocess", "none"),
+                          c.get("zca_epsilon", 0.1))
+
+
+def fit_transform(data_config: ml_collections.ConfigDict) -> Normalizer:
+    """The input transform :func:`build` fits for ``data_config``, without building the
+    splits; the training split is read only when a statistic needs it."""
+    c = data_config
+    if not c.standardize and c.get("preprocess", "none") == "none":
+        return Normalizer(c.scale)
+    train = data.load(c.source, "train", data_dir=c.tfds_data_dir or None)
+    train_idx, _ = splits.validation_split(len(train), c.validation_size)
+    return _fit(c, train.images[: len(train_idx)])
 
 
 def labelled(inputs: Inputs, size: int, seed: int) -> np.ndarray:

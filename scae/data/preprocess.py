@@ -75,9 +75,44 @@ class Normalizer:
             out[start:start + _CHUNK] = self._apply(images[start:start + _CHUNK])
         return out
 
-    def _apply(self, images: np.ndarray) -> np.ndarray:
+    def raw(self, images: np.ndarray) -> np.ndarray:
+        """float32 network inputs from raw images (N, H, W, C): uint8 pixels (or integers in
+        0..255), or floats in [0, 1] (pixels / 255). Anything else cannot be raw pixels and
+        is refused with an :class:`InputError` (floats outside [0, 1] are most likely inputs
+        already transformed, which would be transformed twice)."""
+        x = np.asarray(images)
+        if self.zca is not None and int(np.prod(x.shape[1:])) != self.zca.shape[0]:
+            raise InputError(f"images of {'x'.join(map(str, x.shape[1:]))}: the input "
+                             f"transform's ZCA whitening was fitted on images of "
+                             f"{self.zca.shape[0]} values")
+        if np.issubdtype(x.dtype, np.floating):
+            check_unit_floats(x)
+            return self._apply(x, from_unit=True)
+        return self(as_uint8(x))
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """The transform as plain fields (JSON) and arrays (an .npz), for :meth:`from_state`:
+        the round trip is bit-exact."""
+        fields = {"scale": self.scale, "preprocess": self.preprocess,
+                  "gcn_mean": float(self.gcn_mean), "gcn_std": float(self.gcn_std)}
+        arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAYS
+                  if getattr(self, k) is not None}
+        return fields, arrays
+
+    @classmethod
+    def from_state(cls, fields: dict, arrays: dict[str, np.ndarray]) -> Normalizer:
+        """The transform that :meth:`state` gave ``fields`` and ``arrays`` for."""
+        return cls(fields["scale"], preprocess=fields.get("preprocess", "none"),
+                   gcn_mean=fields.get("gcn_mean", 0.0), gcn_std=fields.get("gcn_std", 1.0),
+                   **{k: (np.asarray(arrays[k]) if k in arrays else None) for k in _ARRAYS})
+
+    def _apply(self, images: np.ndarray, from_unit: bool = False) -> np.ndarray:
         x = images.astype(np.float32)  # a fresh copy, then in place
-        if self.scale == "unit":
+        if from_unit:  # floats in [0, 1] are pixels already divided by 255
+            if self.scale == "symmetric":
+                x *= 2.0
+                x -= 1.0
+        elif self.scale == "unit":
             x /= 255.0
         else:
             x /= 127.5
@@ -91,6 +126,65 @@ class Normalizer:
             flat = x.reshape(len(x), -1) - self.zca_mean
             x = (flat @ self.zca).astype(np.float32).reshape(x.shape)
         return x
+
+
+_ARRAYS = ("mean", "std", "zca_mean", "zca", "zca_inverse")
+# Floats a hair outside [0, 1] (interpolation, rounding) still count as pixels.
+_UNIT_SLACK = 1e-4
+
+
+def check_unit_floats(x: np.ndarray) -> None:
+    """Raises :class:`InputError` unless the float images ``x`` are finite and in [0, 1]."""
+    if not x.size:
+        return
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InputError("images: not finite (NaN or inf); expected uint8 pixels or floats in "
+                         "[0, 1]")
+    if lo < -_UNIT_SLACK or hi > 1 + _UNIT_SLACK:
+        raise InputError(f"images: floats in [{lo:.4g}, {hi:.4g}]; expected raw pixels, uint8 "
+                         f"0..255 or floats in [0, 1] (the input transform is applied to them: "
+                         f"do not transform them first)")
+
+
+def as_uint8(x: np.ndarray) -> np.ndarray:
+    """Integer pixel arrays as uint8; refuses other dtypes and integers outside 0..255."""
+    if x.dtype == np.uint8:
+        return x
+    if not np.issubdtype(x.dtype, np.integer):
+        raise InputError(f"images of dtype {x.dtype}: expected uint8 pixels or floats in [0, 1]")
+    if x.size and (x.min() < 0 or x.max() > 255):
+        raise InputError(f"images: integers in [{x.min()}, {x.max()}]; expected pixels in 0..255")
+    return x.astype(np.uint8)
+
+
+def as_pixels(images: np.ndarray) -> np.ndarray:
+    """Raw images as pixel values for fitting a transform: uint8 as they are, floats in [0, 1]
+    as float32 0..255 (refused as :meth:`Normalizer.raw` refuses them)."""
+    x = np.asarray(images)
+    if np.issubdtype(x.dtype, np.floating):
+        check_unit_floats(x)
+        return x.astype(np.float32) * np.float32(255.0)
+    return as_uint8(x)
+
+
+def as_batch(x, channels: int | None = None):
+    """``x`` (a numpy or JAX array) as a batch of images (N, H, W, C), or one line saying why
+    it is not one. (N, H, W) is a batch of grey images when ``channels`` is 1 or not known."""
+    shape = tuple(x.shape)
+    want = (f"a batch of images (N, H, W, {channels or 'C'})"
+            + (" or (N, H, W)" if channels in (1, None) else ""))
+    if x.ndim == 4:
+        if channels is not None and shape[-1] != channels:
+            raise InputError(f"images of shape {shape}: expected {channels} channel(s), "
+                             f"{want}")
+        return x
+    if x.ndim == 3 and channels in (1, None) and shape[-1] != 1:
+        return x[..., None]
+    if x.ndim == 2 or (x.ndim == 3 and shape[-1] == (channels or 1)):
+        raise InputError(f"images of shape {shape}: one image, not a batch; expected {want} "
+                         f"(pass images[None] for one)")
+    raise InputError(f"images of shape {shape}: expected {want}")
 
 
 def gcn(x: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from scae.train import driver
 
 Array = jax.Array
 EVAL_BATCH = 256  # images per evaluation batch: bounds the activations held at once
+TRANSFORM_FILE = "transform.npz"  # a saved stack's input transform statistics
 
 
 def layer_specs(config: ml_collections.ConfigDict, in_channels: int) -> list[models.CAESpec]:
@@ -53,8 +54,14 @@ class Stack(nnx.Module):
 
     ``layers[k-1]`` is CAE layer k (:class:`scae.models.modules.CAE`); ``pools[k-1]`` the
     pooling after it. Encode images to any depth, reconstruct them, build the CNN with the
-    stack's filters (:meth:`to_cnn`), save and load it. Images given to the methods are float32
-    NHWC as the stack was trained on (see :func:`scae.api.prepare` for uint8 images).
+    stack's filters (:meth:`to_cnn`), save and load it.
+
+    ``normalizer`` is the input transform the stack was trained behind (scale,
+    standardisation, GCN/ZCA statistics: :class:`scae.data.preprocess.Normalizer`). With one,
+    :meth:`encode` and :meth:`reconstruct` take raw images (uint8, or floats in [0, 1]) and
+    apply it; without one (a stack as the study trains it, on inputs it prepared), they take
+    float32 network inputs. :meth:`prepare` is that step on its own. The traceable
+    :meth:`features` and :meth:`decode_to_image` always take network inputs.
     """
 
     def __init__(self, specs: Sequence[models.CAESpec], pools: Sequence[int], *,
@@ -64,7 +71,7 @@ class Stack(nnx.Module):
                              f"{len(pools)}")
         self.pools = tuple(int(p) for p in pools)
         self.layers = nnx.List([models.CAE(s, rngs=rngs) for s in specs])
-        # How uint8 pixels become the stack's inputs (scae.api.prepare), when known.
+        # How raw pixels become the stack's inputs, when known (see the class docstring).
         self.normalizer: preprocess.Normalizer | None = None
 
     @property
@@ -111,25 +118,47 @@ class Stack(nnx.Module):
         """:meth:`features` of ``images`` computed batch by batch into host memory, so any
         number of images fits: float32 (N, H', W', maps of layer ``depth``)."""
         depth = self._check_depth(depth)
-        self._check_input(images)
+        x = self.prepare(images)
         graphdef, params = models.split(self)
         fn = jax.jit(lambda q, x: models.merge(graphdef, q).features(x, depth, pooled))
-        return driver.map_batches(lambda x: fn(params, x), images, batch_size)
+        return driver.map_batches(lambda x: fn(params, x), x, batch_size)
 
     def reconstruct(self, images: np.ndarray | Array, depth: int | None = None,
                     batch_size: int = EVAL_BATCH) -> np.ndarray:
-        """:meth:`decode_to_image` of ``images``, batch by batch into host memory."""
+        """:meth:`decode_to_image` of ``images``, batch by batch into host memory: in the
+        stack's input space (its transform applied, when it has one)."""
         depth = self._check_depth(depth)
-        self._check_input(images)
+        x = self.prepare(images)
         graphdef, params = models.split(self)
         fn = jax.jit(lambda q, x: models.merge(graphdef, q).decode_to_image(x, depth))
-        return driver.map_batches(lambda x: fn(params, x), images, batch_size)
+        return driver.map_batches(lambda x: fn(params, x), x, batch_size)
 
-    def _check_input(self, images) -> None:
+    def prepare(self, images: np.ndarray | Array) -> np.ndarray | Array:
+        """The network inputs of ``images`` (N, H, W, C), or (N, H, W) for a grey stack: raw
+        pixels through :attr:`normalizer`, or float inputs as they are for a stack without
+        one. Refuses with one :class:`InputError` line what the stack cannot take: a wrong rank
+        or channel count, images smaller than its kernels, values that cannot be raw pixels."""
         c = self.layers[0].spec.in_channels if self.depth else None
-        if getattr(images, "ndim", 0) != 4 or (c is not None and images.shape[-1] != c):
-            raise InputError(f"images of shape {tuple(getattr(images, 'shape', ()))}: the "
-                             f"stack expects NHWC images with {c} channel(s)")
+        x = images if isinstance(images, jax.Array) else np.asarray(images)
+        x = preprocess.as_batch(x, c)
+        self._check_size(x.shape)
+        if self.normalizer is not None:
+            return self.normalizer.raw(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise InputError(f"images of dtype {x.dtype}: this stack carries no input "
+                             f"transform, so it takes float network inputs (set "
+                             f"stack.normalizer to give it raw pixels)")
+        return x
+
+    def _check_size(self, shape: Sequence[int]) -> None:
+        h, w = int(shape[1]), int(shape[2])
+        for k, (spec, pool) in enumerate(zip(self.specs, self.pools), start=1):
+            if h < spec.kernel or w < spec.kernel:
+                raise InputError(
+                    f"images of {shape[1]}x{shape[2]}: too small for the stack, whose layer "
+                    f"{k} kernel of {spec.kernel}x{spec.kernel} meets a {h}x{w} input "
+                    f"(kernels {tuple(s.kernel for s in self.specs)}, pools {self.pools})")
+            h, w = -(-(h - spec.kernel + 1) // pool), -(-(w - spec.kernel + 1) // pool)
 
     def project_filters(self, k: int) -> np.ndarray:
         """Pixel-space pictures of layer ``k``'s filters, (maps, H, W, image channels).
@@ -154,8 +183,9 @@ class Stack(nnx.Module):
         return cnn
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Writes the stack to the folder ``path`` (orbax parameters and ``stack.json`` with
-        the layer specs), replacing it whole: a kill leaves the old stack or the new one."""
+        """Writes the stack to the folder ``path`` (orbax parameters, ``stack.json`` with the
+        layer specs and the input transform's fields, and the transform's statistics in
+        ``transform.npz``), replacing it whole: a kill leaves the old stack or the new one."""
         path = Path(path).absolute()
         tmp = path.with_name(f".{path.name}.saving")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -163,13 +193,13 @@ class Stack(nnx.Module):
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / "params", jax.device_get(models.params_of(self)))
         norm = self.normalizer
+        fields, arrays = (None, {}) if norm is None else norm.state()
+        if arrays:  # the transform's statistics, bit for bit (ZCA: a D x D matrix)
+            with (tmp / TRANSFORM_FILE).open("wb") as f:
+                np.savez(f, **arrays)
         atomic.write_text(tmp / "stack.json", json.dumps(
             {"pools": list(self.pools), "specs": [dataclasses.asdict(s) for s in self.specs],
-             "normalizer": None if norm is None else {
-                 "scale": norm.scale,
-                 "mean": None if norm.mean is None else np.asarray(norm.mean).tolist(),
-                 "std": None if norm.std is None else np.asarray(norm.std).tolist()}},
-            indent=1))
+             "normalizer": fields}, indent=1))
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             os.replace(path, old)
@@ -190,11 +220,8 @@ class Stack(nnx.Module):
             info = json.loads(meta.read_text())
             specs = [models.CAESpec(**s) for s in info["specs"]]
             pools = info["pools"]
-            norm = info.get("normalizer")
-            normalizer = None if norm is None else preprocess.Normalizer(
-                norm["scale"], *(None if norm[k] is None else np.asarray(norm[k], np.float32)
-                                 for k in ("mean", "std")))
-        except (ValueError, KeyError, TypeError) as e:
+            normalizer = _load_transform(info.get("normalizer"), path / TRANSFORM_FILE)
+        except (ValueError, KeyError, TypeError, OSError) as e:
             raise InputError(f"{meta}: unreadable ({e})") from None
         stack = cls(specs, pools, rngs=nnx.Rngs(0))
         stack.normalizer = normalizer
@@ -208,6 +235,19 @@ class Stack(nnx.Module):
                              f"({type(e).__name__}); save the stack again") from None
         nnx.update(stack, params)
         return stack
+
+
+def _load_transform(fields: dict | None, arrays_file: Path) -> preprocess.Normalizer | None:
+    """The input transform saved with a stack; ``mean`` and ``std`` lists in the fields are
+    how stacks saved before ``transform.npz`` kept them."""
+    if fields is None:
+        return None
+    arrays = {k: np.asarray(fields[k], np.float32) for k in ("mean", "std")
+              if fields.get(k) is not None}
+    if arrays_file.exists():
+        with np.load(arrays_file) as f:
+            arrays.update({k: f[k] for k in f.files})
+    return preprocess.Normalizer.from_state(fields, arrays)
 
 
 def transfer(stack: Stack, cnn: models.CNN, log: Callable[[str], None] = print) -> None:

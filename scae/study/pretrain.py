@@ -31,6 +31,7 @@ from flax import nnx
 
 from scae import atomic
 from scae import workdir as workdir_lib
+from scae.data import inputs as inputs_lib
 from scae.errors import InputError, is_device_oom
 from scae.models import flops
 from scae.models import modules as models
@@ -405,8 +406,13 @@ def _restore_layer(layer: models.CAE, saved: dict, where: Path) -> None:
 
 
 def from_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None,
-                 in_channels: int | None = None) -> Stack:
-    """The finished stack of a pretrain workdir (every layer), from its checkpoints."""
+                 in_channels: int | None = None, transform: bool = False) -> Stack:
+    """The finished stack of a pretrain workdir (every layer), from its checkpoints.
+
+    With ``transform`` it carries the input transform it was trained behind, fitted again as
+    :func:`scae.data.inputs.build` fits it (reading the training split where a statistic
+    needs it), and takes raw images; without, it takes the network inputs the commands
+    prepare (:class:`Stack`)."""
     workdir = Path(workdir)
     if config is None:
         config = workdir_lib.load_config(workdir)
@@ -425,4 +431,6 @@ def from_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict |
     stack = Stack(layer_specs(config, in_channels), config.model.pool_sizes, rngs=nnx.Rngs(0))
     for k, (layer, params) in enumerate(zip(stack.layers, saved), start=1):
         _restore_layer(layer, params, ckpt_dir(workdir, k))
+    if transform:
+        stack.normalizer = inputs_lib.fit_transform(config.data)
     return stack
