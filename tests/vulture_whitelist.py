@@ -18,3 +18,7 @@ _.n_b
 _.differences
 # Public constant: the CIFAR-10 class names in label order, for users of scae.data.
 CIFAR10_CLASSES
+# A config key read with config.finetune.get("failure_rule", ...), which vulture cannot see.
+_.failure_rule
+# Redraws a published folder's record-only figures; called from the command in its docstring.
+redraw_published

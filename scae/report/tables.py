@@ -395,7 +395,7 @@ def _failed_note(rows: Sequence[Mapping]) -> str:
         lines.append(f"- {label_text(d.label_size, rows)} labels, {d.arm_a} − {d.arm_b}: "
                      f"{_fmt_paired(d)} over {d.n} seeds, {p_phrase(d.p)} (unadjusted)"
                      + ("" if inside is None else
-                        f"; the paper's {fmt_signed(paper)}{PAPER_MARK} is "
+                        f"; the paper's {fmt_signed(paper)} (as transcribed) is "
                         f"{'inside' if inside else 'outside'} this interval"))
     if not rest:
         lines.append("- none: no complete pair of seeds is left at those label sizes.")
