@@ -18,6 +18,15 @@ _.n_b
 _.differences
 # Public constant: the CIFAR-10 class names in label order, for users of scae.data.
 CIFAR10_CLASSES
+# Console-script entry points, named in pyproject.toml's [project.scripts].
+_.pretrain
+_.compare
+_.visualize
+_.filters
+_.sweep
+_.publish
+_.encode
+_.benchmark
 # A config key read with config.finetune.get("failure_rule", ...), which vulture cannot see.
 _.failure_rule
 # Redraws a published folder's record-only figures; called from the command in its docstring.
