@@ -39,7 +39,11 @@ def main(config, workdir: Path) -> None:
         raise InputError("--output: required, e.g. --output=features.npz")
     if _BATCH.value < 1:
         raise InputError(f"--encode_batch: expected an integer >= 1, got {_BATCH.value}")
-    workdir_lib.hold(workdir)  # no other command writes the stack while it is read
+    # Before any work: an --output that cannot be written is one line, not a traceback after
+    # the encoding.
+    out = workdir_lib.check_output(_OUTPUT.value, "--output")
+    workdir_lib.hold(workdir, write=False)  # no other command writes the stack while it is read
+    atomic.sweep_beside(out)  # what a killed encode of this file left
     config = common.load_workdir_config(workdir) if config is None else config
     s = pretraining.from_workdir(workdir, config)
     depth = s.depth if _DEPTH.value is None else _DEPTH.value
@@ -61,7 +65,6 @@ def main(config, workdir: Path) -> None:
         raise InputError(f"{config.data.source}: images of {tuple(images.shape[1:])} are too "
                          f"small for the stack's kernels and pools ({e})") from None
     feats = s.encode(images, depth, _POOLED.value, _BATCH.value)
-    out = Path(_OUTPUT.value)
     with atomic.replacing(out) as tmp, tmp.open("wb") as f:
         np.savez(f, features=feats, labels=np.asarray(labels), depth=depth,
                  pooled=_POOLED.value)

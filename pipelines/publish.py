@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -50,6 +51,9 @@ _READMES_ONLY = flags.DEFINE_bool("readmes_only", False,
 _ALLOW_DIRTY = flags.DEFINE_bool("allow_dirty", False,
                                   "Publish a workdir whose records were made from a git tree "
                                   "with uncommitted changes (refused by default).")
+_ROOT = flags.DEFINE_string("root", None,
+                            "The checkout whose README.md and results/ are refreshed (default: "
+                            "the one this command runs from).")
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "results/README.md")
@@ -72,30 +76,120 @@ def _metrics_files(workdir: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def publish(workdir: Path, out: Path, allow_dirty: bool = False) -> list[Path]:
-    """Copies records and figures of ``workdir`` into ``out``; rewrites the tables. Refuses
-    (ValueError) records made from a dirty git tree unless ``allow_dirty``."""
+# Read by the README refresh instead of ``results/<name>`` while a publish is staged there, so
+# that every README block is rendered (and any damage found) before anything is written.
+_STAGED: dict[str, Path] = {}
+
+
+def _folder(results: Path, name: str) -> Path:
+    return _STAGED.get(name, results / name)
+
+
+def _result_folders(results: Path) -> list[Path]:
+    """The published folders under ``results``, a staged one in place of its target; hidden
+    names (a publish's staging folder, temporary files) are not results."""
+    names = {p.name for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")} \
+        if results.is_dir() else set()
+    return [_folder(results, n) for n in sorted(names | set(_STAGED))]
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object file, or {} when absent; anything else is refused naming the file."""
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, expected a JSON file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{path}: not valid JSON ({' '.join(str(e).split())}); restore it "
+                         f"(git checkout) or republish it") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def validate(folder: Path, json_files: Sequence[str], jsonl_files: Sequence[str]) -> None:
+    """Reads every record publish or the README refresh will read in ``folder``, refusing a
+    damaged one with one line naming the file (:class:`InputError`), before anything is
+    written."""
+    for name in json_files:
+        _read_json(folder / name)
+    for name in jsonl_files:
+        atomic.read_jsonl(folder / name)
+    for path in sorted(folder.glob("metrics*.jsonl")) + sorted(folder.glob("*/metrics.jsonl")):
+        atomic.read_jsonl(path)
+
+
+def validate_results(results: Path) -> None:
+    """:func:`validate` over every folder of ``results`` the README refresh reads."""
+    for folder in _result_folders(results):
+        validate(folder, ("config.json", "machine.json"), ("runs.jsonl", sweep.RECORDS))
+
+
+def check_out(out: Path) -> Path:
+    """``--out`` can take the published files: a folder (or a new name), not under a file,
+    writable, with no folder where one of its files goes."""
+    from scae import workdir as workdir_lib
+
+    names = [Path(n).name for n in FILES] + list(TABLES) + ["metrics.jsonl"]
+    return workdir_lib.check_output(out, "--out", folder=True, files=names)
+
+
+def _staging(out: Path) -> Path:
+    """A hidden folder beside ``out`` whose subfolder of ``out``'s name is built first (the
+    README blocks name a result by its folder's name)."""
+    return out.parent / f".{out.name}.publish{atomic.TMP_SUFFIX}" / out.name
+
+
+def stage(workdir: Path, out: Path, allow_dirty: bool = False) -> Path:
+    """Builds what ``out`` will hold in a hidden folder beside it (records and figures of
+    ``workdir``, the tables anew) and returns that folder; ``out`` is not touched. Every
+    record read is checked first, naming a damaged file. Refuses (ValueError) records made
+    from a dirty git tree unless ``allow_dirty``."""
     if not (workdir / "config.json").is_file():
-        raise FileNotFoundError(f"{workdir / 'config.json'}: not found; not a workdir")
-    provenance.check_clean([_json(workdir / "machine.json"),
+        raise InputError(f"{workdir / 'config.json'}: not found; not a workdir")
+    validate(workdir, ("config.json", "machine.json"), ("compare/runs.jsonl", sweep.RECORDS))
+    provenance.check_clean([_read_json(workdir / "machine.json"),
                             *atomic.read_jsonl(workdir / "compare" / "runs.jsonl")], allow_dirty)
+    staging = _staging(out)
+    atomic.remove_tree(staging.parent)
+    try:
+        staging.mkdir(parents=True)
+        copies = [(workdir / name, Path(name).name) for name in FILES] + _metrics_files(workdir)
+        for png in [p for d in (".", "pretrain", "compare")
+                    for p in sorted((workdir / d).glob("*.png"))]:
+            rel = png.relative_to(workdir)
+            copies.append((png, rel.name if rel.parent == Path(".")
+                           else f"{rel.parent.name}_{rel.name}"))
+        for src, name in copies:
+            if src.is_file():
+                shutil.copyfile(src, staging / name)
+        for name, text in tables(staging).items():
+            (staging / name).write_text(text)
+    except BaseException:
+        atomic.remove_tree(staging.parent)
+        raise
+    return staging
+
+
+def commit(staging: Path, out: Path) -> list[Path]:
+    """Moves every file of ``staging`` into ``out`` (each in one rename: a kill leaves each
+    file old or new, and the rest of the staging folder, which the next publish sweeps);
+    returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    copies = [(workdir / name, Path(name).name) for name in FILES] + _metrics_files(workdir)
-    for src, name in copies:
-        if src.is_file():
-            shutil.copyfile(src, out / name)
-            written.append(out / name)
-    pngs = [p for d in (".", "pretrain", "compare") for p in sorted((workdir / d).glob("*.png"))]
-    for png in pngs:
-        rel = png.relative_to(workdir)
-        dst = out / (rel.name if rel.parent == Path(".") else f"{rel.parent.name}_{rel.name}")
-        shutil.copyfile(png, dst)
-        written.append(dst)
-    for name, text in tables(out).items():
-        atomic.write_text(out / name, text)
-        written.append(out / name)
+    for src in sorted(staging.iterdir()):
+        os.replace(src, out / src.name)
+        written.append(out / src.name)
+    atomic.remove_tree(staging.parent)
     return written
+
+
+def publish(workdir: Path, out: Path, allow_dirty: bool = False) -> list[Path]:
+    """Copies records and figures of ``workdir`` into ``out``; rewrites the tables. Nothing is
+    written unless every record read is sound (:func:`stage`)."""
+    return commit(stage(workdir, out, allow_dirty), out)
 
 
 def sweep_tables(folder: Path) -> dict[str, str]:
@@ -122,7 +216,7 @@ def _sweep_block(folder: Path) -> str:
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return _read_json(path)
 
 
 def tables(folder: Path) -> dict[str, str]:
@@ -224,7 +318,7 @@ def _expected_block(folder: Path) -> str:
 def _timings_block(results: Path) -> str:
     """One row per committed result whose job recorded its machine: how long it took, where."""
     rows = []
-    for folder in sorted(p for p in results.iterdir() if p.is_dir()):
+    for folder in _result_folders(results):
         machine, config = _json(folder / "machine.json"), _json(folder / "config.json")
         if machine:
             preset = config.get("preset", "?") if config else "?"
@@ -247,14 +341,14 @@ def render(name: str, results: Path) -> str:
         raise ValueError(f"README block {name!r}: expected table:<dir>, machine:<dir>, "
                          f"sweep:<dir>, verdicts:<dir> or expected:<dir> of results/<dir>")
     if kind == "verdicts":
-        return _verdicts_block(results / folder)
+        return _verdicts_block(_folder(results, folder))
     if kind == "sweep":
-        return _sweep_block(results / folder)
+        return _sweep_block(_folder(results, folder))
     if kind == "table":
-        return _table_block(results / folder)
+        return _table_block(_folder(results, folder))
     if kind == "machine":
-        return machine_text(_json(results / folder / "machine.json"))
-    return _expected_block(results / folder)
+        return machine_text(_json(_folder(results, folder) / "machine.json"))
+    return _expected_block(_folder(results, folder))
 
 
 def fill(text: str, results: Path) -> str:
@@ -263,22 +357,30 @@ def fill(text: str, results: Path) -> str:
                                 f"<!-- /scae:{m['name']} -->", text)
 
 
-def refresh_results(root: Path = ROOT) -> list[Path]:
-    """Rewrites the tables of every folder under ``results/`` from its run records; returns
-    the files that changed."""
-    changed = []
-    for folder in sorted(p for p in (root / "results").iterdir() if p.is_dir()):
+def refreshed_tables(root: Path = ROOT) -> dict[Path, str]:
+    """The tables of every folder under ``results/`` that differ from what its run records
+    give, as {path: text}."""
+    changed = {}
+    for folder in _result_folders(root / "results"):
         for name, text in tables(folder).items():
             path = folder / name
             if not path.is_file() or path.read_text() != text:
-                atomic.write_text(path, text)
-                changed.append(path)
+                changed[path] = text
     return changed
 
 
-def update_readmes(root: Path = ROOT) -> list[Path]:
-    """Rewrites the result blocks of README.md and results/README.md; returns those changed."""
-    changed = []
+def refresh_results(root: Path = ROOT) -> list[Path]:
+    """Rewrites the tables of every folder under ``results/`` from its run records; returns
+    the files that changed."""
+    changed = refreshed_tables(root)
+    for path, text in changed.items():
+        atomic.write_text(path, text)
+    return list(changed)
+
+
+def readme_texts(root: Path = ROOT) -> dict[Path, str]:
+    """The new text of each README whose result blocks change, as {path: text}."""
+    changed = {}
     for name in READMES:
         path = root / name
         if not path.is_file():
@@ -286,22 +388,73 @@ def update_readmes(root: Path = ROOT) -> list[Path]:
         text = path.read_text()
         new = fill(text, root / "results")
         if new != text:
-            atomic.write_text(path, new)
-            changed.append(path)
+            changed[path] = new
     return changed
+
+
+def update_readmes(root: Path = ROOT) -> list[Path]:
+    """Rewrites the result blocks of README.md and results/README.md; returns those changed."""
+    changed = readme_texts(root)
+    for path, text in changed.items():
+        atomic.write_text(path, text)
+    return list(changed)
+
+
+def run(workdir: Path | None, out: Path | None, allow_dirty: bool = False,
+        root: Path = ROOT) -> list[Path]:
+    """The command: with a workdir, publishes it into ``out`` and refreshes the READMEs; without
+    (``--readmes_only``), rewrites every committed result's tables and the READMEs from the
+    records. Checks everything first: the output paths; the workdir's lock (taken shared: a
+    compare still writing it is refused, never published in part); every record it, and every
+    ``results/*`` folder the READMEs quote, holds (a damaged one named). Only then writes, and
+    what a killed publish left (its temporary files and staging folder) is swept first."""
+    from scae import workdir as workdir_lib
+
+    results = root / "results"
+    for name in READMES:
+        workdir_lib.check_output(root / name, "README")
+    if workdir is not None:
+        out = check_out(out)
+        workdir_lib.hold(workdir, write=False)
+    for name in READMES:
+        atomic.sweep_beside(root / name)
+    if results.is_dir():
+        atomic.sweep(results)
+    staging = None
+    try:
+        if workdir is not None:
+            staging = stage(workdir, out, allow_dirty)
+            if out.parent.resolve() == results.resolve():
+                _STAGED[out.name] = staging  # the READMEs quote it: render them from it now
+        validate_results(results)
+        tables_text = {} if workdir is not None else refreshed_tables(root)
+        readmes = readme_texts(root)
+    except BaseException:
+        if staging is not None:
+            atomic.remove_tree(staging.parent)
+        raise
+    finally:
+        _STAGED.clear()
+    written = commit(staging, out) if staging is not None else []
+    for path, text in {**tables_text, **readmes}.items():
+        atomic.write_text(path, text)
+        written.append(path)
+    return written
 
 
 def main(config, workdir: Path | None) -> None:
     """The command, in the envelope of :mod:`pipelines.common` (config is not used)."""
     if not _READMES_ONLY.value and (workdir is None or not _OUT.value):
         raise InputError("usage: --workdir=DIR --out=results/NAME, or --readmes_only")
-    written = []
+    root = Path(_ROOT.value) if _ROOT.value else ROOT
+    if not (root / "results").is_dir():
+        raise InputError(f"--root {root}: has no results/ folder; expected a checkout of this "
+                         f"project")
     try:
-        if not _READMES_ONLY.value:
-            written = publish(workdir, Path(_OUT.value), _ALLOW_DIRTY.value)
-        else:  # every committed result's tables again from its records, as the code writes them
-            written = refresh_results()
-        written += update_readmes()
+        if _READMES_ONLY.value:
+            written = run(None, None, root=root)
+        else:
+            written = run(workdir, Path(_OUT.value), _ALLOW_DIRTY.value, root=root)
     except (FileNotFoundError, ValueError) as e:
         raise InputError(str(e)) from None
     print("\n".join(str(p) for p in written))

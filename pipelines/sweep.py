@@ -42,6 +42,7 @@ def main(config, workdir: Path) -> None:
             atomic.remove_tree(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         workdir_lib.lock(workdir)
+        atomic.sweep(workdir)  # what a killed sweep left
         atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
         started.append(True)
 

@@ -52,7 +52,9 @@ def _use_style(style: str | None) -> None:
 
 
 def main(config, workdir: Path) -> None:
-    workdir_lib.hold(workdir)  # no other command writes while the figures are drawn
+    # No other command writes while the figures are drawn; what a killed visualize left is
+    # swept.
+    workdir_lib.hold(workdir)
     config = common.load_workdir_config(workdir) if config is None else config
     _use_style(_STYLE.value)
     data = inputs.build(config.data, config.seed)

@@ -10,6 +10,7 @@ redone) and refuses damage anywhere else.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -144,10 +145,24 @@ def remove_tree(path: str | os.PathLike) -> None:
         trash.unlink(missing_ok=True)
 
 
+def sweep_beside(path: str | os.PathLike) -> list[Path]:
+    """Removes the temporary files that killed writes of ``path`` (:func:`replacing`) left
+    beside it, and nothing else of its folder: for a file a command writes outside a workdir
+    (an ``--output``, a README), whose folder other programs share."""
+    path = Path(path)
+    removed = []
+    for p in sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}")):
+        if p.is_file() or p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def sweep(folder: str | os.PathLike) -> list[Path]:
-    """Removes what killed writes left in ``folder`` (recursively): temporary files, folders
-    half moved to the trash and orbax's partial checkpoint folders; returns them. Only safe
-    while no other process writes there (the caller holds the workdir's lock)."""
+    """Removes what killed writes left in ``folder`` (recursively): temporary files and
+    folders (a publish's staging folder), folders half moved to the trash and orbax's partial
+    checkpoint folders; returns them. Only safe while no other process writes there (the
+    caller holds the workdir's lock). Every command that writes sweeps what it writes into."""
     removed = []
     for root, dirs, files in os.walk(folder):
         root = Path(root)
@@ -157,7 +172,8 @@ def sweep(folder: str | os.PathLike) -> list[Path]:
                 (root / name).unlink(missing_ok=True)
                 removed.append(root / name)
         for name in sorted(dirs):
-            if ORBAX_TMP in name or name.startswith(TRASH_PREFIX):
+            if ORBAX_TMP in name or name.startswith(TRASH_PREFIX) or (
+                    name.startswith(".") and name.endswith(TMP_SUFFIX)):
                 shutil.rmtree(root / name, ignore_errors=True)
                 removed.append(root / name)
         dirs[:] = sorted(d for d in dirs if (root / d).is_dir())  # don't walk removed ones

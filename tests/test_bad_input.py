@@ -18,6 +18,7 @@ that, an unprepared or unknown data set, is covered.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import importlib
 import json
@@ -54,7 +55,8 @@ def command(capsys, module: str, *args: str) -> tuple[int, str]:
     capsys.readouterr()
     with mock.patch.object(sys, "argv", [f"pipelines/{module}.py", *args]), \
             pytest.raises(SystemExit) as exit_info:
-        common.run(main, needs_config=module != "visualize")
+        common.run(main, needs_config=module not in ("visualize", "encode", "publish"),
+                   needs_workdir=module != "publish")
     return exit_info.value.code, capsys.readouterr().err
 
 
@@ -604,3 +606,53 @@ def test_other_images_at_the_same_path_are_refused(capsys, tmp_path):
     assert status == 2 and len(lines) == 1, err[-2000:]
     assert "other data" in lines[0] and str(path) in lines[0] and str(w) in lines[0], lines[0]
     assert snapshot(w) == before
+
+
+# --- files written outside the workdir ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["a_folder", "under_a_file", "in_a_read_only_folder"])
+def test_an_encode_output_that_cannot_be_written_is_refused_first(capsys, tmp_path,
+                                                                  stack_workdir, monkeypatch,
+                                                                  case):
+    """Each used to end in a traceback and exit 1 after the encoding."""
+    if case == "a_folder":
+        out, fragment = tmp_path / "feats", "is a folder; expected a file name"
+        out.mkdir()
+    elif case == "under_a_file":
+        (tmp_path / "f").write_text("x")
+        out, fragment = tmp_path / "f" / "feats.npz", "which is a file"
+    else:
+        out, fragment = tmp_path / "ro" / "feats.npz", "read-only file system"
+        out.parent.mkdir()
+
+        def read_only(*args, **kwargs):  # root writes anywhere: the refusal is injected
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+        from scae import workdir as workdir_lib
+        monkeypatch.setattr(workdir_lib.tempfile, "TemporaryFile", read_only)
+    before = snapshot(tmp_path)
+    status, err = command(capsys, "encode", f"--workdir={stack_workdir}", f"--output={out}")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith("error: --output ") and fragment in lines[0], lines[0]
+    assert snapshot(tmp_path) == before
+
+
+def test_visualize_sweeps_what_a_killed_visualize_left(capsys, stack_workdir):
+    left = [stack_workdir / "figures" / ".loss.png.k3j2.tmp",
+            stack_workdir / "figures" / ".trash-old-1234abcd"]
+    for p in left:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    command(capsys, "visualize", f"--workdir={stack_workdir}")  # the damaged stack: refused
+    assert not any(p.exists() for p in left)
+
+
+def test_encode_sweeps_what_a_killed_encode_of_its_output_left(capsys, tmp_path, stack_workdir):
+    out = tmp_path / "feats.npz"
+    left, kept = tmp_path / ".feats.npz.k3j2.tmp", tmp_path / ".other.npz.k3j2.tmp"
+    left.write_text("x")
+    kept.write_text("x")
+    command(capsys, "encode", f"--workdir={stack_workdir}", f"--output={out}")
+    assert not left.exists() and kept.exists()  # only its own output's, never a neighbour's

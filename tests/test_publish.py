@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from absl import flags
 
-from pipelines import publish
+from pipelines import common, publish
+from scae import atomic
+from scae.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = sorted(p.parent for p in (ROOT / "results").glob("*/runs.jsonl"))
@@ -137,5 +145,139 @@ def test_publish_copies_records_and_writes_tables(tmp_path):
     md = (out / "summary.md").read_text()
     assert "mean ± std over 2 stacks): layer 1 0.015 ± 0.0071" in md
     assert publish.tables(out)["summary.md"] == md
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="not a workdir"):
         publish.publish(tmp_path / "nothing", out)
+
+
+# --- publish as a command: everything checked before anything is written ---------------------
+
+
+def _checkout(tmp_path: Path) -> tuple[Path, Path]:
+    """A checkout (README.md quoting results/quick, and an earlier result results/old) and a
+    finished workdir to publish into results/quick."""
+    root = tmp_path / "root"
+    write_folder(root / "results" / "old", runs(), {"compare": {}}, MACHINE)
+    (root / "README.md").write_text("# r\n<!-- scae:table:quick -->\n<!-- /scae:table:quick -->"
+                                    "\n<!-- scae:timings -->\n<!-- /scae:timings -->\n")
+    work = tmp_path / "w"
+    (work / "compare").mkdir(parents=True)
+    (work / "config.json").write_text(json.dumps({"compare": {"label_sizes": [1000],
+                                                              "arms": ["random"],
+                                                              "num_seeds": 3}}))
+    (work / "machine.json").write_text(json.dumps(MACHINE))
+    (work / "compare" / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs()))
+    return root, work
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def _publish(capsys, *args: str) -> tuple[int, list[str]]:
+    """``python -m pipelines.publish ARGS`` in this process: (status, stderr's lines)."""
+    flags.FLAGS.unparse_flags()
+    capsys.readouterr()
+    with mock.patch.object(sys, "argv", ["pipelines/publish.py", *args]), \
+            pytest.raises(SystemExit) as exit_info:
+        common.run(publish.main, needs_config=False, needs_workdir=False)
+    err = capsys.readouterr().err
+    return exit_info.value.code, [line for line in err.splitlines() if line.strip()]
+
+
+def test_publish_as_a_command(tmp_path):
+    root, work = _checkout(tmp_path)
+    out = root / "results" / "quick"
+    args = [sys.executable, "-m", "pipelines.publish", f"--workdir={work}", f"--out={out}",
+            f"--root={root}"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "summary.md").is_file() and (out / "runs.jsonl").is_file()
+    readme = (root / "README.md").read_text()
+    assert "| 1,000 |" in readme or "1000" in readme, readme
+    assert "`results/quick`" in readme  # the timings block quotes the new folder
+    (work / "config.json").write_text('{"compare": ')  # torn
+    before = _files(root)
+    torn = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in torn.stderr.splitlines() if line.strip()]
+    assert torn.returncode == 2 and len(lines) == 1, torn.stderr[-3000:]
+    assert str(work / "config.json") in lines[0] and "not valid JSON" in lines[0]
+    assert _files(root) == before
+
+
+@pytest.mark.parametrize("damage", ["workdir_config", "workdir_runs", "old_config",
+                                    "old_machine", "old_runs"])
+def test_publish_validates_every_record_before_writing(capsys, tmp_path, damage):
+    """A damaged record, in the workdir or in any results/ folder the README refresh reads, is
+    one line naming the file, exit 2, and nothing written (the result folder and README.md
+    were changed first before, and every later publish failed on the README refresh)."""
+    root, work = _checkout(tmp_path)
+    path = {"workdir_config": work / "config.json",
+            "workdir_runs": work / "compare" / "runs.jsonl",
+            "old_config": root / "results" / "old" / "config.json",
+            "old_machine": root / "results" / "old" / "machine.json",
+            "old_runs": root / "results" / "old" / "runs.jsonl"}[damage]
+    path.write_text("{torn\n" + path.read_text() if path.suffix == ".jsonl" else "{torn")
+    before = _files(root)
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={root / 'results' / 'quick'}",
+                             f"--root={root}")
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert str(path) in lines[0], lines[0]
+    assert _files(root) == before
+    assert not [p for p in (root / "results").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("case", ["out_is_a_file", "out_under_a_file", "a_file_is_a_folder"])
+def test_an_out_that_cannot_be_written_is_refused_before_writing(capsys, tmp_path, case):
+    root, work = _checkout(tmp_path)
+    out = root / "results" / "quick"
+    if case == "out_is_a_file":
+        out.write_text("x")
+        fragment = "is a file; expected a folder"
+    elif case == "out_under_a_file":
+        (root / "results" / "f").write_text("x")
+        out = root / "results" / "f" / "quick"
+        fragment = "which is a file"
+    else:
+        (out / "summary.md").mkdir(parents=True)
+        fragment = "summary.md is a folder"
+    before = _files(root)
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={out}", f"--root={root}")
+    assert status == 2 and len(lines) == 1 and fragment in lines[0] and "--out" in lines[0], \
+        lines
+    assert _files(root) == before
+
+
+def test_publish_during_a_running_compare_is_refused(capsys, tmp_path):
+    root, work = _checkout(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from scae import workdir; workdir.lock(Path(sys.argv[1])); "
+         "print('locked', flush=True); time.sleep(600)", str(work)],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        status, lines = _publish(capsys, f"--workdir={work}",
+                                 f"--out={root / 'results' / 'quick'}", f"--root={root}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert status == 2 and len(lines) == 1 and "in use by a running command" in lines[0], lines
+    assert not (root / "results" / "quick").exists()
+
+
+def test_publish_sweeps_what_a_killed_publish_left(capsys, tmp_path):
+    root, work = _checkout(tmp_path)
+    out = root / "results" / "quick"
+    left = [root / ".README.md.k3j2.tmp", root / "results" / ".quick.publish.tmp" / "runs.csv",
+            root / "results" / "old" / ".summary.md.x8.tmp"]
+    for p in left:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={out}", f"--root={root}")
+    assert not status, lines
+    assert not any(p.exists() for p in left)
+    assert not (root / "results" / ".quick.publish.tmp").exists()
+    with contextlib.suppress(FileNotFoundError):
+        assert not atomic.sweep(root / "results")
