@@ -166,7 +166,7 @@ _seed_orders = jax.jit(over_seeds(epoch_order, (0, 0, None), "vmap"))
 
 
 def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int,
-               num_steps: int, seed_batching: str = "auto") -> Callable:
+               num_steps: int, seed_batching: str = "auto", spread: str = "auto") -> Callable:
     """Compiles ``num_steps`` training steps of every seed as one call.
 
     Returns ``run(params, opt_state, data, order, offset, step0, key, context=None) ->
@@ -175,7 +175,8 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
     seed m's step i trains on ``data[order[m, offset + i*batch_size : ... + batch_size]]``
     with key ``fold_in(key[m], step0 + i)``; a ``context`` that is not None (fixed inputs of
     the loss that are not trained, such as frozen layers) is passed to ``loss_fn`` as its last
-    argument.
+    argument. On several devices ``spread`` (:func:`scae.train.parallel.spread`) splits the
+    batches or the seeds over them.
     """
 
     def run(params, opt_state, data, order, offset, step0, key, context=None):
@@ -193,11 +194,17 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
         (params, opt_state), losses = lax.scan(step, (params, opt_state), jnp.arange(num_steps))
         return params, opt_state, losses
 
-    per_seed = over_seeds(run, (0, 0, None, 0, None, None, 0, 0), seed_batching)
+    in_axes = (0, 0, None, 0, None, None, 0, 0)
+    per_seed = over_seeds(run, in_axes, seed_batching)
 
     def run_seeds(params, opt_state, data, order, offset, step0, key, context=None):
         # over_seeds takes every argument its in_axes names, so the default is filled in here.
-        return per_seed(params, opt_state, data, order, offset, step0, key, context)
+        args = (params, opt_state, data, order, offset, step0, key, context)
+        seeds = order.shape[0]
+        if parallel.spread(spread, seeds) == "seeds":
+            specs = tuple("seeds" if a == 0 else None for a in in_axes)
+            return parallel.over_devices(per_seed, specs, seeds)(*args)
+        return per_seed(*args)
 
     return jax.jit(run_seeds, donate_argnums=(0, 1))
 
@@ -272,6 +279,7 @@ class Phase:
     step_key: Array  # per-step randomness: noise, dropout, augmentation
     seeds: Sequence[int]  # the seeds whose models train in one program (one or more)
     seed_batching: str = "auto"  # how they share it: see resolve_seed_batching
+    spread: str = "auto"  # how several devices share the phase: parallel.spread
     # Fixed inputs of the loss, not trained and not checkpointed (a leading seed axis when
     # ``seeds``): the loss is then loss_fn(params, batch, key, context).
     context: Any = None
@@ -388,8 +396,8 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                 # steps alone and the command's accounting shows compilation apart.
                 with accounting.part("compilation"):
                     compiled[n] = make_steps(phase.loss_fn, tx, p.batch_size, n,
-                                             seed_batching=phase.seed_batching
-                                             ).lower(*args).compile()
+                                             seed_batching=phase.seed_batching,
+                                             spread=phase.spread).lower(*args).compile()
             t0 = time.perf_counter()
             with accounting.part("training steps"):
                 params, opt_state, losses = compiled[n](*args)
