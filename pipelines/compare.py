@@ -31,6 +31,7 @@ from scae import accounting, atomic, provenance
 from scae import workdir as workdir_lib
 from scae.data import inputs
 from scae.study import compare
+from scae.train import parallel
 
 
 def main(config, workdir: Path) -> None:
@@ -59,8 +60,12 @@ def main(config, workdir: Path) -> None:
                                                time.monotonic() - t0, command, resumed)
             # The whole session, start-up included: the parts add up to time_breakdown_total_s.
             parts = accounting.breakdown()
+            together = config.compare.num_seeds if config.compare.vmap_seeds else 1
+            spread = {"setting": config.compare.get("spread", "auto"),
+                      "used": parallel.spread(config.compare.get("spread", "auto"), together)}
             atomic.write_text(workdir / "machine.json",
                               json.dumps(record | {"cache_entries_at_start": cached,
+                                                   "spread": spread,
                                                    "time_breakdown_s": parts,
                                                    "time_breakdown_total_s":
                                                        round(accounting.wall_time(), 3)},

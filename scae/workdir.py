@@ -58,7 +58,7 @@ SETTINGS_FILE = "settings.json"
 NEUTRAL = frozenset({"pretrain.divergence_retries", "finetune.divergence_retries",
                      "compare.vmap_seeds", "compare.seed_batching", "data.tfds_data_dir",
                      "pretrain.cache_features", "pretrain.checkpoint_seconds",
-                     "finetune.checkpoint_seconds"})
+                     "finetune.checkpoint_seconds", "compare.spread"})
 # Keys that select which runs of a stage are asked for; each record names its own.
 SELECTION = frozenset({"compare.label_sizes", "compare.num_seeds", "compare.arms"})
 DERIVED = ("figures",)  # drawn from the other stages; deleted whenever one of them is

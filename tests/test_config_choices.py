@@ -8,7 +8,7 @@ from pathlib import Path
 from scae import config as cfglib
 from scae.data import preprocess
 from scae.models import modules, ops
-from scae.train import driver
+from scae.train import driver, parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +19,7 @@ def test_choice_lists_match_the_code():
     assert cfglib.CONV_IMPLS == ops.CONV_IMPLS
     assert cfglib.COMPUTE_DTYPES == ops.COMPUTE_DTYPES
     assert cfglib.SEED_BATCHINGS == driver.SEED_BATCHINGS
+    assert cfglib.SPREADS == parallel.SPREADS
     assert cfglib.NOISES == modules.NOISES
     assert cfglib.DECODERS == modules.DECODERS
     assert cfglib.DECODER_OUTPUTS == modules.DECODER_OUTPUTS
