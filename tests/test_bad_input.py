@@ -500,7 +500,7 @@ def _signalling_main(signum, swallow):
     return main
 
 
-@pytest.mark.parametrize("signum,status", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("signum,status", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 @pytest.mark.parametrize("swallow", [False, True])
 def test_signals_end_with_their_exit_status(capsys, tmp_path, monkeypatch, signum, status,
                                            swallow):
@@ -656,3 +656,38 @@ def test_encode_sweeps_what_a_killed_encode_of_its_output_left(capsys, tmp_path,
     kept.write_text("x")
     command(capsys, "encode", f"--workdir={stack_workdir}", f"--output={out}")
     assert not left.exists() and kept.exists()  # only its own output's, never a neighbour's
+
+
+# --- compare's own exit statuses ----------------------------------------------------------------
+
+
+def test_compare_diverging_in_fine_tuning_is_exit_3_naming_the_run(capsys, tmp_path):
+    w = tmp_path / "w"
+    status, err = command(capsys, "compare", SMOKE, f"--workdir={w}",
+                          "--config.pretrain.layers=1", "--config.compare.label_sizes=(50,)",
+                          "--config.compare.arms=('random',)", "--config.compare.num_seeds=1",
+                          "--config.finetune.optimizer=sgd",
+                          "--config.finetune.learning_rate=1e30",
+                          "--config.model.activation=relu")
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert status == 3, err[-2000:]
+    assert len(lines) == 1 and "random run at 50 labels" in lines[0] and \
+        "non-finite" in lines[0], err[-2000:]
+    assert "Traceback" not in err
+    assert (w / "pretrain" / "metrics.jsonl").exists()  # the stack it made is kept
+
+
+def test_compare_on_a_full_disk_is_exit_74_naming_the_file(capsys, workdir, monkeypatch):
+    from scae import atomic
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    before = snapshot(workdir)
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    status, err = command(capsys, "compare", SMOKE, f"--workdir={workdir}")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 74, err[-2000:]
+    assert len(lines) == 1 and "no space left on device" in lines[0], err[-2000:]
+    assert "settings.json" in lines[0] and str(workdir) in lines[0]
+    assert {k: v for k, v in snapshot(workdir).items() if k != ".lock"} == before

@@ -116,8 +116,11 @@ def test_finetune_divergence_names_the_run_and_retries(tiny_npz_module, tmp_path
         compare._run_group(config, data, None, 50, "random", [0, 1], tmp_path, logs.append)
     assert sum("retrying with the learning rate x" in m for m in logs) == 2
     assert retry.read_scale(tmp_path / "ckpt" / "50_random_s0-1.lr_scale.json") == 0.25
+    # The last good checkpoint (the first step's) is kept, and only finished checkpoints: no
+    # partial one is left behind.
     ckpts = list((tmp_path / "ckpt" / "50_random_s0-1").glob("*"))
-    assert all(p.name.isdigit() for p in ckpts)  # only finished checkpoints, if any
+    assert ckpts and all(p.name.isdigit() for p in ckpts), ckpts
+    assert not list((tmp_path / "ckpt").rglob("*orbax-checkpoint-tmp*"))
 
 
 def test_sweep_removes_what_killed_writes_left_and_nothing_else(tmp_path):
@@ -366,7 +369,7 @@ def test_unusable_workdirs_are_refused_before_the_lock(tmp_path, make, fragment)
     target = tmp_path / "f" / "w" if fragment == "which is a file" else w
     with pytest.raises(InputError, match=fragment):
         workdir_lib.guard(_smoke(), target, "compare", overwrite=False)
-    assert not (target / ".lock").exists() if target.is_dir() else True
+    assert not list(tmp_path.rglob(".lock"))  # refused before the lock: none anywhere
 
 
 def test_a_read_only_workdir_is_refused(tmp_path, monkeypatch):
@@ -620,6 +623,32 @@ def test_a_signal_during_training_stops_with_its_status_and_line_every_time(tmp_
                             r"the same command to resume", errors_seen[0]), errors_seen
         w = tmp_path / "w"
         assert not list(w.rglob("*.tmp")) and not list(w.rglob("*orbax-checkpoint-tmp*"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_fine_tuning_ends_compare_with_its_status(tmp_path, signum, status):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.compare", "--config=configs/mnist.py:smoke",
+         "--config.pretrain.layers=1", "--config.compare.label_sizes=(50,100)",
+         "--config.finetune.epochs=20", f"--workdir={tmp_path / 'w'}"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+                           PYTHONUNBUFFERED="1"),
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        seen = _until(proc, r"test error")  # a first cell is recorded; the next one trains
+        proc.send_signal(signum)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == status, (seen + rest)[-3000:]
+    errors_seen = _error_lines(rest)
+    assert len(errors_seen) == 1 and errors_seen[0].startswith("error: interrupted at "), rest
+    assert f"({signal.Signals(signum).name})" in errors_seen[0]
+    assert "Traceback" not in rest
+    w = tmp_path / "w"
+    assert not list(w.rglob("*.tmp")) and not list(w.rglob("*orbax-checkpoint-tmp*"))
+    assert atomic.read_jsonl(w / "compare" / "runs.jsonl")  # the recorded cell is kept
 
 
 def test_a_signal_at_start_up_is_not_lost(tmp_path):
