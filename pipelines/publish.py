@@ -42,7 +42,7 @@ from scae import atomic, provenance
 from scae.errors import InputError
 from scae.report import stats
 from scae.report import tables as report
-from scae.study import sweep
+from scae.study import cost, sweep
 
 _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
 _READMES_ONLY = flags.DEFINE_bool("readmes_only", False,
@@ -335,6 +335,8 @@ def render(name: str, results: Path) -> str:
     """The body of the README block ``name`` (see the module docstring)."""
     if name == "timings":
         return _timings_block(results)
+    if name == "cost":
+        return cost.readme_block(results)
     kind, _, folder = name.partition(":")
     kinds = ("table", "machine", "expected", "sweep", "verdicts")
     if not folder or "/" in folder or kind not in kinds:

@@ -1,0 +1,151 @@
+"""What a study costs before it runs: the training work of every phase (a CAE layer of a
+stack, a fine-tuning cell of seeds) in images and FLOPs (:mod:`scae.models.flops`), and its
+time at measured step rates (``pipelines.benchmark`` records) on one device or several.
+
+The model counts the training steps only (the accounting of a real run shows what else it
+spends: ``scae.accounting``). Its time per phase is the phase's images over the measured
+images per second of that step; with several devices the seeds of a phase spread over them
+(:func:`scae.train.parallel.spread`), so a phase of s seeds on d devices takes ceil(s/d)
+seeds' time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import ml_collections
+
+from scae import atomic
+from scae import config as cfglib
+from scae.models import flops
+from scae.train import driver
+
+# The training-split sizes of the data sets the presets name (a config on another source
+# gives its own).
+TRAIN_SIZES = {"mnist": 60000, "cifar10": 50000}
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseCost:
+    """One phase of a study: ``images`` per seed in training steps' worth (steps x batch; a
+    forward pass counts as a third of a step), ``seeds`` that train it, ``flops`` of all of
+    them, and the benchmark step that times it."""
+
+    name: str
+    workload: str  # 'cnn' or 'cae'
+    layer: int | None  # the CAE layer, for 'cae'
+    images: int
+    seeds: int
+    flops: float
+
+
+def _layer_inputs(config: ml_collections.ConfigDict,
+                  image_shape: Sequence[int]) -> list[tuple[int, int]]:
+    """(height, channels) of each CAE layer's input."""
+    h, c, out = image_shape[0], image_shape[2], []
+    for f, k, p in zip(config.model.features, config.model.kernel_sizes,
+                       config.model.pool_sizes):
+        out.append((h, c))
+        h, c = -(-(h - k + 1) // p), f
+    return out
+
+
+def study(config: ml_collections.ConfigDict, train_size: int | None = None,
+          image_shape: Sequence[int] | None = None) -> list[PhaseCost]:
+    """The phases of ``config``'s comparison: each stack's layers, then every cell."""
+    name = config.dataset
+    train_size = TRAIN_SIZES[name] if train_size is None else train_size
+    image_shape = tuple(IMAGE_SHAPES[name] if image_shape is None else image_shape)
+    pool = train_size - config.data.validation_size
+    pc, fc, cc = config.pretrain, config.finetune, config.compare
+    seeds = cc.num_seeds
+    stacks = seeds if cc.get("stack_per_seed", False) else 1
+    n_pretrain = min(config.data.pretrain_size or pool, pool)
+    phases = []
+    for k, (h, c) in enumerate(_layer_inputs(config, image_shape)[: pc.layers], start=1):
+        p = driver.plan(n_pretrain, pc.batch_size, pc.epochs[k - 1])
+        images = p.total_steps * p.batch_size
+        step = flops.cae_step(h, c, config.model.kernel_sizes[k - 1],
+                              config.model.features[k - 1], 1)
+        phases.append(PhaseCost(f"pretrain layer {k}", "cae", k, images, stacks,
+                                float(step) * images * stacks))
+    cnn = flops.cnn_step(config.model, image_shape, 1)
+    for size in cc.label_sizes:
+        size = min(size, pool)
+        refit = fc.get("refit_full", False) and size == pool
+        p = driver.plan(size + (config.data.validation_size if refit else 0), fc.batch_size,
+                        fc.epochs, fc.min_steps)
+        images = p.total_steps * p.batch_size
+        for arm in cc.arms:
+            # The frozen arm trains its head on features computed once: about one forward
+            # pass (a third of a training step) of its images.
+            work = cnn / 3 * p.num_examples if arm == "frozen" else cnn * images
+            steps_worth = images if arm != "frozen" else math.ceil(p.num_examples / 3)
+            phases.append(PhaseCost(f"{arm} at {size:,} labels", "cnn", None, steps_worth,
+                                    seeds, float(work) * seeds))
+    return phases
+
+
+def rates(records: Sequence[Mapping], arch: str) -> dict[tuple[str, int | None], float]:
+    """Measured images per second per (workload, layer) of ``arch`` from benchmark records
+    (``pipelines.benchmark --all`` lines)."""
+    out = {}
+    for r in records:
+        if r.get("arch") == arch and r.get("img_per_s") and r.get("dtype", "float32") == "float32":
+            out[(r["workload"], r.get("layer") if r["workload"] == "cae" else None)] = \
+                float(r["img_per_s"])
+    return out
+
+
+def seconds(phases: Sequence[PhaseCost], measured: Mapping[tuple[str, int | None], float],
+            devices: int = 1) -> float:
+    """The training time of ``phases`` at the ``measured`` rates on ``devices`` devices, each
+    phase's seeds spread over them. A phase whose step was not measured raises KeyError."""
+    total = 0.0
+    for ph in phases:
+        rate = measured[(ph.workload, ph.layer)]
+        total += ph.images * math.ceil(ph.seeds / devices) / rate
+    return total
+
+
+# The records the README's cost block reads: (column title, record under results/, devices).
+README_RECORDS = (
+    ("2-core Zen 4 (AVX-512)", "bench_zen4/benchmark_all.jsonl", 1),
+    ("2-core Xeon (AVX-512 + AMX)", "bench_xeon/benchmark_all.jsonl", 1),
+    ("1 H100", "bench_h100/benchmark_fp32.jsonl", 1),
+    ("8 H100 (by the model)", "bench_h100/benchmark_fp32.jsonl", 8),
+)
+
+
+def duration(seconds: float) -> str:
+    """'3 h 20 min', '12 min', '40 s'."""
+    if seconds >= 3600:
+        h, m = divmod(round(seconds / 60), 60)
+        return f"{h} h {m:02d} min"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
+
+def readme_block(results: Path) -> str:
+    """The paper presets' training FLOPs and time on each committed benchmark record."""
+    head = "| preset | PFLOP | " + " | ".join(t for t, _, _ in README_RECORDS) + " |"
+    rows = [head, "| --- | ---: |" + " ---: |" * len(README_RECORDS)]
+    for dataset in ("mnist", "cifar10"):
+        config = cfglib.dataset_config(dataset, "paper")
+        phases = study(config)
+        cells = []
+        for _, record, devices in README_RECORDS:
+            path = results / record
+            try:
+                measured = rates(atomic.read_jsonl(path), dataset) if path.is_file() else {}
+                cells.append(duration(seconds(phases, measured, devices)))
+            except KeyError:  # a record without every step of this data set
+                cells.append("not measured")
+        rows.append(f"| `configs/{dataset}.py:paper` | {sum(p.flops for p in phases) / 1e15:.1f} "
+                    f"| " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,61 @@
+"""The cost model: each phase's work from the config, its time at measured rates, spread over
+devices, and the command."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scae import config as cfglib
+from scae.models import flops
+from scae.study import cost
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_phases_count_every_layer_and_cell_of_the_paper_preset():
+    c = cfglib.dataset_config("mnist", "paper")
+    phases = cost.study(c)
+    names = [p.name for p in phases]
+    assert names[:3] == ["pretrain layer 1", "pretrain layer 2", "pretrain layer 3"]
+    assert len(phases) == 3 + len(c.compare.label_sizes) * len(c.compare.arms)
+    # Layer 1: 50,000 images (60,000 less the validation split) for its epochs, 10 stacks.
+    layer1 = phases[0]
+    assert layer1.images == 50000 // c.pretrain.batch_size * c.pretrain.batch_size \
+        * c.pretrain.epochs[0]
+    assert layer1.seeds == c.compare.num_seeds
+    assert layer1.flops == pytest.approx(
+        flops.cae_step(28, 1, 5, c.model.features[0], 1) * layer1.images * layer1.seeds)
+    random_1k = phases[names.index("random at 1,000 labels")]
+    assert random_1k.images >= c.finetune.min_steps * c.finetune.batch_size
+    assert random_1k.flops == pytest.approx(
+        flops.cnn_step(c.model, (28, 28, 1), 1) * random_1k.images * random_1k.seeds)
+
+
+def test_time_is_images_over_the_measured_rate_and_seeds_spread_over_devices():
+    ph = [cost.PhaseCost("a", "cnn", None, 1000, 10, 0.0),
+          cost.PhaseCost("b", "cae", 2, 500, 3, 0.0)]
+    rates = {("cnn", None): 100.0, ("cae", 2): 50.0}
+    assert cost.seconds(ph, rates, 1) == pytest.approx(10 * 10 + 10 * 3)
+    assert cost.seconds(ph, rates, 4) == pytest.approx(10 * 3 + 10 * 1)  # ceil(10/4), ceil(3/4)
+    with pytest.raises(KeyError):
+        cost.seconds(ph, {("cnn", None): 1.0})
+    records = [{"workload": "cnn", "layer": None, "arch": "mnist", "img_per_s": 7.0},
+               {"workload": "cae", "layer": 2, "arch": "mnist", "img_per_s": 3.0},
+               {"workload": "cae", "layer": 2, "arch": "cifar10", "img_per_s": 9.0},
+               {"workload": "cnn", "arch": "mnist", "img_per_s": 99.0, "dtype": "bfloat16"}]
+    assert cost.rates(records, "mnist") == {("cnn", None): 7.0, ("cae", 2): 3.0}
+    assert [cost.duration(s) for s in (40, 720, 12000)] == ["40 s", "12 min", "3 h 20 min"]
+
+
+def test_the_command_prints_the_table_and_refuses_a_missing_record(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pipelines.cost", *a], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=300)
+    ok = run("--config=configs/cifar10.py:paper",
+             "--rates=results/bench_h100/benchmark_fp32.jsonl", "--devices=8")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "| pretrain layer 2 |" in ok.stdout and "| **study** |" in ok.stdout
+    bad = run("--config=configs/mnist.py:paper", f"--rates={tmp_path / 'none.jsonl'}")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert "none.jsonl: no such benchmark record" in bad.stderr
