@@ -3,6 +3,7 @@
   python -m pipelines.benchmark --workload=cnn --arch=mnist --batch=128
   python -m pipelines.benchmark --workload=cae --layer=2 --peak
   python -m pipelines.benchmark --all
+  python -m pipelines.benchmark --ab=dtype --rounds=5 --steps=5
 
 Prints one JSON line: workload, layer, arch, batch, seeds, img_per_s (per seed), step_ms,
 gflop_per_s (analytic FLOPs, see scae.models.flops; also XLA's own count as xla_gflop_per_s), and
@@ -13,6 +14,13 @@ with --peak the measured fp32 matmul GFLOP/s and the fraction of it reached.
 (CPU model, vector extensions from /proc/cpuinfo, fp32 matmul peak, and the bf16 peak with
 --dtype=bfloat16), then one JSON line per step with its fraction of the peak (with
 --dtype=bfloat16 of both peaks: the layers Winograd takes stay fp32).
+
+--ab compiles variants of each step in one process and times them in alternation (--rounds
+rounds of 3 calls), so that the machine's drift within minutes hits every variant alike:
+'dtype' every step with float32 and with bfloat16 matmul operands; 'impl' the dense steps (CNN,
+CAE layer 2) with float32 and the default convolutions, float32 patch matmuls and bfloat16
+patch matmuls. It prints the machine line with both peaks, then per step each variant's
+median img/s and GFLOP/s and its ratio to the first variant, per round and the median.
 """
 
 from __future__ import annotations
@@ -56,6 +64,10 @@ _ALL = flags.DEFINE_bool("all", False, "Time every step at both sizes (the peers
                          "--workload, --layer and --arch are then ignored.")
 _PEAK_N = flags.DEFINE_integer("peak_n", 4096, "Size n of the n x n matmul that measures the "
                                "peak.")
+_AB = flags.DEFINE_enum("ab", None, ["dtype", "impl"], "Time variants of every step (dtype) or "
+                        "of the dense steps (impl) in alternation; --workload, --layer, --arch, "
+                        "--seeds, --conv_impl and --dtype are then ignored.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Rounds of --ab.")
 
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 # The peers' script order (shared/bench/side_by_side.sh): (arch, workload, layer).
@@ -65,6 +77,13 @@ ROWS = tuple((arch, w, k) for arch in ("mnist", "cifar10")
 _VECTOR_FLAGS = {"sse4_2", "avx", "avx2", "fma", "asimd", "asimdhp", "sve", "sve2", "sme",
                  "sme2", "bf16", "i8mm"}
 _VECTOR_PREFIXES = ("avx512", "amx")
+# The variants of --ab, the baseline first: name -> (conv_impl, compute dtype).
+AB_VARIANTS = {
+    "dtype": {"float32": ("auto", "float32"), "bfloat16": ("auto", "bfloat16")},
+    # bf16 patch matmuls are the one form in which every convolution's products are bf16.
+    "impl": {"fp32 auto": ("auto", "float32"), "fp32 matmul": ("matmul", "float32"),
+             "bf16 matmul": ("matmul", "bfloat16")},
+}
 
 
 def vector_extensions() -> list[str]:
@@ -227,14 +246,52 @@ def all_rows(batch: int, steps: int, repeats: int, seeds: int, impl: str, dtype:
         yield out
 
 
+def ab_row(mode: str, arch: str, workload: str, layer: int | None, rounds: int, batch: int,
+           steps: int) -> dict:
+    """One step's variants of :data:`AB_VARIANTS` (``mode``) timed by :func:`alternate`: each
+    one's median img/s and GFLOP/s, and its ratio to the first variant (per round, median)."""
+    variants = {}
+    for name, (impl, dtype) in AB_VARIANTS[mode].items():
+        fn, args, flop = compile_step(workload, arch, layer or 1, batch, steps, impl=impl,
+                                      dtype=dtype)
+        variants[name] = (fn, args)
+    rates = alternate(variants, steps * batch, rounds)
+    base = rates[next(iter(rates))]
+    ratios = {name: [round(y / x, 3) for x, y in zip(base, r)]
+              for name, r in list(rates.items())[1:]}
+    return {"workload": workload, "layer": layer, "arch": arch, "batch": batch,
+            "steps_per_call": steps, "rounds": rounds,
+            "img_per_s": {n: round(statistics.median(r), 1) for n, r in rates.items()},
+            "gflop_per_s": {n: round(statistics.median(r) * flop / 1e9, 1)
+                            for n, r in rates.items()},
+            "ratio": {n: round(statistics.median(r), 3) for n, r in ratios.items()},
+            "ratio_rounds": ratios}
+
+
+def ab_rows(mode: str, rounds: int, batch: int, steps: int, peak_n: int = 4096):
+    """Yields the machine line (both peaks), then :func:`ab_row` for every step of
+    :data:`ROWS` ('dtype') or for the dense ones, the CNN and CAE layer 2 ('impl')."""
+    yield machine(peak_n, "bfloat16")
+    for arch, workload, layer in ROWS:
+        if mode == "dtype" or layer in (None, 2):
+            yield ab_row(mode, arch, workload, layer, rounds, batch, steps)
+
+
 def main(config, workdir) -> None:
     """The command: one JSON line per timed step (the envelope of :mod:`pipelines.common`
     turns bad flags into one line and exit 2; config and workdir are not used)."""
-    if min(_BATCH.value, _STEPS.value, _REPEATS.value, _SEEDS.value, _PEAK_N.value) < 1:
-        raise InputError("--batch, --steps, --repeats, --seeds and --peak_n must be >= 1")
-    if _ALL.value:
-        for line in all_rows(_BATCH.value, _STEPS.value, _REPEATS.value, _SEEDS.value,
-                             _IMPL.value, _DTYPE.value, _PEAK_N.value, _SEED_BATCHING.value):
+    if min(_BATCH.value, _STEPS.value, _REPEATS.value, _SEEDS.value, _PEAK_N.value,
+           _ROUNDS.value) < 1:
+        raise InputError("--batch, --steps, --repeats, --seeds, --peak_n and --rounds must be "
+                         ">= 1")
+    lines = None
+    if _AB.value:
+        lines = ab_rows(_AB.value, _ROUNDS.value, _BATCH.value, _STEPS.value, _PEAK_N.value)
+    elif _ALL.value:
+        lines = all_rows(_BATCH.value, _STEPS.value, _REPEATS.value, _SEEDS.value, _IMPL.value,
+                         _DTYPE.value, _PEAK_N.value, _SEED_BATCHING.value)
+    if lines is not None:
+        for line in lines:
             print(json.dumps(line), flush=True)
         return
     try:

@@ -1,5 +1,5 @@
-"""pipelines.benchmark: every row in one command, the machine line, the dtype switch, and
-nothing but its own lines on stdout and stderr."""
+"""pipelines.benchmark: every row in one command, the machine line, the dtype switch, the
+variants timed in alternation (--ab), and nothing but its own lines on stdout and stderr."""
 
 from __future__ import annotations
 
@@ -58,11 +58,14 @@ def test_single_row_keeps_its_interface_and_prints_only_its_line():
                                                                           "float32")
 
 
-def test_bad_dtype_is_one_line_and_status_2():
-    proc = _run("--dtype=float16")
+@pytest.mark.parametrize("args,name", [(("--dtype=float16",), "dtype"),
+                                       (("--ab=fp16",), "ab"),
+                                       (("--ab=dtype", "--rounds=0"), "rounds")])
+def test_bad_flag_is_one_line_and_status_2(args, name):
+    proc = _run(*args)
     assert proc.returncode == 2 and proc.stdout == ""
     (line,) = proc.stderr.splitlines()
-    assert line.startswith("error: ") and "dtype" in line
+    assert line.startswith("error: ") and name in line
 
 
 def test_vector_extensions_names_simd_flags_only():
@@ -75,7 +78,7 @@ def test_vector_extensions_names_simd_flags_only():
 
 
 def test_alternate_times_every_variant_in_every_round_and_leaves_the_args_unchanged():
-    """benchmark.alternate (the record scripts' A/B timing) calls the compiled steps on fresh
+    """benchmark.alternate (the timing of --ab) calls the compiled steps on fresh
     copies of their parameters: the given args stay as they were, and each variant gets one
     positive rate per round."""
     fn, args, flop = benchmark.compile_step("cae", "mnist", 3, 4, 2)
@@ -85,7 +88,32 @@ def test_alternate_times_every_variant_in_every_round_and_leaves_the_args_unchan
     assert sorted(rates) == ["a", "b"] and all(len(r) == 3 and min(r) > 0 for r in rates.values())
     for a, b in zip(before, jax.tree.leaves(args[:2])):
         np.testing.assert_array_equal(a, b)
-    # The compiled steps train (2 steps, 2 losses); they donate the buffers they are given.
+    # The compiled steps train (one seed, 2 steps: 2 losses on the seed axis); they donate the
+    # buffers they are given.
     params, _, losses = fn(*jax.tree.map(jax.numpy.copy, args[:2]), *args[2:])
-    assert losses.shape == (2,) and bool(np.isfinite(losses).all())
+    assert losses.shape == (1, 2) and bool(np.isfinite(losses).all())
     assert any(not np.array_equal(a, b) for a, b in zip(before, jax.tree.leaves(params)))
+
+
+def test_ab_row_times_each_variant_in_every_round_against_the_first():
+    """--ab's row: every variant of the mode, its median rate, and per round its ratio to the
+    first (the float32 baseline), so that the ratios do not mix rounds."""
+    row = benchmark.ab_row("dtype", "mnist", "cae", 3, rounds=2, batch=4, steps=1)
+    assert (row["workload"], row["layer"], row["arch"], row["rounds"]) == ("cae", 3, "mnist", 2)
+    assert list(row["img_per_s"]) == ["float32", "bfloat16"] == list(benchmark.AB_VARIANTS["dtype"])
+    assert min(row["img_per_s"].values()) > 0 and min(row["gflop_per_s"].values()) > 0
+    assert list(row["ratio_rounds"]) == ["bfloat16"] and len(row["ratio_rounds"]["bfloat16"]) == 2
+    assert min(row["ratio_rounds"]["bfloat16"]) <= row["ratio"]["bfloat16"] <= max(
+        row["ratio_rounds"]["bfloat16"])
+    json.dumps(row)  # printed as one JSON line
+
+
+def test_ab_impl_keeps_the_dense_steps_only(monkeypatch):
+    monkeypatch.setattr(benchmark, "machine", lambda peak_n, dtype: {"machine": dtype})
+    monkeypatch.setattr(benchmark, "ab_row", lambda mode, arch, workload, layer, *a: (
+        arch, workload, layer))
+    head, *rows = benchmark.ab_rows("impl", rounds=1, batch=2, steps=1)
+    assert head == {"machine": "bfloat16"}  # both peaks
+    assert rows == [("mnist", "cnn", None), ("mnist", "cae", 2), ("cifar10", "cnn", None),
+                    ("cifar10", "cae", 2)]
+    assert len(list(benchmark.ab_rows("dtype", 1, 2, 1))) == 1 + len(benchmark.ROWS)

@@ -1,0 +1,65 @@
+"""pipelines.gpu_run: the packed workdir without checkpoints, the comparison stopped at the
+limit, a call with too little time left, and bad input before anything is written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import jax
+
+from pipelines import gpu_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "pipelines.gpu_run", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_pack_leaves_the_checkpoints_out(tmp_path):
+    work = tmp_path / "mnist_paper"
+    for name in ("config.json", "compare/runs.jsonl", "pretrain/ckpt/0/state",
+                 "compare/cells/a/ckpt/1/state"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text("x")
+    gpu_run.pack(work, tmp_path / "w.tgz")
+    with tarfile.open(tmp_path / "w.tgz") as tar:
+        files = sorted(m.name for m in tar.getmembers() if m.isfile())
+    assert files == ["mnist_paper/compare/runs.jsonl", "mnist_paper/config.json"]
+
+
+def test_the_comparison_is_stopped_at_the_limit(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the command's folder: configs/ and pipelines/ are found from it
+    t = time.monotonic()
+    status = gpu_run.compare("smoke", tmp_path / "w", tmp_path / "log.txt", 1)
+    # SIGTERM: the compare's own status, or the signal's where it came before its handler.
+    assert status in (143, -signal.SIGTERM), (tmp_path / "log.txt").read_text()[-2000:]
+    assert time.monotonic() - t < 60
+
+
+def test_too_little_time_left_says_so_and_starts_no_comparison(tmp_path):
+    out = tmp_path / "out"
+    proc = _run(f"--records={out}", "--limit=1", "--nobenchmark", f"--workdir={tmp_path / 'w'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("compare not started") and "run again" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["machine.txt", "summary.txt"]
+    assert jax.__version__ in (out / "machine.txt").read_text()  # after nvidia-smi's lines
+    assert not (tmp_path / "w").exists()
+
+
+def test_bad_input_is_one_line_and_status_2_before_anything_is_written(tmp_path):
+    for args, word in (([], "--records"), ([f"--records={tmp_path / 'o'}", "--limit=0"], "--limit"),
+                       ([f"--records={tmp_path / 'o'}", "--preset=huge"], "preset")):
+        proc = _run(*args)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
+        (line,) = proc.stderr.splitlines()
+        assert line.startswith("error: ") and word in line
+    assert list(tmp_path.iterdir()) == []
