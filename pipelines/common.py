@@ -90,8 +90,6 @@ _OVERWRITE = flags.DEFINE_bool(
 # The config sections of each stage, as the commands name them (see scae.workdir.STAGES).
 PRETRAIN_KEYS = ("seed", "data", "model", "pretrain")
 COMPARE_KEYS = PRETRAIN_KEYS + ("finetune",)
-RESULT_DIRS = ("pretrain", "compare", "figures")
-NEUTRAL_KEYS = tuple(sorted(workdir_lib.NEUTRAL))
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -207,7 +205,6 @@ def data_fingerprint(config, data) -> workdir_lib.DataFingerprint | None:
                                        identity.fingerprint if identity else "")
 
 
-lock_workdir = workdir_lib.lock
 load_workdir_config = workdir_lib.load_config
 
 

@@ -371,15 +371,6 @@ def refreshed_tables(root: Path = ROOT) -> dict[Path, str]:
     return changed
 
 
-def refresh_results(root: Path = ROOT) -> list[Path]:
-    """Rewrites the tables of every folder under ``results/`` from its run records; returns
-    the files that changed."""
-    changed = refreshed_tables(root)
-    for path, text in changed.items():
-        atomic.write_text(path, text)
-    return list(changed)
-
-
 def readme_texts(root: Path = ROOT) -> dict[Path, str]:
     """The new text of each README whose result blocks change, as {path: text}."""
     changed = {}
@@ -392,14 +383,6 @@ def readme_texts(root: Path = ROOT) -> dict[Path, str]:
         if new != text:
             changed[path] = new
     return changed
-
-
-def update_readmes(root: Path = ROOT) -> list[Path]:
-    """Rewrites the result blocks of README.md and results/README.md; returns those changed."""
-    changed = readme_texts(root)
-    for path, text in changed.items():
-        atomic.write_text(path, text)
-    return list(changed)
 
 
 def run(workdir: Path | None, out: Path | None, allow_dirty: bool = False,

@@ -38,6 +38,7 @@ from test_data import idx_bytes, targz, truncate, write_cifar, write_idx, write_
 
 import configs.mnist
 from pipelines import common
+from scae import workdir as workdir_lib
 from scae.data import sources as data
 
 SMOKE = "--config=configs/mnist.py:smoke"
@@ -379,8 +380,8 @@ def test_workdir_in_use_by_a_running_command(capsys, workdir):
     with lock_held_elsewhere(workdir) as holder:
         assert_refused(capsys, workdir, [], ["in use by a running command",
                                              f"pid {holder.pid}"])
-    common.lock_workdir(workdir)
-    common.lock_workdir(workdir)  # a process may take its own lock again
+    workdir_lib.lock(workdir)
+    workdir_lib.lock(workdir)  # a process may take its own lock again
 
 
 def test_an_unusable_compilation_cache_only_costs_speed(capsys, tmp_path, monkeypatch):
