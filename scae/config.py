@@ -44,6 +44,8 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.dataset = dataset  # the name the paper's table is looked up under
     c.seed = 0  # root of every random key: subsets, inits, noise, batch order
+    # TensorBoard event files in the workdir while training (tensorboard --logdir WORKDIR)
+    c.tensorboard = True
 
     c.data = ml_collections.ConfigDict()
     c.data.source = dataset  # see scae.data.sources.load for the sources

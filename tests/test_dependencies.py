@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Distribution name -> the module it is imported as, where the two differ.
 MODULES = {"absl-py": "absl", "ml-collections": "ml_collections", "pillow": "PIL",
-           "orbax-checkpoint": "orbax", "tensorflow-datasets": "tensorflow_datasets"}
+           "orbax-checkpoint": "orbax", "tensorflow-datasets": "tensorflow_datasets",
+           "tensorboardx": "tensorboardX"}
 
 
 def _imported_top_level() -> set[str]:

@@ -7,6 +7,7 @@ _.augment_translate
 _.augment_flip
 _.refit_full
 _.stack_per_seed
+_.tensorboard
 # Module attributes and methods called by Python's protocols (PEP 562, io.RawIOBase).
 __getattr__
 __dir__

@@ -27,7 +27,7 @@ from scae.data import augment
 from scae.data import inputs as inputs_lib
 from scae.models import modules as models
 from scae.models.stack import Stack
-from scae.train import driver, optim
+from scae.train import driver, events, optim
 
 Array = jax.Array
 # Images evaluated at once over the seeds a program holds at once (driver.seeds_at_once): a
@@ -233,8 +233,16 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         evaluate=evaluate,
         extra_state={"best": jax.tree.map(jnp.copy, params), "best_val": jnp.full((n,), jnp.inf),
                      "best_epoch": jnp.zeros((n,), jnp.int32)},
-        lr_key="finetune.learning_rate", retries=fc.get("divergence_retries", 0), log=log)
-    result = driver.train(phase)
+        lr_key="finetune.learning_rate", retries=fc.get("divergence_retries", 0), log=log,
+        on_eval=lambda record: writer.scalars(record["evals"][-1]["step"], {
+            **{f"val_error/seed{s}": v for s, v in zip(seeds, record["evals"][-1]["val_error"])},
+            "img_per_s": record["evals"][-1]["img_per_s"]}))
+    # Beside the checkpoints' folder, which a sweep removes once a point is recorded.
+    writer = events.for_config(config, ckpt_dir.parent.with_name("events") / ckpt_dir.name)
+    try:
+        result = driver.train(phase)
+    finally:
+        writer.close()
     state, record = result.state, result.record
     test_err = (np.asarray(val_err(state["best"], held_out["test"], jnp.asarray(data.test_labels)))
                 if len(data.test_labels) else np.full(n, np.nan))

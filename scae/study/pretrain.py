@@ -36,7 +36,7 @@ from scae.errors import InputError, is_device_oom
 from scae.models import flops
 from scae.models import modules as models
 from scae.models.stack import EVAL_BATCH, Stack, layer_specs
-from scae.train import driver, optim, parallel, retry
+from scae.train import driver, events, optim, parallel, retry
 
 Array = jax.Array
 # pretrain.cache_features='auto' re-encodes a layer's inputs on every step when the frozen
@@ -282,6 +282,10 @@ def _train_layer(config, stacks: list[Stack], k: int, images, val_images, keys: 
             layer_records = _layer_records(k, _seed_evals(record["evals"], m, n), settings[m])
             atomic.write_jsonl(pretrain_dir(workdir, i) / "metrics.jsonl",
                                done[m] + layer_records)
+            last = layer_records[-1]
+            writers[m].scalars(last["step"], {
+                f"layer{k}/train_mse": last["train_mse"], f"layer{k}/val_mse": last["val_mse"],
+                f"layer{k}/img_per_s": last["img_per_s"]})
 
     phase = driver.Phase(
         name=f"layer {k}" if n == 1 else f"layer {k} x{n} seeds",
@@ -292,7 +296,12 @@ def _train_layer(config, stacks: list[Stack], k: int, images, val_images, keys: 
         seed_batching=batching, context=context, steps_per_call=pc.steps_per_call,
         checkpoint_every=pc.checkpoint_every_steps, evaluate=evaluate, on_eval=on_eval,
         lr_key="pretrain.learning_rate", retries=pc.get("divergence_retries", 0), log=log)
-    result = driver.train(phase)
+    writers = [events.for_config(config, pretrain_dir(workdir, i) / "events") for i in seeds]
+    try:
+        result = driver.train(phase)
+    finally:
+        for w in writers:
+            w.close()
     state = jax.device_get({"params": result.state["params"],
                             "opt_state": result.state["opt_state"]})
     out = []
