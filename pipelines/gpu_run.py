@@ -1,7 +1,16 @@
-"""Makes the GPU records in one call of a lent machine: the benchmark, then a comparison
-stopped by SIGTERM before --limit seconds, so that the same call again resumes it.
+"""Makes the GPU records in one call of a lent machine: the benchmark, then the studies in
+priority order, each stopped by SIGTERM before --limit seconds, so that the same call again
+resumes it.
 
   python -m pipelines.gpu_run --records=$OUT --preset=paper --limit=540
+  python -m pipelines.gpu_run --records=$OUT --limit=840 \
+      --studies=sweep:configs/cifar10_sweep.py,compare:configs/cifar10.py:paper
+
+--studies lists COMMAND:CONFIG items (compare or sweep), run one after another in the time
+left; a study whose largest phase (by the cost model, scae.study.cost, at the step rates of
+this call's benchmark record when there is one) cannot finish in the time left is not
+started, and the next one is tried. Each study's workdir is runs/<config>_<preset> (or
+--workdir for a single study), packed into <the same name>.tgz without its checkpoints.
 
 Writes into --records: machine.txt (nvidia-smi, jax and its devices); on the first call (while
 the workdir does not exist) benchmark_fp32.jsonl and benchmark_bf16.jsonl (pipelines.benchmark
@@ -23,14 +32,20 @@ from pathlib import Path
 
 from absl import flags
 
-from pipelines import common
+from pipelines import common, usage
+from scae import atomic
 from scae.errors import InputError
+from scae.study import cost
 
 _OUT = flags.DEFINE_string("records", None, "Folder for the records (the files below).")
 _PRESET = flags.DEFINE_enum("preset", "paper", ["paper", "quick", "smoke"],
                             "The configs/mnist.py preset that the comparison runs.")
 _LIMIT = flags.DEFINE_integer("limit", 540, "Seconds this call may take.")
 _BENCHMARK = flags.DEFINE_bool("benchmark", True, "Time the steps on the first call.")
+_STUDIES = flags.DEFINE_list("studies", None, "COMMAND:CONFIG items in priority order, e.g. "
+                             "compare:configs/cifar10.py:paper (default: the compare of "
+                             "configs/mnist.py:--preset).")
+COMMANDS = ("compare", "sweep")
 
 # A comparison started with less time left would only compile before its SIGTERM.
 MIN_COMPARE_S = 30
@@ -66,11 +81,17 @@ def pack(workdir: Path, tgz: Path) -> None:
 
 
 def compare(preset: str, workdir: Path, log: Path, seconds: float) -> int:
-    """Runs the comparison for at most ``seconds``, then SIGTERM (the compare saves what it
-    has and exits 143; a rerun resumes it) and, a minute later, SIGKILL; its exit status."""
+    """The comparison of ``configs/mnist.py:preset`` for at most ``seconds``
+    (:func:`study`)."""
+    return study("compare", f"configs/mnist.py:{preset}", workdir, log, seconds)
+
+
+def study(command: str, config: str, workdir: Path, log: Path, seconds: float) -> int:
+    """Runs ``python -m pipelines.<command>`` for at most ``seconds``, then SIGTERM (it saves
+    what it has and exits 143; a rerun resumes it) and, a minute later, SIGKILL; its exit
+    status."""
     with open(log, "w") as f:
-        proc = subprocess.Popen(_python("-m", "pipelines.compare",
-                                        f"--config=configs/mnist.py:{preset}",
+        proc = subprocess.Popen(_python("-m", f"pipelines.{command}", f"--config={config}",
                                         f"--workdir={workdir}"),
                                 stdout=f, stderr=subprocess.STDOUT)
         try:
@@ -84,6 +105,36 @@ def compare(preset: str, workdir: Path, log: Path, seconds: float) -> int:
             return proc.wait()
 
 
+def parse_studies(items: list[str]) -> list[tuple[str, str, str]]:
+    """(command, config spec, name) of each COMMAND:CONFIG item; bad ones are InputErrors."""
+    out = []
+    for item in items:
+        command, _, spec = item.partition(":")
+        if command not in COMMANDS or not spec:
+            raise InputError(f"--studies: {item!r} is not COMMAND:CONFIG with COMMAND one of "
+                             f"{', '.join(COMMANDS)}")
+        path, _, preset = spec.partition(":")
+        if not Path(path).is_file():
+            raise InputError(f"--studies: {path}: no such config file")
+        out.append((command, spec, Path(path).stem + (f"_{preset}" if preset else "")))
+    return out
+
+
+def largest_phase_s(spec: str, records: Path) -> float:
+    """The cost model's time of the largest phase of the comparison ``spec`` at the step
+    rates of ``records``' benchmark record; 0 where either is unknown (a sweep, no record)."""
+    bench = records / "benchmark_fp32.jsonl"
+    if not bench.is_file():
+        return 0.0
+    try:
+        config = usage.load_config(spec)
+        phases = cost.study(config)
+        measured = cost.rates(atomic.read_jsonl(bench), config.dataset)
+        return max(cost.seconds([ph], measured) for ph in phases)
+    except (KeyError, AttributeError, InputError):  # not a comparison, or a step not timed
+        return 0.0
+
+
 def main(config, workdir: Path | None) -> None:
     """The command, in the envelope of :mod:`pipelines.common` (config is not used)."""
     start = time.monotonic()
@@ -92,6 +143,7 @@ def main(config, workdir: Path | None) -> None:
     if _LIMIT.value < 1:
         raise InputError(f"--limit: expected whole seconds >= 1, got {_LIMIT.value}")
     out, preset = Path(_OUT.value), _PRESET.value
+    studies = parse_studies(_STUDIES.value or [f"compare:configs/mnist.py:{preset}"])
     workdir = workdir or Path("runs") / f"mnist_{preset}"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "machine.txt", "w") as f:
@@ -105,15 +157,23 @@ def main(config, workdir: Path | None) -> None:
                        stdout=f, stderr=subprocess.STDOUT, check=False)
     if _BENCHMARK.value and not workdir.exists():
         benchmark(out)
-    left = _LIMIT.value - (time.monotonic() - start)
-    if left < MIN_COMPARE_S:
-        summary = f"compare not started: {left:.0f} s left of the {_LIMIT.value} s limit; run again"
-    else:
+    lines = []
+    for command, spec, name in studies:
+        left = _LIMIT.value - (time.monotonic() - start)
+        need = max(MIN_COMPARE_S, largest_phase_s(spec, out))
+        where = workdir if len(studies) == 1 and workdir else Path("runs") / name
+        if left < need:
+            lines.append(f"{command} {spec} not started: {left:.0f} s left of the "
+                         f"{_LIMIT.value} s limit, {need:.0f} s needed for its largest phase; "
+                         "run again")
+            continue
         t = time.monotonic()
-        status = compare(preset, workdir, out / "compare_log.txt", left)
-        summary = (f"compare exit status {status}, {time.monotonic() - t:.0f} s (143: stopped "
-                   "at the limit, and the same call again resumes it)")
-        pack(workdir, out / f"mnist_{preset}.tgz")
+        log = out / ("compare_log.txt" if len(studies) == 1 else f"{name}_log.txt")
+        status = study(command, spec, where, log, left)
+        lines.append(f"{command} {spec} exit status {status}, {time.monotonic() - t:.0f} s "
+                     "(143: stopped at the limit, and the same call again resumes it)")
+        pack(where, out / f"{where.name}.tgz")
+    summary = "\n".join(lines)
     (out / "summary.txt").write_text(summary + "\n")
     print(summary, flush=True)
 

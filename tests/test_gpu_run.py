@@ -3,6 +3,7 @@ limit, a call with too little time left, and bad input before anything is writte
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+import pytest
 
 from pipelines import gpu_run
 
@@ -49,7 +51,8 @@ def test_too_little_time_left_says_so_and_starts_no_comparison(tmp_path):
     out = tmp_path / "out"
     proc = _run(f"--records={out}", "--limit=1", "--nobenchmark", f"--workdir={tmp_path / 'w'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith("compare not started") and "run again" in proc.stdout
+    assert proc.stdout.startswith("compare configs/mnist.py:paper not started")
+    assert "run again" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == ["machine.txt", "summary.txt"]
     assert jax.__version__ in (out / "machine.txt").read_text()  # after nvidia-smi's lines
     assert not (tmp_path / "w").exists()
@@ -63,3 +66,45 @@ def test_bad_input_is_one_line_and_status_2_before_anything_is_written(tmp_path)
         (line,) = proc.stderr.splitlines()
         assert line.startswith("error: ") and word in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_studies_are_one_line_and_status_2(tmp_path):
+    for item, word in (("train:configs/mnist.py:smoke", "COMMAND:CONFIG"),
+                       ("compare:configs/none.py:smoke", "no such config file")):
+        proc = _run(f"--records={tmp_path / 'o'}", f"--studies={item}", "--nobenchmark")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        (line,) = proc.stderr.splitlines()
+        assert word in line, line
+
+
+def test_a_study_whose_largest_phase_cannot_finish_is_not_started(tmp_path):
+    """The cost model at this call's benchmark rates: the paper comparison's largest phase
+    at 1 image per second needs days, so it is skipped and the next study is tried."""
+    out = tmp_path / "out"
+    out.mkdir()
+    slow = [{"workload": w, "layer": k, "arch": "mnist", "img_per_s": 1.0}
+            for w, k in (("cnn", None), ("cae", 1), ("cae", 2), ("cae", 3))]
+    (out / "benchmark_fp32.jsonl").write_text("".join(json.dumps(r) + "\n" for r in slow))
+    assert gpu_run.largest_phase_s("configs/mnist.py:paper", out) > 1e6
+    assert gpu_run.largest_phase_s("configs/cifar10_sweep.py", out) == 0.0  # not a comparison
+    proc = _run(f"--records={out}", "--limit=100", "--nobenchmark",
+                "--studies=compare:configs/mnist.py:paper,compare:configs/mnist.py:quick")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, second = proc.stdout.splitlines()
+    assert first.startswith("compare configs/mnist.py:paper not started") and "largest" in first
+    assert second.startswith("compare configs/mnist.py:quick not started")  # 100 s < its need
+
+
+@pytest.mark.slow
+def test_a_deadline_cuts_a_study_that_the_same_call_then_finishes(tmp_path):
+    out, w = tmp_path / "out", tmp_path / "mnist_smoke"
+    cut = _run(f"--records={out}", "--limit=45", "--nobenchmark", f"--workdir={w}",
+               "--studies=compare:configs/mnist.py:smoke")
+    assert cut.returncode == 0, cut.stderr[-2000:]
+    if "exit status 0" in cut.stdout:
+        pytest.skip("the smoke comparison finished inside the cut on this machine")
+    assert "exit status 143" in cut.stdout or "exit status -15" in cut.stdout, cut.stdout
+    done = _run(f"--records={out}", "--limit=600", "--nobenchmark", f"--workdir={w}",
+                "--studies=compare:configs/mnist.py:smoke")
+    assert done.returncode == 0 and "exit status 0" in done.stdout, done.stdout
+    assert (w / "compare" / "summary.md").is_file() and (out / "mnist_smoke.tgz").is_file()
