@@ -30,6 +30,8 @@ import numpy as np
 from flax import nnx
 
 from scae import config as cfglib
+from scae import provenance
+from scae import workdir as workdir_lib
 from scae.data import inputs as inputs_lib
 from scae.data import preprocess
 from scae.data import sources as data_lib
@@ -97,11 +99,26 @@ def pretrain(images: np.ndarray, config: ml_collections.ConfigDict | None = None
     d = config.data
     normalizer = preprocess.fit_normalizer(preprocess.as_pixels(x), d.scale, d.standardize,
                                            d.preprocess, d.zca_epsilon)
-    with _folder(workdir) as folder:
+    with _folder(workdir) as folder, _claimed(config, folder, workdir, x, val):
         stack = pretraining.pretrain(config, jax.numpy.asarray(normalizer.raw(x)),
                                      jax.numpy.asarray(normalizer.raw(val)), folder, log=log)
     stack.normalizer = normalizer
     return stack
+
+
+@contextlib.contextmanager
+def _claimed(config: ml_collections.ConfigDict, folder: Path,
+             workdir: str | os.PathLike | None, *images: np.ndarray) -> Iterator[None]:
+    """The commands' workdir rules for a caller's ``workdir``: a settings and data identity
+    check (another config or other images are refused, naming what differs, instead of the
+    old stack coming back) and the lock, for as long as the block runs. A temporary folder is
+    the call's own and needs neither."""
+    if workdir is None:
+        yield
+        return
+    digest = workdir_lib.DataFingerprint("the images", provenance.data_digest(*images))
+    with workdir_lib.claimed(config, folder, "pretrain", digest):
+        yield
 
 
 @dataclasses.dataclass

@@ -189,3 +189,23 @@ def test_make_config_is_the_config_file(dataset, preset):
         assert got[key] == value, f"{key}: make_config {got[key]!r}, config file {value!r}"
     with pytest.raises(InputError, match="dataset 'svhn'"):
         scae.make_config("svhn", preset)
+
+
+def test_a_workdir_is_reused_only_for_the_same_settings_and_images(tmp_path):
+    """The API keeps the commands' workdir rules: the same call resumes, while another
+    learning rate or other images at the same workdir are refused in one line instead of the
+    old stack coming back."""
+    x = scae.load_data("mnist", "train").images[:96]
+    w = tmp_path / "w"
+    quiet = lambda _: None
+    first = scae.pretrain(x, preset="smoke", workdir=w, log=quiet)
+    again = scae.pretrain(x, preset="smoke", workdir=w, log=quiet)
+    for a, b in zip(jax.tree.leaves(models.params_of(first)),
+                    jax.tree.leaves(models.params_of(again))):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(InputError, match="learning_rate") as e:
+        scae.pretrain(x, preset="smoke", workdir=w, log=quiet, pretrain__learning_rate=0.5)
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="the images") as e:
+        scae.pretrain(255 - x, preset="smoke", workdir=w, log=quiet)
+    assert "\n" not in str(e.value)

@@ -32,5 +32,3 @@ _.benchmark
 _.failure_rule
 # Redraws a published folder's record-only figures; called from the command in its docstring.
 redraw_published
-# The API's workdir check and lock (scae.workdir.claimed), for scae.api's workdir functions.
-claimed
