@@ -20,6 +20,7 @@ ACTIVATIONS = ("scaled_tanh", "tanh", "sigmoid", "relu")
 INITIALIZERS = ("glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_normal", "he_normal")
 CONV_IMPLS = ("auto", "xla", "matmul", "winograd")
 SEED_BATCHINGS = ("auto", "vmap", "map")
+UNLABELLED_SOURCES = ("npy", "folder")  # config.data.unlabelled_source prefixes
 COMPUTE_DTYPES = ("float32", "bfloat16")
 NOISES = ("none", "mask", "gaussian")
 DECODERS = ("tied", "untied", "upsample")
@@ -60,6 +61,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.data.preprocess = "none"
     c.data.zca_epsilon = 0.1  # added to the eigenvalues: bounds how much ZCA amplifies noise
     c.data.tfds_data_dir = ""  # '' = tfds's default
+    # Images with no labels to pretrain on, streamed from disk in bounded memory
+    # (scae.data.stream): 'npy:<file.npy>' (uint8 (N, H, W, C)) or 'folder:<dir>'; '' =
+    # pretrain on the labelled training split. pretrain_size then draws from these images.
+    c.data.unlabelled_source = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.features = (100, 150, 200)  # maps of the conv layers (= the CAEs' hidden maps)
@@ -326,6 +331,15 @@ def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
     if command is not None:
         _validate_for(c, command)
     _validate_recipe(c)
+    _unlabelled_source(c)
+
+
+def _unlabelled_source(c: ml_collections.ConfigDict) -> None:
+    source = c.data.get("unlabelled_source", "")
+    prefix, sep, rest = source.partition(":") if isinstance(source, str) else ("", "", "")
+    if source != "" and not (sep and prefix in UNLABELLED_SOURCES and rest):
+        raise InputError(f"config.data.unlabelled_source: expected '' (the labelled training "
+                         f"images), npy:<file.npy> or folder:<dir>, got {source!r}")
 
 
 def _bool(c: ml_collections.ConfigDict, key: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ import numpy as np
 from scae import config as cfglib
 from scae import provenance
 from scae.data import sources as data
-from scae.data import splits
+from scae.data import splits, stream
 from scae.data.preprocess import Normalizer, fit_normalizer
 from scae.errors import InputError
 
@@ -22,10 +23,12 @@ class Inputs:
     """Normalised float32 NHWC images on device, with numpy int32 labels.
 
     ``train_images`` are the non-validation training images (the pool labelled subsets are
-    drawn from); ``pretrain`` is the unlabelled set for the CAEs, drawn from that same pool.
+    drawn from); ``pretrain`` is the unlabelled set for the CAEs, drawn from that same pool, or
+    with ``data.unlabelled_source`` images with no labels that stream from disk
+    (:class:`scae.data.stream.PretrainStream`).
     """
 
-    pretrain: jax.Array
+    pretrain: jax.Array | stream.PretrainStream
     train_images: jax.Array
     train_labels: np.ndarray
     val_images: jax.Array
@@ -68,7 +71,8 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
     """Loads ``data_config.source``, carves the validation set and normalises everything.
 
     The normaliser's statistics come from the non-validation training images only; the
-    pretraining set is ``pretrain_size`` of them (0 = all, seeded); the test split is cut to its
+    pretraining set is ``pretrain_size`` of them (0 = all, seeded), or of the images of
+    ``unlabelled_source`` when one is given (:func:`unlabelled`); the test split is cut to its
     first ``test_size`` images when that is > 0.
     """
     c = data_config
@@ -77,7 +81,13 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
     pool = train.images[: len(train_idx)]  # validation is the tail, so the pool is a view
     normalizer = _fit(c, pool)
     train_images = jnp.asarray(normalizer(pool))
-    if c.pretrain_size:
+    fingerprint = provenance.data_digest(train.images, train.labels, test.images, test.labels)
+    if c.get("unlabelled_source", ""):
+        pretrain = unlabelled(c, train.images.shape[1:], normalizer, seed)
+        # Other unlabelled images make other stacks: the workdir's data check sees them too.
+        fingerprint = hashlib.blake2b(f"{fingerprint}+{pretrain.images.digest()}".encode(),
+                                      digest_size=16).hexdigest()
+    elif c.pretrain_size:
         chosen = splits.pretrain_indices(len(pool), c.pretrain_size, seed)
         pretrain = jnp.asarray(normalizer(pool[chosen]))
     else:
@@ -94,9 +104,32 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
         class_names=train.class_names,
         normalizer=normalizer,
         identity=provenance.identify(c.source, test.images[:test_n], test.labels[:test_n]),
-        fingerprint=provenance.data_digest(train.images, train.labels, test.images,
-                                           test.labels),
+        fingerprint=fingerprint,
     )
+
+
+def unlabelled(c: ml_collections.ConfigDict, image_shape: tuple[int, ...],
+               normalizer: Normalizer, seed: int) -> stream.PretrainStream:
+    """The pretraining images of ``c.unlabelled_source``, streamed from disk: ``pretrain_size``
+    of them (0 = all, seeded), each chunk through ``normalizer``.
+
+    The transform is the labelled data's, fitted on the labelled training images: the stack
+    carries it into fine-tuning, so the CAEs must see their inputs the way the CNN will see
+    the labelled ones, and no statistic is taken of the stream. Images of another (H, W, C)
+    than ``image_shape`` (the labelled data's) are refused."""
+    images = stream.open_source(c.unlabelled_source)
+    if images.image_shape != tuple(image_shape):
+        raise InputError(f"{images.where}: images of {_hwc(images.image_shape)}, but the "
+                         f"labelled data ({c.source}) are {_hwc(image_shape)}; expected the "
+                         f"same height, width and channels")
+    chosen = (splits.pretrain_indices(len(images), c.pretrain_size, seed) if c.pretrain_size
+              else None)
+    return stream.PretrainStream(images, normalizer, chosen)
+
+
+def _hwc(shape) -> str:
+    h, w, ch = shape
+    return f"{h}x{w} with {ch} channel{'s' if ch != 1 else ''}"
 
 
 def _fit(c: ml_collections.ConfigDict, pool: np.ndarray) -> Normalizer:

@@ -1,7 +1,8 @@
 """Readers for every data source: each gives uint8 images (N, H, W, C) and int32 labels.
 
 Sources (see :func:`load`): ``tfds:<name>``, ``npz:<path>``, ``idx:<dir>``, ``cifar:<path>``,
-``folder:<path>``, and the bare names ``mnist`` / ``cifar10``. Anything wrong with a file ends
+``folder:<path>``, and the bare names ``mnist`` / ``cifar10``; and for images with no labels,
+:func:`decoded_folder` (streamed by :mod:`scae.data.stream`). Anything wrong with a file ends
 in one :class:`~scae.errors.InputError` line that names the file and what was expected.
 """
 
@@ -688,6 +689,46 @@ def _write_cache(file: Path, split: Split) -> None:
     except OSError as e:
         warnings.warn(f"could not cache decoded images in {file.parent}: {_one_line(e)}",
                       stacklevel=3)
+
+
+# --- a folder of unlabelled images ---------------------------------------------------------
+
+
+def decoded_folder(path: Path) -> Path:
+    """The images of a folder with no labels, as an uncompressed uint8 ``.npy`` (N, H, W, C)
+    in :func:`cache_dir` that :class:`scae.data.stream.ImageStream` reads by index.
+
+    The images are every file under ``path`` (subfolders too; hidden files are not data), in
+    sorted path order. They are decoded once, one at a time and appended to the file, so memory
+    holds one image whatever the folder's size; the file is named, like the labelled trees'
+    cache, by the folder's path and every file's size and modification time, so a changed
+    folder is decoded again. An unreadable image, or one of another size or mode than the
+    first, raises :class:`InputError` naming it."""
+    if not _existing(path).is_dir():
+        raise InputError(f"{path}: expected a folder of images (data.unlabelled_source="
+                         f"folder:<dir>); for a .npy array pass npy:<file.npy>")
+    files = [f for f in _tree_files(path)
+             if not any(p.startswith(".") for p in f.relative_to(path).parts)]
+    if not files:
+        raise InputError(f"{path}: no image files under this folder")
+    digest = hashlib.sha256(f"{_CACHE_VERSION}\0{path.resolve()}\0unlabelled\n".encode())
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    cache = cache_dir() / f"unlabelled-{path.name}-{digest.hexdigest()[:20]}.npy"
+    if cache.is_file():
+        return cache
+    first = _decode_image(str(files[0]), files[0].read_bytes())
+    header = {"descr": "|u1", "fortran_order": False, "shape": (len(files), *first.shape)}
+    with atomic.replacing(cache) as tmp, tmp.open("wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for file in files:
+            pixels = _decode_image(str(file), file.read_bytes())
+            if pixels.shape != first.shape:
+                raise InputError(f"{file}: image of {_describe(pixels)}, expected "
+                                 f"{_describe(first)} like {files[0]}")
+            f.write(np.ascontiguousarray(pixels).tobytes())
+    return cache
 
 
 # --- tfds and the bare names ---------------------------------------------------------------

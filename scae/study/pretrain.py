@@ -79,8 +79,12 @@ def pretrain(config: ml_collections.ConfigDict, images: Array, val_images: Array
     """Trains (or resumes, or loads the finished) stack of compare seed ``seed_index``.
 
     ``images`` are the unlabelled pretraining images and ``val_images`` the held-out ones for
-    the validation reconstruction error, both preprocessed float32 NHWC. It is
-    :func:`pretrain_seeds` of one seed.
+    the validation reconstruction error, both preprocessed float32 NHWC; ``images`` may
+    instead stream from disk (a :class:`scae.train.driver.Source` with a ``shape``, such as
+    :class:`scae.data.stream.PretrainStream`): each chunk of steps then reads the images it
+    trains on, and layers above the first re-encode them through the frozen layers on every
+    step, since caching their inputs would hold the whole set. It is :func:`pretrain_seeds`
+    of one seed.
     """
     return _pretrain(config, images, val_images, Path(workdir), [int(seed_index)], log)[0]
 
@@ -127,8 +131,9 @@ def _pretrain(config, images, val_images, workdir: Path, seeds: list[int],
     stacks = [Stack(specs, config.model.pool_sizes, rngs=nnx.Rngs(c.seed)) for c in configs]
     keys = [jax.random.PRNGKey(c.seed) for c in configs]
     logs = [_prefixed(log, i) if seeds != [0] else log for i in seeds]
-    val_images = val_images[: pc.eval_size]
-    images, val_images = parallel.replicate((images, val_images))
+    val_images = parallel.replicate(val_images[: pc.eval_size])
+    if not isinstance(images, driver.Source):
+        images = parallel.replicate(images)
     records: list[list[dict]] = [[] for _ in seeds]
     for k in range(1, len(specs) + 1):
         p = driver.plan(images.shape[0], pc.batch_size, pc.epochs[k - 1])
@@ -159,8 +164,7 @@ def _seed_groups(setting, stack: Stack, k: int, images: Array, todo: list[int],
                  log) -> list[list[int]]:
     """The groups in which layer k of the seeds ``todo`` (positions in the seed list) trains:
     one, unless the cached inputs of them all would exceed :func:`cache_budget`."""
-    if len(todo) <= 1 or k == 1 or not caches_inputs(setting, stack.specs, stack.pools,
-                                                      images.shape[1], k):
+    if len(todo) <= 1 or k == 1 or not _caches(setting, stack, images, k):
         return [todo] if todo else []
     graphdef, params = models.split(stack)
     one = jax.eval_shape(lambda q, x: models.merge(graphdef, q).features(x, k - 1), params,
@@ -174,6 +178,13 @@ def _seed_groups(setting, stack: Stack, k: int, images: Array, todo: list[int],
         f"{len(todo) * per_seed / 2**30:.1f} GiB, over the bound of {budget / 2**30:.1f} GiB; "
         f"training {size} seed(s) at a time")
     return [todo[a:a + size] for a in range(0, len(todo), size)]
+
+
+def _caches(setting, stack: Stack, images, k: int) -> bool:
+    """Whether layer ``k`` of ``stack`` trains on cached inputs: as :func:`caches_inputs`
+    says, and never for images that stream (their inputs would be the whole set in memory)."""
+    return not isinstance(images, driver.Source) and caches_inputs(
+        setting, stack.specs, stack.pools, images.shape[1], k)
 
 
 def cache_budget() -> int:
@@ -231,8 +242,7 @@ def _train_layer(config, stacks: list[Stack], k: int, images, val_images, keys: 
     batch = driver.per_seed_batch(EVAL_BATCH, n, batching)
     pool = jnp.broadcast_to(jnp.arange(num), (n, num))
     context = below
-    if k > 1 and caches_inputs(pc.cache_features, stacks[0].specs, stacks[0].pools,
-                               images.shape[1], k):
+    if k > 1 and _caches(pc.cache_features, stacks[0], images, k):
         # Every seed's inputs once, one after another along the example axis; seed m's pool
         # is its own stretch, so its batches are what it would draw from its own copy.
         inputs = driver.seed_map(encode, below, images, batch, batching)

@@ -4,7 +4,9 @@ leading seed axis, run by :func:`train`.
 
 Data sets live on the device; each epoch is a seeded permutation of example indices, and a
 compiled ``lax.scan`` runs many steps per call, gathering its batches from the device arrays,
-so Python is off the per-step path. Randomness is ``fold_in(key, step)``: a run resumed from a
+so Python is off the per-step path. Data too large for that stream from the host instead
+(:class:`Source`): each chunk reads the images its steps take and runs the same compiled steps
+on them. Randomness is ``fold_in(key, step)``: a run resumed from a
 checkpoint at step s draws exactly what an uninterrupted run draws. Around the compiled chunks
 the driver keeps the progress bar, the checkpoints (orbax, only complete ones are ever seen),
 the guard against non-finite losses or parameters, the divergence retries
@@ -18,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -165,6 +167,36 @@ def _mapped(fn: Callable, in_axes: tuple[int | None, ...]) -> Callable:
 _seed_orders = jax.jit(over_seeds(epoch_order, (0, 0, None), "vmap"))
 
 
+@runtime_checkable
+class Source(Protocol):
+    """A phase's data read on the host by example index (``Phase.data``), for data sets that
+    do not fit in memory (:class:`scae.data.stream.PretrainStream`). Each compiled chunk of n
+    steps reads the examples its batches take, every seed's, and only those are held at once
+    (:func:`chunk_data`)."""
+
+    def read(self, indices: np.ndarray) -> Any:
+        """The examples at ``indices``, in that order: a pytree of host arrays indexed by
+        example, as ``data[indices]`` of in-memory data."""
+
+
+def chunk_data(source: Source, order: np.ndarray, offset: int, num_steps: int,
+               batch_size: int) -> tuple[Any, Array]:
+    """The data of one chunk of ``num_steps`` steps of a streamed phase, on the device, and
+    each seed's order into it: seed m's step i trains on ``data[chunk_order[m, i*batch_size
+    : ...]]``, the examples ``order[m, offset + i*batch_size : ...]`` of the epoch's ``order``
+    (seeds, n). So :func:`make_steps` runs unchanged, at offset 0. An example that several
+    seeds take is read once; the data are padded to seeds x steps x batch examples, so that
+    every chunk of a length has the same shapes and one compiled program."""
+    need = np.asarray(order)[:, offset:offset + num_steps * batch_size]
+    unique, inverse = np.unique(need.reshape(-1), return_inverse=True)
+    host = source.read(unique)
+    if len(unique) < need.size:
+        host = jax.tree.map(lambda a: np.concatenate(
+            [a, np.zeros((need.size - len(a),) + a.shape[1:], a.dtype)]), host)
+    chunk_order = jnp.asarray(inverse.reshape(need.shape), jnp.int32)
+    return parallel.replicate(jax.device_put(host)), chunk_order
+
+
 def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int,
                num_steps: int, seed_batching: str = "auto", spread: str = "auto") -> Callable:
     """Compiles ``num_steps`` training steps of every seed as one call.
@@ -273,7 +305,7 @@ class Phase:
     loss_fn: LossFn
     make_tx: Callable[[float], optax.GradientTransformation]  # lr_scale -> optimiser
     params: Any  # initial parameters, with a leading seed axis
-    data: Any  # a device pytree indexed by example
+    data: Any  # a device pytree indexed by example, or a Source read on the host per chunk
     pool: Array  # (seeds, n): the example indices each epoch permutes, per seed
     order_key: Array  # (seeds, 2): each seed's batch order
     step_key: Array  # per-step randomness: noise, dropout, augmentation
@@ -379,17 +411,27 @@ def _train(phase: Phase, lr_scale: float) -> Result:
             phase.log(f"{phase.name}: resuming at step {step}/{p.total_steps}")
     record.setdefault("seed_loss_sums", [0.0] * len(phase.seeds))
     state = parallel.replicate(state)
+    streamed = isinstance(phase.data, Source)
     # Inputs still being computed (encoded layer inputs, frozen features: dispatched
     # asynchronously) finish here, so that the phase's time and img/s count training only.
-    jax.block_until_ready((state, phase.data, phase.context))
+    jax.block_until_ready((state, None if streamed else phase.data, phase.context))
     compiled: dict[int, Callable] = {}
     bar = tqdm(total=p.total_steps, initial=step, desc=phase.name, unit="step",
                dynamic_ncols=True, leave=True, disable=step >= p.total_steps)
     last_ckpt, last_save_t = step, phase.clock()
     try:
+        order_epoch = None
         for epoch, offset, n in p.chunks(step, phase.steps_per_call):
-            order = _seed_orders(phase.order_key, phase.pool, epoch)
-            args = (state["params"], state["opt_state"], phase.data, order, offset, step,
+            if epoch != order_epoch:  # one permutation per epoch, not per chunk
+                order, order_epoch = _seed_orders(phase.order_key, phase.pool, epoch), epoch
+                if streamed:
+                    order = np.asarray(order)
+            data, chunk_order, at = phase.data, order, offset
+            if streamed:
+                with accounting.part("data loading and preprocessing"):
+                    data, chunk_order = chunk_data(phase.data, order, offset, n, p.batch_size)
+                at = 0
+            args = (state["params"], state["opt_state"], data, chunk_order, at, step,
                     phase.step_key, phase.context)
             if n not in compiled:
                 # Compiled ahead of the call, so that the records' times and img/s count the
