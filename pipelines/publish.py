@@ -38,13 +38,18 @@ from pathlib import Path
 from absl import flags
 
 from pipelines import common
-from scae import atomic, provenance
+from scae import api, atomic, provenance
+from scae import workdir as workdir_lib
+from scae.data import inputs
 from scae.errors import InputError
 from scae.report import stats
 from scae.report import tables as report
 from scae.study import cost, sweep
+from scae.study import pretrain as pretraining
 
 _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
+_STACK = flags.DEFINE_bool("stack", False, "Publish the workdir's finished stack (seed 0's), "
+                           "with its input transform, into --out (scae.load_stack reads it).")
 _READMES_ONLY = flags.DEFINE_bool("readmes_only", False,
                                   "Rewrite the tables of every results/ folder and the README "
                                   "blocks from the committed records (no workdir).")
@@ -130,8 +135,6 @@ def validate_results(results: Path) -> None:
 def check_out(out: Path) -> Path:
     """``--out`` can take the published files: a folder (or a new name), not under a file,
     writable, with no folder where one of its files goes."""
-    from scae import workdir as workdir_lib
-
     names = [Path(n).name for n in FILES] + list(TABLES) + ["metrics.jsonl"]
     return workdir_lib.check_output(out, "--out", folder=True, files=names)
 
@@ -427,8 +430,48 @@ def run(workdir: Path | None, out: Path | None, allow_dirty: bool = False,
     return written
 
 
+def publish_stack(workdir: Path, out: Path) -> list[Path]:
+    """The finished stack of a pretrain (or compare) workdir, seed 0's, with its input
+    transform, written to ``out`` in :meth:`scae.Stack.save`'s format (``scae.load_stack``
+    reads it), with ``config.json`` and ``stack_record.json``: each layer's validation
+    reconstruction MSE recomputed from the saved stack on the validation images pretraining
+    measured (``val_mse``), the last one ``metrics.jsonl`` recorded (``trained_val_mse``), the
+    code that trained it and the machine."""
+    workdir_lib.check_output(out, "--out", folder=True,
+                             files=("stack.json", "config.json", "stack_record.json"))
+    workdir_lib.hold(workdir, write=False)
+    config = workdir_lib.load_config(workdir)
+    metrics = atomic.read_jsonl(workdir / "pretrain" / "metrics.jsonl")
+    last = {r["layer"]: r for r in metrics}
+    if sorted(last) != list(range(1, config.pretrain.layers + 1)):
+        raise InputError(f"{workdir / 'pretrain' / 'metrics.jsonl'}: not every layer finished; "
+                         f"run pipelines.pretrain on this workdir first")
+    stack = api.load_stack(workdir)
+    data = inputs.build(config.data, config.seed)
+    val = data.val_images[: config.pretrain.eval_size]
+    record = {
+        "dataset": config.dataset, "source": config.data.source, "preset": config.get("preset"),
+        "seed": config.seed, "val_images": int(val.shape[0]),
+        "val_mse": pretraining.validation_mse(stack, val),
+        "trained_val_mse": [last[k]["val_mse"] for k in sorted(last)],
+        "trained_by": {key: last[1].get(key) for key in pretraining.CODE_KEYS},
+        "published_by": provenance.git_state(),
+        "command": f"python -m pipelines.publish --stack --workdir={workdir} --out={out}",
+        "machine": provenance.machine(),
+    }
+    stack.save(out)
+    atomic.write_text(out / "config.json", (workdir / "config.json").read_text())
+    atomic.write_text(out / "stack_record.json", json.dumps(record, indent=1) + "\n")
+    return [out]
+
+
 def main(config, workdir: Path | None) -> None:
     """The command, in the envelope of :mod:`pipelines.common` (config is not used)."""
+    if _STACK.value:
+        if workdir is None or not _OUT.value:
+            raise InputError("usage: --stack --workdir=DIR --out=results/pretrained/NAME")
+        print("\n".join(str(p) for p in publish_stack(workdir, Path(_OUT.value))))
+        return
     if not _READMES_ONLY.value and (workdir is None or not _OUT.value):
         raise InputError("usage: --workdir=DIR --out=results/NAME, or --readmes_only")
     root = Path(_ROOT.value) if _ROOT.value else ROOT

@@ -251,11 +251,24 @@ def load_data(source: str, split: str, data_dir: str | None = None) -> data_lib.
     return data_lib.load(source, split, data_dir=data_dir)
 
 
+# The published stacks: seed 0's stack of each paper preset, with its input transform
+# (python -m pipelines.publish --stack), under the repository's results/.
+PUBLISHED = {"mnist": "pretrained/mnist", "cifar10": "pretrained/cifar10"}
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
 def load_stack(path: str | os.PathLike) -> Stack:
-    """A stack saved with :meth:`Stack.save`, or the finished stack of a pretrain (or compare)
-    workdir with its input transform fitted again from the workdir's config: either way it
+    """A stack saved with :meth:`Stack.save`, the finished stack of a pretrain (or compare)
+    workdir with its input transform fitted again from the workdir's config, or a published
+    stack by name (``"mnist"``, ``"cifar10"``: the paper preset's, no training): any of them
     takes raw images."""
     path = Path(path)
+    if not path.exists() and str(path) in PUBLISHED:
+        published = RESULTS / PUBLISHED[str(path)]
+        if not (published / "stack.json").is_file():
+            raise InputError(f"published stack {str(path)!r}: not in {published}; it ships "
+                             f"with the repository's results/ (a clone, not a wheel)")
+        return Stack.load(published)
     if not path.is_dir():
         raise InputError(f"{path}: no such folder; expected a stack saved with Stack.save or "
                          f"a pretrain workdir")

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from scae import atomic
+from scae import atomic, provenance
 from scae import workdir as workdir_lib
 from scae.data import inputs as inputs_lib
 from scae.errors import InputError, is_device_oom
@@ -48,6 +48,8 @@ REENCODE_SHARE = 0.05
 CACHE_SHARE = 0.25
 CACHE_BYTES_HOST = 2 << 30
 SEEDS_CKPT = "ckpt_seeds"  # pretrain/<this>/layer<k>_s<seeds>: a layer of several stacks
+# The code that trained a layer (provenance.git_state), kept in its evaluations' records.
+CODE_KEYS = ("git_commit", "git_dirty")
 
 
 def pretrain_dir(workdir: str | os.PathLike, seed_index: int = 0) -> Path:
@@ -210,6 +212,7 @@ def _layer_records(k: int, evals: list[dict], settings: str) -> list[dict]:
     return [{"layer": k, "epoch": e["epoch"], "step": e["step"], "train_mse": e["train_loss"],
              "val_mse": e["val_mse"], "time_s": e["time_s"], "img_per_s": e["img_per_s"],
              **({"seeds_together": e["seeds_together"]} if "seeds_together" in e else {}),
+             **{key: e[key] for key in CODE_KEYS if key in e},
              "settings": settings} for e in evals]
 
 
@@ -274,9 +277,11 @@ def _train_layer(config, stacks: list[Stack], k: int, images, val_images, keys: 
     log(f"layer {k}: {_describe(spec, data_shape, p)}" if n == 1 else
         f"layer {k}, stacks of seeds {together} together: {_describe(spec, data_shape, p)}")
 
+    code = provenance.git_state()
+
     def evaluate(state, epoch):
         errs = np.asarray(val_mse(state["params"], below, val_images))
-        return state, {"val_mse": [float(e) for e in errs]}
+        return state, {"val_mse": [float(e) for e in errs], **code}
 
     def on_eval(record):
         e = record["evals"][-1]
@@ -303,8 +308,10 @@ def _train_layer(config, stacks: list[Stack], k: int, images, val_images, keys: 
         plan=p, loss_fn=loss_fn,
         make_tx=lambda scale: optim.make(pc, p.total_steps, lr_scale=scale), params=params,
         data=data, pool=pool, order_key=key_order, step_key=key_noise, seeds=tuple(seeds),
-        seed_batching=batching, context=context, steps_per_call=pc.steps_per_call,
-        checkpoint_every=pc.checkpoint_every_steps, evaluate=evaluate, on_eval=on_eval,
+        seed_batching=batching, spread=config.compare.get("spread", "auto"), context=context,
+        steps_per_call=pc.steps_per_call,
+        checkpoint_every=pc.checkpoint_every_steps,
+        checkpoint_seconds=pc.get("checkpoint_seconds", 0.0), evaluate=evaluate, on_eval=on_eval,
         lr_key="pretrain.learning_rate", retries=pc.get("divergence_retries", 0), log=log)
     writers = [events.for_config(config, pretrain_dir(workdir, i) / "events") for i in seeds]
     try:
@@ -343,7 +350,7 @@ def _seed_evals(evals: list[dict], m: int, n: int) -> list[dict]:
             continue
         own = {"epoch": e["epoch"], "step": e["step"], "train_loss": e["train_loss_per_seed"][m],
                "val_mse": e["val_mse"][m], "time_s": e["time_s"],
-               "img_per_s": e["img_per_s"] / n}
+               "img_per_s": e["img_per_s"] / n, **{key: e[key] for key in CODE_KEYS if key in e}}
         if n > 1 or "seeds_together" in e:
             own["seeds_together"] = e.get("seeds_together", n)
         out.append(own)
@@ -453,3 +460,23 @@ def from_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict |
     if transform:
         stack.normalizer = inputs_lib.fit_transform(config.data)
     return stack
+
+
+def validation_mse(stack: Stack, images: Array | np.ndarray,
+                   batch_size: int = EVAL_BATCH) -> list[float]:
+    """Each layer's reconstruction MSE of its own input (the features of the layers below) on
+    ``images``, network inputs as pretraining saw them: what ``metrics.jsonl`` records as a
+    layer's ``val_mse`` after its last epoch, for a stack read back later."""
+    graphdef, params = models.split(stack)
+    out = []
+    for k in range(1, stack.depth + 1):
+
+        def errors(q, x, k=k):
+            s = models.merge(graphdef, q)
+            h = s.features(x, k - 1)
+            return jnp.mean(jnp.square(s.layers[k - 1].reconstruct(h) - h), axis=(1, 2, 3))
+
+        fn = jax.jit(errors)
+        out.append(float(np.mean(driver.map_batches(lambda x: fn(params, x), images,
+                                                    batch_size))))
+    return out

@@ -1,0 +1,73 @@
+"""Published stacks: `publish --stack` writes a workdir's stack with its transform and record,
+and each committed stack (results/pretrained/) still gives its recorded validation MSE."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import scae
+from scae import api
+from scae import workdir as workdir_lib
+from scae.data import inputs
+from scae.study import pretrain as pretraining
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_publish_stack_writes_a_stack_that_loads_and_keeps_its_mse(tmp_path):
+    w, out = tmp_path / "w", tmp_path / "pub"
+    proc = _run("pipelines.pretrain", "--config=configs/mnist.py:smoke",
+                "--config.data.scale=symmetric", f"--workdir={w}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _run("pipelines.publish", "--stack", f"--workdir={w}", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "stack_record.json").read_text())
+    stack = scae.load_stack(out)
+    assert stack.normalizer is not None and stack.normalizer.scale == "symmetric"
+    config = _config(out)
+    data = inputs.build(config.data, config.seed)
+    val = data.val_images[: record["val_images"]]
+    np.testing.assert_allclose(pretraining.validation_mse(stack, val), record["val_mse"],
+                               rtol=1e-6)
+    # The same numbers pretraining recorded after each layer's last epoch.
+    np.testing.assert_allclose(record["val_mse"], record["trained_val_mse"], rtol=1e-3)
+    again = _run("pipelines.publish", "--stack", f"--workdir={tmp_path / 'none'}",
+                 f"--out={tmp_path / 'x'}")
+    assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+
+
+def _config(folder: Path):
+    return workdir_lib.load_config(folder)
+
+
+@pytest.mark.parametrize("name", sorted(api.PUBLISHED))
+def test_a_committed_stack_gives_its_recorded_validation_mse(name):
+    folder = api.RESULTS / api.PUBLISHED[name]
+    if not (folder / "stack_record.json").is_file():
+        pytest.skip(f"no published {name} stack in {folder}")
+    record = json.loads((folder / "stack_record.json").read_text())
+    config = _config(folder)
+    source = config.data.source
+    path = source.split(":", 1)[1] if ":" in source else None
+    if path and not Path(path).exists():
+        pytest.skip(f"its data ({source}) is not on this machine")
+    stack = scae.load_stack(name)
+    data = inputs.build(config.data, config.seed)
+    val = data.val_images[: record["val_images"]]
+    # Bit-exact on the CPU kind that made it; within float rounding elsewhere.
+    np.testing.assert_allclose(pretraining.validation_mse(stack, val), record["val_mse"],
+                               rtol=2e-3)
