@@ -44,10 +44,14 @@ from scae.data import inputs
 from scae.errors import InputError
 from scae.report import stats
 from scae.report import tables as report
+from scae.report import workdir_figures as figures
 from scae.study import cost, sweep
 from scae.study import pretrain as pretraining
 
 _OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
+_FIGURES = flags.DEFINE_bool("figures", False, "Redraw the figures of every results/ folder "
+                             "that need only its records (error against labels, curves, "
+                             "pretraining loss), then exit.")
 _STACK = flags.DEFINE_bool("stack", False, "Publish the workdir's finished stack (seed 0's), "
                            "with its input transform, into --out (scae.load_stack reads it).")
 _READMES_ONLY = flags.DEFINE_bool("readmes_only", False,
@@ -467,6 +471,13 @@ def publish_stack(workdir: Path, out: Path) -> list[Path]:
 
 def main(config, workdir: Path | None) -> None:
     """The command, in the envelope of :mod:`pipelines.common` (config is not used)."""
+    if _FIGURES.value:
+        root = Path(_ROOT.value) if _ROOT.value else ROOT
+        written = [p for folder in _result_folders(root / "results")
+                   if (folder / "runs.jsonl").is_file()
+                   for p in figures.redraw_published(folder)]
+        print("\n".join(str(p) for p in written))
+        return
     if _STACK.value:
         if workdir is None or not _OUT.value:
             raise InputError("usage: --stack --workdir=DIR --out=results/pretrained/NAME")

@@ -30,5 +30,3 @@ _.encode
 _.benchmark
 # A config key read with config.finetune.get("failure_rule", ...), which vulture cannot see.
 _.failure_rule
-# Redraws a published folder's record-only figures; called from the command in its docstring.
-redraw_published
