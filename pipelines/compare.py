@@ -7,8 +7,10 @@ Writes everything pipelines.pretrain writes, and in compare/:
   runs.jsonl             one record per run (label size, arm, seed, errors, validation curve):
                          the source of every table and figure
   runs.csv               the same, one row per run, without the curves
-  summary.csv, summary.md  mean and spread per label size and arm, differences with 95% CIs
-                         and Welch p-values, the paper's figures beside (summary.md is printed)
+  summary.csv, summary.md  mean and spread per label size and arm; each arm's difference
+                         from random, paired by seed, with its 95% CI and paired t-test p
+                         (Holm-adjusted over the label sizes for pretrained - random); the
+                         paper's figures beside (summary.md is printed)
   error_vs_labels.png, curves.png, filters_conv1.png, embedding.png   the figures
   conv1_<arm>_<labels>.npy   first-layer filters (kh, kw, channels, maps) of one fine-tuned
                          run per pretrained and random cell
@@ -54,7 +56,7 @@ def main(config, workdir: Path) -> None:
     finally:
         # Interrupted sessions did work too: each one adds to the record, so a job resumed
         # over several sessions reports its whole wall time.
-        if jax.process_index() == 0 and (rows is None or len(rows) > before):
+        if rows is None or len(rows) > before:
             command = "python -m pipelines.compare " + " ".join(sys.argv[1:])
             record = provenance.session_record(workdir / "machine.json",
                                                time.monotonic() - t0, command, resumed)
@@ -70,7 +72,8 @@ def main(config, workdir: Path) -> None:
                                                    "time_breakdown_total_s":
                                                        round(accounting.wall_time(), 3)},
                                          indent=2) + "\n")
-    print((workdir / "compare" / "summary.md").read_text())
+    if atomic.writer():  # the one process that wrote it (of several) prints it
+        print((workdir / "compare" / "summary.md").read_text())
 
 
 if __name__ == "__main__":

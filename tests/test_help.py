@@ -1,5 +1,6 @@
-"""Every command's --help (what it does and writes, flags, presets, config keys, an example;
-exit 0) and the one-line answer to a mistyped config key."""
+"""Every command's --help (short: what it does and writes, its flags, the config files and
+their presets, an example; exit 0), the config's keys with --config, and the one-line answer
+to a mistyped config key."""
 
 from __future__ import annotations
 
@@ -33,13 +34,22 @@ def start(module: str, *args: str) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def helps() -> dict[str, tuple[int, str, str]]:
     """(exit status, stdout, stderr) of ``--help`` of every command, run side by side."""
-    procs = {c: start(c, "--help") for c in COMMANDS}
+    runs = {c: (c, "--help") for c in COMMANDS}
+    runs["compare --config=configs/mnist.py:quick"] = ("compare", "--config=configs/mnist.py:quick",
+                                                       "--help")
+    procs = {name: start(*args) for name, args in runs.items()}
     return {c: (p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for c, p in procs.items()}
 
 
 def test_the_commands_are_found():
     assert {"pretrain", "compare", "visualize", "filters", "publish", "benchmark"} <= set(COMMANDS)
     assert {"pretrain", "compare", "visualize", "filters"} <= set(CONFIG_COMMANDS)
+
+
+def shown_flags(out: str) -> list[str]:
+    """The names of the flags the help lists."""
+    block = out.split("\nflags:\n", 1)[1].split("\n\n", 1)[0]
+    return re.findall(r"^  --(?:\[no\])?(\w+)", block, re.M)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -52,28 +62,82 @@ def test_help(helps, command):
     doc = ast.get_docstring(ast.parse(source)).split("\n")[0]
     assert doc.replace("``", "") in out  # what it does
     assert f"  python -m pipelines.{command} --" in out  # an example
-    flags = out.split("\nflags:\n", 1)[1]
-    assert re.search(r"^  --help ", flags, re.M)
+    flags = shown_flags(out)
+    assert "help" in flags
     own = re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"', source)
     for name in own:  # every flag of the command itself, and nothing of absl's
-        assert re.search(rf"^  --(\[no\])?{name}\b", flags, re.M), name
+        assert name in flags, name
     assert "--logtostderr" not in out and "--only_check_args" not in out
+    # of pipelines.common's flags, exactly those the command reads
+    shared = usage.shared_flags(command)
+    assert [f for f in flags if f in usage.SHARED and f not in own] == list(shared)
+    for name in set(usage.SHARED) - set(shared) - set(own):
+        assert f"--{name}" not in out.split("\n\n", 1)[0], name  # nor in the usage line
     assert "exit status: 0 done; 2 bad input" in out
-    if command in CONFIG_COMMANDS:
-        for name in ("config", "workdir", "overwrite"):
-            assert re.search(rf"^  --(\[no\])?{name}\b", flags, re.M), name
-        assert "configs/mnist.py" in out and "Presets: smoke, quick, paper." in out
-        assert "config keys" in out
-        assert "74 a write failed" in out and "130 / 143" in out
+    assert "74 a write failed" in out and "130 / 143" in out
+    # short: no config key listing without a named config, each config file once
+    assert len(out.splitlines()) <= 60, len(out.splitlines())
+    assert "config keys of" not in out
+    if "config" in shared:
+        block = out.split("\nconfig files (", 1)[1].split("\n\n", 1)[0]
+        entries = re.findall(r"^  (configs/\S+\.py)", block, re.M)
+        assert entries == sorted(f"configs/{p.name}" for p in (ROOT / "configs").glob("*.py")
+                                 if not p.name.startswith("_"))
+        # each file's presets once, in its entry, and nowhere else
+        assert " ".join(block.split()).count("Presets: smoke, quick (default), paper.") == len(
+            [p for p in (ROOT / "configs").glob("*.py")
+             if usage.config_presets(p) == ("smoke", "quick", "paper")])
+        assert out.count("Presets:") == block.count("Presets:")
+        assert out.count("smoke, quick") == block.count("smoke, quick")
+        assert re.search(r"--config=configs/\w+\.py(:\w+)? --help lists every key",
+                         " ".join(out.split()))
 
 
-def test_help_lists_the_example_configs_keys_with_their_defaults(helps):
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_shared_flags_are_those_the_command_reads(command):
+    """usage.SHARED_BY_COMMAND against the command's source: --overwrite where it calls
+    common.overwrite(), --config and --workdir where common.run requires them."""
+    source = (ROOT / "pipelines" / f"{command}.py").read_text()
+    shared = usage.shared_flags(command)
+    assert ("overwrite" in shared) == ("common.overwrite()" in source)
+    if "needs_config=False" not in source:
+        assert "config" in shared
+    if "needs_workdir=False" not in source:
+        assert "workdir" in shared
+
+
+def test_benchmark_shows_no_flag_that_does_nothing_there(helps):
+    out = helps["benchmark"][1]
+    assert out.splitlines()[0] == "usage: python -m pipelines.benchmark [flags]"
+    for name in ("--workdir", "--config", "--overwrite", "config files"):
+        assert name not in out, name
+
+
+def test_compare_names_the_summarys_paired_test(helps):
     out = helps["compare"][1]
+    assert "Welch" not in out
+    assert re.search(r"paired by seed, with its 95% CI and paired t-test p", out)
+
+
+def test_a_key_comment_stays_on_its_row():
+    """model.conv_impl's comment goes on below its line; the next key keeps only its own."""
+    rows = "\n".join(usage.config_lines(configs.mnist.get_config("smoke")))
+    conv = rows.split("  model.conv_impl = ", 1)[1].split("\n  model.compute_dtype", 1)[0]
+    assert " ".join(conv.split()).endswith("'auto': winograd on CPU, xla elsewhere.")
+    dtype = rows.split("  model.compute_dtype = 'float32'", 1)[1].split("\n  model.", 1)[0]
+    assert dtype.split()[:3] == ["Matmul", "operand", "dtype:"]
+    assert "winograd on CPU" not in dtype
+
+
+def test_help_with_a_config_lists_its_keys_with_their_values(helps):
+    status, out, err = helps["compare --config=configs/mnist.py:quick"]
+    assert status == 0, err
     quick = configs.mnist.get_config("quick")
     assert "config keys of configs/mnist.py:quick" in out
     assert f"  compare.num_seeds = {quick.compare.num_seeds}" in out
     assert f"  pretrain.epochs = {tuple(quick.pretrain.epochs)!r}" in out
-    assert re.search(r"^  data\.source = 'mnist' +see scae\.data\.load", out, re.M)  # meaning
+    # the meaning; scae.data.load is the public name of scae.data.sources.load
+    assert re.search(r"^  data\.source = 'mnist' +see scae\.data\.(sources\.)?load", out, re.M)
     assert "quick  - the README's main job" in out  # the presets, from the config file
 
 
@@ -119,3 +183,6 @@ def test_split_help():
     assert usage.split_help(["p", "--help", "--workdir=w", "-h"]) == (["p", "--workdir=w"], True)
     assert usage.split_help(["p", "--workdir=w"]) == (["p", "--workdir=w"], False)
     assert usage.config_presets(ROOT / "configs" / "cifar10.py") == ("smoke", "quick", "paper")
+    assert usage.default_preset(ROOT / "configs" / "cifar10.py") == "quick"
+    assert usage.config_presets(ROOT / "configs" / "cifar10_sweep.py") == ("arms", "random")
+    assert usage.default_preset(ROOT / "configs" / "cifar10_sweep.py") == "arms"
