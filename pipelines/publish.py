@@ -66,7 +66,7 @@ _ROOT = flags.DEFINE_string("root", None,
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "results/README.md")
-FILES = ("config.json", "machine.json", "compare/runs.jsonl", "sweep.jsonl")
+FILES = ("config.json", "machine.json", "compare/runs.jsonl", "sweep.jsonl", "best.json")
 TABLES = ("runs.csv", "summary.csv", "summary.md")
 _BLOCK = re.compile(r"<!-- scae:(?P<name>[\w:.-]+) -->\n.*?<!-- /scae:(?P=name) -->", re.S)
 # The commands that make each expected-output folder, for its "pending" block.

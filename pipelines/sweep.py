@@ -1,13 +1,21 @@
-"""Choose a fine-tuning recipe on the validation split: train the randomly initialised CNN at
-every point of the config's grid (``config.sweep``) and rank the points by validation error.
+"""Choose a fine-tuning recipe on the validation split: train the CNN of each arm of
+``config.sweep.arms`` (default: the random arm) at every point of the config's grid
+(``config.sweep``), rank the points by validation error per arm, choose each arm's rate, and
+(with ``config.sweep.full_axes``) the full-label cell's schedule.
 
   python -m pipelines.sweep --config=configs/cifar10_sweep.py \\
       --config.data.source=folder:/path/cifar10-jpeg.tar.gz --workdir=runs/cifar10_sweep
 
 Writes in the workdir:
-  sweep.jsonl     one record per point (its overrides, each seed's validation error, time)
-  sweep.md        the points ranked, best first, and the best point as flags
-  best_flags.txt  the best point as ``--config.<key>=<value>`` overrides for pipelines.compare
+  sweep.jsonl     one record per point and arm (its overrides, each seed's validation error,
+                  time)
+  sweep.md        the points ranked per arm, best first, each arm's best rate per recipe, the
+                  full-label schedule, and the choice as flags
+  best_flags.txt  the choice as ``--config.<key>=<value>`` overrides for pipelines.compare:
+                  the recipe, the schedule, and each arm's own rate
+                  (``--config.finetune.arm_learning_rates=<arm>:<rate>``) when several arms ran
+  best.json       the choice, per recipe too (configs/cifar10_ablation.py reads it); written
+                  only once every run is recorded
   machine.json    the hardware and wall time (every session that worked on the sweep)
 Test images never reach the runs. Rerunning resumes: points already recorded are kept.
 """
@@ -55,10 +63,12 @@ def main(config, workdir: Path) -> None:
             record = provenance.session_record(workdir / "machine.json",
                                                time.monotonic() - t0, command, resumed)
             atomic.write_text(workdir / "machine.json", json.dumps(record, indent=2) + "\n")
-    top = sweep.best(records)
     text = sweep.markdown(records)
+    best = sweep.best_record(records, config)
+    grid_rates = any(sweep.RATE_KEY in r["point"] for r in records)
     atomic.write_text(workdir / "sweep.md", text)
-    atomic.write_text(workdir / "best_flags.txt", sweep.flags(top["point"]) + "\n")
+    atomic.write_text(workdir / "best_flags.txt", sweep.best_flags(best, grid_rates) + "\n")
+    atomic.write_text(workdir / sweep.BEST, json.dumps(best, indent=2) + "\n")
     print(text)
 
 

@@ -7,8 +7,10 @@ Config files in ``configs/`` build on :func:`base_config` and pick a preset; the
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 import ml_collections
 
@@ -137,6 +139,14 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.finetune.refit_full = False
     # Fixed before any run, the same for every arm: see FAILURE_RULES.
     c.finetune.failure_rule = "mark"
+    # Each arm's own learning rate, chosen on validation for that arm (pipelines.sweep with
+    # sweep.arms writes them into its best_flags.txt): 'arm:rate' items, e.g.
+    # ("pretrained:0.01", "frozen:0.1") (on the command line one flag per item); an arm not
+    # named trains at finetune.learning_rate; () = every arm at it. Each run records its rate.
+    c.finetune.arm_learning_rates = ()
+    # Epochs of the cell that takes the whole labelled pool (and of its refit), as the sweep's
+    # schedule search (sweep.full_axes) chose them on validation; 0 = finetune.epochs.
+    c.finetune.full_epochs = 0
 
     c.compare = ml_collections.ConfigDict()
     c.compare.label_sizes = (1000, 10000, 50000)
@@ -364,7 +374,89 @@ def _validate_recipe(c: ml_collections.ConfigDict) -> None:
     _bool(c, "finetune.augment_flip")
     _bool(c, "finetune.refit_full")
     _choice(c, "finetune.failure_rule", FAILURE_RULES)
+    arm_learning_rates(c)
+    if "full_epochs" in c.finetune:
+        _positive_ints(c, "finetune.full_epochs", allow_zero=True)
     _bool(c, "compare.stack_per_seed")
+
+
+def arm_learning_rates(c: ml_collections.ConfigDict) -> dict[str, float]:
+    """``finetune.arm_learning_rates`` as {arm: rate}: 'arm:rate' items, (arm, rate) pairs or
+    a mapping. An unknown or repeated arm, or a rate that is not a number > 0, is one
+    :class:`InputError` line."""
+    value = c.finetune.get("arm_learning_rates", ())
+    where = "config.finetune.arm_learning_rates"
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        items = []
+        for item in value:
+            if isinstance(item, str) and ":" in item:
+                arm, _, rate = item.partition(":")
+                items.append((arm.strip(), rate.strip()))
+            elif isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2:
+                items.append(tuple(item))
+            else:
+                raise InputError(f"{where}: expected 'arm:rate' items such as "
+                                 f"'pretrained:0.01', got {item!r}")
+    else:
+        raise InputError(f"{where}: expected 'arm:rate' items such as ('pretrained:0.01',), "
+                         f"got {value!r}")
+    out: dict[str, float] = {}
+    for arm, rate in items:
+        if arm not in ARMS:
+            raise InputError(f"{where}: unknown arm {arm!r}; expected one of {', '.join(ARMS)}")
+        if arm in out:
+            raise InputError(f"{where}: arm {arm!r} is given more than one rate")
+        try:
+            number = float(rate) if not isinstance(rate, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise InputError(f"{where}: the rate of {arm!r} must be a number > 0, got {rate!r}")
+        out[arm] = number
+    return out
+
+
+def arm_learning_rate(c: ml_collections.ConfigDict, arm: str) -> float:
+    """The learning rate ``arm`` fine-tunes at: its own from ``finetune.arm_learning_rates``,
+    else ``finetune.learning_rate``."""
+    return arm_learning_rates(c).get(arm, float(c.finetune.learning_rate))
+
+
+def rate_items(rates: Mapping[str, float]) -> tuple[str, ...]:
+    """{arm: rate} as the 'arm:rate' items of ``finetune.arm_learning_rates``."""
+    return tuple(f"{arm}:{rate:g}" for arm, rate in rates.items())
+
+
+def sweep_choice(paths: Sequence, recipe: Mapping | None = None,
+                 arms: Sequence[str] = ()) -> tuple[dict, str] | None:
+    """What a finished sweep chose on validation (its ``best.json``, written by
+    pipelines.sweep once every point is recorded), read from the first of ``paths`` that
+    exists, and that path; None when none does, or it does not cover ``arms``.
+
+    Without ``recipe``: the chosen recipe's per-arm rates and full-label epochs
+    (``{"recipe", "arm_learning_rates", "full_epochs"}``). With ``recipe`` (dotted overrides):
+    the per-arm rates tuned for the swept recipe that has those values (the best rate of each
+    arm among the points of that recipe). A config file calls this; it imports no JAX."""
+    for path in (Path(p) for p in paths):
+        if not path.is_file():
+            continue
+        best = json.loads(path.read_text())
+        if recipe is None:
+            entry = best["chosen"]
+        else:
+            want = {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()}
+            entry = next((e for e in best["recipes"]
+                          if all(e["recipe"].get(k, v) == v for k, v in want.items())), None)
+            if entry is None:
+                return None
+            entry = {"recipe": entry["recipe"], "arm_learning_rates": entry["arm_learning_rates"],
+                     "full_epochs": None}
+        if not set(arms) <= set(entry["arm_learning_rates"]):
+            return None
+        return entry, str(path)
+    return None
 
 
 def _validate_for(c: ml_collections.ConfigDict, command: str) -> None:

@@ -20,6 +20,7 @@ from absl import flags as absl_flags
 from ml_collections import config_flags
 
 from scae import api, atomic
+from scae import config as cfglib
 from scae.data import inputs as inputs_lib
 from scae.errors import InputError
 from scae.study import finetune as finetuning
@@ -413,7 +414,8 @@ def test_command_end_to_end(tmp_path):
     w = tmp_path / "w"
     proc = command(f"--config={cfg}", f"--workdir={w}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("sweep.jsonl", "sweep.md", "best_flags.txt", "machine.json", "config.json"):
+    for name in ("sweep.jsonl", "sweep.md", "best_flags.txt", "best.json", "machine.json",
+                 "config.json"):
         assert (w / name).is_file() and (w / name).stat().st_size > 0, name
     records = atomic.read_jsonl(w / sweep.RECORDS)
     assert [r["point"] for r in records] == [{"finetune.learning_rate": 0.01},
@@ -458,3 +460,259 @@ def test_command_refuses_a_config_without_a_sweep(tmp_path):
     proc = command("--config=configs/mnist.py:smoke", f"--workdir={tmp_path / 'w'}")
     assert_clean_failure(proc, "sweep")
     assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every arm tuned: the pretrained and frozen arms, each arm's rate, the full-label schedule
+
+
+def arm_record(point, errs, arm="random", stage="grid", label_size=100):
+    r = record(point, errs, label_size=label_size)
+    return r | ({"arm": arm, "stage": stage} if arm != "random" or stage != "grid" else {})
+
+
+def two_arm_records():
+    """Two recipes x two rates x two arms. Random is best at recipe A (0.03), pretrained at
+    recipe B (0.01); over the arms, each at its own best rate, recipe B wins."""
+    out = []
+    errs = {("A", 0.01): (30.0, 40.0), ("A", 0.03): (28.0, 39.0),
+            ("B", 0.01): (29.0, 31.0), ("B", 0.03): (29.5, 35.0)}
+    for (recipe, rate), (random_err, pretrained_err) in errs.items():
+        point = {"data.standardize": recipe == "A", "finetune.learning_rate": rate}
+        out.append(arm_record(point, [random_err, random_err]))
+        out.append(arm_record(point, [pretrained_err, pretrained_err], "pretrained"))
+    return out
+
+
+def test_choose_tunes_each_arm_and_the_recipe_over_the_arms():
+    recs = two_arm_records()
+    choice = sweep.choose(recs, ("random", "pretrained"))
+    assert choice["arms"] == ["random", "pretrained"]
+    a, b = choice["recipes"]
+    assert a["recipe"] == {"data.standardize": True}
+    assert a["arm_learning_rates"] == {"random": 0.03, "pretrained": 0.03}
+    assert a["score"] == pytest.approx((28.0 + 39.0) / 2)
+    assert b["arm_learning_rates"] == {"random": 0.01, "pretrained": 0.01}
+    assert b["score"] == pytest.approx((29.0 + 31.0) / 2)
+    top = choice["chosen"]
+    assert top["recipe"] == {"data.standardize": False}  # B, though random alone prefers A
+    assert top["arm_learning_rates"] == {"random": 0.01, "pretrained": 0.01}
+    assert top["schedule"] is None and top["full_epochs"] is None
+    # The random arm alone: the best point, as before.
+    alone = sweep.choose([r for r in recs if "arm" not in r])
+    assert alone["chosen"]["recipe"] == {"data.standardize": True}
+    assert sweep.best_flags(alone) == sweep.flags(sweep.best([r for r in recs if "arm" not in r])
+                                                  ["point"])
+    # A recipe that an arm has not finished is not chosen.
+    partial = [r for r in recs if not (r.get("arm") == "pretrained"
+                                       and r["point"]["data.standardize"] is False)]
+    assert sweep.choose(partial, ("random", "pretrained"))["chosen"]["recipe"] == {
+        "data.standardize": True}
+    with pytest.raises(InputError, match="every arm"):
+        sweep.choose([r for r in recs if "arm" not in r], ("random", "pretrained"))
+
+
+def test_choose_takes_the_full_label_schedule_of_the_chosen_recipe_and_rates():
+    recs = two_arm_records()
+    rates = ["random:0.01", "pretrained:0.01"]
+    for epochs, (e_random, e_pre) in ((30, (20.0, 21.0)), (60, (19.0, 19.5)),
+                                       (100, (18.0, 22.0))):
+        point = {"data.standardize": False, "finetune.arm_learning_rates": rates,
+                 "finetune.full_epochs": epochs}
+        recs += [arm_record(point, [e_random] * 2, "random", "schedule", 450),
+                 arm_record(point, [e_pre] * 2, "pretrained", "schedule", 450)]
+    # Runs of another recipe's rates are not read.
+    stale = {"data.standardize": False, "finetune.arm_learning_rates": ["random:0.03"],
+             "finetune.full_epochs": 100}
+    recs.append(arm_record(stale, [1.0, 1.0], "random", "schedule", 450))
+    choice = sweep.choose(recs, ("random", "pretrained"))
+    assert choice["chosen"]["schedule"] == {"finetune.full_epochs": 60}
+    assert choice["chosen"]["full_epochs"] == 60
+    text = sweep.best_flags(choice)
+    assert text == ("--config.data.standardize=False --config.finetune.full_epochs=60 "
+                    "--config.finetune.learning_rate=0.01 "
+                    "--config.finetune.arm_learning_rates=random:0.01 "
+                    "--config.finetune.arm_learning_rates=pretrained:0.01")
+    md = sweep.markdown(recs)
+    assert "## random init" in md and "## CAE pretrained" in md
+    assert "The full-label schedule (450 labels, no refit)" in md
+    assert "Chosen: data.standardize=false; rates: random init 0.01, CAE pretrained 0.01; " \
+           "full-label schedule: finetune.full_epochs=60" in md
+    assert "    " + text in md
+
+
+def test_best_flags_with_arm_rates_parse_back_to_a_valid_config():
+    choice = sweep.choose(two_arm_records(), ("random", "pretrained"))
+    argv = ["prog", "--cfg=configs/mnist.py:smoke",
+            *sweep.best_flags(choice).replace("--config.", "--cfg.").split()]
+    values = absl_flags.FlagValues()
+    config_flags.DEFINE_config_file("cfg", flag_values=values)
+    with mock.patch.object(sys, "argv", argv):
+        values(argv)
+    c = values.cfg
+    cfglib.validate(c, "compare")
+    assert cfglib.arm_learning_rates(c) == {"random": 0.01, "pretrained": 0.01}
+    assert c.data.standardize is False
+
+
+@pytest.mark.parametrize("arms", [(), ("random", "cae"), ("random", "random")])
+def test_bad_sweep_arms_are_refused(arms):
+    c = sweep_config()
+    c.sweep.arms = arms
+    with pytest.raises(InputError, match="config.sweep.arms"):
+        sweep.arms_of(c)
+
+
+def test_base_digest_ignores_what_the_sweep_chooses():
+    c = sweep_config()
+    digest = sweep.base_digest(c)
+    c.finetune.arm_learning_rates = ("pretrained:0.01",)
+    c.finetune.full_epochs = 60
+    c.finetune.refit_full = True
+    assert sweep.base_digest(c) == digest
+
+
+def cifar_shaped(tmp_path: Path) -> Path:
+    """A CIFAR-shaped data set (32x32 RGB, 10 classes) of a few hundred images."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 300), ("test", 200)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 10).astype(np.uint8)
+    np.savez(tmp_path / "cifar.npz", **arrays)
+    return tmp_path / "cifar.npz"
+
+
+@pytest.fixture(scope="module")
+def swept_arms(tmp_path_factory):
+    """The CIFAR-10 smoke config on CIFAR-shaped images: two rates x the random and
+    pretrained arms at 50 labels, then the full-label cell (the pool of 100) at 1 and 2
+    epochs; counts the builds and the stacks each cell was given."""
+    tmp = tmp_path_factory.mktemp("arms")
+    c = api.make_config("cifar10", "smoke", data__source=f"npz:{cifar_shaped(tmp)}",
+                        data__pretrain_size=0)
+    c.sweep = ml_collections.ConfigDict()
+    c.sweep.label_size = 50
+    c.sweep.seeds = (0, 1)
+    c.sweep.arms = ("random", "pretrained")
+    c.sweep.axes = ml_collections.ConfigDict(
+        {"learning_rate": ({"finetune.learning_rate": 0.01}, {"finetune.learning_rate": 0.05})})
+    c.sweep.full_axes = ml_collections.ConfigDict(
+        {"epochs": ({"finetune.full_epochs": 1}, {"finetune.full_epochs": 2})})
+    builds, cells = [], []
+    real = finetuning.run_cell
+
+    def run_cell(cfg, data, stacks, size, arm, *args, **kwargs):
+        cells.append((arm, size, None if stacks is None else len(stacks),
+                      len(data.test_labels), cfg.finetune.learning_rate,
+                      tuple(cfg.finetune.arm_learning_rates)))
+        return real(cfg, data, stacks, size, arm, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetuning, "run_cell", run_cell)
+        records = sweep.run(c, tmp / "w", build=lambda cfg: builds.append(1) or
+                            inputs_lib.build(cfg.data, cfg.seed), log=lambda m: None)
+    return dict(config=c, workdir=tmp / "w", records=records, builds=builds, cells=cells)
+
+
+@pytest.mark.slow
+def test_the_sweep_trains_and_ranks_both_arms(swept_arms):
+    records, cells = swept_arms["records"], swept_arms["cells"]
+    assert len(records) == 2 * 2 + 2 * 2
+    grid, full = records[:4], records[4:]
+    assert [(r.get("arm", "random"), r["point"]["finetune.learning_rate"]) for r in grid] == [
+        ("random", 0.01), ("pretrained", 0.01), ("random", 0.05), ("pretrained", 0.05)]
+    assert all(r["label_size"] == 50 and len(r["val_error"]) == 2 for r in grid)
+    # The pretrained arm starts from a stack per seed... (the smoke preset shares seed 0's)
+    assert [c[2] for c in cells] == [None, 2] * 4
+    assert all(c[3] == 0 for c in cells)  # no test images, any arm
+    # ...pretrained once into the workdir, for the one data setting, and built once.
+    assert len(list((swept_arms["workdir"] / "stacks").iterdir())) == 1
+    assert len(swept_arms["builds"]) == 1
+    # Every grid run trains every arm at the point's rate.
+    assert all(c[5] == () for c in cells[:4])
+    # The full-label cell: the whole pool of 100, at each arm's chosen rate.
+    choice = sweep.choose(grid, ("random", "pretrained"))
+    rates = choice["chosen"]["arm_learning_rates"]
+    assert all(r["stage"] == "schedule" and r["label_size"] == 100 for r in full)
+    assert [r["epochs"] for r in full] == [1, 1, 2, 2]
+    assert [r["learning_rate"] for r in full] == [rates["random"], rates["pretrained"]] * 2
+    assert all(c[5] == cfglib.rate_items(rates) for c in cells[4:])
+    best = sweep.best_record(records, swept_arms["config"])
+    assert best["chosen"]["full_epochs"] in (1, 2) and best["label_size"] == 50
+    assert best["arms"] == ["random", "pretrained"] and len(best["recipes"]) == 1
+    assert atomic.read_jsonl(swept_arms["workdir"] / sweep.RECORDS) == records
+    assert not any((swept_arms["workdir"] / "ckpt").iterdir())
+
+
+@pytest.mark.slow
+def test_a_second_call_retrains_no_arm(swept_arms, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(finetuning, "run_cell", refuse)
+    again = sweep.run(swept_arms["config"], swept_arms["workdir"], build=refuse,
+                      log=lambda m: None)
+    assert again == swept_arms["records"]
+    # Three seeds are other runs: the two-seed records do not count for them.
+    more = swept_arms["config"].copy_and_resolve_references()
+    more.sweep.seeds = (0, 1, 2)
+    with pytest.raises(AssertionError, match="trained again"):
+        sweep.run(more, swept_arms["workdir"], build=refuse, log=lambda m: None)
+
+
+def test_every_arm_at_every_point_with_stacks_once_per_data_setting(swept, tmp_path,
+                                                                     monkeypatch):
+    """The sweep's bookkeeping with the training faked: which cells run, with which stacks
+    and rates, the full-label stage at the pool's size, and resuming."""
+    pretrained, cells = [], []
+
+    def pretrain_seeds(c, images, val_images, where, indices, log):
+        pretrained.append((where.name, list(indices), c.data.standardize))
+        return [f"stack{i}-{c.data.standardize}" for i in indices]
+
+    def run_cell(c, data, stacks, size, arm, seeds, ckpt, log):
+        cells.append((arm, size, stacks, tuple(c.finetune.arm_learning_rates)))
+        rate = cfglib.arm_learning_rate(c, arm)
+        bonus = {"random": 0.0, "pretrained": -1.0, "frozen": 5.0}[arm]
+        e = 100 * rate + bonus + c.finetune.get("full_epochs", 0) % 7
+        return [{"val_error": e + s, "epochs": 2, "steps": 6, "best_epoch": 1,
+                 "learning_rate": rate} for s in seeds], {}
+
+    monkeypatch.setattr(finetuning, "run_cell", run_cell)
+    monkeypatch.setattr(sweep.pretraining, "pretrain_seeds", pretrain_seeds)
+    c = sweep_config(dict(LR, z_standardize=({"data.standardize": False},
+                                             {"data.standardize": True})))
+    c.compare.stack_per_seed = True
+    c.sweep.arms = ("random", "pretrained", "frozen")
+    c.sweep.full_axes = ml_collections.ConfigDict(
+        {"epochs": ({"finetune.full_epochs": 3}, {"finetune.full_epochs": 6})})
+    builds = []
+    records = sweep.run(c, tmp_path, build=lambda cfg: builds.append(1) or swept["inputs"],
+                        log=lambda m: None)
+    pool = len(swept["inputs"].train_labels)
+    # The data of each setting built once for the grid, and the chosen one's again for the
+    # full-label cell.
+    assert len(records) == 4 * 3 + 2 * 3 and len(builds) == 3
+    # One set of per-seed stacks per data setting, under the workdir's stacks/ folder (the
+    # full-label cell's are the chosen setting's, which a real run loads from there).
+    assert [(p[1], p[2]) for p in pretrained] == [([0, 1], False), ([0, 1], True),
+                                                  ([0, 1], False)]
+    assert len({p[0] for p in pretrained}) == 2 and pretrained[0][0] == pretrained[2][0]
+    for arm, _size, stacks, _ in cells:
+        assert (stacks is None) == (arm == "random")
+        if stacks:
+            assert len(stacks) == 2 and stacks[0].startswith("stack0")
+    # The grid's runs at 100 labels, every arm at the point's rate; then the full-label cell.
+    assert [c[1] for c in cells] == [100] * 12 + [pool] * 6
+    assert all(c[3] == () for c in cells[:12])
+    choice = sweep.choose(records[:12], c.sweep.arms)
+    assert choice["chosen"]["arm_learning_rates"] == {"random": 0.01, "pretrained": 0.01,
+                                                      "frozen": 0.01}
+    assert all(c[3] == cfglib.rate_items(choice["chosen"]["arm_learning_rates"])
+               for c in cells[12:])
+    assert [r["label_size"] for r in records[12:]] == [pool] * 6
+    assert sweep.best_record(records, c)["chosen"]["full_epochs"] == 3
+    # A rerun trains nothing, and loads no data.
+    monkeypatch.setattr(finetuning, "run_cell", None)
+    assert sweep.run(c, tmp_path, build=None, log=lambda m: None) == records

@@ -363,6 +363,22 @@ def failure_line(rows: Sequence[Mapping]) -> str:
     return f"Runs that hit the failure rule, per arm: {'; '.join(counts)}. {how}"
 
 
+def rates_line(rows: Sequence[Mapping]) -> str:
+    """The learning rate each arm fine-tuned at, from the records that name it (``learning_rate``;
+    '' when none does: records made before they carried it)."""
+    named = [r for r in rows if r.get("learning_rate") is not None]
+    if not named:
+        return ""
+    arms = sorted({r["arm"] for r in named}, key=stats.arm_key)
+    parts = []
+    for arm in arms:
+        rates = sorted({float(r["learning_rate"]) for r in named if r["arm"] == arm})
+        parts.append(f"{ARM_LABELS.get(arm, arm)} {' and '.join(f'{x:g}' for x in rates)}")
+    return ("Learning rate per arm (an arm's own from finetune.arm_learning_rates where the "
+            "config gives one, else finetune.learning_rate; a run's lr_scale multiplies it): "
+            f"{'; '.join(parts)}.")
+
+
 def _selected_error(r: Mapping) -> float:
     """The error a run was selected by: validation, or the test error of a refit (nan: none)."""
     for key in ("val_error", "test_error"):
@@ -471,14 +487,20 @@ def summary_markdown(rows: Sequence[Mapping],
     whole = [s for s in sizes if labels[s].startswith("all")]
     if whole:
         refit = any(r.get("refit_full") for r in rows if int(r["label_size"]) in whole)
+        chosen = sorted({r["full_epochs"] for r in rows
+                         if int(r["label_size"]) in whole and r.get("full_epochs")})
+        schedule = (f"the full-label schedule chosen on validation beforehand "
+                    f"(finetune.full_epochs = {', '.join(map(str, chosen))} epochs, by the "
+                    f"sweep's schedule search)" if chosen
+                    else "the configured schedule (a fixed default, not chosen on validation)")
         lines += [f"{', '.join(labels[s] for s in whole)}: the label size takes the whole "
                   "labelled pool, so every seed trains on the same images; seeds then differ "
                   "only in initialisation and order."
-                  + (" Refit on every training image, the validation images included, for the "
-                     "configured schedule (a fixed default, not chosen on validation); no "
-                     "selection on validation in the refit: the final model is tested."
-                     if refit else ""), ""]
-    for sentence in (stack_statement(rows), stacks_line(stacks), failure_line(rows)):
+                  + (f" Refit on every training image, the validation images included, for "
+                     f"{schedule}; no selection on validation in the refit: the final model is "
+                     "tested." if refit else ""), ""]
+    for sentence in (stack_statement(rows), stacks_line(stacks), failure_line(rows),
+                     rates_line(rows)):
         if sentence:
             lines += [sentence, ""]
 

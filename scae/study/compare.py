@@ -76,7 +76,8 @@ def compare(config, data: inputs_lib.Inputs, workdir: Path,
     asked = workdir_lib.asked_runs(config, rows)
     todo = []
     for size in config.compare.label_sizes:
-        steps = driver.plan(size, fc.batch_size, fc.epochs, fc.min_steps).total_steps
+        full = size == data.train_images.shape[0] and fc.get("full_epochs", 0)
+        steps = driver.plan(size, fc.batch_size, full or fc.epochs, fc.min_steps).total_steps
         for arm in config.compare.arms:
             done = {r["seed"] for r in asked if r["label_size"] == size and r["arm"] == arm}
             seeds = [s for s in range(config.compare.num_seeds) if s not in done]

@@ -77,8 +77,9 @@ def study(config: ml_collections.ConfigDict, train_size: int | None = None,
     for size in cc.label_sizes:
         size = min(size, pool)
         refit = fc.get("refit_full", False) and size == pool
+        full = size == pool and fc.get("full_epochs", 0)  # the full-label schedule
         p = driver.plan(size + (config.data.validation_size if refit else 0), fc.batch_size,
-                        fc.epochs, fc.min_steps)
+                        full or fc.epochs, fc.min_steps)
         images = p.total_steps * p.batch_size
         for arm in cc.arms:
             # The frozen arm trains its head on features computed once: about one forward

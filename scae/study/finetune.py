@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scae import config as cfglib
 from scae.config import ARMS
 from scae.data import augment
 from scae.data import inputs as inputs_lib
@@ -149,7 +150,8 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
     (percent; the test error of the parameters with the lowest validation error),
     cell_time_s (the wall time of the whole cell) and seeds_together (how many seeds shared
     it), the labelled subset's fingerprint, the validation curve, ``lr_scale`` (the factor
-    on ``finetune.learning_rate``: ``lr_factor``, halved by divergence retries), the test
+    on the arm's ``learning_rate``, which the record names too (``finetune.arm_learning_rates``,
+    else ``finetune.learning_rate``): ``lr_factor``, halved by divergence retries), the test
     set's size and the diagnostics of :func:`diagnostics` and :func:`apply_failure_rule`
     (``failed`` when ``finetune.failure_rule`` is not 'none').
     """
@@ -164,7 +166,15 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         train_x = jnp.concatenate([train_x, data.val_images])
         train_y = np.concatenate([train_y, np.asarray(data.val_labels)])
         subsets = np.stack([np.arange(train_x.shape[0])] * len(seeds))
-    p = driver.plan(subsets.shape[1], fc.batch_size, fc.epochs, fc.min_steps)
+    # The cell that takes the whole pool trains for the full-label schedule, when the sweep
+    # chose one on validation (finetune.full_epochs).
+    full = label_size == data.train_images.shape[0] and fc.get("full_epochs", 0)
+    p = driver.plan(subsets.shape[1], fc.batch_size, full or fc.epochs, fc.min_steps)
+    # The arm's own rate (finetune.arm_learning_rates), else finetune.learning_rate.
+    rate = cfglib.arm_learning_rate(config, arm)
+    own_rate = arm in cfglib.arm_learning_rates(config)
+    arm_fc = fc.copy_and_resolve_references()
+    arm_fc.learning_rate = rate
     quiet = lambda _: None
     stacks = list(stack) if isinstance(stack, (list, tuple)) else [stack] * len(seeds)
     init_keys, order_keys, step_keys = (jnp.stack(k) for k in
@@ -225,7 +235,8 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         name=f"{arm} {label_size} labels x{n} seeds", where=f"{arm} run at {label_size} labels",
         ckpt_dir=ckpt_dir, plan=p,
         loss_fn=loss_fn,
-        make_tx=lambda scale: optim.make(fc, p.total_steps, mask, lr_scale=scale * lr_factor),
+        make_tx=lambda scale: optim.make(arm_fc, p.total_steps, mask,
+                                         lr_scale=scale * lr_factor),
         params=params, data=data_xy, pool=pool, order_key=order_keys,
         step_key=step_keys, seeds=tuple(seeds), seed_batching=batching,
         steps_per_call=fc.steps_per_call, checkpoint_seconds=fc.get("checkpoint_seconds", 0.0),
@@ -233,7 +244,8 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         evaluate=evaluate,
         extra_state={"best": jax.tree.map(jnp.copy, params), "best_val": jnp.full((n,), jnp.inf),
                      "best_epoch": jnp.zeros((n,), jnp.int32)},
-        lr_key="finetune.learning_rate", retries=fc.get("divergence_retries", 0), log=log,
+        lr_key="finetune.arm_learning_rates" if own_rate else "finetune.learning_rate",
+        retries=fc.get("divergence_retries", 0), log=log,
         on_eval=lambda record: writer.scalars(record["evals"][-1]["step"], {
             **{f"val_error/seed{s}": v for s, v in zip(seeds, record["evals"][-1]["val_error"])},
             "img_per_s": record["evals"][-1]["img_per_s"]}))
@@ -253,9 +265,10 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
              "test_error": float(test_err[i]), "refit_full": refit,
              "train_size": int(subsets.shape[1]),
              "cell_time_s": record["time_s"], "seeds_together": n,
-             "subset": subset_digest(subsets[i]), "lr_scale": result.lr_scale * lr_factor,
+             "subset": subset_digest(subsets[i]), "learning_rate": rate,
+             "lr_scale": result.lr_scale * lr_factor,
              "test_size": int(len(data.test_labels)), "num_classes": spec.num_classes,
-             **starts[i], "curve": curves[i]}
+             **({"full_epochs": int(full)} if full else {}), **starts[i], "curve": curves[i]}
             for i, s in enumerate(seeds)]
     apply_failure_rule(rows, record["evals"], fc.get("failure_rule", "none"), spec.num_classes)
     return rows, jax.tree.map(np.asarray, state["best"])

@@ -1,12 +1,24 @@
-"""A recipe search on the validation split: fine-tune the randomly initialised CNN at every
-point of a grid of config overrides and rank the points by validation error.
+"""A recipe search on the validation split: fine-tune the CNN of each arm at every point of
+a grid of config overrides and rank the points by validation error, per arm.
 
 The grid is ``config.sweep.axes``: each axis is a tuple of alternatives, each alternative a
 dict of overrides (``{"finetune.learning_rate": 0.01}``; several keys when options go
 together, e.g. standardisation off when ZCA is on). The points are the product of the axes.
-Only the random arm is trained, so the recipe is chosen for the baseline and pretraining gets
-no say in it; and the runs are given no test images, so the choice cannot see the test split.
-Records are appended to ``sweep.jsonl`` point by point; a rerun skips the points it has.
+``config.sweep.arms`` (default ``("random",)``) are the arms trained at every point: the
+pretrained and frozen arms start from stacks pretrained once per seed (and per data and
+pretraining setting) into the sweep's workdir, as compare's do. The runs are given no test
+images, so the choice cannot see the test split.
+
+The choice (:func:`choose`): a *recipe* is a point without its learning rate. Each arm gets
+its best rate within each recipe; the recipe chosen is the one whose arms, each at its own
+best rate, have the lowest mean validation error (with the random arm alone: the best point).
+Then, with ``config.sweep.full_axes`` (e.g. ``finetune.full_epochs`` of 30, 60, 100), the
+full-label cell (the whole labelled pool, no refit) is trained at every alternative with the
+chosen recipe and rates, and the schedule of lowest mean validation error over the arms is
+chosen: the one the refit then uses.
+
+Records are appended to ``sweep.jsonl`` run by run (a point, an arm); a rerun skips the ones
+it has.
 """
 
 from __future__ import annotations
@@ -26,11 +38,16 @@ import numpy as np
 
 from scae import atomic
 from scae import config as cfglib
+from scae import workdir as workdir_lib
 from scae.data import inputs as inputs_lib
 from scae.errors import InputError
+from scae.report import tables as report
 from scae.study import finetune as finetuning
+from scae.study import pretrain as pretraining
 
 RECORDS = "sweep.jsonl"
+BEST = "best.json"  # the choice, written once every run is recorded (read by config files)
+RATE_KEY = "finetune.learning_rate"
 
 
 def points(axes: Mapping[str, Sequence[Mapping]]) -> list[dict]:
@@ -68,7 +85,13 @@ def base_digest(config: ml_collections.ConfigDict) -> str:
     # The keys the grid sets are the point's, not the base's: a config that later adopts the
     # chosen values keeps the records valid.
     axes = config.sweep.axes.to_dict() if "sweep" in config else {}
-    for alt in (a for alts in axes.values() for a in alts):
+    full = config.sweep.get("full_axes") if "sweep" in config else None
+    full = full.to_dict() if hasattr(full, "to_dict") else dict(full or {})
+    # So are what the sweep chooses and what it fixes for every run (no refit): a config
+    # that adopts the choice keeps the records valid.
+    chosen = [{"finetune.arm_learning_rates": None, "finetune.full_epochs": None,
+               "finetune.refit_full": None}]
+    for alt in (a for alts in [*axes.values(), *full.values(), chosen] for a in alts):
         for key in alt:
             section, _, field = key.rpartition(".")
             node = d
@@ -79,71 +102,158 @@ def base_digest(config: ml_collections.ConfigDict) -> str:
 
 
 def apply(config: ml_collections.ConfigDict, point: Mapping) -> ml_collections.ConfigDict:
-    """A validated copy of ``config`` with the point's dotted overrides."""
-    c = cfglib.with_overrides(config, point, where="config.sweep.axes: ")
+    """A validated copy of ``config`` with the point's dotted overrides. Every arm trains at
+    the point's ``finetune.learning_rate`` (the base's per-arm rates are cleared unless the
+    point sets them), and no cell is refit: each run is selected on validation."""
+    c = cfglib.with_overrides(config, {"finetune.arm_learning_rates": (),
+                                       "finetune.refit_full": False})
+    c = cfglib.with_overrides(c, point, where="config.sweep.axes: ")
     cfglib.validate(c, "compare")
     return c
+
+
+def arms_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """``config.sweep.arms`` (default: the random arm alone), checked."""
+    arms = tuple(config.sweep.get("arms", ("random",)))
+    if not arms or any(a not in cfglib.ARMS for a in arms) or len(set(arms)) != len(arms):
+        raise InputError(f"config.sweep.arms: expected distinct arms of "
+                         f"{', '.join(cfglib.ARMS)}, got {arms!r}")
+    return arms
+
+
+def _arm(r: Mapping) -> str:
+    return r.get("arm", "random")  # records made before the sweep trained other arms
+
+
+def _stage(r: Mapping) -> str:
+    return r.get("stage", "grid")
+
+
+def _key(r: Mapping) -> tuple:
+    """What a record is the run of; the full-label stage's size is the pool's, whatever it is."""
+    size = r["label_size"] if _stage(r) == "grid" else None
+    return (_stage(r), r["point_id"], _arm(r), size, tuple(r["seeds"]))
 
 
 def run(config: ml_collections.ConfigDict, workdir: Path,
         build: Callable[[ml_collections.ConfigDict], inputs_lib.Inputs] | None = None,
         log: Callable[[str], None] = print,
         ready: Callable[[], None] | None = None, fresh: bool = False) -> list[dict]:
-    """Runs every point of ``config.sweep`` not yet in ``workdir/sweep.jsonl`` and returns all
-    the records (one per point): the point, the validation error of each seed, their mean and
+    """Runs every (point, arm) of ``config.sweep`` not yet in ``workdir/sweep.jsonl`` and
+    returns all the records (one per point and arm; the grid's, then the full-label
+    schedule's): the point, the arm, the validation error of each seed, their mean and
     standard deviation, the epochs and the wall time. ``build`` makes the inputs of a config
     (default :func:`scae.data.inputs.build`); it is called once per distinct data setting.
     ``ready`` is called once the first data set has loaded, before anything is written, so a
     command can leave no workdir behind for a source that does not load. ``fresh`` ignores the
     records already there (``ready`` is where a caller deletes them)."""
     sw = config.sweep
-    build = build or (lambda c: inputs_lib.build(c.data, c.seed))
-    seeds = [int(s) for s in sw.seeds]
-    label_size = int(sw.label_size)
+    arms = arms_of(config)
     grid = points(sw.axes.to_dict() if hasattr(sw.axes, "to_dict") else sw.axes)
     configs = [apply(config, p) for p in grid]  # every point checked before any is run
-    path = workdir / RECORDS
+    full_axes = sw.get("full_axes")
+    full_axes = full_axes.to_dict() if hasattr(full_axes, "to_dict") else full_axes
+    schedule = points(full_axes) if full_axes else []
+    for alt in schedule:  # checked on the base config before any run
+        apply(config, alt)
     base = base_digest(config)
-    records = [] if fresh else check_records(config, workdir, base)
-    done = {r["point_id"] for r in records}
-    data_key, data = None, None
+    runner = _Runner(config, workdir, build, log, ready, base,
+                     [] if fresh else check_records(config, workdir, base))
     for i, (point, c) in enumerate(zip(grid, configs)):
-        name = point_id(point)
-        if name in done:
-            continue
+        runner.point(c, point, "grid", int(sw.label_size), arms, f"{i + 1}/{len(grid)}")
+    asked = [runner.done[k] for k in runner.asked if k in runner.done]
+    if schedule:
+        top = choose(asked, arms, float(config.finetune.learning_rate))["chosen"]
+        for j, alt in enumerate(schedule):
+            point = {**top["recipe"], "finetune.arm_learning_rates":
+                     list(cfglib.rate_items(top["arm_learning_rates"])), **alt}
+            runner.point(apply(config, point), point, "schedule", None, arms,
+                         f"full-label {j + 1}/{len(schedule)}")
+    return [runner.done[k] for k in runner.asked if k in runner.done]
+
+
+class _Runner:
+    """The state of one sweep: the records so far, the data and stacks in memory."""
+
+    def __init__(self, config, workdir: Path, build, log, ready, base: str, records: list):
+        self.config, self.workdir, self.log, self.ready, self.base = (config, workdir, log,
+                                                                     ready, base)
+        self.build = build or (lambda c: inputs_lib.build(c.data, c.seed))
+        self.seeds = [int(s) for s in config.sweep.seeds]
+        self.records = records
+        self.done = {_key(r): r for r in records}
+        self.asked: list[tuple] = []
+        self.data_key, self.data = None, None
+        self.stacks: dict[str, list] = {}
+
+    def inputs(self, c) -> inputs_lib.Inputs:
         key = json.dumps(c.data.to_dict(), sort_keys=True)
-        if key != data_key:
-            data, data_key = None, None  # one data setting in memory at a time
-            full = build(c)
+        if key != self.data_key:
+            self.data, self.data_key, self.stacks = None, None, {}  # one data setting at once
+            full = self.build(c)
             # No test images reach the runs: the choice is made on validation alone.
-            data = dataclasses.replace(full, test_images=full.test_images[:0],
-                                       test_labels=full.test_labels[:0])
-            data_key = key
-            if ready is not None:
-                ready()
-                ready = None
-        if label_size > len(data.train_labels):
-            raise InputError(f"config.sweep.label_size: {label_size} labels asked for, the "
-                             f"pool has {len(data.train_labels)}")
-        log(f"sweep point {i + 1}/{len(grid)}: {name}")
-        t0 = time.monotonic()
-        ckpt = workdir / "ckpt" / f"point{i}"
-        rows, _ = finetuning.run_cell(c, data, None, label_size, "random", seeds, ckpt, log)
-        errs = [float(r["val_error"]) for r in rows]
-        record = {"point_id": name, "point": dict(point), "base": base, "label_size": label_size,
-                  "seeds": seeds, "val_error": errs, "mean_val_error": float(np.mean(errs)),
-                  "std_val_error": float(np.std(errs, ddof=1)) if len(errs) > 1 else math.nan,
-                  "epochs": rows[0]["epochs"], "steps": rows[0]["steps"],
-                  "best_epoch": [r["best_epoch"] for r in rows],
-                  "time_s": round(time.monotonic() - t0, 1)}
-        records.append(record)
-        atomic.write_jsonl(path, records)
-        shutil.rmtree(ckpt, ignore_errors=True)  # the record is the result; bound the disk
-        log(f"  validation error {record['mean_val_error']:.2f}% "
-            f"({', '.join(f'{e:.2f}' for e in errs)})")
-    order = {point_id(p): i for i, p in enumerate(grid)}
-    return sorted((r for r in records if r["point_id"] in order),
-                  key=lambda r: order[r["point_id"]])
+            self.data = dataclasses.replace(full, test_images=full.test_images[:0],
+                                            test_labels=full.test_labels[:0])
+            self.data_key = key
+            if self.ready is not None:
+                self.ready()
+                self.ready = None
+        return self.data
+
+    def stacks_of(self, c, data: inputs_lib.Inputs) -> list:
+        """Each seed's stack for ``c`` (its own when ``compare.stack_per_seed``, else seed
+        0's), pretrained once into ``stacks/<pretraining settings>/`` of the workdir."""
+        digest = workdir_lib.settings_digest(c, "pretrain")
+        per_seed = bool(c.compare.get("stack_per_seed", False))
+        if digest not in self.stacks:
+            where = self.workdir / "stacks" / digest
+            indices = self.seeds if per_seed else [0]
+            self.log(f"sweep: the stacks of seeds {indices} (pretraining settings {digest})")
+            self.stacks[digest] = dict(zip(indices, pretraining.pretrain_seeds(
+                c, data.pretrain, data.val_images, where, indices, log=self.log)))
+        got = self.stacks[digest]
+        return [got[s if per_seed else 0] for s in self.seeds]
+
+    def point(self, c, point: Mapping, stage: str, label_size: int | None,
+              arms: Sequence[str], where: str) -> None:
+        """Runs ``point`` (its config ``c``) for every arm not yet recorded, at
+        ``label_size`` labels (None: the whole labelled pool)."""
+        name = point_id(point)
+        for arm in arms:
+            key = (stage, name, arm, label_size, tuple(self.seeds))
+            self.asked.append(key)
+            if key in self.done:
+                continue
+            data = self.inputs(c)
+            size = int(len(data.train_labels)) if label_size is None else label_size
+            if size > len(data.train_labels):
+                raise InputError(f"config.sweep.label_size: {size} labels asked for, the "
+                                 f"pool has {len(data.train_labels)}")
+            self.log(f"sweep point {where}, {arm}: {name}")
+            t0 = time.monotonic()
+            tag = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
+            ckpt = self.workdir / "ckpt" / f"{stage}_{arm}_{tag}"  # a killed run resumes it
+            stacks = None if arm == "random" else self.stacks_of(c, data)
+            rows, _ = finetuning.run_cell(c, data, stacks, size, arm, self.seeds, ckpt,
+                                          self.log)
+            errs = [float(r["val_error"]) for r in rows]
+            record = {"point_id": name, "point": dict(point), "base": self.base,
+                      "label_size": size, "seeds": self.seeds, "val_error": errs,
+                      "mean_val_error": float(np.mean(errs)),
+                      "std_val_error": float(np.std(errs, ddof=1)) if len(errs) > 1
+                      else math.nan,
+                      "epochs": rows[0]["epochs"], "steps": rows[0]["steps"],
+                      "best_epoch": [r["best_epoch"] for r in rows],
+                      "time_s": round(time.monotonic() - t0, 1)}
+            if arm != "random" or stage != "grid":
+                record.update(arm=arm, stage=stage,
+                              learning_rate=rows[0].get("learning_rate"))
+            self.records.append(record)
+            self.done[key] = record
+            atomic.write_jsonl(self.workdir / RECORDS, self.records)
+            shutil.rmtree(ckpt, ignore_errors=True)  # the record is the result; bound the disk
+            self.log(f"  validation error {record['mean_val_error']:.2f}% "
+                     f"({', '.join(f'{e:.2f}' for e in errs)})")
 
 
 def check_records(config: ml_collections.ConfigDict, workdir: Path,
@@ -168,6 +278,89 @@ def best(records: Sequence[Mapping]) -> Mapping:
     return min(records, key=lambda r: r["mean_val_error"])
 
 
+def recipe_of(point: Mapping) -> dict:
+    """A point without its learning rate: what every arm of a compare shares."""
+    return {k: v for k, v in point.items() if k != RATE_KEY}
+
+
+def arms_in(records: Sequence[Mapping]) -> tuple[str, ...]:
+    """The arms the records trained, in the config's order."""
+    found = {_arm(r) for r in records}
+    return tuple(a for a in cfglib.ARMS if a in found)
+
+
+def choose(records: Sequence[Mapping], arms: Sequence[str] | None = None,
+           base_rate: float | None = None) -> dict:
+    """The choice made on validation from a sweep's records.
+
+    ``recipes``: per recipe (a grid point less its learning rate, in grid order) each arm's
+    best rate there (``arm_learning_rates``), its mean validation error (``mean_val_error``)
+    and their mean over the arms (``score``). ``chosen``: the recipe of the lowest score among
+    those every arm finished (ties: the earlier), its rates, and, when the full-label stage
+    ran, its ``schedule`` (the overrides of lowest mean validation error over the arms) and
+    ``full_epochs`` (its ``finetune.full_epochs``, else None). A point without a learning
+    rate is at ``base_rate``."""
+    grid = [r for r in records if _stage(r) == "grid"]
+    arms = tuple(arms or arms_in(grid))
+    if not grid:
+        raise InputError("the sweep has no finished points")
+    groups: dict[str, list[Mapping]] = {}
+    for r in grid:
+        groups.setdefault(point_id(recipe_of(r["point"])), []).append(r)
+    recipes = []
+    for rs in groups.values():
+        tops = {a: best([r for r in rs if _arm(r) == a]) for a in arms
+                if any(_arm(r) == a for r in rs)}
+        entry = {"recipe": recipe_of(rs[0]["point"]),
+                 "arm_learning_rates": {a: float(t["point"].get(RATE_KEY, base_rate))
+                                        if t["point"].get(RATE_KEY, base_rate) is not None
+                                        else None for a, t in tops.items()},
+                 "mean_val_error": {a: t["mean_val_error"] for a, t in tops.items()}}
+        entry["score"] = (float(np.mean(list(entry["mean_val_error"].values())))
+                          if len(tops) == len(arms) else math.nan)
+        recipes.append(entry)
+    complete = [e for e in recipes if not math.isnan(e["score"])]
+    if not complete:
+        raise InputError("the sweep has no point that every arm finished")
+    top = min(complete, key=lambda e: e["score"])
+    chosen = {"recipe": top["recipe"], "arm_learning_rates": top["arm_learning_rates"],
+              "schedule": None, "full_epochs": None}
+    # The full-label runs made with this recipe and these rates (a grid that later chose
+    # otherwise leaves its old ones unread).
+    with_rates = list(cfglib.rate_items(top["arm_learning_rates"]))
+    schedule = [r for r in records if _stage(r) == "schedule"
+                and r["point"].get("finetune.arm_learning_rates") == with_rates
+                and all(r["point"].get(k) == v for k, v in top["recipe"].items())]
+    by_point: dict[str, list[Mapping]] = {}
+    for r in schedule:
+        by_point.setdefault(r["point_id"], []).append(r)
+    scored = [(float(np.mean([r["mean_val_error"] for r in rs])), rs[0]["point"])
+              for rs in by_point.values() if {_arm(r) for r in rs} >= set(arms)]
+    if scored:
+        point = min(scored, key=lambda sp: sp[0])[1]
+        alt = {k: v for k, v in point.items()
+               if k not in top["recipe"] and k != "finetune.arm_learning_rates"}
+        chosen.update(schedule=alt, full_epochs=alt.get("finetune.full_epochs"))
+    return {"arms": list(arms), "recipes": recipes, "chosen": chosen}
+
+
+def best_flags(choice: Mapping, grid_rates: bool = True) -> str:
+    """The choice as command-line overrides for pipelines.compare: the chosen recipe, the
+    learning rate (the random arm's, else the first arm's; ``grid_rates``: the grid sets
+    one), the full-label schedule, and with several arms each arm's own rate
+    (``--config.finetune.arm_learning_rates=<arm>:<rate>``, one flag per arm)."""
+    top, arms = choice["chosen"], choice["arms"]
+    rates = top["arm_learning_rates"]
+    point = dict(top["recipe"])
+    if grid_rates:
+        point[RATE_KEY] = rates.get("random", rates[arms[0]])
+    point.update(top.get("schedule") or {})
+    text = flags(point)
+    if len(arms) > 1:
+        text += "".join(f" --config.finetune.arm_learning_rates={a}:{rates[a]:g}" for a in arms)
+    return text
+
+
 def flags(point: Mapping) -> str:
     """The point as command-line overrides, e.g. ``--config.finetune.learning_rate=0.01``."""
     def text(v):
@@ -177,11 +370,12 @@ def flags(point: Mapping) -> str:
     return " ".join(f"--config.{k}={text(v)}" for k, v in sorted(point.items()))
 
 
-def table(records: Sequence[Mapping]) -> str:
-    """A markdown table of the points, best first, with mean ± std validation error."""
+def table(records: Sequence[Mapping], keys: Sequence[str] | None = None) -> str:
+    """A markdown table of the points, best first, with mean ± std validation error; the
+    columns are ``keys`` (default: every key the points set)."""
     if not records:
         return "No finished points."
-    keys = sorted({k for r in records for k in r["point"]})
+    keys = sorted({k for r in records for k in r["point"]}) if keys is None else list(keys)
     short = [k.rsplit(".", 1)[-1] for k in keys]
     lines = ["| rank | " + " | ".join(short) + " | validation error (%) | seeds | epochs |"
              " time (s) |",
@@ -197,9 +391,58 @@ def table(records: Sequence[Mapping]) -> str:
 
 
 def markdown(records: Sequence[Mapping]) -> str:
-    """The text of ``sweep.md``: the points ranked and the best point as flags."""
-    top = best(records)
-    return (f"# Recipe sweep: validation error of the random arm at {top['label_size']:,} "
-            f"labels\n\nTest images are not used. Mean ± standard deviation over seeds "
-            f"{', '.join(map(str, top['seeds']))}.\n\n{table(records)}\n\n"
-            f"Best: {top['point_id']}\n\n    {flags(top['point'])}\n")
+    """The text of ``sweep.md``: the points ranked (per arm, when the sweep trained several),
+    each arm's best rate per recipe, the full-label schedule, and the choice as flags."""
+    grid = [r for r in records if _stage(r) == "grid"]
+    arms = arms_in(grid)
+    full = [r for r in records if _stage(r) == "schedule"]
+    if arms == ("random",) and not full:  # the random arm alone: one ranking
+        top = best(grid)
+        return (f"# Recipe sweep: validation error of the random arm at {top['label_size']:,} "
+                f"labels\n\nTest images are not used. Mean ± standard deviation over seeds "
+                f"{', '.join(map(str, top['seeds']))}.\n\n{table(grid)}\n\n"
+                f"Best: {top['point_id']}\n\n    {flags(top['point'])}\n")
+    choice = choose(records, arms)
+    top = best(grid)
+    names = [report.ARM_LABELS.get(a, a) for a in arms]
+    out = [f"# Recipe sweep: validation error of each arm at {top['label_size']:,} labels", "",
+           f"Test images are not used. Mean ± standard deviation over seeds "
+           f"{', '.join(map(str, top['seeds']))}. Arms: {', '.join(names)}.", ""]
+    for arm, label in zip(arms, names):
+        out += [f"## {label}", "", table([r for r in grid if _arm(r) == arm]), ""]
+    out += ["## Each arm at its best rate, per recipe", "",
+            "A recipe is a point less its learning rate; each arm takes its own best rate "
+            "there. The recipe chosen has the lowest mean over the arms.", "",
+            "| recipe | " + " | ".join(names) + " | mean |",
+            "| --- | " + " | ".join("---:" for _ in arms) + " | ---: |"]
+    for e in sorted(choice["recipes"], key=lambda e: (math.isnan(e["score"]), e["score"])):
+        cells = [f"{e['mean_val_error'][a]:.2f} at {e['arm_learning_rates'][a]:g}"
+                 if a in e["mean_val_error"] else "—" for a in arms]
+        score = "—" if math.isnan(e["score"]) else f"{e['score']:.2f}"
+        out.append(f"| {point_id(e['recipe']) or '(base)'} | " + " | ".join(cells)
+                   + f" | {score} |")
+    out.append("")
+    chosen = choice["chosen"]
+    if full:
+        alt_keys = sorted({k for r in full for k in r["point"]}
+                          - set(chosen["recipe"]) - {"finetune.arm_learning_rates"})
+        out += [f"## The full-label schedule ({full[0]['label_size']:,} labels, no refit)", "",
+                "With the chosen recipe and each arm's rate; the schedule chosen has the "
+                "lowest mean over the arms.", ""]
+        for arm, label in zip(arms, names):
+            out += [f"{label}:", "", table([r for r in full if _arm(r) == arm], alt_keys), ""]
+    rates = ", ".join(f"{label} {chosen['arm_learning_rates'][a]:g}"
+                      for a, label in zip(arms, names))
+    out += [f"Chosen: {point_id(chosen['recipe']) or '(base)'}; rates: {rates}"
+            + (f"; full-label schedule: {point_id(chosen['schedule'])}"
+               if chosen["schedule"] else ""), "",
+            "    " + best_flags(choice, any(RATE_KEY in r["point"] for r in grid)), ""]
+    return "\n".join(out)
+
+
+def best_record(records: Sequence[Mapping], config: ml_collections.ConfigDict) -> dict:
+    """The text of ``best.json``: :func:`choose` with the label size and seeds, what config
+    files read (:func:`scae.config.sweep_choice`)."""
+    choice = choose(records, arms_of(config), float(config.finetune.learning_rate))
+    return {"label_size": int(config.sweep.label_size),
+            "seeds": [int(s) for s in config.sweep.seeds], **choice}
