@@ -23,6 +23,7 @@ INITIALIZERS = ("glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_norma
 CONV_IMPLS = ("auto", "xla", "matmul", "winograd")
 SEED_BATCHINGS = ("auto", "vmap", "map")
 UNLABELLED_SOURCES = ("npy", "folder")  # config.data.unlabelled_source prefixes
+SPREADS = ("auto", "batch", "seeds")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 NOISES = ("none", "mask", "gaussian")
 DECODERS = ("tied", "untied", "upsample")
@@ -105,6 +106,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     # At most this many steps in one compiled scan (the progress bar's granularity).
     c.pretrain.steps_per_call = 50
     c.pretrain.checkpoint_every_steps = 500  # periodic checkpoint within a layer
+    # A checkpoint at most every this many seconds (and at the end of each layer or cell, and
+    # when a signal stops the run): a kill loses at most that much training. 0: one at every
+    # evaluation.
+    c.pretrain.checkpoint_seconds = 60.0
     # Layer k's inputs (the frozen layers' features): 'always' computes them once and keeps
     # them, 'never' re-encodes every batch, 'auto' keeps them only where re-encoding would cost
     # more than a small share of the layer's own step (scae.study.pretrain.REENCODE_SHARE; the
@@ -129,6 +134,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     # the scale used is kept in each run record (lr_scale).
     c.finetune.divergence_retries = 0
     c.finetune.steps_per_call = 50
+    c.finetune.checkpoint_seconds = 60.0  # as pretrain.checkpoint_seconds
     # Augmentation inside the jitted step, keyed by (seed, step): every arm of a seed sees the
     # same augmented batches. Off by default, as in the paper.
     c.finetune.augment_translate = 0  # random shifts by up to N pixels, zero padding; 0 = off
@@ -156,6 +162,10 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     # How those seeds share the program: 'vmap' (batched: fills a GPU or TPU), 'map' (one
     # after another: faster on a CPU) or 'auto' (map on the CPU, vmap elsewhere).
     c.compare.seed_batching = "auto"
+    # With several devices: 'seeds' gives each device its own seeds of a phase (no
+    # communication during the steps), 'batch' splits every batch over the devices; 'auto'
+    # spreads the seeds when a phase has several. The same numbers up to float rounding.
+    c.compare.spread = "auto"
     # True: seed i's pretrained and frozen arms start from a stack pretrained for seed i
     # (pretraining seed config.seed + i), so the spread over seeds includes pretraining's.
     # False: every seed shares the stack of seed 0 (cheaper; the summary says so).
@@ -290,6 +300,8 @@ def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
                 "pretrain.divergence_retries", "finetune.divergence_retries",
                 "finetune.min_steps", "seed"):
         _positive_ints(c, key, allow_zero=True)
+    for key in ("pretrain.checkpoint_seconds", "finetune.checkpoint_seconds"):
+        _positive_float(c, key, allow_zero=True)
     if c.model.num_classes < 2:
         raise InputError(f"config.model.num_classes: a classifier needs at least 2 classes, "
                          f"got {c.model.num_classes}")
@@ -310,6 +322,7 @@ def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
     _choice(c, "model.init", INITIALIZERS)
     _choice(c, "model.conv_impl", CONV_IMPLS)
     _choice(c, "compare.seed_batching", SEED_BATCHINGS)
+    _choice(c, "compare.spread", SPREADS)
     _choice(c, "model.compute_dtype", COMPUTE_DTYPES)
     _choice(c, "data.scale", ("unit", "symmetric"))
     _choice(c, "pretrain.noise", NOISES)
@@ -543,6 +556,9 @@ def _smoke_data(c: ml_collections.ConfigDict) -> None:
     c.data.test_size = 200
     c.pretrain.steps_per_call = 4
     c.pretrain.eval_size = 64
+    # A checkpoint at every evaluation, so that the fault tests meet every kind of save.
+    c.pretrain.checkpoint_seconds = 0.0
+    c.finetune.checkpoint_seconds = 0.0
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str) -> None:

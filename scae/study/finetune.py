@@ -239,6 +239,7 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
                                          lr_scale=scale * lr_factor),
         params=params, data=data_xy, pool=pool, order_key=order_keys,
         step_key=step_keys, seeds=tuple(seeds), seed_batching=batching,
+        spread=config.compare.get("spread", "auto"),
         steps_per_call=fc.steps_per_call, checkpoint_seconds=fc.get("checkpoint_seconds", 0.0),
         eval_epochs=frozenset([p.epochs] if refit else eval_epochs(p.epochs, fc.evals)),
         evaluate=evaluate,
