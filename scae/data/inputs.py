@@ -76,16 +76,21 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
     first ``test_size`` images when that is > 0.
     """
     c = data_config
+    # The unlabelled images are opened and hashed first, so that a bad file is reported before
+    # the labelled data are loaded and preprocessed.
+    source = c.get("unlabelled_source", "")
+    images = stream.open_source(source) if source else None
+    images_digest = images.digest() if images is not None else ""
     train, test = _load_both(c)
     train_idx, val_idx = splits.validation_split(len(train), c.validation_size)
     pool = train.images[: len(train_idx)]  # validation is the tail, so the pool is a view
     normalizer = _fit(c, pool)
     train_images = jnp.asarray(normalizer(pool))
     fingerprint = provenance.data_digest(train.images, train.labels, test.images, test.labels)
-    if c.get("unlabelled_source", ""):
-        pretrain = unlabelled(c, train.images.shape[1:], normalizer, seed)
+    if images is not None:
+        pretrain = unlabelled(c, images, train.images.shape[1:], normalizer, seed)
         # Other unlabelled images make other stacks: the workdir's data check sees them too.
-        fingerprint = hashlib.blake2b(f"{fingerprint}+{pretrain.images.digest()}".encode(),
+        fingerprint = hashlib.blake2b(f"{fingerprint}+{images_digest}".encode(),
                                       digest_size=16).hexdigest()
     elif c.pretrain_size:
         chosen = splits.pretrain_indices(len(pool), c.pretrain_size, seed)
@@ -108,16 +113,16 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
     )
 
 
-def unlabelled(c: ml_collections.ConfigDict, image_shape: tuple[int, ...],
-               normalizer: Normalizer, seed: int) -> stream.PretrainStream:
-    """The pretraining images of ``c.unlabelled_source``, streamed from disk: ``pretrain_size``
-    of them (0 = all, seeded), each chunk through ``normalizer``.
+def unlabelled(c: ml_collections.ConfigDict, images: stream.ImageStream,
+               image_shape: tuple[int, ...], normalizer: Normalizer,
+               seed: int) -> stream.PretrainStream:
+    """The pretraining images ``images`` (of ``c.unlabelled_source``), streamed from disk:
+    ``pretrain_size`` of them (0 = all, seeded), each chunk through ``normalizer``.
 
     The transform is the labelled data's, fitted on the labelled training images: the stack
     carries it into fine-tuning, so the CAEs must see their inputs the way the CNN will see
     the labelled ones, and no statistic is taken of the stream. Images of another (H, W, C)
     than ``image_shape`` (the labelled data's) are refused."""
-    images = stream.open_source(c.unlabelled_source)
     if images.image_shape != tuple(image_shape):
         raise InputError(f"{images.where}: images of {_hwc(images.image_shape)}, but the "
                          f"labelled data ({c.source}) are {_hwc(image_shape)}; expected the "
