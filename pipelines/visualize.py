@@ -8,8 +8,9 @@ Reads the workdir's config.json (--config is not needed; if given, it is used in
 point --config.data.source at the data set on this machine) and the stack's checkpoints
 (pretrain/ckpt/layer<k>). Writes into figures/:
   filters_layer<k>.png, reconstructions_layer<k>.png, loss.png   the stack, per layer
-  filters_conv1_compared.png   first-layer filters: stack, random init, and every fine-tuned
-                               run compare kept (compare/conv1_<arm>_<labels>.npy)
+  filters_conv1_compared.png   first-layer filters: stack, the random arm's initialisation
+                               (seed 0), and every fine-tuned run compare kept
+                               (compare/conv1_<arm>_<labels>.npy)
 and for a compare workdir, from compare/runs.jsonl: error_vs_labels.png, curves.png,
 filters_conv1.png and embedding.png (as compare draws them).
 --style restyles them: any matplotlib style name or .mplstyle file.
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from absl import flags
-from flax import nnx
 
 from pipelines import common
 from scae import atomic
@@ -30,6 +30,7 @@ from scae.data import inputs
 from scae.errors import InputError
 from scae.models import modules as models
 from scae.report import workdir_figures as figures
+from scae.study import finetune
 from scae.study import pretrain as pretraining
 
 _STYLE = flags.DEFINE_string(
@@ -63,8 +64,9 @@ def main(config, workdir: Path) -> None:
     written = figures.pretrain_figures(
         config, params, data.val_images, data.normalizer, out,
         atomic.read_jsonl(workdir / "pretrain" / "metrics.jsonl"))
-    fresh = models.CNN(models.CNNSpec.from_config(config.model, data.image_shape),
-                       rngs=nnx.Rngs(config.seed))
+    # The random arm's real starting point: seed 0's initialisation, from the key compare gave it.
+    spec = models.CNNSpec.from_config(config.model, data.image_shape)
+    fresh = finetune.initial_model(spec, None, "random", finetune.seed_keys(config.seed, 0)[0])
     written.append(figures.filters_compared_figure(
         config, params, np.moveaxis(np.asarray(fresh.conv1.w[...]), 3, 0),
         workdir / "compare", out / "filters_conv1_compared.png"))

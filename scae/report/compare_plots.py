@@ -20,6 +20,9 @@ from scae.report import stats
 from scae.report.plotting import plt
 
 ARM_COLORS = {"random": "tab:blue", "pretrained": "tab:orange", "frozen": "tab:green"}
+SEED_ZORDER = 4  # error_vs_labels' single seeds, above the bars (zorder 3)
+PAPER_REACH = 1.25  # how far beyond the run sizes a paper size is still drawn (a factor)
+X_MARGIN = 1.2  # the log x axis's room either side of the outermost size (a factor)
 
 
 def arm_label(arm: str) -> str:
@@ -77,8 +80,9 @@ def error_vs_labels_figure(rows: Sequence[Mapping], dataset: str, path: str | os
                            dataset_title: str | None = None) -> None:
     """Test error against the images a cell trained on (log x): the median per arm with bars
     from the lowest to the highest seed (a run that failed widens its bar, never a spread it
-    does not have), every seed as a faint point, and the paper's figures for ``dataset`` as
-    hollow markers. A run label size is named as in the tables (``all (50,000)``)."""
+    does not have), every seed as a point drawn over the bars, and the paper's figures for
+    ``dataset`` at the sizes that were run as hollow markers; the x axis spans those sizes. A
+    run label size is named as in the tables (``all (50,000)``)."""
     title = dataset_title or _default_title(dataset)
     cells, _ = stats.summarize(rows)
     at = {c.label_size: _trained_size(c.label_size, rows) for c in cells}
@@ -95,23 +99,31 @@ def error_vs_labels_figure(rows: Sequence[Mapping], dataset: str, path: str | os
         hi = np.array([max(c.values) for c in cs]) - med
         ax.errorbar(xs, med, yerr=[lo, hi], fmt="o-", color=color, capsize=3, lw=1.5, ms=5,
                     label=arm_label(a), zorder=3)
-        for x, c in zip(xs, cs):
-            ax.scatter(np.full(c.n, x), c.values, s=12, color=color, alpha=0.3, lw=0, zorder=2)
-    paper_sizes = sorted({s for (d, _, s) in stats.PAPER if d == dataset})
+        for x, c in zip(xs, cs):  # on top of the bars, ringed so that they show on their own
+            ax.scatter(np.full(c.n, x), c.values, s=14, color=color, alpha=0.7,
+                       edgecolors="white", lw=0.5, zorder=SEED_ZORDER)
+    run_sizes = set(at.values())
+    # The paper's figures only within the sizes that were run (a 1k-only run is not drawn on
+    # an axis to 50k); PAPER_REACH lets a paper size stand beside the nearest run size (its
+    # 50k beside a 45k pool).
+    paper_sizes = sorted({s for (d, _, s) in stats.PAPER if d == dataset and run_sizes
+                          and min(run_sizes) / PAPER_REACH <= s <= max(run_sizes) * PAPER_REACH})
     for a, marker in (("random", "o"), ("pretrained", "s")):
         ys = [stats.PAPER[dataset, a, s] for s in paper_sizes]
         if ys:
             ax.plot(paper_sizes, ys, marker, ls=":", lw=0.8, ms=8, mfc="none",
                     color=ARM_COLORS[a], zorder=1,
                     label=f"paper: {'random init' if a == 'random' else 'CAE pretrained'}")
-    run_sizes = set(at.values())
     # The whole-pool cell keeps the tables' name (``all (50,000)``); other sizes stay short.
     names = {v: name if name.startswith("all") else _size_label(v)
              for k, v in at.items() for name in [_label_text(k, rows)]}
     sizes = sorted(run_sizes | set(paper_sizes))
     ax.set_xscale("log")
+    if sizes:  # the sizes drawn, with room for the arms' spread around them
+        ax.set_xlim(min(sizes) / X_MARGIN, max(sizes) * X_MARGIN)
     log_y = _log_y_if_wide(ax, [v for c in cells for v in c.values]
-                           + [v for (d, _, _), v in stats.PAPER.items() if d == dataset])
+                           + [v for (d, _, s), v in stats.PAPER.items()
+                              if d == dataset and s in paper_sizes])
     ax.set_xlabel("labelled training images (log scale)")
     ax.set_ylabel("test error (%, log scale)" if log_y else "test error (%)")
     ax.set_title(plots.titled(title, "test error against labelled training images")

@@ -132,11 +132,13 @@ def comparison_figures(config, data, stack: Stack, rows: list[dict], compare_dir
 
 def filters_compared_figure(config, stack: Stack, random_filters: np.ndarray, compare_dir: Path,
                             path: Path, dataset_title: str | None = None) -> Path:
-    """First-layer filters of the stack, of a random initialisation (``random_filters``,
-    (N, H, W, C)) and of every fine-tuned run ``compare`` kept, at every label size."""
+    """First-layer filters of the stack, of the random arm's initialisation (``random_filters``,
+    (N, H, W, C): seed 0's, from the key :func:`scae.study.finetune.seed_keys` gives it, so the
+    panel is where that arm's fine-tuned filters started) and of every fine-tuned run
+    ``compare`` kept, at every label size."""
     title = dataset_title or display_name(config)
     panels = [("CAE stack, layer 1\n(before fine-tuning)", stack.project_filters(1)),
-              ("random initialisation\n(before training)", random_filters)]
+              ("random initialisation\n(seed 0, before training)", random_filters)]
     kept = []
     for npy in compare_dir.glob("conv1_*_*.npy"):
         _, arm, size = npy.stem.split("_")
