@@ -8,6 +8,7 @@ _.augment_flip
 _.refit_full
 _.stack_per_seed
 _.tensorboard
+_.unlabelled_source
 # Module attributes and methods called by Python's protocols (PEP 562, io.RawIOBase).
 __getattr__
 __dir__
