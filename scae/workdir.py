@@ -39,6 +39,7 @@ writes outside a workdir is checked first (:func:`check_output`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import errno
@@ -434,12 +435,14 @@ def _record(config, workdir: Path, stage: str, w: _Workdir,
 # --- the lock -------------------------------------------------------------------------------
 
 _LOCKS = {}  # workdir -> open lock file: a lock lasts as long as its process, however it ends
+_TRIES = 10  # how often lock() takes the file again when its last holder removed it meanwhile
 
 
 def lock(workdir: str | os.PathLike, shared: bool = False, flag: str = "--workdir") -> None:
     """Takes ``workdir/.lock`` for this process, or raises :class:`InputError` naming the
     process that holds it. The operating system releases it when the process ends, even by
-    SIGKILL, so a killed run never leaves a stale lock. (POSIX only; elsewhere a no-op.)
+    SIGKILL, so a killed run never leaves a stale lock; a process that ends otherwise removes
+    the file as it goes (:func:`release`, at exit). (POSIX only; elsewhere a no-op.)
 
     ``shared``: for a command that only reads the workdir: any number of readers at once, but
     never beside a command that writes it (which takes the lock alone). A reader of a workdir
@@ -453,22 +456,31 @@ def lock(workdir: str | os.PathLike, shared: bool = False, flag: str = "--workdi
     key = str(workdir.resolve())
     if key in _LOCKS:  # this process holds it already
         return
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        f = open(workdir / ".lock", "a+")  # noqa: SIM115 - held open for the process's lifetime
-    except OSError as e:
-        if shared and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return
-        raise InputError(f"{flag} {workdir}: cannot take its lock ({e.strerror or e}); use "
-                         f"another {flag}") from None
-    try:
-        fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
+    for _ in range(_TRIES):
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            f = open(workdir / ".lock", "a+")  # noqa: SIM115 - held open while the lock is held
+        except OSError as e:
+            if shared and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return
+            raise InputError(f"{flag} {workdir}: cannot take its lock ({e.strerror or e}); "
+                             f"use another {flag}") from None
+        try:
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise InputError(f"{workdir} is in use by a running command ({holder}); wait for "
+                             f"it to end or use another {flag}") from None
+        # The holder before us may have removed the file as it let go, after we opened it: a
+        # lock on that file locks nothing, so take the one now at the path.
+        if _is_at(f, workdir / ".lock"):
+            break
         f.close()
-        raise InputError(f"{workdir} is in use by a running command ({holder}); wait for it "
-                         f"to end or use another {flag}") from None
+    else:
+        raise InputError(f"{flag} {workdir}: cannot take its lock (its file keeps being "
+                         f"replaced); use another {flag}")
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()}\n")
@@ -476,12 +488,45 @@ def lock(workdir: str | os.PathLike, shared: bool = False, flag: str = "--workdi
     _LOCKS[key] = f
 
 
+def _is_at(f, path: Path) -> bool:
+    """Whether the open file ``f`` is the file at ``path``."""
+    try:
+        mine, there = os.fstat(f.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+
+
 def release(workdir: str | os.PathLike) -> None:
-    """Gives back this process's lock of ``workdir`` (for callers that outlive one use of it:
-    the Python API in a notebook); a no-op when not held."""
-    f = _LOCKS.pop(str(Path(workdir).resolve()), None)
-    if f is not None:
-        f.close()
+    """Gives back this process's lock of ``workdir`` (a command's at exit; the Python API's when
+    its call ends) and removes the lock file, unless another process holds it too (a reader
+    beside a reader); a no-op when not held.
+
+    Only a holder removes the file, while it still holds the lock alone, so a process waiting
+    to take it either finds it held or takes the new file :func:`lock` then makes."""
+    key = str(Path(workdir).resolve())
+    f = _LOCKS.pop(key, None)
+    if f is None:
+        return
+    import fcntl  # held, so POSIX
+
+    path = Path(key) / ".lock"
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # alone: no other reader holds it
+        if _is_at(f, path):
+            path.unlink()
+    except OSError:  # another holder (it removes the file), or nothing left to remove
+        pass
+    f.close()
+
+
+def release_all() -> None:
+    """Gives back every lock this process holds (at exit)."""
+    for key in list(_LOCKS):
+        release(key)
+
+
+atexit.register(release_all)
 
 
 def hold(workdir: str | os.PathLike, write: bool = True) -> None:

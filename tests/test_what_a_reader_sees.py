@@ -1,5 +1,5 @@
 """What a reader finds after a command: figures whose axes fit the data and whose random
-initialisation is the random arm's real one."""
+initialisation is the random arm's real one, and no lock file left in the workdir."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from matplotlib.lines import Line2D
 from test_figures import drawn, records  # noqa: F401 - drawn is a fixture
 
 from scae import workdir as workdir_lib
+from scae.errors import InputError
 from scae.report import compare_plots as comparison_plots
 from scae.report import workdir_figures as figures
 
@@ -59,6 +60,11 @@ def smoke_workdir(tmp_path_factory) -> Path:
     return w
 
 
+def test_a_command_leaves_no_lock(smoke_workdir):
+    assert (smoke_workdir / "config.json").is_file()
+    assert not (smoke_workdir / ".lock").exists()
+
+
 def test_the_random_panel_is_the_random_arms_initialisation(smoke_workdir, monkeypatch):
     """visualize's filters_conv1_compared.png: its random panel is seed 0's random arm as
     fine-tuning starts it (finetune.seed_keys and initial_model), not another draw."""
@@ -91,3 +97,84 @@ def test_the_random_panel_is_the_random_arms_initialisation(smoke_workdir, monke
     spec = models.CNNSpec.from_config(config.model, (28, 28, 1))
     net = finetune.initial_model(spec, None, "random", finetune.seed_keys(config.seed, 0)[0])
     np.testing.assert_array_equal(shown, np.moveaxis(np.asarray(net.conv1.w[...]), 3, 0))
+    assert not (smoke_workdir / ".lock").exists()  # given back: the file goes with it
+
+
+def hold_elsewhere(workdir: Path, shared: bool) -> subprocess.Popen:
+    """Another process that holds ``workdir``'s lock until its stdin closes, then exits."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from scae import workdir; "
+         f"workdir.lock(Path(sys.argv[1]), shared={shared}); print('locked', flush=True); "
+         "sys.stdin.read()", str(workdir)],
+        cwd=ROOT, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def end(p: subprocess.Popen) -> None:
+    p.stdin.close()
+    assert p.wait(timeout=60) == 0
+
+
+def test_only_the_last_holder_removes_the_lock_file(tmp_path):
+    w = tmp_path / "w"
+    workdir_lib.lock(w)
+    assert (w / ".lock").is_file()
+    workdir_lib.release(w)
+    assert not (w / ".lock").exists()
+
+    reader = hold_elsewhere(w, shared=True)
+    try:
+        workdir_lib.lock(w, shared=True)  # a second reader beside it
+        workdir_lib.release(w)
+        assert (w / ".lock").is_file()  # the other reader still holds it
+        with pytest.raises(InputError, match="in use by a running command"):
+            workdir_lib.lock(w)  # no writer beside a reader
+    finally:
+        end(reader)
+    assert not (w / ".lock").exists()  # the last one out removed it
+
+    writer = hold_elsewhere(w, shared=False)
+    try:
+        for shared in (False, True):
+            with pytest.raises(InputError, match="in use by a running command"):
+                workdir_lib.lock(w, shared=shared)
+        assert (w / ".lock").is_file()  # a refused process removes nothing
+    finally:
+        end(writer)
+    assert not (w / ".lock").exists()
+    workdir_lib.lock(w)  # free again
+    workdir_lib.release(w)
+
+
+def test_a_lock_on_a_file_its_holder_removed_is_taken_again(tmp_path, monkeypatch):
+    """A process that opened the lock file just before its holder removed it and let go must
+    not count the removed file as the lock: it takes the file now at the path."""
+    w = tmp_path / "w"
+    w.mkdir()
+    stale = w / ".lock"
+    real_open = open
+    opened = []
+
+    def open_then_lose(path, *args, **kwargs):  # the holder removes the file right after
+        f = real_open(path, *args, **kwargs)
+        if Path(path) == stale and not opened:
+            opened.append(f)
+            os.unlink(path)
+        return f
+
+    monkeypatch.setattr("builtins.open", open_then_lose)
+    workdir_lib.lock(w)
+    monkeypatch.undo()
+    try:
+        held = workdir_lib._LOCKS[str(w.resolve())]
+        assert os.fstat(held.fileno()).st_ino == os.stat(stale).st_ino
+        assert opened[0].closed
+        holder = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; "
+             "from scae import workdir; workdir.lock(Path(sys.argv[1]))", str(w)],
+            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+        assert holder.returncode != 0 and "in use by a running command" in holder.stderr
+    finally:
+        workdir_lib.release(w)
