@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The backend of the tests that call the library in this process, and of the commands they
+# run: the CPU, whatever the machine has (a CUDA host's JAX would otherwise pick its GPU, where
+# conv_impl and seed_batching 'auto' mean other things), unless SCAE_TEST_PLATFORMS asks for
+# another (e.g. cuda, to check GPU determinism). Tests whose expectations hold on the CPU only
+# carry the ``cpu_only`` marker and skip elsewhere. Read when JAX first starts a backend.
+PLATFORMS = os.environ.get("SCAE_TEST_PLATFORMS", "cpu")
+os.environ["JAX_PLATFORMS"] = PLATFORMS
+if "jax" in sys.modules:  # imported before this file (by a plugin): its config read the old value
+    sys.modules["jax"].config.update("jax_platforms", PLATFORMS)
 
 # The suite compiles its programs at LLVM's -O1 instead of XLA's default -O2: they are many and
 # each runs a few times, and -O1 about halves the compile time of the largest ones (the
@@ -54,6 +65,16 @@ def write_npz(path: Path, num_train: int = 60, num_test: int = 20, shape: tuple[
     arrays.update(overrides)
     np.savez(path, **arrays)
     return path
+
+
+def pytest_runtest_setup(item):
+    """``cpu_only`` tests skip where the in-process backend is not the CPU."""
+    if item.get_closest_marker("cpu_only") is not None:
+        import jax
+
+        if jax.default_backend() != "cpu":
+            pytest.skip(f"expects the CPU backend; this run uses {jax.default_backend()} "
+                        f"(SCAE_TEST_PLATFORMS={PLATFORMS})")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -17,6 +17,11 @@ import re
 import runpy
 import signal
 import sys
+from pathlib import Path
+
+# This checkout, not an installed copy of the project: the script runs as a file, so its own
+# folder (tests/) heads sys.path, and an editable install may point at another checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:

@@ -6,14 +6,19 @@ Used by test_parallel.py in subprocesses with 1 and 2 (forced host) devices:
 """
 
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 from flax import nnx, traverse_util
 
-from scae import config as cfglib
-from scae.models import modules as models
-from scae.train import driver, optim, parallel
+# This checkout, not an installed copy of the project: the script runs as a file, so its own
+# folder (tests/) heads sys.path, and an editable install may point at another checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scae import config as cfglib  # noqa: E402
+from scae.models import modules as models  # noqa: E402
+from scae.train import driver, optim, parallel  # noqa: E402
 
 
 def _one_seed(run, tx, params, data, order, key):

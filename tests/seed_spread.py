@@ -4,15 +4,20 @@ tests/test_parallel.py with 1 and 4 forced host devices."""
 
 import re
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scae import config as cfglib
-from scae.models import modules as models
-from scae.train import driver, optim, parallel
+# This checkout, not an installed copy of the project: the script runs as a file, so its own
+# folder (tests/) heads sys.path, and an editable install may point at another checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scae import config as cfglib  # noqa: E402
+from scae.models import modules as models  # noqa: E402
+from scae.train import driver, optim, parallel  # noqa: E402
 
 
 def main(out: str, spread: str) -> None:
