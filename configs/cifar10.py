@@ -1,8 +1,9 @@
 """CIFAR-10: the paper's CAE stack and CNN (Masci et al., 2011), pretrained and compared.
 
-CIFAR-10 is not embedded: pass a source, e.g. the JPEG copy of the data set
-``--config.data.source=folder:/path/cifar10-jpeg.tar.gz`` or the original python batches
-``--config.data.source=cifar:/path/cifar-10-python.tar.gz`` (or have tfds prepared).
+CIFAR-10 is not embedded: pass a source, e.g. the original python batches
+``--config.data.source=cifar:/path/cifar-10-python.tar.gz`` (or have tfds prepared; an image
+folder tree such as a JPEG copy, ``folder:/path/cifar10-jpeg.tar.gz``, works too, and the
+records then say it is not the original test set).
 
 Presets (``--config=configs/cifar10.py:<preset>``):
   smoke  - seconds; tiny subsets, for tests.
@@ -15,7 +16,7 @@ Presets (``--config=configs/cifar10.py:<preset>``):
 
 Run:
   python -m pipelines.compare --config=configs/cifar10.py:paper --workdir=runs/cifar10 \
-      --config.data.source=folder:/path/cifar10-jpeg.tar.gz
+      --config.data.source=cifar:/path/cifar-10-python.tar.gz
 Expect: the committed figures in results/README.md (mean and spread over seeds).
 """
 

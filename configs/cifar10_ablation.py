@@ -22,7 +22,7 @@ records which. Until a sweep has covered the arms, the values in RATES below sta
 recipe's single rate for every arm) and ``rates_from`` says so.
 
   python -m pipelines.compare --config=configs/cifar10_ablation.py:v0.1 \\
-      --workdir=runs/cifar10_ablation_v0.1 --config.data.source=folder:/path/cifar10-jpeg.tar.gz
+      --workdir=runs/cifar10_ablation_v0.1 --config.data.source=cifar:/path/cifar-10-python.tar.gz
   python -m pipelines.publish --workdir=runs/cifar10_ablation_v0.1 \\
       --out=results/cifar10_ablation_v0.1
 """

@@ -14,7 +14,7 @@ The workdir's best_flags.txt and best.json hold the choice; configs/cifar10_abla
 best.json.
 
   python -m pipelines.sweep --config=configs/cifar10_sweep.py --workdir=runs/cifar10_sweep \\
-      --config.data.source=folder:/path/cifar10-jpeg.tar.gz
+      --config.data.source=cifar:/path/cifar-10-python.tar.gz
 
 The preset ``random`` (``--config=configs/cifar10_sweep.py:random``) is the sweep as first
 run (results/cifar10_sweep): the random arm alone, two seeds, no schedule search.

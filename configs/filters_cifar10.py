@@ -4,7 +4,7 @@ max-pooling (Masci et al., 2011, the CIFAR-10 filter figure).
 
 CIFAR-10 is not embedded; pass a source, e.g. the JPEG copy:
   python -m pipelines.filters --config=configs/filters_cifar10.py:paper \
-      --workdir=runs/filters_cifar10 --config.data.source=folder:/path/cifar10-jpeg.tar.gz
+      --workdir=runs/filters_cifar10 --config.data.source=cifar:/path/cifar-10-python.tar.gz
 Expect: results/filters_cifar10.png: max-pooling gives edge- and blob-like filters; noise
 alone changes little (see results/README.md).
 """

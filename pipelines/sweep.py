@@ -4,7 +4,7 @@
 (with ``config.sweep.full_axes``) the full-label cell's schedule.
 
   python -m pipelines.sweep --config=configs/cifar10_sweep.py \\
-      --config.data.source=folder:/path/cifar10-jpeg.tar.gz --workdir=runs/cifar10_sweep
+      --config.data.source=cifar:/path/cifar-10-python.tar.gz --workdir=runs/cifar10_sweep
 
 Writes in the workdir:
   sweep.jsonl     one record per point and arm (its overrides, each seed's validation error,

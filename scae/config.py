@@ -52,7 +52,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.tensorboard = True
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = dataset  # see scae.data.sources.load for the sources
+    c.data.source = dataset  # see scae.data.load for the sources
     c.data.validation_size = 10000  # the last N training images; never trained on
     c.data.pretrain_size = 0  # unlabelled images for the CAEs; 0 = every non-validation image
     c.data.test_size = 0  # 0 = the whole test split

@@ -1,5 +1,6 @@
 """Data: readers of every source (uint8 images, int labels), the seeded splits, pixel
-preprocessing, the inputs one experiment trains on, and on-device augmentation.
+preprocessing, the inputs one experiment trains on, unlabelled images that stream from disk,
+and on-device augmentation.
 
 Nothing here imports the models or the training code: a data set is plain arrays.
 """
