@@ -22,6 +22,22 @@ from pathlib import Path
 from scae.errors import InputError, WriteError, as_write_error
 
 TMP_SUFFIX = ".tmp"
+# Whether this process writes files. In a run of several processes (scae.train.parallel)
+# process 0 alone does: the others compute the same values, and every write of theirs
+# (records, tables, figures, machine.json), removal and sweep is skipped here, at the root.
+_writer = True
+
+
+def set_writer(writes: bool) -> None:
+    """Makes this process write files (the default) or skip every write: set once at start-up
+    from its place in a multi-process run (:func:`scae.train.parallel.initialize_distributed`)."""
+    global _writer
+    _writer = bool(writes)
+
+
+def writer() -> bool:
+    """Whether this process writes files (see :func:`set_writer`)."""
+    return _writer
 ORBAX_TMP = ".orbax-checkpoint-tmp"  # orbax's own temporary checkpoint folders
 TRASH_PREFIX = ".trash-"  # folders being deleted (see remove_tree)
 
@@ -50,6 +66,10 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     permission raises :class:`~scae.errors.WriteError` naming ``path``.
     """
     path = Path(path)
+    if not _writer:  # the caller's write goes to a scratch file that is then dropped
+        with tempfile.TemporaryDirectory(prefix="scae-skipped-") as scratch:
+            yield Path(scratch) / path.name
+        return
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +155,7 @@ def remove_tree(path: str | os.PathLike) -> None:
     of it or none of it in place: it is first renamed to a hidden trash name beside itself (one
     atomic step), then deleted. What a kill leaves in the trash, :func:`sweep` removes."""
     path = Path(path)
-    if not path.exists() and not path.is_symlink():
+    if not _writer or (not path.exists() and not path.is_symlink()):
         return
     trash = path.with_name(f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
     os.replace(path, trash)
@@ -151,6 +171,8 @@ def sweep_beside(path: str | os.PathLike) -> list[Path]:
     (an ``--output``, a README), whose folder other programs share."""
     path = Path(path)
     removed = []
+    if not _writer:
+        return removed
     for p in sorted(path.parent.glob(f".{glob.escape(path.name)}.*{TMP_SUFFIX}")):
         if p.is_file() or p.is_symlink():
             p.unlink(missing_ok=True)
@@ -164,6 +186,8 @@ def sweep(folder: str | os.PathLike) -> list[Path]:
     checkpoint folders; returns them. Only safe while no other process writes there (the
     caller holds the workdir's lock). Every command that writes sweeps what it writes into."""
     removed = []
+    if not _writer:
+        return removed
     for root, dirs, files in os.walk(folder):
         root = Path(root)
         for name in sorted(files):

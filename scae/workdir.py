@@ -363,8 +363,6 @@ def guard(config, workdir: str | os.PathLike, stage: str, overwrite: bool,
     ``config.json``). ``overwrite_hint`` and ``new_workdir`` word the remedy for the caller
     (the API has no flags).
     """
-    import jax
-
     workdir = Path(workdir)
     if stage not in USES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(USES)}")
@@ -389,8 +387,7 @@ def guard(config, workdir: str | os.PathLike, stage: str, overwrite: bool,
             f"{' and '.join(f'{s}/' for s in stale)} results"
             f"{' (' + ', '.join(f'{s}/' for s in kept) + ' is kept)' if kept else ''}, or use "
             f"a new {new_workdir}")
-    primary = jax.process_index() == 0  # the other hosts of a multi-host run share the workdir
-    if primary:
+    if atomic.writer():  # the other processes of a multi-process run share the workdir
         lock(workdir)
         w = _Workdir(workdir)
         if stale:
@@ -451,6 +448,8 @@ def lock(workdir: str | os.PathLike, shared: bool = False, flag: str = "--workdi
     try:
         import fcntl
     except ImportError:
+        return
+    if not atomic.writer():  # a multi-process run: process 0 holds it for all of them
         return
     workdir = Path(workdir)
     key = str(workdir.resolve())

@@ -29,9 +29,12 @@ _LINE_INCHES = 0.17  # height of a line of 9-10 pt text, with its spacing
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 110) -> None:
-    """Writes ``fig`` to ``path`` atomically and closes it."""
+    """Writes ``fig`` to ``path`` atomically and closes it (in a process that writes no
+    files, :func:`scae.atomic.writer`, it only closes it: nothing is rendered)."""
     path = Path(path)
     try:
+        if not atomic.writer():
+            return
         with atomic.replacing(path) as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix[1:] or "png")
     finally:
