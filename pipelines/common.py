@@ -74,8 +74,8 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from pipelines import usage  # noqa: E402
+from scae import atomic, errors  # noqa: E402
 from scae import config as cfglib  # noqa: E402
-from scae import errors  # noqa: E402
 from scae import workdir as workdir_lib  # noqa: E402
 from scae.errors import InputError, Interrupted  # noqa: E402
 from scae.train import parallel  # noqa: E402
@@ -95,8 +95,10 @@ COMPARE_KEYS = PRETRAIN_KEYS + ("finetune",)
 def fail(message: str, status: int = 2) -> None:
     """Ends the process with one line on stderr."""
     line = " ".join(str(message).split())
+    parallel.ending()  # several processes: unless another thread is ending this one already
     log(f"error: {line}")  # on a line of its own, even below a progress bar
     sys.stderr.flush()
+    parallel.tell_others(status, line)  # the other processes of a multi-process run end too
     if _AS_COMMAND:
         end(status)
     sys.exit(status)
@@ -191,8 +193,17 @@ def guard_workdir(config, workdir: Path, keys: Sequence[str], overwrite: bool,
     (:data:`PRETRAIN_KEYS`, :data:`COMPARE_KEYS`, or with ``variants`` the filter experiment),
     with the fingerprint of ``data`` (the command's :class:`scae.data.inputs.Inputs`), so that
     results made from other data at the same path are refused."""
-    workdir_lib.guard(config, workdir, workdir_lib.stage_for_keys(keys), overwrite,
-                      data_fingerprint(config, data))
+    def guard():
+        workdir_lib.guard(config, workdir, workdir_lib.stage_for_keys(keys), overwrite,
+                          data_fingerprint(config, data))
+
+    # Several processes: process 0 checks, cleans and records the workdir first, and the
+    # others look at it only then, so that every process resumes from the same files.
+    if atomic.writer():
+        guard()
+    parallel.barrier("workdir")
+    if not atomic.writer():
+        guard()
 
 
 def data_fingerprint(config, data) -> workdir_lib.DataFingerprint | None:
@@ -285,6 +296,7 @@ def run(main: Callable, needs_config: bool = True, needs_workdir: bool = True) -
             interrupt.check("the end")  # a signal no check point acted on still ends it so
             if _WORKDIR.value:
                 log(accounting.table(accounting.breakdown()))
+            parallel.finish()
         except InputError as e:
             fail(str(e))
         except FloatingPointError as e:  # divergence: the message names where; exit 3
@@ -299,6 +311,11 @@ def run(main: Callable, needs_config: bool = True, needs_workdir: bool = True) -
         except Exception as e:
             error = errors.as_write_error(e)
             if error is None:
+                lost = parallel.peer_lost(e)
+                if lost is not None:
+                    fail(lost, status=parallel.PEER_LOST_STATUS)
+                # A bug: its traceback here, one line in the other processes.
+                parallel.tell_others(1, f"{type(e).__name__}: {' '.join(str(e).split())}"[:300])
                 raise
             fail(str(error), status=74)
 

@@ -52,6 +52,9 @@ class _State:
         self.previous: dict[int, object] = {}
         self.generation = 0  # install() count: an older watchdog stands down
         self.stderr_fd: int | None = None  # stderr as installed (a save may mute descriptor 2)
+        # Called with (status, line) before the watchdog ends the process (the other processes
+        # of a multi-process run end too: scae.train.parallel).
+        self.on_end = None
 
 
 _state = _State()
@@ -184,10 +187,17 @@ def _handler(signum: int, frame) -> None:
     _start_watchdog()
 
 
+def on_end(fn) -> None:
+    """Calls ``fn(status, line)`` when the watchdog ends the process, after its line."""
+    _state.on_end = fn
+
+
 def _end(interruption: Interrupted) -> None:
     """Prints the one line and ends the process with the interruption's status."""
     os.write(_state.stderr_fd if _state.stderr_fd is not None else 2,
              f"\nerror: {interruption}\n".encode())
+    if _state.on_end is not None:
+        _state.on_end(interruption.exit_status, str(interruption))
     os._exit(interruption.exit_status)
 
 

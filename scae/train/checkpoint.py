@@ -25,6 +25,7 @@ from absl import logging as absl_logging
 
 from scae import interrupt
 from scae.errors import InputError, Interrupted, WriteError, as_write_error
+from scae.train import parallel
 
 
 @contextlib.contextmanager
@@ -73,6 +74,8 @@ class Checkpoints:
             self._manager = ocp.CheckpointManager(self.directory, options=options,
                                                   item_names=("state", "record"))
         except Exception as e:  # noqa: BLE001 - classified below
+            if parallel.peer_lost(e) is not None:
+                raise
             raise self._failure(e, None) from e
 
     def latest_step(self) -> int | None:
@@ -131,7 +134,10 @@ class Checkpoints:
         return out
 
     def _failure(self, error: BaseException, step: int | None) -> Exception:
-        """What to raise for ``error`` met while reading the checkpoint of ``step``."""
+        """What to raise for ``error`` met while reading the checkpoint of ``step``: a peer
+        of a multi-process run lost in orbax's collectives is no damage, and stays itself."""
+        if parallel.peer_lost(error) is not None:
+            return error
         write = as_write_error(error)
         if write is not None:
             return write

@@ -373,7 +373,7 @@ def write_finished(ckpt_dir: Path, step: int, state: dict, record: dict,
 def latest(ckpt_dir: Path) -> tuple[int, Any, dict] | None:
     """(step, raw saved state, record) of the last complete checkpoint in ``ckpt_dir``, or
     None when there is none."""
-    if not Path(ckpt_dir).exists():
+    if not parallel.agreed(Path(ckpt_dir).exists()):  # as process 0 sees it, in every process
         return None
     ckpts = checkpoint.Checkpoints(ckpt_dir)
     try:

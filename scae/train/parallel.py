@@ -14,14 +14,23 @@ or a TPU slice.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import faulthandler
 import functools
+import itertools
+import os
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from scae import atomic, interrupt
+from scae.errors import InputError
 
 
 @functools.cache
@@ -81,7 +90,11 @@ def over_devices(fn, in_specs: tuple, seeds: int):
             out = body(*args)
         finally:
             _within_seeds.reset(token)
-        return jax.tree.map(lambda a: a[:seeds], out)
+        # Replicated on the way out, as every other program's state is: the next chunk's
+        # program (compiled for replicated inputs) takes it as it is, and every process can
+        # read it back.
+        return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(
+            a[:seeds], NamedSharding(mesh(), P())), out)
 
     return run
 
@@ -101,32 +114,224 @@ def shard_batch(tree, batch_axis: int = 0):
 
 
 def replicate(tree):
-    """Places ``tree`` on every device (parameters, optimiser state, data sets)."""
+    """Places ``tree`` on every device (parameters, optimiser state, data sets). With several
+    processes every process holds the same host values (each computes or reads them), and
+    each puts its copy on its own devices: one global array replicated over all of them."""
     if num_devices() == 1:
         return tree
-    return jax.device_put(tree, NamedSharding(mesh(), P()))
+    sharding = NamedSharding(mesh(), P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: _global(x, sharding), tree)
+
+
+def _global(x, sharding: NamedSharding):
+    """``x`` (host values, a process-local array or a global one) as a global array with
+    ``sharding``: no device outside this process is written from here."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
+        return jax.jit(lambda a: a, out_shardings=sharding)(x)
+    host = np.asarray(x if isinstance(x, (np.ndarray, jax.Array)) else jnp.asarray(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def check_batch(batch_size: int, key: str) -> None:
     """Data parallelism needs the batch to split evenly over the devices."""
-    from scae.errors import InputError
-
     if batch_size % num_devices():
         raise InputError(f"config.{key}: {batch_size} does not split over {num_devices()} devices")
 
 
+# --- several processes: jax.distributed's multi-controller runtime -------------------------
+#
+# Every process runs the same command on the same workdir, computes the same values and takes
+# part in every collective; process 0 alone writes files (scae.atomic's writer flag) and holds
+# the workdir's lock; orbax coordinates the checkpoints. When one process ends in error (an
+# error line, a signal), it posts its line in the coordinator's key-value store; every other
+# process prints it as its own one line and exits with the same status (docs/scaling.md,
+# "Several processes").
+
+# A process that has sent no heartbeat for this long is taken for dead, and the coordination
+# service ends the others (JAX's default is 100 s). SCAE_HEARTBEAT_S overrides it.
+HEARTBEAT_S = 10
+_ENDED = "scae/ended"  # "<process> <status> <line>" of the first process that ended in error
+_ACK = "scae/ended_ack/"  # + process: that process has read it and is ending
+ACK_WAIT_S = 1.0  # how long the coordinator waits for the others' acknowledgements
+_ending = threading.Lock()  # held by the thread that ends this process
+_ender: int | None = None  # that thread
+_stderr: int | None = None  # stderr as it was at start-up (a checkpoint save mutes fd 2)
+_barriers = itertools.count()
+_agreements = itertools.count()
+_processes = 1  # how many processes this run has (set when it joins a multi-process run)
+# The exit status of a process whose peer vanished mid-collective (killed, its machine lost):
+# EX_TEMPFAIL, "try again", since a rerun of every process resumes.
+PEER_LOST_STATUS = 75
+
+
 def initialize_distributed() -> bool:
-    """Joins a multi-process run (GPU cluster, TPU pod) when the environment asks for one.
+    """Joins a multi-process run (several hosts, or several processes on one) when the
+    environment asks for one, and returns whether it did.
 
     ``jax.distributed.initialize()`` finds the coordinator by itself on TPU pods and under
-    SLURM; elsewhere set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
-    ``JAX_PROCESS_ID``. ``SCAE_DISTRIBUTED=1`` forces the call. Returns whether it was made.
+    SLURM; elsewhere set ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0),
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. ``SCAE_DISTRIBUTED=1`` forces the call. On
+    CPUs the processes' collectives go over gloo (TCP). Process 0 becomes the only writer
+    (:func:`scae.atomic.set_writer`), and every process starts watching for another one's end.
+    Call it before anything starts JAX's backend.
     """
-    import os
-
+    global _stderr, _processes
     env = os.environ
     wanted = (env.get("SCAE_DISTRIBUTED") == "1" or "JAX_COORDINATOR_ADDRESS" in env
-              or int(env.get("SLURM_NTASKS", "1")) > 1)
-    if wanted:
-        jax.distributed.initialize()
-    return wanted
+              or int(env.get("SLURM_NTASKS", "1") or 1) > 1)
+    if not wanted:
+        return False
+    kwargs = {}
+    for name, arg in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id"),
+                      ("SCAE_HEARTBEAT_S", "heartbeat_timeout_seconds")):
+        if name in env:
+            try:
+                kwargs[arg] = int(env[name])
+            except ValueError:
+                raise InputError(f"{name}={env[name]!r}: expected a whole number") from None
+    kwargs.setdefault("heartbeat_timeout_seconds", HEARTBEAT_S)
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # older JAX: none
+    # JAX's preemption service takes SIGTERM for itself; scae.interrupt handles the signals
+    # (a checkpoint, then one line), and tells the other processes.
+    with contextlib.suppress(AttributeError, ValueError):
+        jax.config.update("jax_enable_preemption_service", False)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise InputError("cannot join the multi-process run: "
+                         + " ".join(str(e).split())[:300]) from None
+    atomic.set_writer(jax.process_index() == 0)
+    _processes = jax.process_count()
+    if _processes > 1:
+        # A process whose peer died is ended by JAX's runtime (abort, after its own message):
+        # the Python threads' dump that faulthandler would add says nothing more.
+        faulthandler.disable()
+        _stderr = os.dup(2)
+        threading.Thread(target=_watch, name="scae-peers", daemon=True).start()
+        interrupt.on_end(tell_others)  # a signal that ends this process by its watchdog
+    return True
+
+
+def _client():
+    """JAX's distributed runtime client (its key-value store and barriers); JAX has no public
+    name for it."""
+    from jax._src import distributed
+
+    return distributed.global_state.client
+
+
+def barrier(name: str, timeout_s: float = 24 * 3600) -> None:
+    """Waits until every process has reached this point (a no-op with one process). Every
+    process must pass the same barriers in the same order. A process that ends in error
+    meanwhile ends the waiting ones (:func:`tell_others`)."""
+    if _processes == 1:
+        return
+    _client().wait_at_barrier(f"scae/{name}/{next(_barriers)}", int(timeout_s * 1000))
+
+
+def agreed(value: bool) -> bool:
+    """Process 0's ``value`` in every process (``value`` itself with one process): for a
+    decision taken from files that process 0 may be writing meanwhile (whether a checkpoint
+    folder exists yet), so that every process takes the same path and meets the same
+    collectives. Every process must call it at the same points."""
+    if _processes == 1:
+        return value
+    key, client = f"scae/agreed/{next(_agreements)}", _client()
+    if jax.process_index() == 0:
+        client.key_value_set(key, "1" if value else "0")
+        return value
+    return client.blocking_key_value_get(key, 24 * 3600 * 1000) == "1"
+
+
+def ending() -> None:
+    """Claims the end of this process for the calling thread, before it prints its error line.
+    With several processes another thread may be ending it already (another process's line,
+    or a signal's): then this one waits for that thread's exit, so that one line is printed
+    and one status given, not two."""
+    global _ender
+    if _processes == 1 or _ender == threading.get_ident():
+        return
+    if _ending.acquire(blocking=False):
+        _ender = threading.get_ident()
+        return
+    while True:  # the other thread ends the process with os._exit
+        time.sleep(60)
+
+
+def tell_others(status: int, line: str) -> None:
+    """Called by a process that is ending with ``status`` and the error ``line`` (printed):
+    every other process prints it as its own one line and exits with the same status. Returns
+    once they have read it (process 0, which hosts the coordination service, leaves last)."""
+    if _processes == 1:
+        return
+    ending()
+    client, me = _client(), jax.process_index()
+    try:
+        client.key_value_set(_ENDED, f"{me} {status} {line}")
+    except Exception:  # noqa: BLE001 - another process ended first, or the service is gone
+        pass
+    _acknowledge(client, me)
+
+
+def _acknowledge(client, me: int) -> None:
+    """This process's acknowledgement; process 0 waits for the others' (bounded), so that
+    the service they talk to outlives their exit."""
+    try:
+        client.key_value_set(f"{_ACK}{me}", "1")
+        if me == 0:
+            deadline = time.monotonic() + ACK_WAIT_S
+            for p in range(1, _processes):
+                left = deadline - time.monotonic()
+                if left > 0:
+                    with contextlib.suppress(Exception):
+                        client.blocking_key_value_get(f"{_ACK}{p}", int(left * 1000))
+            time.sleep(0.2)  # their exit, after their acknowledgement
+    except Exception:  # noqa: BLE001 - the service is gone: nothing left to wait for
+        pass
+
+
+def _watch() -> None:
+    """Waits for another process's end in error; then prints its line and exits likewise."""
+    global _ender
+    client, me = _client(), jax.process_index()
+    while True:
+        try:
+            value = client.blocking_key_value_get(_ENDED, 60_000)
+        except Exception:  # noqa: BLE001 - a timeout; or the service is gone, and JAX ends us
+            time.sleep(0.5)
+            continue
+        who, status, line = value.split(" ", 2)
+        if int(who) == me or not _ending.acquire(blocking=False):
+            return  # this process is ending already, with its own line
+        _ender = threading.get_ident()
+        os.write(_stderr if _stderr is not None else 2,
+                 f"\nerror: process {who} of {_processes} ended: {line}\n".encode())
+        _acknowledge(client, me)
+        os._exit(int(status))
+
+
+def peer_lost(error: BaseException) -> str | None:
+    """The one line for ``error`` when it says that another process of this multi-process run
+    vanished in the middle of a collective (gloo's or NCCL's connection to it closed), else
+    None."""
+    text = " ".join(str(error).split())
+    if _processes == 1 or not isinstance(error, jax.errors.JaxRuntimeError) or not any(
+            w in text.lower() for w in ("gloo", "nccl", "connection closed", "connection reset")):
+        return None
+    return (f"another process of this run stopped answering mid-step (killed, or its machine "
+            f"lost: {text[:160]}); rerun every process to resume")
+
+
+def finish() -> None:
+    """The end of a successful command: waits for every process to get there (process 0 may
+    still be writing figures) and leaves the runtime together (a no-op with one process)."""
+    if _processes == 1:
+        return
+    barrier("end")
+    ending()  # nothing to report from here on
+    jax.distributed.shutdown()
