@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from scae import atomic
+
 
 class Events:
     """Scalars into the event files of ``folder``; a no-op when ``folder`` is None. The file
@@ -50,5 +52,7 @@ def enabled(config) -> bool:
 
 
 def for_config(config, folder: str | os.PathLike) -> Events:
-    """:class:`Events` into ``folder`` when ``config`` asks for them, else a no-op."""
-    return Events(folder if enabled(config) else None)
+    """:class:`Events` into ``folder`` when ``config`` asks for them, else a no-op (also in
+    the processes of a multi-process run other than process 0, which writes no files:
+    :func:`scae.atomic.writer`)."""
+    return Events(folder if enabled(config) and atomic.writer() else None)
