@@ -28,9 +28,15 @@ from scae.study import pretrain as pretraining
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def readme_example() -> str:
+def readme_examples() -> list[str]:
     section = (ROOT / "README.md").read_text().split("## Use from Python", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    section = section.split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def readme_example() -> str:
+    """The section's example that pretrains (the first one loads the published stack)."""
+    return next(code for code in readme_examples() if "scae.pretrain(" in code)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,15 @@ def test_a_committed_stack_gives_its_recorded_validation_mse(name):
     # Bit-exact on the CPU kind that made it; within float rounding elsewhere.
     np.testing.assert_allclose(pretraining.validation_mse(stack, val), record["val_mse"],
                                rtol=2e-3)
+
+
+def test_the_readme_loads_the_published_stack_and_encodes_without_training(capsys):
+    if not (api.RESULTS / api.PUBLISHED["mnist"] / "stack.json").is_file():
+        pytest.skip("no published mnist stack")
+    section = (ROOT / "README.md").read_text().split("## Use from Python", 1)[1]
+    code = next(c for c in re.findall(r"```python\n(.*?)```", section, re.S)
+                if 'load_stack("mnist")' in c)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    assert "(500, 2, 2, 200)" in capsys.readouterr().out
+    assert namespace["rebuilt"].shape == (8, 28, 28, 1)  # back in image space
