@@ -113,7 +113,9 @@ def end(status: int) -> None:
     tear down modules under threads that XLA, orbax and tensorstore leave running after a
     failure or a signal stopped the work mid-way: on a loaded machine that crashed the process
     with SIGSEGV (exit 139) after the right line was printed, and printed those threads'
-    tracebacks. ``os._exit`` skips that teardown."""
+    tracebacks. ``os._exit`` skips that teardown, and with it the exit hook that gives the
+    workdir's lock back, so the lock goes here."""
+    workdir_lib.release_all()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

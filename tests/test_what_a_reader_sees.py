@@ -65,6 +65,21 @@ def test_a_command_leaves_no_lock(smoke_workdir):
     assert not (smoke_workdir / ".lock").exists()
 
 
+def test_a_failing_command_leaves_no_lock_either(tmp_path):
+    """A command that fails or is interrupted ends through common.end (os._exit, without
+    Python's exit hooks) while it holds its workdir's lock; the lock goes all the same."""
+    w = tmp_path / "w"
+    w.mkdir()
+    code = ("import sys, pathlib; from pipelines import common; from scae import workdir; "
+            "workdir.lock(sys.argv[1]); "
+            "print((pathlib.Path(sys.argv[1]) / '.lock').exists(), flush=True); common.end(3)")
+    proc = subprocess.run([sys.executable, "-c", code, str(w)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "True"  # it held the lock, with its file
+    assert not (w / ".lock").exists()
+
+
 def test_the_random_panel_is_the_random_arms_initialisation(smoke_workdir, monkeypatch):
     """visualize's filters_conv1_compared.png: its random panel is seed 0's random arm as
     fine-tuning starts it (finetune.seed_keys and initial_model), not another draw."""
