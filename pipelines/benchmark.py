@@ -9,6 +9,10 @@ Prints one JSON line: workload, layer, arch, batch, seeds, img_per_s (per seed),
 gflop_per_s (analytic FLOPs, see scae.models.flops; also XLA's own count as xla_gflop_per_s), and
 with --peak the measured fp32 matmul GFLOP/s and the fraction of it reached.
 
+--memory prints instead XLA's memory analysis of the compiled step (the MB of its arguments,
+outputs and temporaries) for --workload, --arch, --batch and --seeds: what a device holds for
+one phase besides the data set.
+
 --all times every step at both sizes in the order of the peers' side-by-side script
 (MNIST then CIFAR-10; CNN, CAE layers 1, 2, 3): first one JSON line describing the machine
 (CPU model, vector extensions from /proc/cpuinfo, fp32 matmul peak, and the bf16 peak with
@@ -54,6 +58,8 @@ _SEED_BATCHING = flags.DEFINE_enum("seed_batching", "auto", list(driver.SEED_BAT
                                    "How --seeds > 1 share the program (see "
                                    "scae.train.driver.resolve_seed_batching).")
 _PEAK = flags.DEFINE_bool("peak", False, "Also measure the fp32 matmul peak.")
+_MEMORY = flags.DEFINE_bool("memory", False, "Print XLA's memory analysis of the compiled "
+                            "step (argument, output and temporary MB) instead of timing it.")
 _IMPL = flags.DEFINE_enum("conv_impl", "auto", list(ops.CONV_IMPLS),
                           "Convolution implementation (see scae.models.ops.resolve_impl).")
 
@@ -277,6 +283,23 @@ def ab_rows(mode: str, rounds: int, batch: int, steps: int, peak_n: int = 4096):
             yield ab_row(mode, arch, workload, layer, rounds, batch, steps)
 
 
+def memory(workload: str, arch: str, layer: int, batch: int, seeds: int,
+           seed_batching: str = "auto") -> dict:
+    """XLA's memory analysis of the compiled training step (one step of ``seeds`` models, as
+    ``seed_batching`` says) on this backend: the bytes of its arguments (parameters, optimiser
+    state, the data it indexes), outputs and temporaries. What a device holds for one phase,
+    besides the data set itself."""
+    compiled, *_ = compile_step(workload, arch, layer, batch, 1, seeds,
+                                seed_batching=seed_batching)
+    m = compiled.memory_analysis()
+    mb = lambda b: round(b / 2**20, 1)
+    return {"workload": workload, "layer": layer if workload == "cae" else None, "arch": arch,
+            "batch": batch, "seeds": seeds,
+            "seed_batching": driver.resolve_seed_batching(seed_batching),
+            "argument_mb": mb(m.argument_size_in_bytes), "output_mb": mb(m.output_size_in_bytes),
+            "temp_mb": mb(m.temp_size_in_bytes), "backend": jax.default_backend()}
+
+
 def main(config, workdir) -> None:
     """The command: one JSON line per timed step (the envelope of :mod:`pipelines.common`
     turns bad flags into one line and exit 2; config and workdir are not used)."""
@@ -293,6 +316,10 @@ def main(config, workdir) -> None:
     if lines is not None:
         for line in lines:
             print(json.dumps(line), flush=True)
+        return
+    if _MEMORY.value:
+        print(json.dumps(memory(_WORKLOAD.value, _ARCH.value, _LAYER.value, _BATCH.value,
+                                _SEEDS.value, _SEED_BATCHING.value)), flush=True)
         return
     try:
         out = benchmark(_WORKLOAD.value, _ARCH.value, _LAYER.value, _BATCH.value, _STEPS.value,

@@ -14,7 +14,7 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 # Whether this process is a command (python -m pipelines.x), not a caller of run() in-process.
@@ -88,8 +88,6 @@ _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Delete results in --workdir that came from a different config.")
 
 # The config sections of each stage, as the commands name them (see scae.workdir.STAGES).
-PRETRAIN_KEYS = ("seed", "data", "model", "pretrain")
-COMPARE_KEYS = PRETRAIN_KEYS + ("finetune",)
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -184,20 +182,13 @@ def _unknown_override(argv: list[str], error: Exception) -> str:
     return usage.unknown_key_message(config, key, spec)
 
 
-def config_dict(config) -> dict:
-    """The config as plain JSON types (tuples become lists)."""
-    return workdir_lib.config_dict(config)
-
-
-def guard_workdir(config, workdir: Path, keys: Sequence[str], overwrite: bool,
-                  data=None) -> None:
-    """:func:`scae.workdir.guard` for the stage whose config sections are ``keys``
-    (:data:`PRETRAIN_KEYS`, :data:`COMPARE_KEYS`, or with ``variants`` the filter experiment),
-    with the fingerprint of ``data`` (the command's :class:`scae.data.inputs.Inputs`), so that
-    results made from other data at the same path are refused."""
+def guard_workdir(config, workdir: Path, stage: str, overwrite: bool, data=None) -> None:
+    """:func:`scae.workdir.guard` for ``stage`` ('pretrain', 'compare' or 'filters', see
+    :data:`scae.workdir.STAGES`), with the fingerprint of ``data`` (the command's
+    :class:`scae.data.inputs.Inputs`), so that results made from other data at the same path
+    are refused."""
     def guard():
-        workdir_lib.guard(config, workdir, workdir_lib.stage_for_keys(keys), overwrite,
-                          data_fingerprint(config, data))
+        workdir_lib.guard(config, workdir, stage, overwrite, data_fingerprint(config, data))
 
     # Several processes: process 0 checks, cleans and records the workdir first, and the
     # others look at it only then, so that every process resumes from the same files.
@@ -217,8 +208,6 @@ def data_fingerprint(config, data) -> workdir_lib.DataFingerprint | None:
     return workdir_lib.DataFingerprint(str(config.data.source), data.fingerprint,
                                        identity.fingerprint if identity else "")
 
-
-load_workdir_config = workdir_lib.load_config
 
 
 def _command(main: Callable) -> str:

@@ -45,7 +45,7 @@ def main(config, workdir: Path) -> None:
         data = inputs.build(config.data, config.seed)
     inputs.check_for(config, data, "compare")
     compare.check_label_sizes(config, data)
-    common.guard_workdir(config, workdir, common.COMPARE_KEYS, common.overwrite(),
+    common.guard_workdir(config, workdir, "compare", common.overwrite(),
                          data)
     resumed = (workdir / "pretrain" / "metrics.jsonl").exists()
     before = len(workdir_lib.asked_runs(config, atomic.read_jsonl(

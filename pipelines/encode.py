@@ -44,7 +44,7 @@ def main(config, workdir: Path) -> None:
     out = workdir_lib.check_output(_OUTPUT.value, "--output")
     workdir_lib.hold(workdir, write=False)  # no other command writes the stack while it is read
     atomic.sweep_beside(out)  # what a killed encode of this file left
-    config = common.load_workdir_config(workdir) if config is None else config
+    config = workdir_lib.load_config(workdir) if config is None else config
     s = pretraining.from_workdir(workdir, config)
     depth = s.depth if _DEPTH.value is None else _DEPTH.value
     if not 1 <= depth <= s.depth:

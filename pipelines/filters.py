@@ -22,8 +22,7 @@ def main(config, workdir: Path) -> None:
                          "configs/filters_mnist.py or configs/filters_cifar10.py")
     data = inputs.build(config.data, config.seed)
     inputs.check_for(config, data, "filters")
-    common.guard_workdir(config, workdir, common.PRETRAIN_KEYS + ("variants",),
-                         common.overwrite(), data)
+    common.guard_workdir(config, workdir, "filters", common.overwrite(), data)
     path = filter_experiment.run(config, data, workdir, log=common.log)
     common.log(f"wrote {path}")
 

@@ -22,7 +22,7 @@ def main(config, workdir: Path) -> None:
     with accounting.part("data loading and preprocessing"):
         data = inputs.build(config.data, config.seed)
     inputs.check_for(config, data, "pretrain")
-    common.guard_workdir(config, workdir, common.PRETRAIN_KEYS, common.overwrite(),
+    common.guard_workdir(config, workdir, "pretrain", common.overwrite(),
                          data)
     trained = pretraining.pretrain(config, data.pretrain, data.val_images, workdir, log=common.log)
     records = atomic.read_jsonl(workdir / "pretrain" / "metrics.jsonl")

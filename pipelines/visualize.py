@@ -56,7 +56,7 @@ def main(config, workdir: Path) -> None:
     # No other command writes while the figures are drawn; what a killed visualize left is
     # swept.
     workdir_lib.hold(workdir)
-    config = common.load_workdir_config(workdir) if config is None else config
+    config = workdir_lib.load_config(workdir) if config is None else config
     _use_style(_STYLE.value)
     data = inputs.build(config.data, config.seed)
     params = pretraining.from_workdir(workdir, config, data.image_shape[-1])

@@ -15,7 +15,12 @@ import time
 from collections.abc import Iterator
 
 PARTS = ("start-up and imports", "data loading and preprocessing", "compilation",
-         "training steps", "evaluation", "checkpoints", "figures and tables")
+         "training steps", "evaluation", "checkpoints", "figures and tables",
+         # the work around the steps: a phase's initial state and memory release, the batch
+         # order and finiteness checks between compiled chunks, a stack's cached layer inputs,
+         # the frozen arm's features
+         "phase set-up", "between chunks (batch order, finiteness checks)", "layer inputs",
+         "frozen features")
 OTHER = "other"
 
 _origin = time.perf_counter()  # this module is imported before the heavy imports

@@ -85,9 +85,6 @@ STAGES = {
 }
 # The stages each stage's command reads or writes (compare pretrains first if needed).
 USES = {"pretrain": ("pretrain",), "compare": ("pretrain", "compare"), "filters": ("filters",)}
-_LEGACY_KEYS = {("seed", "data", "model", "pretrain"): "pretrain",
-                ("seed", "data", "model", "pretrain", "finetune"): "compare",
-                ("seed", "data", "model", "pretrain", "variants"): "filters"}
 
 
 def config_dict(config) -> dict:
@@ -290,13 +287,6 @@ def check_writable(workdir: Path) -> None:
 
 # --- the guard ------------------------------------------------------------------------------
 
-
-def stage_for_keys(keys: Sequence[str]) -> str:
-    """The stage a command's old-style list of config sections stands for."""
-    keys = tuple(keys)
-    if keys in _LEGACY_KEYS:
-        return _LEGACY_KEYS[keys]
-    return "filters" if "variants" in keys else "compare" if "finetune" in keys else "pretrain"
 
 
 def stale_stages(config, workdir: Path, stage: str,

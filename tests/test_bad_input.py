@@ -72,7 +72,7 @@ def workdir(tmp_path: Path) -> Path:
     w = tmp_path / "work"
     (w / "pretrain").mkdir(parents=True)
     (w / "compare").mkdir()
-    config = common.config_dict(configs.mnist.get_config("smoke"))
+    config = workdir_lib.config_dict(configs.mnist.get_config("smoke"))
     (w / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (w / "pretrain" / "metrics.jsonl").write_text('{"layer": 1, "epoch": 1}\n')
     (w / "compare" / "runs.jsonl").write_text('{"seed": 0, "test_error": 1.0}\n')

@@ -117,3 +117,10 @@ def test_ab_impl_keeps_the_dense_steps_only(monkeypatch):
     assert rows == [("mnist", "cnn", None), ("mnist", "cae", 2), ("cifar10", "cnn", None),
                     ("cifar10", "cae", 2)]
     assert len(list(benchmark.ab_rows("dtype", 1, 2, 1))) == 1 + len(benchmark.ROWS)
+
+
+def test_memory_reports_what_a_phase_holds_and_grows_with_the_seeds():
+    one = benchmark.memory("cae", "mnist", 3, 16, 1)
+    three = benchmark.memory("cae", "mnist", 3, 16, 3, seed_batching="vmap")
+    assert set(one) >= {"argument_mb", "output_mb", "temp_mb"}
+    assert one["argument_mb"] > 0 and three["argument_mb"] > one["argument_mb"]

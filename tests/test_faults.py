@@ -170,19 +170,19 @@ def test_pretrain_with_other_finetune_settings_does_not_relabel_the_compare_runs
     # compare (lr 0.02), then pretrain with lr 0.5, then compare with lr 0.5: the last must not
     # take the old runs as its own. The old code rewrote config.json in the pretrain step.
     w = tmp_path / "w"
-    common.guard_workdir(_smoke(), w, common.COMPARE_KEYS, overwrite=False)
+    common.guard_workdir(_smoke(), w, "compare", overwrite=False)
     _results(w, "pretrain", "compare")
     other = _smoke(**{"finetune.learning_rate": 0.5})
-    common.guard_workdir(other, w, common.PRETRAIN_KEYS, overwrite=False)  # the stack is valid
+    common.guard_workdir(other, w, "pretrain", overwrite=False)  # the stack is valid
     assert json.loads((w / "config.json").read_text())["finetune"]["learning_rate"] == 0.02
     with pytest.raises(InputError) as refused:
-        common.guard_workdir(other, w, common.COMPARE_KEYS, overwrite=False)
+        common.guard_workdir(other, w, "compare", overwrite=False)
     line = str(refused.value)
     assert "finetune.learning_rate: 0.02 in the workdir, 0.5 now" in line
     assert "--overwrite" in line and "new --workdir" in line and "\n" not in line
     assert (w / "compare" / "runs.jsonl").exists()
     # --overwrite deletes the stale runs only: the stack does not depend on fine-tuning.
-    common.guard_workdir(other, w, common.COMPARE_KEYS, overwrite=True)
+    common.guard_workdir(other, w, "compare", overwrite=True)
     assert not (w / "compare" / "runs.jsonl").exists()
     assert (w / "pretrain" / "metrics.jsonl").exists()
     assert json.loads((w / "config.json").read_text())["finetune"]["learning_rate"] == 0.5

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scae import accounting
 from scae import config as cfglib
 from scae.config import ARMS
 from scae.data import augment
@@ -206,8 +207,10 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         # The frozen conv layers map an image to the same features at every step, so they are
         # computed once (for the validation and test images too) and the steps train the head
         # alone: the same losses and gradients, without the conv layers' passes.
-        cache = frozen_features(graphdef, params, train_x, train_y, subsets, held_out,
-                                seed_batching=batching)
+        with accounting.part("frozen features"):
+            cache = frozen_features(graphdef, params, train_x, train_y, subsets, held_out,
+                                    seed_batching=batching)
+            jax.block_until_ready(cache.data)
     if cache is not None:
         data_xy, pool, held_out = cache.data, cache.pool, cache.held_out
         loss_fn = lambda q, batch, key: models.merge(graphdef, q).head_loss(
@@ -257,8 +260,10 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
     finally:
         writer.close()
     state, record = result.state, result.record
-    test_err = (np.asarray(val_err(state["best"], held_out["test"], jnp.asarray(data.test_labels)))
-                if len(data.test_labels) else np.full(n, np.nan))
+    with accounting.part("evaluation"):
+        test_err = (np.asarray(val_err(state["best"], held_out["test"],
+                                       jnp.asarray(data.test_labels)))
+                    if len(data.test_labels) else np.full(n, np.nan))
     curves = [[[e["epoch"], e["val_error"][i]] for e in record["evals"]] for i in range(n)]
     rows = [{"label_size": label_size, "arm": arm, "seed": int(s), "epochs": p.epochs,
              "steps": p.total_steps, "best_epoch": int(state["best_epoch"][i]),

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from scae import atomic, provenance
+from scae import accounting, atomic, provenance
 from scae import workdir as workdir_lib
 from scae.data import inputs as inputs_lib
 from scae.errors import InputError, is_device_oom
@@ -248,7 +248,9 @@ def _train_layer(config, stacks: list[Stack], k: int, images, val_images, keys: 
     if k > 1 and _caches(pc.cache_features, stacks[0], images, k):
         # Every seed's inputs once, one after another along the example axis; seed m's pool
         # is its own stretch, so its batches are what it would draw from its own copy.
-        inputs = driver.seed_map(encode, below, images, batch, batching)
+        with accounting.part("layer inputs"):
+            inputs = jax.block_until_ready(driver.seed_map(encode, below, images, batch,
+                                                           batching))
         data, pool = driver.seed_stretches(inputs, pool)
         data = parallel.replicate(data)
         context = None

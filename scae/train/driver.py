@@ -399,7 +399,9 @@ def _train(phase: Phase, lr_scale: float) -> Result:
     # Fresh buffers: the compiled steps donate params and opt_state, which extra state (the
     # best parameters so far) must not alias. One program makes both; eagerly, each array of
     # them was a program of its own.
-    params, opt_state = jax.jit(lambda q: (jax.tree.map(jnp.copy, q), init(q)))(phase.params)
+    with accounting.part("phase set-up"):
+        params, opt_state = jax.jit(lambda q: (jax.tree.map(jnp.copy, q), init(q)))(
+            phase.params)
     state = {"params": params, "opt_state": opt_state, **phase.extra_state}
     record = {"evals": [], "time_s": 0.0, "loss_sum": 0.0, "loss_steps": 0, "eval_time": 0.0}
     ckpts = checkpoint.Checkpoints(phase.ckpt_dir)
@@ -423,9 +425,10 @@ def _train(phase: Phase, lr_scale: float) -> Result:
         order_epoch = None
         for epoch, offset, n in p.chunks(step, phase.steps_per_call):
             if epoch != order_epoch:  # one permutation per epoch, not per chunk
-                order, order_epoch = _seed_orders(phase.order_key, phase.pool, epoch), epoch
-                if streamed:
-                    order = np.asarray(order)
+                with accounting.part("between chunks (batch order, finiteness checks)"):
+                    order, order_epoch = _seed_orders(phase.order_key, phase.pool, epoch), epoch
+                    if streamed:
+                        order = np.asarray(order)
             data, chunk_order, at = phase.data, order, offset
             if streamed:
                 with accounting.part("data loading and preprocessing"):
@@ -448,7 +451,9 @@ def _train(phase: Phase, lr_scale: float) -> Result:
             step += n
             bar.update(n)
             bar.set_postfix(loss=f"{losses.mean():.5f}")
-            if not np.isfinite(losses).all() or not all_finite(state["params"]):
+            with accounting.part("between chunks (batch order, finiteness checks)"):
+                finite = np.isfinite(losses).all() and bool(all_finite(state["params"]))
+            if not finite:
                 raise FloatingPointError(_divergence(phase, losses, epoch, step, n, last_ckpt))
             record["loss_sum"] += float(losses.mean(axis=0).sum())
             record["seed_loss_sums"] = [total + float(s) for total, s in
@@ -489,7 +494,8 @@ def _train(phase: Phase, lr_scale: float) -> Result:
         bar.close()
         ckpts.close()
         compiled.clear()
-        release_freed_memory()
+        with accounting.part("phase set-up"):
+            release_freed_memory()
     return Result(state, record, lr_scale)
 
 
