@@ -86,7 +86,10 @@ def study(config: ml_collections.ConfigDict, train_size: int | None = None,
             # pass (a third of a training step) of its images.
             work = cnn / 3 * p.num_examples if arm == "frozen" else cnn * images
             steps_worth = images if arm != "frozen" else math.ceil(p.num_examples / 3)
-            phases.append(PhaseCost(f"{arm} at {size:,} labels", "cnn", None, steps_worth,
+            # The refit's cell is named as the tables name it: every labelled image it saw.
+            label = (f"all ({size + config.data.validation_size:,})" if refit
+                     else f"{size:,} labels")
+            phases.append(PhaseCost(f"{arm} at {label}", "cnn", None, steps_worth,
                                     seeds, float(work) * seeds))
     return phases
 
