@@ -1,5 +1,7 @@
 """The driver's plan: how a run's steps are cut into compiled calls."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,3 +122,19 @@ def test_a_signal_saves_the_step_it_stops_at_and_the_rerun_resumes_exactly(tmp_p
     np.testing.assert_array_equal(resumed.state["params"]["w"], whole.state["params"]["w"])
     losses = lambda r: [(e["step"], e["train_loss"]) for e in r.record["evals"]]
     assert losses(resumed) == losses(whole)
+
+
+@pytest.mark.parametrize("value", [-0.5, 0, float("nan"), 1e9, 0.3, "0.5", True])
+def test_a_learning_rate_scale_not_written_by_a_retry_is_refused(tmp_path, value):
+    """layer<k>.lr_scale.json is written by the divergence retries only (1, 1/2, 1/4, ...);
+    anything else, a negative scale above all (gradient ascent), is bad input naming the
+    file, never obeyed."""
+    from scae.errors import InputError
+    from scae.train import retry
+
+    path = retry.scale_file(tmp_path / "layer1")
+    path.write_text(json.dumps({"lr_scale": value}))
+    with pytest.raises(InputError, match="layer1.lr_scale.json: lr_scale"):
+        retry.read_scale(path)
+    path.write_text(json.dumps({"lr_scale": 0.25}))
+    assert retry.read_scale(path) == 0.25
