@@ -174,7 +174,7 @@ RUN_FIELDS = {"arm", "best_epoch", "cell_time_s", "curve", "data_exact", "data_f
               "stack_seed", "steps", "subset", "test_error", "train_size", "val_error",
               "git_commit", "git_dirty", "test_size", "num_classes", "conv_rms",
               "conv_rms_random", "first_eval_epoch", "first_eval_train_loss", "chance_loss",
-              "failure_rule", "failure_hit", "failed"}
+              "failure_rule", "failure_hit", "failed", "learning_rate"}
 
 
 @pytest.mark.slow

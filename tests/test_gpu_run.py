@@ -95,6 +95,7 @@ def test_a_study_whose_largest_phase_cannot_finish_is_not_started(tmp_path):
     assert second.startswith("compare configs/mnist.py:quick not started")  # 100 s < its need
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_a_deadline_cuts_a_study_that_the_same_call_then_finishes(tmp_path):
     out, w = tmp_path / "out", tmp_path / "mnist_smoke"

@@ -41,13 +41,16 @@ def test_the_environment_adds_the_tunable_once(monkeypatch):
 @pytest.mark.skipif(not _available(), reason="needs glibc >= 2.35 and transparent huge pages")
 def test_a_command_runs_with_the_tunable_and_its_own_pid():
     """The command's environment is read while it is held alive at an event, not polled
-    against a clock: its help text is longer than a one-page pipe, so after the exec (which
+    against a clock: its help text (with a config: every key) is longer than a one-page pipe,
+    so after the exec (which
     happens when the command starts, before its flags are read) it blocks writing to that pipe
     until the test reads it."""
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "SCAE_HUGE_PAGES")}
     read, write = os.pipe()
     fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, 4096)
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.benchmark", "--help"], cwd=ROOT,
+    # With a config, --help lists every key: several pages.
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.compare", "--help",
+                             "--config=configs/mnist.py:paper"], cwd=ROOT,
                             env=env, stdout=write, stderr=subprocess.DEVNULL)
     os.close(write)
     with os.fdopen(read, "rb", buffering=0) as out:  # unbuffered: read(1) takes one byte

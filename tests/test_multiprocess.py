@@ -179,6 +179,7 @@ def one_process(tmp_path_factory) -> list[dict]:
     return records
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_two_processes_give_the_records_of_one_process_on_two_devices(tmp_path, one_process):
     workdir = tmp_path / "w"
@@ -193,6 +194,7 @@ def test_two_processes_give_the_records_of_one_process_on_two_devices(tmp_path, 
     assert not list(workdir.rglob(f"*{atomic.TMP_SUFFIX}"))
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_a_signal_or_a_kill_in_one_process_ends_both_and_a_rerun_resumes(tmp_path,
                                                                         one_process):

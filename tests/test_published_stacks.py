@@ -28,6 +28,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_publish_stack_writes_a_stack_that_loads_and_keeps_its_mse(tmp_path):
     w, out = tmp_path / "w", tmp_path / "pub"

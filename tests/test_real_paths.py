@@ -60,6 +60,7 @@ WINOGRAD_FLAGS = ("--config=configs/mnist.py:smoke", "--config.model.features=(1
                   "--config.tensorboard=False")
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_a_winograd_sized_compare_agrees_with_xla(tmp_path):
     """``python -m pipelines.compare`` on the smoke preset with 16 maps (conv 2: 5x5 over 16

@@ -269,6 +269,7 @@ def test_bad_unlabelled_source_is_one_line_and_exit_2(capsys, tmp_path, workdir,
                              fragments, "pretrain")
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_pretrain_command_streams_and_refuses_as_a_process(tmp_path, digits_npy):
     path, _ = digits_npy

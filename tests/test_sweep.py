@@ -615,6 +615,7 @@ def swept_arms(tmp_path_factory):
     return dict(config=c, workdir=tmp / "w", records=records, builds=builds, cells=cells)
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_sweep_trains_and_ranks_both_arms(swept_arms):
     records, cells = swept_arms["records"], swept_arms["cells"]
@@ -645,6 +646,7 @@ def test_the_sweep_trains_and_ranks_both_arms(swept_arms):
     assert not any((swept_arms["workdir"] / "ckpt").iterdir())
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_a_second_call_retrains_no_arm(swept_arms, monkeypatch):
     def refuse(*args, **kwargs):

@@ -44,6 +44,7 @@ def test_the_tour_is_an_nbformat_4_notebook():
         assert step in code, step
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_the_tour_runs_on_tiny_data(tmp_path, monkeypatch):
     monkeypatch.setenv("SCAE_TOUR_TINY", "1")

@@ -210,7 +210,8 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         with accounting.part("frozen features"):
             cache = frozen_features(graphdef, params, train_x, train_y, subsets, held_out,
                                     seed_batching=batching)
-            jax.block_until_ready(cache.data)
+            if cache is not None:  # (features not cached: nothing to wait for)
+                jax.block_until_ready(cache.data)
     if cache is not None:
         data_xy, pool, held_out = cache.data, cache.pool, cache.held_out
         loss_fn = lambda q, batch, key: models.merge(graphdef, q).head_loss(
