@@ -257,22 +257,8 @@ def check_writable(workdir: Path) -> None:
     and ``pretrain``, ``compare``, ``figures`` folders and ``config.json`` a file."""
     if workdir.exists() and not workdir.is_dir():
         raise InputError(f"--workdir {workdir}: is a file; expected a folder")
-    existing = workdir
-    while not existing.exists():
-        if existing.is_symlink():
-            raise InputError(f"--workdir {workdir}: {existing} is a dangling symbolic link")
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"--workdir {workdir}: lies under {existing}, which is a file")
-    try:
-        with tempfile.TemporaryFile(dir=existing, prefix=".probe-"):
-            pass
-    except OSError as e:
-        cause = os.strerror(e.errno) if e.errno else str(e)
-        if e.errno in (errno.EROFS,):
-            cause = "read-only file system"
-        raise InputError(f"--workdir {workdir}: cannot write in {existing} ({cause.lower()}); "
-                         f"use another --workdir") from None
+    where = f"--workdir {workdir}"
+    _probe_writable(_nearest_folder(workdir, where), where, "; use another --workdir")
     for name in ("pretrain", "compare", "figures"):
         p = workdir / name
         if p.exists() and not p.is_dir():
@@ -567,25 +553,38 @@ def check_output(path: str | os.PathLike, flag: str, folder: bool = False,
     if not folder and path.is_dir():
         raise InputError(f"{flag} {path}: is a folder; expected a file name, e.g. "
                          f"{path / 'out.npz' if flag == '--output' else path / 'file'}")
-    existing = path.parent if not folder else path
-    while not existing.exists():
-        if existing.is_symlink():
-            raise InputError(f"{flag} {path}: {existing} is a dangling symbolic link")
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"{flag} {path}: lies under {existing}, which is a file")
+    existing = _nearest_folder(path.parent if not folder else path, f"{flag} {path}")
     for name in files:
         if (path / name).is_dir():
             raise InputError(f"{flag} {path}: {path / name} is a folder, expected a file; move "
                              f"it away or use another {flag}")
+    _probe_writable(existing, f"{flag} {path}")
+    return path
+
+
+def _nearest_folder(path: Path, where: str) -> Path:
+    """The nearest existing folder at or above ``path`` (where a write would be made), or an
+    :class:`InputError` beginning with ``where`` for a dangling link or a file on the way."""
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():
+            raise InputError(f"{where}: {existing} is a dangling symbolic link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{where}: lies under {existing}, which is a file")
+    return existing
+
+
+def _probe_writable(folder: Path, where: str, hint: str = "") -> None:
+    """An :class:`InputError` beginning with ``where`` unless a file can be made in ``folder``
+    (a read-only file system, missing permissions)."""
     try:
-        with tempfile.TemporaryFile(dir=existing, prefix=".probe-"):
+        with tempfile.TemporaryFile(dir=folder, prefix=".probe-"):
             pass
     except OSError as e:
         cause = "read-only file system" if e.errno == errno.EROFS else \
             (os.strerror(e.errno) if e.errno else str(e)).lower()
-        raise InputError(f"{flag} {path}: cannot write in {existing} ({cause})") from None
-    return path
+        raise InputError(f"{where}: cannot write in {folder} ({cause}){hint}") from None
 
 
 def load_config(workdir: str | os.PathLike):
