@@ -6,7 +6,10 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import pytest
+
 import scae
+from scae.train import optim
 
 QUIET = lambda _: None  # noqa: E731
 
@@ -38,12 +41,19 @@ def test_pretraining_and_finetuning_write_event_files_as_they_train(tmp_path):
         for tag in ("train_mse", "val_mse", "img_per_s"):
             assert got[f"layer{k}/{tag}"], f"layer{k}/{tag}"
     assert all(v > 0 for _, v in got["layer1/val_mse"])
+    # The rate of the last step before each evaluation, on the config's schedule.
+    config = scae.make_config("mnist", "smoke", pretrain__layers=2)
+    total = got["layer1/learning_rate"][-1][0]
+    assert [v for _, v in got["layer1/learning_rate"]] == pytest.approx(
+        [optim.rate(config.pretrain, total, 1.0, step - 1)
+         for step, _ in got["layer1/learning_rate"]], rel=1e-6)
     scae.finetune(images[:100], labels[:100], images[100:], labels[100:], arm="random",
                   seeds=(0, 1), preset="smoke", workdir=tmp_path / "f", log=QUIET)
     (cell,) = (tmp_path / "f" / "events").iterdir()
     got = scalars(cell)
     assert len(got["val_error/seed0"]) == len(got["val_error/seed1"]) >= 1
     assert got["img_per_s"]
+    assert all(v > 0 for _, v in got["learning_rate"])
 
 
 def test_config_tensorboard_false_writes_none(tmp_path):

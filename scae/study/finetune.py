@@ -241,6 +241,8 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         loss_fn=loss_fn,
         make_tx=lambda scale: optim.make(arm_fc, p.total_steps, mask,
                                          lr_scale=scale * lr_factor),
+        learning_rate=lambda scale, step: optim.rate(arm_fc, p.total_steps,
+                                                     scale * lr_factor, step),
         params=params, data=data_xy, pool=pool, order_key=order_keys,
         step_key=step_keys, seeds=tuple(seeds), seed_batching=batching,
         spread=config.compare.get("spread", "auto"),
@@ -253,7 +255,8 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         retries=fc.get("divergence_retries", 0), log=log,
         on_eval=lambda record: writer.scalars(record["evals"][-1]["step"], {
             **{f"val_error/seed{s}": v for s, v in zip(seeds, record["evals"][-1]["val_error"])},
-            "img_per_s": record["evals"][-1]["img_per_s"]}))
+            "img_per_s": record["evals"][-1]["img_per_s"],
+            "learning_rate": record["evals"][-1]["learning_rate"]}))
     # Beside the checkpoints' folder, which a sweep removes once a point is recorded.
     writer = events.for_config(config, ckpt_dir.parent.with_name("events") / ckpt_dir.name)
     try:

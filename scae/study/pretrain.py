@@ -302,13 +302,16 @@ def _train_layer(config, stacks: list[Stack], k: int, images, val_images, keys: 
             last = layer_records[-1]
             writers[m].scalars(last["step"], {
                 f"layer{k}/train_mse": last["train_mse"], f"layer{k}/val_mse": last["val_mse"],
-                f"layer{k}/img_per_s": last["img_per_s"]})
+                f"layer{k}/img_per_s": last["img_per_s"],
+                f"layer{k}/learning_rate": record["evals"][-1]["learning_rate"]})
 
     phase = driver.Phase(
         name=f"layer {k}" if n == 1 else f"layer {k} x{n} seeds",
         where=f"layer {k}" if n == 1 else f"layer {k} of the stacks", ckpt_dir=phase_dir,
         plan=p, loss_fn=loss_fn,
-        make_tx=lambda scale: optim.make(pc, p.total_steps, lr_scale=scale), params=params,
+        make_tx=lambda scale: optim.make(pc, p.total_steps, lr_scale=scale),
+        learning_rate=lambda scale, step: optim.rate(pc, p.total_steps, scale, step),
+        params=params,
         data=data, pool=pool, order_key=key_order, step_key=key_noise, seeds=tuple(seeds),
         seed_batching=batching, spread=config.compare.get("spread", "auto"), context=context,
         steps_per_call=pc.steps_per_call,

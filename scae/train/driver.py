@@ -326,6 +326,9 @@ class Phase:
     evaluate: Evaluate | None = None
     extra_state: dict = dataclasses.field(default_factory=dict)  # e.g. the best parameters
     on_eval: Callable[[dict], None] | None = None  # called with the record after each evaluation
+    # (lr_scale, step) -> the learning rate at that step, recorded with each evaluation as the
+    # rate of the last step before it; None: not recorded.
+    learning_rate: Callable[[float, int], float] | None = None
     where: str = ""  # names the unit in messages (default: ``name``)
     lr_key: str = "learning_rate"  # the config key a divergence message tells to lower
     retries: int = 0  # divergence retries (halvings of the learning rate)
@@ -340,8 +343,9 @@ class Result:
 
     Each evaluation holds ``epoch``, ``step``, ``train_loss`` (the mean training loss since the
     previous evaluation, over the seeds too), ``time_s``, ``img_per_s`` (all seeds together),
-    the fields of the phase's ``evaluate`` and ``train_loss_per_seed`` (each seed's own mean,
-    in the order of ``Phase.seeds``)."""
+    the fields of the phase's ``evaluate``, ``train_loss_per_seed`` (each seed's own mean,
+    in the order of ``Phase.seeds``) and, when the phase says how (``Phase.learning_rate``),
+    ``learning_rate``."""
 
     state: dict
     record: dict
@@ -473,6 +477,8 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                          * len(phase.seeds) / max(record["eval_time"], 1e-9),
                          "train_loss_per_seed": [total / record["loss_steps"]
                                                  for total in record["seed_loss_sums"]]}
+                if phase.learning_rate is not None:
+                    entry["learning_rate"] = phase.learning_rate(lr_scale, step - 1)
                 record["seed_loss_sums"] = [0.0] * len(phase.seeds)
                 if phase.evaluate is not None:
                     with accounting.part("evaluation"):

@@ -3,9 +3,9 @@
 without TensorFlow or PyTorch. ``config.tensorboard = False`` turns them off.
 
 The study writes one run per stack (``pretrain/events``: each layer's train and validation
-MSE and images per second) and per fine-tuning cell (``events/<cell>`` beside the cell's
-checkpoints: each seed's validation error and the images per second), so that a run's curves
-stay after its checkpoints are removed.
+MSE, images per second and learning rate) and per fine-tuning cell (``events/<cell>`` beside
+the cell's checkpoints: each seed's validation error, the images per second and the learning
+rate), so that a run's curves stay after its checkpoints are removed.
 """
 
 from __future__ import annotations

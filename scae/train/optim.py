@@ -14,6 +14,11 @@ def schedule(cfg, total_steps: int, lr_scale: float = 1.0) -> optax.Schedule:
     return optax.constant_schedule(lr)
 
 
+def rate(cfg, total_steps: int, lr_scale: float, step: int) -> float:
+    """The learning rate that :func:`make`'s optimiser applies at ``step`` (0-based)."""
+    return float(schedule(cfg, total_steps, lr_scale)(step))
+
+
 def make(cfg, total_steps: int, trainable_mask=None,
          lr_scale: float = 1.0) -> optax.GradientTransformation:
     """SGD with momentum (the paper's plain gradient descent when momentum is 0) or Adam.
