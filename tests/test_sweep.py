@@ -170,6 +170,8 @@ def test_run_records_one_per_point(swept):
         assert r["std_val_error"] == pytest.approx(np.std(r["val_error"], ddof=1))
         assert r["base"] == sweep.base_digest(config)
         assert r["epochs"] == config.finetune.epochs and len(r["best_epoch"]) == 2
+        # Each seed's failure-rule verdict, from its loss at the first evaluation.
+        assert r["failure_hit"] == [not loss < np.log(10) for loss in r["first_eval_train_loss"]]
     assert atomic.read_jsonl(swept["workdir"] / sweep.RECORDS) == records
     assert sum("sweep point" in m for m in swept["logs"]) == 4
     assert not (swept["workdir"] / "ckpt" / "point0").exists()  # the record is the result
@@ -365,6 +367,10 @@ def test_table_ranks_best_first():
     assert body[1][3] == "20.00"  # one seed: no spread
     assert body[2][3].startswith("32.00 ± ")
     assert sweep.table([]) == "No finished points."
+    # Runs that never trained are counted per point; records without the verdict show a dash.
+    assert [row[5] for row in body] == ["—", "—", "—"]
+    hit = dict(recs[0], failure_hit=[True, False])
+    assert [c.strip() for c in sweep.table([hit]).splitlines()[2].split("|")][6] == "1 of 2"
     md = sweep.markdown(recs)
     assert "Best: " + recs[1]["point_id"] in md
     assert "    " + sweep.flags(recs[1]["point"]) in md

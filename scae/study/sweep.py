@@ -244,6 +244,10 @@ class _Runner:
                       else math.nan,
                       "epochs": rows[0]["epochs"], "steps": rows[0]["steps"],
                       "best_epoch": [r["best_epoch"] for r in rows],
+                      # The failure rule's verdict per seed, whatever finetune.failure_rule
+                      # does with it: a point whose runs collapse shows it.
+                      "failure_hit": [bool(r["failure_hit"]) for r in rows],
+                      "first_eval_train_loss": [r["first_eval_train_loss"] for r in rows],
                       "time_s": round(time.monotonic() - t0, 1)}
             if arm != "random" or stage != "grid":
                 record.update(arm=arm, stage=stage,
@@ -377,17 +381,26 @@ def table(records: Sequence[Mapping], keys: Sequence[str] | None = None) -> str:
         return "No finished points."
     keys = sorted({k for r in records for k in r["point"]}) if keys is None else list(keys)
     short = [k.rsplit(".", 1)[-1] for k in keys]
-    lines = ["| rank | " + " | ".join(short) + " | validation error (%) | seeds | epochs |"
-             " time (s) |",
-             "| ---: | " + " | ".join("---" for _ in keys) + " | ---: | ---: | ---: | ---: |"]
+    lines = ["| rank | " + " | ".join(short) + " | validation error (%) | seeds | never trained "
+             "| epochs | time (s) |",
+             "| ---: | " + " | ".join("---" for _ in keys)
+             + " | ---: | ---: | ---: | ---: | ---: |"]
     for rank, r in enumerate(sorted(records, key=lambda r: r["mean_val_error"]), 1):
         spread = "" if math.isnan(r["std_val_error"]) else f" ± {r['std_val_error']:.2f}"
         cells = [json.dumps(r["point"].get(k)) if isinstance(r["point"].get(k), str)
                  else str(r["point"].get(k)) for k in keys]
         lines.append(f"| {rank} | " + " | ".join(cells) +
                      f" | {r['mean_val_error']:.2f}{spread} | {len(r['seeds'])} | "
-                     f"{r['epochs']} | {r['time_s']:.0f} |")
+                     f"{_never_trained(r)} | {r['epochs']} | {r['time_s']:.0f} |")
     return "\n".join(lines)
+
+
+def _never_trained(record: Mapping) -> str:
+    """How many of the point's runs hit the failure rule (their training loss at the first
+    evaluation not below chance, :func:`scae.study.finetune.hit_failure_rule`); '—' for
+    records made before the sweep kept the verdict."""
+    hits = record.get("failure_hit")
+    return "—" if hits is None else f"{sum(hits)} of {len(hits)}"
 
 
 def markdown(records: Sequence[Mapping]) -> str:
