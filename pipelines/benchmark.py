@@ -25,6 +25,13 @@ rounds of 3 calls), so that the machine's drift within minutes hits every varian
 CAE layer 2) with float32 and the default convolutions, float32 patch matmuls and bfloat16
 patch matmuls. It prints the machine line with both peaks, then per step each variant's
 median img/s and GFLOP/s and its ratio to the first variant, per round and the median.
+'seeds' the CNN step (MNIST, then CIFAR-10) of 1, 2, 5 and 10 seeds in one program, per seed
+path: XLA's convolutions or patch matmuls (whose seeds vmapped become batched GEMMs), the seeds
+vmapped, and XLA's convolutions with the seeds mapped one after another. Per path and number
+of seeds: the img/s of all seeds together, and the gain over the path's one-seed program (k
+seeds at k times the one-seed rate give a gain of k). The machine line then carries XLA_FLAGS,
+which is how command buffers (CUDA graphs) are switched, e.g.
+XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE.
 """
 
 from __future__ import annotations
@@ -70,9 +77,10 @@ _ALL = flags.DEFINE_bool("all", False, "Time every step at both sizes (the peers
                          "--workload, --layer and --arch are then ignored.")
 _PEAK_N = flags.DEFINE_integer("peak_n", 4096, "Size n of the n x n matmul that measures the "
                                "peak.")
-_AB = flags.DEFINE_enum("ab", None, ["dtype", "impl"], "Time variants of every step (dtype) or "
-                        "of the dense steps (impl) in alternation; --workload, --layer, --arch, "
-                        "--seeds, --conv_impl and --dtype are then ignored.")
+_AB = flags.DEFINE_enum("ab", None, ["dtype", "impl", "seeds"], "Time variants of every step "
+                        "(dtype), of the dense steps (impl) or of the CNN step's seed paths "
+                        "(seeds) in alternation; --workload, --layer, --arch, --seeds, "
+                        "--conv_impl and --dtype are then ignored.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Rounds of --ab.")
 
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
@@ -90,6 +98,12 @@ AB_VARIANTS = {
     "impl": {"fp32 auto": ("auto", "float32"), "fp32 matmul": ("matmul", "float32"),
              "bf16 matmul": ("matmul", "bfloat16")},
 }
+
+# --ab=seeds: the numbers of seeds in one program, and the seed paths as (conv_impl,
+# seed_batching). One seed is the one-model program whatever the batching.
+SEED_COUNTS = (1, 2, 5, 10)
+SEED_PATHS = {"xla vmap": ("xla", "vmap"), "matmul vmap": ("matmul", "vmap"),
+              "xla map": ("xla", "map")}
 
 
 def vector_extensions() -> list[str]:
@@ -274,9 +288,44 @@ def ab_row(mode: str, arch: str, workload: str, layer: int | None, rounds: int, 
             "ratio_rounds": ratios}
 
 
+def seeds_row(arch: str, rounds: int, batch: int, steps: int,
+              counts: tuple[int, ...] = SEED_COUNTS) -> dict:
+    """The CNN step of ``counts`` seeds per path of :data:`SEED_PATHS`, timed by
+    :func:`alternate`: per path and count, the median img/s of all seeds together and its
+    gain over the path's one-seed program (per round, median)."""
+    variants, names = {}, {}
+    for path, (impl, batching) in SEED_PATHS.items():
+        for k in counts:
+            one = (impl, 1)  # the one-seed program of a conv_impl, shared by its paths
+            key = one if k == 1 else (impl, batching, k)
+            if key not in variants:
+                fn, args, _ = compile_step("cnn", arch, 1, batch, steps, k, impl=impl,
+                                           seed_batching=batching)
+                variants[key] = (fn, args)
+            names[(path, k)] = key
+    per_seed = alternate({str(key): v for key, v in variants.items()}, steps * batch, rounds)
+    total = {key: [r * (1 if len(key) == 2 else key[2]) for r in per_seed[str(key)]]
+             for key in variants}
+    out = {"workload": "cnn", "arch": arch, "batch": batch, "steps_per_call": steps,
+           "rounds": rounds, "seeds": list(counts), "img_per_s": {}, "gain": {}}
+    for (path, k), key in names.items():
+        base = total[names[(path, counts[0])]]
+        out["img_per_s"].setdefault(path, {})[k] = round(statistics.median(total[key]), 1)
+        out["gain"].setdefault(path, {})[k] = round(statistics.median(
+            [y / x * counts[0] for x, y in zip(base, total[key])]), 2)
+    return out
+
+
 def ab_rows(mode: str, rounds: int, batch: int, steps: int, peak_n: int = 4096):
     """Yields the machine line (both peaks), then :func:`ab_row` for every step of
-    :data:`ROWS` ('dtype') or for the dense ones, the CNN and CAE layer 2 ('impl')."""
+    :data:`ROWS` ('dtype') or for the dense ones, the CNN and CAE layer 2 ('impl'), or
+    :func:`seeds_row` for the CNN at both sizes ('seeds', whose machine line names the XLA
+    flags it ran under)."""
+    if mode == "seeds":
+        yield {**machine(peak_n, "float32"), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+        for arch in IMAGE_SHAPES:
+            yield seeds_row(arch, rounds, batch, steps)
+        return
     yield machine(peak_n, "bfloat16")
     for arch, workload, layer in ROWS:
         if mode == "dtype" or layer in (None, 2):

@@ -60,17 +60,12 @@ def main(config, workdir: Path) -> None:
             command = "python -m pipelines.compare " + " ".join(sys.argv[1:])
             record = provenance.session_record(workdir / "machine.json",
                                                time.monotonic() - t0, command, resumed)
-            # The whole session, start-up included: the parts add up to time_breakdown_total_s.
-            parts = accounting.breakdown()
             together = config.compare.num_seeds if config.compare.vmap_seeds else 1
             spread = {"setting": config.compare.get("spread", "auto"),
                       "used": parallel.spread(config.compare.get("spread", "auto"), together)}
             atomic.write_text(workdir / "machine.json",
                               json.dumps(record | {"cache_entries_at_start": cached,
-                                                   "spread": spread,
-                                                   "time_breakdown_s": parts,
-                                                   "time_breakdown_total_s":
-                                                       round(accounting.wall_time(), 3)},
+                                                   "spread": spread},
                                          indent=2) + "\n")
     if atomic.writer():  # the one process that wrote it (of several) prints it
         print((workdir / "compare" / "summary.md").read_text())

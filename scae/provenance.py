@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scae import accounting
+
 # Known test sets: key -> (display name, number of test images).
 TEST_SETS = {"mnist": ("MNIST", 10000), "cifar10": ("CIFAR-10", 10000)}
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
@@ -301,8 +303,12 @@ def machine(wall_time_s: float | None = None, command: str | None = None) -> dic
 def session_record(path: Path, wall_time_s: float, command: str, resumed: bool) -> dict:
     """The :func:`machine` record of this session, with the sessions before it (read from the
     record at ``path``) added up: ``sessions`` and ``total_wall_time_s`` count every session
-    that worked on the job, interrupted ones included; ``wall_time_s`` is this session's."""
-    out = machine(wall_time_s, command) | {"resumed": resumed}
+    that worked on the job, interrupted ones included; ``wall_time_s`` is this session's.
+    ``time_breakdown_s`` is where this process's wall time went (:mod:`scae.accounting`),
+    start-up included: its parts add up to ``time_breakdown_total_s``."""
+    out = machine(wall_time_s, command) | {
+        "resumed": resumed, "time_breakdown_s": accounting.breakdown(),
+        "time_breakdown_total_s": round(accounting.wall_time(), 3)}
     try:
         old = json.loads(path.read_text()) if resumed else {}
     except (OSError, ValueError):

@@ -119,6 +119,38 @@ def test_ab_impl_keeps_the_dense_steps_only(monkeypatch):
     assert len(list(benchmark.ab_rows("dtype", 1, 2, 1))) == 1 + len(benchmark.ROWS)
 
 
+def test_ab_seeds_times_each_path_and_count_once_and_gives_the_gain_over_one_seed(monkeypatch):
+    """--ab=seeds: one compiled program per (conv_impl, 1 seed) and per (path, k > 1 seeds);
+    the rate of all seeds together, and its gain over the path's one-seed program."""
+    compiled = []
+
+    def compile_step(workload, arch, layer, batch, steps, seeds, impl, seed_batching):
+        compiled.append((impl, seeds, seed_batching if seeds > 1 else None))
+        return (impl, seeds, seed_batching), (), 1.0
+
+    # Per-seed rates: 100 img/s for one seed; k vmapped seeds at 60 each, k mapped at 30.
+    def alternate(variants, images, rounds):
+        rate = lambda key: 100.0 if ", 1)" in key else 60.0 if "vmap" in key else 30.0
+        return {key: [rate(key)] * rounds for key in variants}
+
+    monkeypatch.setattr(benchmark, "compile_step", compile_step)
+    monkeypatch.setattr(benchmark, "alternate", alternate)
+    row = benchmark.seeds_row("mnist", rounds=2, batch=4, steps=1, counts=(1, 2, 5))
+    assert sorted(compiled) == sorted([("xla", 1, None), ("matmul", 1, None)] + [
+        (impl, k, b) for impl, b in benchmark.SEED_PATHS.values() for k in (2, 5)])
+    assert list(row["img_per_s"]) == list(benchmark.SEED_PATHS)
+    assert row["img_per_s"]["xla vmap"] == {1: 100.0, 2: 120.0, 5: 300.0}
+    assert row["gain"]["matmul vmap"] == {1: 1.0, 2: 1.2, 5: 3.0}
+    assert row["gain"]["xla map"] == {1: 1.0, 2: 0.6, 5: 1.5}
+    json.dumps(row)
+    monkeypatch.setattr(benchmark, "machine", lambda peak_n, dtype: {"machine": dtype})
+    monkeypatch.setattr(benchmark, "seeds_row", lambda arch, *a: arch)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_command_buffer=")
+    head, *rows = benchmark.ab_rows("seeds", rounds=1, batch=2, steps=1)
+    assert head == {"machine": "float32", "xla_flags": "--xla_gpu_enable_command_buffer="}
+    assert rows == ["mnist", "cifar10"]
+
+
 def test_memory_reports_what_a_phase_holds_and_grows_with_the_seeds():
     one = benchmark.memory("cae", "mnist", 3, 16, 1)
     three = benchmark.memory("cae", "mnist", 3, 16, 3, seed_batching="vmap")

@@ -38,6 +38,26 @@ def test_pack_leaves_the_checkpoints_out(tmp_path):
     assert files == ["mnist_paper/compare/runs.jsonl", "mnist_paper/config.json"]
 
 
+def test_the_benchmark_times_the_seed_paths_under_each_command_buffer_setting(tmp_path,
+                                                                            monkeypatch):
+    """One --ab=seeds process per XLA flag setting, each record under its own name, the
+    caller's own XLA_FLAGS kept in front of the setting's."""
+    calls = []
+
+    def run(args, stdout, env=None, **kwargs):
+        calls.append((args, Path(stdout.name).name, (env or os.environ).get("XLA_FLAGS", "")))
+        return subprocess.CompletedProcess(args, 0)
+
+    monkeypatch.setattr(gpu_run.subprocess, "run", run)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_mine")
+    gpu_run.benchmark(tmp_path)
+    seeds = [(name, flags) for args, name, flags in calls if "--ab=seeds" in args]
+    assert seeds == [(name, f"--xla_mine {flags}".strip())
+                     for name, flags in gpu_run.SEED_FLAGS.items()]
+    assert "WHILE" in gpu_run.SEED_FLAGS["seeds_cmdbuf_while.jsonl"]
+    assert [name for args, name, _ in calls if "--all" in args] == ["benchmark_fp32.jsonl"]
+
+
 def test_the_comparison_is_stopped_at_the_limit(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the command's folder: configs/ and pipelines/ are found from it
     t = time.monotonic()

@@ -436,6 +436,10 @@ def test_command_end_to_end(tmp_path):
     assert machine["sessions"] == 1 and machine["resumed"] is False
     assert "sessions_unrecorded" not in machine
     assert machine["command"].startswith("python -m pipelines.sweep --config=")
+    # Where the session's wall time went, as every command's machine.json has it.
+    parts, total = machine["time_breakdown_s"], machine["time_breakdown_total_s"]
+    assert abs(sum(parts.values()) - total) <= 0.02 * total, (parts, total)
+    assert parts["training steps"] > 0 and parts["compilation"] > 0
 
     # Rerun: trains nothing and keeps the record of the session that did the work.
     again = command(f"--config={cfg}", f"--workdir={w}")
