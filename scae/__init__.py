@@ -9,6 +9,8 @@ The public API (see README, "Use from Python"):
   and ``frozen`` with validation-based selection, returning the models and their records.
 - The flax NNX models :class:`CAE`, :class:`CNN` and their specs; :func:`make_config`,
   :func:`load_data` and :func:`prepare` (uint8 pixels to network inputs).
+- :class:`InputError`, a ``ValueError``: what the API raises, with one line naming the
+  problem, for input it cannot take.
 
 The package layers (docs/architecture.md): ``data``, ``models``, ``train``, ``study`` and
 ``report``, with the public API in :mod:`scae.api`. The names below load on first use, so that
@@ -30,10 +32,11 @@ _EXPORTS = {
     "CAE": "scae.models.modules", "CNN": "scae.models.modules",
     "CAESpec": "scae.models.modules", "CNNSpec": "scae.models.modules",
     "Stack": "scae.models.stack",
+    "InputError": "scae.errors",  # what every check of the API's inputs raises
     "nnx": "flax",  # re-exported: Rngs for the models
 }
 
-__all__ = ["CAE", "CAESpec", "CNN", "CNNSpec", "FinetuneResult", "Stack", "finetune",
+__all__ = ["CAE", "CAESpec", "CNN", "CNNSpec", "FinetuneResult", "InputError", "Stack", "finetune",
            "load_data", "load_stack", "make_config", "nnx", "prepare", "pretrain", "__version__"]
 
 if TYPE_CHECKING:  # the names above, for type checkers and IDEs
@@ -49,6 +52,7 @@ if TYPE_CHECKING:  # the names above, for type checkers and IDEs
         pretrain,
     )
     from scae.models.modules import CAE, CNN, CAESpec, CNNSpec
+    from scae.errors import InputError
     from scae.models.stack import Stack
 
 

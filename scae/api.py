@@ -273,8 +273,11 @@ def load_stack(path: str | os.PathLike) -> Stack:
                              f"with the repository's results/ (a clone, not a wheel)")
         return Stack.load(published)
     if not path.is_dir():
-        raise InputError(f"{path}: no such folder; expected a stack saved with Stack.save or "
-                         f"a pretrain workdir")
+        raise InputError(f"{path}: no such folder; expected a stack saved with Stack.save, "
+                         f"a pretrain workdir or a published stack's name "
+                         f"({', '.join(PUBLISHED)})"
+                         + "".join(f"; did you mean {name!r}?" for name in
+                                   difflib.get_close_matches(str(path), PUBLISHED, n=1)))
     if (path / "config.json").exists() and not (path / "stack.json").exists():
         return pretraining.from_workdir(path, transform=True)
     return Stack.load(path)

@@ -85,3 +85,11 @@ def test_the_readme_loads_the_published_stack_and_encodes_without_training(capsy
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
     assert "(500, 2, 2, 200)" in capsys.readouterr().out
     assert namespace["rebuilt"].shape == (8, 28, 28, 1)  # back in image space
+
+
+def test_a_misspelt_published_name_is_one_line_that_names_the_published_ones():
+    with pytest.raises(scae.InputError) as e:  # the API's error, exported beside it
+        scae.load_stack("mnst")
+    message = str(e.value)
+    assert "\n" not in message and "did you mean 'mnist'?" in message
+    assert all(name in message for name in api.PUBLISHED)
