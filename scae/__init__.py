@@ -51,8 +51,8 @@ if TYPE_CHECKING:  # the names above, for type checkers and IDEs
         prepare,
         pretrain,
     )
-    from scae.models.modules import CAE, CNN, CAESpec, CNNSpec
     from scae.errors import InputError
+    from scae.models.modules import CAE, CNN, CAESpec, CNNSpec
     from scae.models.stack import Stack
 
 
