@@ -150,7 +150,7 @@ def test_stacks_of_several_seeds_stream_as_each_alone(tmp_path, digits_npy):
     _assert_params_close(together[1], alone, rtol=1e-4, atol=1e-6)
 
 
-def test_chunk_data_reads_each_example_once_and_keeps_the_orders():
+def test_chunk_data_reads_each_example_once_and_lays_out_each_seeds_batches():
     read = []
 
     class Source:
@@ -158,12 +158,17 @@ def test_chunk_data_reads_each_example_once_and_keeps_the_orders():
             read.append(np.asarray(indices))
             return np.asarray(indices, np.float32)[:, None] * 10
 
-    order = np.array([[5, 3, 9, 1, 0, 2], [3, 8, 5, 7, 6, 4]], np.int32)
-    data, chunk_order = driver.chunk_data(Source(), order, 2, 2, 1)
-    np.testing.assert_array_equal(read[0], [1, 5, 7, 9])  # sorted, each once
-    assert data.shape == (4, 1)  # two seeds, two steps of one: padded to four
-    np.testing.assert_array_equal(np.asarray(data)[np.asarray(chunk_order)][..., 0],
-                                  order[:, 2:4] * 10)
+    # Two seeds that both take image 9: each image is read once, in index order.
+    order = np.array([[5, 3, 9, 1, 0, 2], [3, 8, 9, 7, 6, 4]], np.int32)
+    data = driver.chunk_data(Source(), order, 2, 2, 1)
+    np.testing.assert_array_equal(read[-1], [1, 7, 9])
+    assert data.shape == (2, 2, 1, 1)  # seeds, steps, batch, the example's own shape
+    np.testing.assert_array_equal(np.asarray(data)[..., 0],
+                                  order[:, 2:4].reshape(2, 2, 1) * 10)
+    # Images taken once each: read in the order of the batches, with nothing to gather.
+    data = driver.chunk_data(Source(), order[:1], 0, 3, 2)
+    np.testing.assert_array_equal(read[-1], order[0])
+    np.testing.assert_array_equal(np.asarray(data)[..., 0], order[:1].reshape(1, 3, 2) * 10)
 
 
 def test_a_killed_streamed_run_resumes_to_the_same_parameters(tmp_path, digits_npy,

@@ -16,8 +16,9 @@ for.
 Reading is by index (:meth:`ImageStream.read`): the training driver reads, for each compiled
 chunk of steps, the images its batches take in the seeded order of the epoch
 (:class:`scae.train.driver.Source`), so the order, and resuming mid-epoch, are those of
-in-memory data. A process of a multi-process run would pass only the indices of its own shard
-of each batch: nothing is read that the caller does not ask for.
+in-memory data. Nothing is read that the caller does not ask for: in a multi-process run each
+process asks only for the images its own devices train on (its slice of every batch, or its
+seeds' batches: :func:`scae.train.parallel.seed_batches`).
 """
 
 from __future__ import annotations

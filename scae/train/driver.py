@@ -5,11 +5,11 @@ leading seed axis, run by :func:`train`.
 Data sets live on the device; each epoch is a seeded permutation of example indices, and a
 compiled ``lax.scan`` runs many steps per call, gathering its batches from the device arrays,
 so Python is off the per-step path. Data too large for that stream from the host instead
-(:class:`Source`): each chunk reads the images its steps take and runs the same compiled steps
-on them. Randomness is ``fold_in(key, step)``: a run resumed from a
-checkpoint at step s draws exactly what an uninterrupted run draws. Around the compiled chunks
-the driver keeps the progress bar, the checkpoints (orbax, only complete ones are ever seen),
-the guard against non-finite losses or parameters, the divergence retries
+(:class:`Source`): each chunk reads the images its steps take on this process's devices, laid
+out by seed and step, and runs the same steps on them. Randomness is ``fold_in(key, step)``: a
+run resumed from a checkpoint at step s draws exactly what an uninterrupted run draws. Around
+the compiled chunks the driver keeps the progress bar, the checkpoints (orbax, only complete
+ones are ever seen), the guard against non-finite losses or parameters, the divergence retries
 (:mod:`scae.train.retry`), and the per-evaluation records.
 """
 
@@ -171,8 +171,8 @@ _seed_orders = jax.jit(over_seeds(epoch_order, (0, 0, None), "vmap"))
 class Source(Protocol):
     """A phase's data read on the host by example index (``Phase.data``), for data sets that
     do not fit in memory (:class:`scae.data.stream.PretrainStream`). Each compiled chunk of n
-    steps reads the examples its batches take, every seed's, and only those are held at once
-    (:func:`chunk_data`)."""
+    steps reads the examples its batches take on this process's devices, and only those are
+    held at once (:func:`chunk_data`)."""
 
     def read(self, indices: np.ndarray) -> Any:
         """The examples at ``indices``, in that order: a pytree of host arrays indexed by
@@ -180,25 +180,25 @@ class Source(Protocol):
 
 
 def chunk_data(source: Source, order: np.ndarray, offset: int, num_steps: int,
-               batch_size: int) -> tuple[Any, Array]:
-    """The data of one chunk of ``num_steps`` steps of a streamed phase, on the device, and
-    each seed's order into it: seed m's step i trains on ``data[chunk_order[m, i*batch_size
-    : ...]]``, the examples ``order[m, offset + i*batch_size : ...]`` of the epoch's ``order``
-    (seeds, n). So :func:`make_steps` runs unchanged, at offset 0. An example that several
-    seeds take is read once; the data are padded to seeds x steps x batch examples, so that
-    every chunk of a length has the same shapes and one compiled program."""
+               batch_size: int, spread: str = "auto") -> Any:
+    """The data of one chunk of ``num_steps`` steps of a streamed phase, on the devices: each
+    seed's batches, (seeds, num_steps, batch_size, ...), seed m's step i training on
+    ``data[m, i]``, the examples ``order[m, offset + i*batch_size : ... + batch_size]`` of the
+    epoch's ``order`` (seeds, n); :func:`make_steps` with ``streamed`` runs on them.
+
+    They are laid out over the devices as the phase is (``spread``,
+    :func:`scae.train.parallel.spread`): with the batch spread each device holds its slice of
+    every batch, with the seeds spread its seeds' batches. A process reads from ``source`` only
+    the examples of its own devices' share, each once however many of its seeds and steps take
+    it (:func:`scae.train.parallel.seed_batches`)."""
     need = np.asarray(order)[:, offset:offset + num_steps * batch_size]
-    unique, inverse = np.unique(need.reshape(-1), return_inverse=True)
-    host = source.read(unique)
-    if len(unique) < need.size:
-        host = jax.tree.map(lambda a: np.concatenate(
-            [a, np.zeros((need.size - len(a),) + a.shape[1:], a.dtype)]), host)
-    chunk_order = jnp.asarray(inverse.reshape(need.shape), jnp.int32)
-    return parallel.replicate(jax.device_put(host)), chunk_order
+    need = need.reshape(need.shape[0], num_steps, batch_size)
+    return parallel.seed_batches(need, source.read, parallel.spread(spread, need.shape[0]))
 
 
 def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int,
-               num_steps: int, seed_batching: str = "auto", spread: str = "auto") -> Callable:
+               num_steps: int, seed_batching: str = "auto", spread: str = "auto",
+               streamed: bool = False) -> Callable:
     """Compiles ``num_steps`` training steps of every seed as one call.
 
     Returns ``run(params, opt_state, data, order, offset, step0, key, context=None) ->
@@ -207,8 +207,10 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
     seed m's step i trains on ``data[order[m, offset + i*batch_size : ... + batch_size]]``
     with key ``fold_in(key[m], step0 + i)``; a ``context`` that is not None (fixed inputs of
     the loss that are not trained, such as frozen layers) is passed to ``loss_fn`` as its last
-    argument. On several devices ``spread`` (:func:`scae.train.parallel.spread`) splits the
-    batches or the seeds over them.
+    argument. ``streamed``: the data are each seed's batches of these steps instead
+    (:func:`chunk_data`), seed m's step i training on ``data[m, i]``, and ``order`` is None.
+    On several devices ``spread`` (:func:`scae.train.parallel.spread`) splits the batches or
+    the seeds over them.
     """
 
     def run(params, opt_state, data, order, offset, step0, key, context=None):
@@ -216,8 +218,12 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
 
         def step(carry, i):
             params, opt_state = carry
-            idx = lax.dynamic_slice_in_dim(order, offset + i * batch_size, batch_size)
-            batch = parallel.shard_batch(jax.tree.map(lambda a: a[idx], data))
+            if streamed:  # this seed's batches: the i-th is this step's
+                batch = jax.tree.map(lambda a: a[i], data)
+            else:
+                idx = lax.dynamic_slice_in_dim(order, offset + i * batch_size, batch_size)
+                batch = jax.tree.map(lambda a: a[idx], data)
+            batch = parallel.shard_batch(batch)
             step_key = jax.random.fold_in(key, step0 + i)
             loss, grads = jax.value_and_grad(loss_fn)(params, batch, step_key, *extra)
             updates, opt_state = tx.update(grads, opt_state, params)
@@ -226,13 +232,13 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
         (params, opt_state), losses = lax.scan(step, (params, opt_state), jnp.arange(num_steps))
         return params, opt_state, losses
 
-    in_axes = (0, 0, None, 0, None, None, 0, 0)
+    in_axes = (0, 0, 0, None, None, None, 0, 0) if streamed else (0, 0, None, 0, None, None, 0, 0)
     per_seed = over_seeds(run, in_axes, seed_batching)
 
     def run_seeds(params, opt_state, data, order, offset, step0, key, context=None):
         # over_seeds takes every argument its in_axes names, so the default is filled in here.
         args = (params, opt_state, data, order, offset, step0, key, context)
-        seeds = order.shape[0]
+        seeds = key.shape[0]
         if parallel.spread(spread, seeds) == "seeds":
             specs = tuple("seeds" if a == 0 else None for a in in_axes)
             return parallel.over_devices(per_seed, specs, seeds)(*args)
@@ -436,8 +442,8 @@ def _train(phase: Phase, lr_scale: float) -> Result:
             data, chunk_order, at = phase.data, order, offset
             if streamed:
                 with accounting.part("data loading and preprocessing"):
-                    data, chunk_order = chunk_data(phase.data, order, offset, n, p.batch_size)
-                at = 0
+                    data = chunk_data(phase.data, order, offset, n, p.batch_size, phase.spread)
+                chunk_order, at = None, 0
             args = (state["params"], state["opt_state"], data, chunk_order, at, step,
                     phase.step_key, phase.context)
             if n not in compiled:
@@ -446,7 +452,8 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                 with accounting.part("compilation"):
                     compiled[n] = make_steps(phase.loss_fn, tx, p.batch_size, n,
                                              seed_batching=phase.seed_batching,
-                                             spread=phase.spread).lower(*args).compile()
+                                             spread=phase.spread,
+                                             streamed=streamed).lower(*args).compile()
             t0 = time.perf_counter()
             with accounting.part("training steps"):
                 params, opt_state, losses = compiled[n](*args)
