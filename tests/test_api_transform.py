@@ -104,6 +104,44 @@ def test_save_and_load_keep_the_transform_bit_exact(tmp_path, how):
             assert b.dtype == a.dtype
             np.testing.assert_array_equal(b, a)
     np.testing.assert_array_equal(loaded.encode(images[:8]), s.encode(images[:8]))
+    if how.get("preprocess") == "gcn_zca":  # half the whitening matrix is on disk, no inverse
+        with np.load(tmp_path / "s" / "transform.npz") as f:
+            d = s.normalizer.zca.shape[0]
+            assert "zca" not in f.files and "zca_inverse" not in f.files
+            assert f["zca_upper"].size == d * (d + 1) // 2
+
+
+def test_the_packed_symmetric_matrix_comes_back_bit_for_bit():
+    """ZCA's matrix is symmetric only up to rounding: the entries below the diagonal that
+    differ from their mirror are kept, so any square matrix comes back exactly."""
+    rng = np.random.default_rng(0)
+    sym = rng.normal(size=(7, 7)).astype(np.float32)
+    sym = sym + sym.T
+    nearly = sym.copy()
+    nearly[5, 2] = np.nextafter(nearly[5, 2], np.float32(np.inf))  # one ulp below the diagonal
+    for m in (sym, nearly, rng.normal(size=(4, 4)).astype(np.float32),
+              np.ones((1, 1), np.float32), np.zeros((0, 0), np.float32)):
+        packed = preprocess.pack_symmetric(m, "w")
+        back = preprocess.unpack_symmetric(packed, "w")
+        assert back.dtype == m.dtype and back.view(np.uint32).tolist() == m.view(
+            np.uint32).tolist()
+    assert preprocess.pack_symmetric(sym, "w")["w_lower_index"].size == 0
+    assert preprocess.pack_symmetric(nearly, "w")["w_lower_index"].tolist() == [5 * 7 + 2]
+
+
+def test_a_stack_saved_with_the_whole_zca_matrices_still_loads(tmp_path):
+    """transform.npz as stacks were saved before the ZCA matrix was packed: ``zca`` and
+    ``zca_inverse`` whole."""
+    images = np.random.default_rng(2).integers(0, 256, (64, 28, 28, 1), np.uint8)
+    s = _stack()
+    s.normalizer = preprocess.fit_normalizer(images, "unit", False, "gcn_zca")
+    s.save(tmp_path / "s")
+    n = s.normalizer
+    np.savez(tmp_path / "s" / "transform.npz", zca_mean=n.zca_mean, zca=n.zca,
+             zca_inverse=n.zca_inverse + 1)
+    loaded = scae.load_stack(tmp_path / "s").normalizer
+    np.testing.assert_array_equal(loaded.zca, n.zca)
+    np.testing.assert_array_equal(loaded.zca_inverse, n.zca_inverse + 1)  # as saved
 
 
 def test_a_stack_saved_with_the_old_json_transform_still_loads(tmp_path):

@@ -92,16 +92,27 @@ class Normalizer:
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         """The transform as plain fields (JSON) and arrays (an .npz), for :meth:`from_state`:
-        the round trip is bit-exact."""
+        the round trip is bit-exact. The ZCA matrix is kept as its upper triangle and the few
+        entries below it that rounding left unequal to their mirror (:func:`pack_symmetric`),
+        half of its D x D values; its inverse, which only draws images back, is computed again
+        from it (:func:`zca_inverse`), as the fit computed it."""
         fields = {"scale": self.scale, "preprocess": self.preprocess,
                   "gcn_mean": float(self.gcn_mean), "gcn_std": float(self.gcn_std)}
-        arrays = {k: np.asarray(getattr(self, k)) for k in _ARRAYS
+        arrays = {k: np.asarray(getattr(self, k)) for k in ("mean", "std", "zca_mean")
                   if getattr(self, k) is not None}
+        if self.zca is not None:
+            arrays.update(pack_symmetric(np.asarray(self.zca), "zca"))
         return fields, arrays
 
     @classmethod
     def from_state(cls, fields: dict, arrays: dict[str, np.ndarray]) -> Normalizer:
-        """The transform that :meth:`state` gave ``fields`` and ``arrays`` for."""
+        """The transform that :meth:`state` gave ``fields`` and ``arrays`` for (also the whole
+        ``zca`` and ``zca_inverse`` of transforms saved before they were packed)."""
+        arrays = dict(arrays)
+        if "zca_upper" in arrays:
+            arrays["zca"] = unpack_symmetric(arrays, "zca")
+        if arrays.get("zca") is not None and "zca_inverse" not in arrays:
+            arrays["zca_inverse"] = zca_inverse(arrays["zca"])
         return cls(fields["scale"], preprocess=fields.get("preprocess", "none"),
                    gcn_mean=fields.get("gcn_mean", 0.0), gcn_std=fields.get("gcn_std", 1.0),
                    **{k: (np.asarray(arrays[k]) if k in arrays else None) for k in _ARRAYS})
@@ -254,7 +265,8 @@ def _fit_standardize(images: np.ndarray, scale: str) -> Normalizer:
 
 def _fit_zca(gcn_normalizer: Normalizer, images: np.ndarray, epsilon: float):
     """The mean (D,), whitening matrix W and its inverse (D, D) of the GCN images:
-    W = U diag(1 / sqrt(s + epsilon)) U^T for the covariance's eigenpairs (s, U)."""
+    W = U diag(1 / sqrt(s + epsilon)) U^T for the covariance's eigenpairs (s, U), in float32,
+    and the inverse of that float32 matrix (:func:`zca_inverse`)."""
     n = len(images)
     if n < 2:
         raise InputError(f"config.data.preprocess=gcn_zca: needs at least 2 training images, "
@@ -270,9 +282,40 @@ def _fit_zca(gcn_normalizer: Normalizer, images: np.ndarray, epsilon: float):
     cov = (gram - n * np.outer(mean, mean)) / (n - 1)
     s, u = np.linalg.eigh(cov)
     s = np.maximum(s, 0.0)  # rounding can make the null space's eigenvalues slightly negative
-    w = (u / np.sqrt(s + epsilon)) @ u.T
-    w_inv = (u * np.sqrt(s + epsilon)) @ u.T
-    return mean.astype(np.float32), w.astype(np.float32), w_inv.astype(np.float32)
+    w = ((u / np.sqrt(s + epsilon)) @ u.T).astype(np.float32)
+    return mean.astype(np.float32), w, zca_inverse(w)
+
+
+def zca_inverse(w: np.ndarray) -> np.ndarray:
+    """The inverse of the float32 whitening matrix ``w``, computed in float64: what undoes the
+    whitening to draw images back. A fit and a loaded transform compute it from the same
+    float32 matrix, so that it need not be saved."""
+    return np.linalg.inv(np.asarray(w, np.float64)).astype(np.float32)
+
+
+def pack_symmetric(m: np.ndarray, name: str) -> dict[str, np.ndarray]:
+    """A square matrix that is symmetric up to rounding, exactly, in about half its size:
+    ``<name>_upper`` (its upper triangle, diagonal included, row by row) and the flat indices
+    and values of the entries below the diagonal that differ from their mirror image
+    (``<name>_lower_index``, ``<name>_lower_value``)."""
+    rows, cols = np.triu_indices(m.shape[0])
+    mirrored = np.triu(m) + np.triu(m, 1).T
+    differ = np.flatnonzero(np.tril(mirrored != m, -1)) if m.size else np.zeros(0, np.int64)
+    return {f"{name}_upper": m[rows, cols], f"{name}_lower_index": differ.astype(np.int64),
+            f"{name}_lower_value": m.reshape(-1)[differ]}
+
+
+def unpack_symmetric(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The matrix that :func:`pack_symmetric` packed as ``name``, bit for bit."""
+    upper = np.asarray(arrays[f"{name}_upper"])
+    d = int(round((np.sqrt(8 * len(upper) + 1) - 1) / 2))
+    if d * (d + 1) // 2 != len(upper):
+        raise ValueError(f"{name}_upper: {len(upper)} values are no triangle")
+    m = np.zeros((d, d), upper.dtype)
+    m[np.triu_indices(d)] = upper
+    m += np.triu(m, 1).T
+    m.reshape(-1)[np.asarray(arrays[f"{name}_lower_index"])] = arrays[f"{name}_lower_value"]
+    return m
 
 
 def to_uint8(images_float: np.ndarray, normalizer: Normalizer) -> np.ndarray:

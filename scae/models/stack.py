@@ -194,9 +194,9 @@ class Stack(nnx.Module):
             ckptr.save(tmp / "params", jax.device_get(models.params_of(self)))
         norm = self.normalizer
         fields, arrays = (None, {}) if norm is None else norm.state()
-        if arrays:  # the transform's statistics, bit for bit (ZCA: a D x D matrix)
+        if arrays:  # the transform's statistics, bit for bit (ZCA: half a D x D matrix)
             with (tmp / TRANSFORM_FILE).open("wb") as f:
-                np.savez(f, **arrays)
+                np.savez_compressed(f, **arrays)
         atomic.write_text(tmp / "stack.json", json.dumps(
             {"pools": list(self.pools), "specs": [dataclasses.asdict(s) for s in self.specs],
              "normalizer": fields}, indent=1))
