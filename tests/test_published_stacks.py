@@ -15,8 +15,9 @@ import pytest
 
 import scae
 from scae import api
+from scae import data as data_lib
 from scae import workdir as workdir_lib
-from scae.data import inputs
+from scae.data import inputs, splits
 from scae.study import pretrain as pretraining
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +69,11 @@ def test_a_committed_stack_gives_its_recorded_validation_mse(name):
     if path and not Path(path).exists():
         pytest.skip(f"its data ({source}) is not on this machine")
     stack = scae.load_stack(name)
-    data = inputs.build(config.data, config.seed)
-    val = data.val_images[: record["val_images"]]
+    # The validation images as the workdir carved them, through the stack's own transform (the
+    # one fitted on the training images, which the stack carries: nothing is fitted here).
+    train = data_lib.load(source, "train")
+    _, val_idx = splits.validation_split(len(train), config.data.validation_size)
+    val = stack.normalizer(train.images[val_idx][: record["val_images"]])
     # Bit-exact on the CPU kind that made it; within float rounding elsewhere.
     np.testing.assert_allclose(pretraining.validation_mse(stack, val), record["val_mse"],
                                rtol=2e-3)
