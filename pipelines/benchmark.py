@@ -9,29 +9,17 @@ Prints one JSON line: workload, layer, arch, batch, seeds, img_per_s (per seed),
 gflop_per_s (analytic FLOPs, see scae.models.flops; also XLA's own count as xla_gflop_per_s), and
 with --peak the measured fp32 matmul GFLOP/s and the fraction of it reached.
 
---memory prints instead XLA's memory analysis of the compiled step (the MB of its arguments,
-outputs and temporaries) for --workload, --arch, --batch and --seeds: what a device holds for
-one phase besides the data set.
+--memory prints instead XLA's memory analysis of the compiled step (argument, output and
+temporary MB): what a device holds for one phase besides the data set.
 
---all times every step at both sizes in the order of the peers' side-by-side script
-(MNIST then CIFAR-10; CNN, CAE layers 1, 2, 3): first one JSON line describing the machine
-(CPU model, vector extensions from /proc/cpuinfo, fp32 matmul peak, and the bf16 peak with
---dtype=bfloat16), then one JSON line per step with its fraction of the peak (with
---dtype=bfloat16 of both peaks: the layers Winograd takes stay fp32).
+--all times every step at both sizes in the peers' order (MNIST then CIFAR-10; CNN, CAE layers
+1-3): one JSON line for the machine (CPU, vector extensions, matmul peaks), then one per step.
 
---ab compiles variants of each step in one process and times them in alternation (--rounds
-rounds of 3 calls), so that the machine's drift within minutes hits every variant alike:
-'dtype' every step with float32 and with bfloat16 matmul operands; 'impl' the dense steps (CNN,
-CAE layer 2) with float32 and the default convolutions, float32 patch matmuls and bfloat16
-patch matmuls. It prints the machine line with both peaks, then per step each variant's
-median img/s and GFLOP/s and its ratio to the first variant, per round and the median.
-'seeds' the CNN step (MNIST, then CIFAR-10) of 1, 2, 5 and 10 seeds in one program, per seed
-path: XLA's convolutions or patch matmuls (whose seeds vmapped become batched GEMMs), the seeds
-vmapped, and XLA's convolutions with the seeds mapped one after another. Per path and number
-of seeds: the img/s of all seeds together, and the gain over the path's one-seed program (k
-seeds at k times the one-seed rate give a gain of k). The machine line then carries XLA_FLAGS,
-which is how command buffers (CUDA graphs) are switched, e.g.
-XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE.
+--ab compiles variants in one process and times them in alternation (--rounds rounds), so the
+machine's drift hits every variant alike: 'dtype' float32 against bfloat16 matmul operands;
+'impl' the dense steps' convolution paths; 'seeds' the CNN step of 1, 2, 5 and 10 seeds per
+seed path (XLA or patch matmuls vmapped, XLA mapped), with total img/s and the gain over one
+seed. The machine line carries XLA_FLAGS, which switches GPU command buffers (docs/performance.md).
 """
 
 from __future__ import annotations

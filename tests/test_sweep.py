@@ -209,7 +209,8 @@ def test_second_call_does_not_retrain(swept, monkeypatch):
 def fake_rows(c, data, stack, label_size, arm, seeds, ckpt, log):
     assert stack is None and arm == "random" and len(data.test_labels) == 0
     e = 100 * c.finetune.learning_rate
-    return [{"val_error": e + s, "epochs": 2, "steps": 6, "best_epoch": 1} for s in seeds], {}
+    return [{"val_error": e + s, "epochs": 2, "steps": 6, "best_epoch": 1, "failure_hit": False,
+             "first_eval_train_loss": 1.5} for s in seeds], {}
 
 
 def test_a_larger_grid_runs_only_its_new_points(swept, tmp_path, monkeypatch):
@@ -689,6 +690,7 @@ def test_every_arm_at_every_point_with_stacks_once_per_data_setting(swept, tmp_p
         bonus = {"random": 0.0, "pretrained": -1.0, "frozen": 5.0}[arm]
         e = 100 * rate + bonus + c.finetune.get("full_epochs", 0) % 7
         return [{"val_error": e + s, "epochs": 2, "steps": 6, "best_epoch": 1,
+                 "failure_hit": False, "first_eval_train_loss": 1.5,
                  "learning_rate": rate} for s in seeds], {}
 
     monkeypatch.setattr(finetuning, "run_cell", run_cell)
