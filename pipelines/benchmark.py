@@ -156,7 +156,7 @@ def _workload(workload: str, arch: str, layer: int, batch: int, impl: str,
 def compile_step(workload: str, arch: str, layer: int, batch: int, steps: int, seeds: int = 1,
                  impl: str = "auto", dtype: str = "float32", seed_batching: str = "auto"):
     """(compiled, args, flops per image-step): ``steps`` fused training steps of ``seeds``
-    models, compiled for ``compiled(*args)``, which returns (params, opt_state, losses).
+    models, compiled for ``compiled(*args)``, which returns (params, opt_state, losses, grad_norms).
     ``dtype`` is the matmul operand dtype the step is traced with (:func:`ops.compute_dtype`);
     it and anything else read at tracing time (a module's function) take effect here."""
     loss_fn, params, data, flop_per_img = _workload(workload, arch, layer, batch, impl, dtype)
@@ -209,7 +209,7 @@ def benchmark(workload: str, arch: str, layer: int, batch: int, steps: int, repe
     times = []
     for _ in range(repeats + 1):  # the first call warms up
         t = time.perf_counter()
-        params, opt_state, losses = compiled(params, opt_state, data, order, *rest)
+        params, opt_state, losses, _ = compiled(params, opt_state, data, order, *rest)
         losses.block_until_ready()
         times.append(time.perf_counter() - t)
     dt = sorted(times[1:])[len(times[1:]) // 2]

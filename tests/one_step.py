@@ -50,7 +50,7 @@ def main(out: str) -> None:
     spec = models.CAESpec(1, 8, 5, noise="mask", noise_level=0.2)
     graphdef, p = models.split(models.CAE(spec, rngs=nnx.Rngs(key)))
     run = driver.make_steps(lambda q, b, k: models.merge(graphdef, q).loss(b, k), tx, 32, 2)
-    p, _, losses = _one_seed(run, tx, p, x, order, key)
+    p, _, losses, _ = _one_seed(run, tx, p, x, order, key)
     results.update({f"cae/{k}": np.asarray(v) for k, v in p.items()})
     results["cae/losses"] = np.asarray(losses)
 
@@ -62,7 +62,7 @@ def main(out: str) -> None:
     for mode in ("map", "vmap"):
         run = driver.make_steps(lambda q, b, k: models.merge(graphdef, q).loss(b, k), tx, 32, 2,
                                 seed_batching=mode)
-        ps, _, losses = run(*parallel.replicate((seeds_p, jax.vmap(tx.init)(seeds_p), x)),
+        ps, _, losses, _ = run(*parallel.replicate((seeds_p, jax.vmap(tx.init)(seeds_p), x)),
                             orders, 0, 0, keys)
         results.update({f"seeds_{mode}/{k}": np.asarray(v) for k, v in ps.items()})
         results[f"seeds_{mode}/losses"] = np.asarray(losses)
@@ -70,7 +70,7 @@ def main(out: str) -> None:
     graphdef, q = models.split(models.CNN(models.CNNSpec.from_config(config.model, (28, 28, 1)),
                                           rngs=nnx.Rngs(key)))
     run = driver.make_steps(lambda r, b, k: models.merge(graphdef, r).loss(b[0], b[1]), tx, 32, 2)
-    q, _, losses = _one_seed(run, tx, q, (x, y), order, key)
+    q, _, losses, _ = _one_seed(run, tx, q, (x, y), order, key)
     flat = traverse_util.flatten_dict(jax.device_get(q), sep="/")
     results.update({f"cnn/{k}": np.asarray(v) for k, v in flat.items()})
     results["cnn/losses"] = np.asarray(losses)

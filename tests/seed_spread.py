@@ -42,7 +42,7 @@ def main(out: str, spread: str) -> None:
         inner = [c for c in re.split(r"\n(?=\S)", text) if not c.startswith("ENTRY")]
         results[f"s{seeds}/all_reduce"] = np.array(any(
             op in c for c in inner for op in ("all-reduce(", "all-gather(", "collective-permute(")))
-        q, _, losses = run(*args)
+        q, _, losses, _ = run(*args)
         results.update({f"s{seeds}/{k}": np.asarray(v) for k, v in q.items()})
         results[f"s{seeds}/losses"] = np.asarray(losses)
     results["spread"] = np.array(parallel.spread(spread, 2))

@@ -90,7 +90,7 @@ def test_alternate_times_every_variant_in_every_round_and_leaves_the_args_unchan
         np.testing.assert_array_equal(a, b)
     # The compiled steps train (one seed, 2 steps: 2 losses on the seed axis); they donate the
     # buffers they are given.
-    params, _, losses = fn(*jax.tree.map(jax.numpy.copy, args[:2]), *args[2:])
+    params, _, losses, _ = fn(*jax.tree.map(jax.numpy.copy, args[:2]), *args[2:])
     assert losses.shape == (1, 2) and bool(np.isfinite(losses).all())
     assert any(not np.array_equal(a, b) for a, b in zip(before, jax.tree.leaves(params)))
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from scae import config as cfglib
+from scae.models import modules as models
+from scae.models import ops
 from scae.report import tables as report
 from scae.study import compare, finetune
 
@@ -45,6 +50,39 @@ def test_apply_failure_rule_records_the_first_evaluation(rule):
         assert all("failed" not in r for r in rows)
     else:
         assert [r["failed"] for r in rows] == [True, False]
+
+
+def test_apply_failure_rule_keeps_the_first_evaluations_gradient_norms_and_saturation():
+    rows = [{"arm": "pretrained", "seed": s} for s in (0, 1)]
+    first = evals(2.31, 1.4)
+    first[0].update(max_grad_norm_per_seed=[40.0, 2.5],
+                    saturated_per_seed=[[0.9, 0.5, 0.1, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    first[1].update(max_grad_norm_per_seed=[1.0, 1.0])
+    finetune.apply_failure_rule(rows, first, "mark", 10)
+    assert [r["first_eval_max_grad_norm"] for r in rows] == [40.0, 2.5]
+    assert rows[0]["first_eval_saturated"] == [0.9, 0.5, 0.1, 0.0]
+
+
+@pytest.mark.parametrize("name", sorted(ops.ACTIVATIONS))
+def test_saturated_units_are_those_that_pass_back_almost_no_gradient(name):
+    z = jnp.array([-50.0, -0.5, 0.0, 0.5, 50.0])
+    got = np.asarray(ops.saturated(name, z))
+    if name == "relu":  # a relu saturates below zero only
+        assert got.tolist() == [True, True, True, False, False]
+    else:
+        assert got.tolist() == [True, False, False, False, True]
+
+
+def test_a_cnn_driven_far_out_along_its_tanh_counts_its_units_saturated():
+    spec = models.CNNSpec((12, 12, 1), features=(4, 6), kernel_sizes=(3, 3),
+                          pool_sizes=(2, 1), fc_width=8)
+    net = models.CNN(spec, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 12, 12, 1))
+    calm = np.asarray(net.saturated_fractions(x))
+    assert calm.shape == (3,) and (calm < 0.05).all()
+    net.conv1.w[...] = 100.0 * net.conv1.w[...]  # filters far larger than a random start's
+    wild = np.asarray(net.saturated_fractions(x))
+    assert wild[0] > 0.9 and wild[0] > calm[0]
 
 
 def test_conv_rms():

@@ -85,6 +85,11 @@ def test_arms_share_subsets_and_the_frozen_arm_keeps_its_conv_weights(setup, tmp
             # The diagnostics: each conv layer's starting RMS against the random
             # initialiser's, and the training loss at the first evaluation.
             assert len(r["conv_rms"]) == len(r["conv_rms_random"]) == 3
+            # ... each hidden layer's saturated units at the start and at the first
+            # evaluation, and the largest gradient norm until then and over the run.
+            assert len(r["saturated_start"]) == len(r["first_eval_saturated"]) == 4
+            assert all(0 <= f <= 1 for f in r["saturated_start"] + r["first_eval_saturated"])
+            assert 0 < r["first_eval_max_grad_norm"] <= r["max_grad_norm"] < math.inf
             assert math.isfinite(r["first_eval_train_loss"]) and r["failure_rule"] == "mark"
             assert r["failed"] == finetuning.hit_failure_rule(r["first_eval_train_loss"], 10)
     random_rows, pretrained_rows = out["random"][0], out["pretrained"][0]
@@ -174,7 +179,8 @@ RUN_FIELDS = {"arm", "best_epoch", "cell_time_s", "curve", "data_exact", "data_f
               "stack_seed", "steps", "subset", "test_error", "train_size", "val_error",
               "git_commit", "git_dirty", "test_size", "num_classes", "conv_rms",
               "conv_rms_random", "first_eval_epoch", "first_eval_train_loss", "chance_loss",
-              "failure_rule", "failure_hit", "failed", "learning_rate"}
+              "failure_rule", "failure_hit", "failed", "learning_rate", "saturated_start",
+              "first_eval_saturated", "first_eval_max_grad_norm", "max_grad_norm"}
 
 
 @pytest.mark.slow

@@ -62,9 +62,17 @@ def test_make_steps_map_trains_each_seed_as_vmap_does(context):
         out[mode] = run(p, jax.vmap(tx.init)(p), data, order, 0, 0, keys, ctx)
     for got, want in zip(jax.tree.leaves(out["map"]), jax.tree.leaves(out["vmap"])):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
-    assert out["map"][2].shape == (seeds, steps)
+    assert out["map"][2].shape == out["map"][3].shape == (seeds, steps)
     # The seeds did train apart: different orders and keys, different losses.
     assert not np.allclose(out["map"][2][0], out["map"][2][1])
+    # Each step's gradient norm is that of its seed's loss at the parameters before the step.
+    for m in range(seeds):
+        first = jax.tree.map(lambda a: a[order[m, :batch]], data)
+        args = (ctx[m],) if context else ()
+        grads = jax.grad(loss)(jax.tree.map(lambda a: a[m], params), first,
+                               jax.random.fold_in(keys[m], 0), *args)
+        want = np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads)))
+        np.testing.assert_allclose(out["map"][3][m, 0], want, rtol=1e-5)
 
 
 def test_seed_map_in_bounded_batches():

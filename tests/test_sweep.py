@@ -172,6 +172,8 @@ def test_run_records_one_per_point(swept):
         assert r["epochs"] == config.finetune.epochs and len(r["best_epoch"]) == 2
         # Each seed's failure-rule verdict, from its loss at the first evaluation.
         assert r["failure_hit"] == [not loss < np.log(10) for loss in r["first_eval_train_loss"]]
+        # and each seed's diagnostics of what its run started from and met first
+        assert all(len(r[k]) == 2 for k in sweep.RUN_DIAGNOSTICS)
     assert atomic.read_jsonl(swept["workdir"] / sweep.RECORDS) == records
     assert sum("sweep point" in m for m in swept["logs"]) == 4
     assert not (swept["workdir"] / "ckpt" / "point0").exists()  # the record is the result
@@ -376,6 +378,28 @@ def test_table_ranks_best_first():
     assert "Best: " + recs[1]["point_id"] in md
     assert "    " + sweep.flags(recs[1]["point"]) in md
     assert "at 100 labels" in md and "Test images are not used" in md
+    assert "saturated" not in md  # records made before the diagnostics: no such table
+
+
+def test_the_diagnostics_table_gives_each_arm_and_point_its_runs_spread():
+    diag = lambda loss, norms, start, first: dict(
+        failure_hit=[False] * 2, first_eval_train_loss=loss, first_eval_max_grad_norm=norms,
+        saturated_start=[start] * 2, first_eval_saturated=[first] * 2)
+    rate = lambda r: {"finetune.learning_rate": r}
+    recs = [record(rate(0.05), [89.0, 90.0], arm="pretrained", stage="grid",
+                   **diag([30.0, 52.5], [1234.0, 87.0], [0.5, 0.25, 0.0, 0.1], [1, 1, 1, 1])),
+            record(rate(0.01), [45.0, 46.0], **diag([1.8, 1.9], [3.1, 2.9], [0, 0, 0, 0],
+                                                    [0, 0.02, 0.04, 0.5]))]
+    lines = sweep.diagnostics_table(recs).splitlines()
+    assert "conv1 / conv2 / conv3 / fc" in lines[0]
+    body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert body == [["random init", "finetune.learning_rate=0.01", "1.80–1.90", "2.9–3.1",
+                     "0 / 0 / 0 / 0", "0 / 2 / 4 / 50"],
+                    ["CAE pretrained", "finetune.learning_rate=0.05", "30.00–52.50",
+                     "87–1.23e+03", "50 / 25 / 0 / 10", "100 / 100 / 100 / 100"]]
+    md = sweep.markdown(recs)
+    assert "## What the runs started from and met first" in md and lines[0] in md
+    assert sweep.diagnostics_table([record(rate(0.01), [1.0])]) == ""
 
 
 # ---------------------------------------------------------------------------------------------

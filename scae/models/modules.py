@@ -299,6 +299,24 @@ class CNN(nnx.Module):
             x = conv.pooled(x, self.spec.activation, p)
         return x.reshape(x.shape[0], -1)
 
+    def pre_activations(self, x: Array) -> list[Array]:
+        """What each hidden layer feeds its activation, for images ``x``: every conv layer's
+        pooled maps (N, H, W, C), then the fully connected layer's units (N, fc_width)."""
+        out = []
+        for conv, p in zip(self.convs, self.spec.pool_sizes):
+            z = ops.conv_pool(x, conv.w[...], p, conv.impl, conv.compute_dtype) + conv.b[...]
+            out.append(z)
+            x = ops.activation(self.spec.activation)(z)
+        out.append(self.fc(x.reshape(x.shape[0], -1)))
+        return out
+
+    def saturated_fractions(self, x: Array) -> Array:
+        """Per hidden layer (conv1..convN, fc), the fraction of its units on images ``x``
+        whose activation is saturated (:func:`scae.models.ops.saturated`): units that pass
+        back almost no gradient, as a start too far out along the tanh leaves them."""
+        return jnp.stack([jnp.mean(ops.saturated(self.spec.activation, z))
+                          for z in self.pre_activations(x)])
+
     def head(self, features: Array, dropout_key: Array | None = None) -> Array:
         """Logits (N, classes) from :meth:`features` (N, F): the fully connected layers, with
         dropout before the classifier only when a key is given."""

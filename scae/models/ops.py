@@ -40,6 +40,19 @@ def activation(name: str) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
+# Each activation's largest slope. A unit whose slope is below SATURATED of it passes back
+# almost none of the gradient that reaches it: a saturated tanh, or a relu at zero.
+MAX_SLOPES = {"scaled_tanh": 1.7159 * 2.0 / 3.0, "tanh": 1.0, "sigmoid": 0.25, "relu": 1.0}
+SATURATED = 0.02
+
+
+def saturated(name: str, z: Array) -> Array:
+    """Whether each pre-activation in ``z`` puts activation ``name`` where its slope is below
+    :data:`SATURATED` of its largest."""
+    _, slope = jax.jvp(activation(name), (z,), (jnp.ones_like(z),))
+    return slope < SATURATED * MAX_SLOPES[name]
+
+
 CONV_IMPLS = ("auto", "xla", "matmul", "winograd")
 
 # Where 'winograd' applies Winograd (docs/performance.md): 5x5 kernels over at least 16 input

@@ -39,6 +39,9 @@ EVAL_BATCH = 128
 # The frozen arm trains on its conv features computed once (when no augmentation changes the
 # images between steps) while they take at most this many bytes over all the seeds of a cell.
 FROZEN_CACHE_BYTES = 2 << 30
+# Training images per seed (the first of its labelled subset, not augmented) on which a run's
+# saturated units are counted, at its start and at each evaluation.
+PROBE_IMAGES = 256
 
 
 def seed_keys(root_seed: int, seed: int) -> tuple[Array, Array, Array]:
@@ -88,13 +91,21 @@ def diagnostics(nets: Sequence[models.CNN], spec: models.CNNSpec, arm: str,
 
 def apply_failure_rule(rows: list[dict], evals: Sequence[dict], rule: str,
                        num_classes: int) -> None:
-    """Adds the training loss at the first evaluation and the failure rule's verdict to each
-    run record (``rows`` in the order of the evaluations' ``train_loss_per_seed``)."""
+    """Adds what the run looked like at its first evaluation and the failure rule's verdict to
+    each run record (``rows`` in the order of the evaluations' per-seed lists): the training
+    loss, the largest gradient norm of a step until then (``first_eval_max_grad_norm``) and
+    the saturated fraction of each hidden layer's units (``first_eval_saturated``, conv1..convN
+    then fc; :meth:`scae.models.modules.CNN.saturated_fractions`), where the evaluation
+    recorded them."""
     first = evals[0] if evals else {}
     losses = first.get("train_loss_per_seed") or [math.nan] * len(rows)
-    for r, loss in zip(rows, losses):
+    for i, (r, loss) in enumerate(zip(rows, losses)):
         r.update(first_eval_epoch=first.get("epoch"), first_eval_train_loss=float(loss),
                  chance_loss=math.log(num_classes), failure_rule=rule)
+        for key, field in (("max_grad_norm_per_seed", "first_eval_max_grad_norm"),
+                           ("saturated_per_seed", "first_eval_saturated")):
+            if key in first:
+                r[field] = first[key][i]
         hit = hit_failure_rule(float(loss), num_classes)
         r["failure_hit"] = hit
         if rule != "none":
@@ -153,7 +164,10 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
     it), the labelled subset's fingerprint, the validation curve, ``lr_scale`` (the factor
     on the arm's ``learning_rate``, which the record names too (``finetune.arm_learning_rates``,
     else ``finetune.learning_rate``): ``lr_factor``, halved by divergence retries), the test
-    set's size and the diagnostics of :func:`diagnostics` and :func:`apply_failure_rule`
+    set's size, ``max_grad_norm`` (the largest global gradient norm of any of its steps),
+    ``saturated_start`` (each hidden layer's saturated fraction of units at the start, on
+    :data:`PROBE_IMAGES` of the seed's training images; the evaluations record it as they go)
+    and the diagnostics of :func:`diagnostics` and :func:`apply_failure_rule`
     (``failed`` when ``finetune.failure_rule`` is not 'none').
     """
     fc = config.finetune
@@ -189,6 +203,13 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
     n = len(seeds)
     batching = config.compare.get("seed_batching", "auto")
     shift, flip = int(fc.get("augment_translate", 0)), bool(fc.get("augment_flip", False))
+    probes = train_x[jnp.asarray(subsets[:, :PROBE_IMAGES])]  # (seeds, P, H, W, C)
+    saturation = jax.jit(driver.over_seeds(
+        lambda q, x: models.merge(graphdef, q).saturated_fractions(x), (0, 0), batching))
+    with accounting.part("evaluation"):
+        at_start = np.asarray(saturation(params, probes))
+    for i, start in enumerate(starts):
+        start["saturated_start"] = [float(v) for v in at_start[i]]
 
     def loss_fn(q, batch, key):
         # The key is the seed's step key, the same in every arm: the arms see the same
@@ -196,6 +217,12 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
         x, (aug_key, drop_key) = batch[0], jax.random.split(key)
         if shift or flip:
             x = augment.augment(x, aug_key, shift, flip)
+        if arm == "frozen":
+            # The optimiser zeroes the conv layers' updates; stopping their gradient as well
+            # spares computing it and leaves the gradient norm the head's, as with the
+            # frozen features computed once below.
+            q = {k: jax.lax.stop_gradient(v) if models.conv_layers((k,), None) else v
+                 for k, v in q.items()}
         return models.merge(graphdef, q).loss(x, batch[1], drop_key)
 
     data_xy, pool = (train_x, jnp.asarray(train_y)), jnp.asarray(subsets)
@@ -228,12 +255,15 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
     val_x, val_y = held_out.get("val"), jnp.asarray(data.val_labels)
 
     def evaluate(state, epoch):
+        saturated = {"saturated_per_seed": np.asarray(
+            saturation(state["params"], probes)).tolist()}
         if refit:  # no held-out images: the last epoch's model is the one reported
             return dict(state, best=jax.tree.map(jnp.copy, state["params"]),
                         best_epoch=jnp.full((n,), epoch, jnp.int32)), \
-                {"val_error": [float("nan")] * n}
+                {"val_error": [float("nan")] * n, **saturated}
         errs = val_err(state["params"], val_x, val_y)
-        return keep_best(state, errs, epoch), {"val_error": [float(e) for e in np.asarray(errs)]}
+        return keep_best(state, errs, epoch), {"val_error": [float(e) for e in np.asarray(errs)],
+                                               **saturated}
 
     phase = driver.Phase(
         name=f"{arm} {label_size} labels x{n} seeds", where=f"{arm} run at {label_size} labels",
@@ -278,7 +308,8 @@ def run_cell(config, data: inputs_lib.Inputs, stack: Stack | Sequence[Stack] | N
              "subset": subset_digest(subsets[i]), "learning_rate": rate,
              "lr_scale": result.lr_scale * lr_factor,
              "test_size": int(len(data.test_labels)), "num_classes": spec.num_classes,
-             **({"full_epochs": int(full)} if full else {}), **starts[i], "curve": curves[i]}
+             **({"full_epochs": int(full)} if full else {}), **starts[i],
+             "max_grad_norm": record["run_max_grad_norm_per_seed"][i], "curve": curves[i]}
             for i, s in enumerate(seeds)]
     apply_failure_rule(rows, record["evals"], fc.get("failure_rule", "none"), spec.num_classes)
     return rows, jax.tree.map(np.asarray, state["best"])

@@ -41,6 +41,7 @@ from scae import config as cfglib
 from scae import workdir as workdir_lib
 from scae.data import inputs as inputs_lib
 from scae.errors import InputError
+from scae.models import ops
 from scae.report import tables as report
 from scae.study import finetune as finetuning
 from scae.study import pretrain as pretraining
@@ -48,6 +49,9 @@ from scae.study import pretrain as pretraining
 RECORDS = "sweep.jsonl"
 BEST = "best.json"  # the choice, written once every run is recorded (read by config files)
 RATE_KEY = "finetune.learning_rate"
+# The per-run diagnostics of finetune.run_cell a sweep record keeps per seed.
+RUN_DIAGNOSTICS = ("conv_rms", "conv_rms_random", "saturated_start", "first_eval_saturated",
+                   "first_eval_max_grad_norm", "max_grad_norm")
 
 
 def points(axes: Mapping[str, Sequence[Mapping]]) -> list[dict]:
@@ -248,6 +252,9 @@ class _Runner:
                       # does with it: a point whose runs collapse shows it.
                       "failure_hit": [bool(r["failure_hit"]) for r in rows],
                       "first_eval_train_loss": [r["first_eval_train_loss"] for r in rows],
+                      # and what the runs started from and met first (finetune.run_cell)
+                      **{k: [r[k] for r in rows] for k in RUN_DIAGNOSTICS
+                         if all(k in r for r in rows)},
                       "time_s": round(time.monotonic() - t0, 1)}
             if arm != "random" or stage != "grid":
                 record.update(arm=arm, stage=stage,
@@ -403,6 +410,38 @@ def _never_trained(record: Mapping) -> str:
     return "—" if hits is None else f"{sum(hits)} of {len(hits)}"
 
 
+DIAGNOSTICS_NOTE = (
+    "Over the seeds: min–max, and the mean fraction of each hidden layer's units whose "
+    f"activation is saturated (slope below {100 * ops.SATURATED:g}% of its largest) on "
+    f"{finetuning.PROBE_IMAGES} of the run's training images.")
+
+
+def diagnostics_table(records: Sequence[Mapping]) -> str:
+    """A markdown table of what each point's runs started from and met by their first
+    evaluation, per arm (:data:`RUN_DIAGNOSTICS`, :func:`scae.study.finetune.run_cell`): the
+    training loss there, the largest gradient norm of a step until then, and the saturated
+    fraction of each hidden layer's units at the start and there, over the seeds as min–max
+    (the mean for the fractions). Empty when the records predate the diagnostics."""
+    rows = [r for r in records if "first_eval_saturated" in r and "saturated_start" in r]
+    if not rows:
+        return ""
+    layers = len(rows[0]["saturated_start"][0])
+    names = [f"conv{k}" for k in range(1, layers)] + ["fc"]
+    span = lambda xs, f: (f"{f(min(xs))}–{f(max(xs))}" if len(xs) > 1 else f(xs[0]))
+    percent = lambda runs: " / ".join(f"{100 * np.mean([run[k] for run in runs]):.0f}"
+                                      for k in range(layers))
+    lines = ["| arm | point | first-evaluation loss | largest gradient norm until then | "
+             f"saturated units at the start, % ({' / '.join(names)}) | at the first "
+             "evaluation, % |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in sorted(rows, key=lambda r: (cfglib.ARMS.index(_arm(r)), r["point_id"])):
+        lines.append(
+            f"| {report.ARM_LABELS.get(_arm(r), _arm(r))} | {r['point_id']} | "
+            f"{span(r['first_eval_train_loss'], lambda v: f'{v:.2f}')} | "
+            f"{span(r['first_eval_max_grad_norm'], lambda v: f'{v:.3g}')} | "
+            f"{percent(r['saturated_start'])} | {percent(r['first_eval_saturated'])} |")
+    return "\n".join(lines)
+
+
 def markdown(records: Sequence[Mapping]) -> str:
     """The text of ``sweep.md``: the points ranked (per arm, when the sweep trained several),
     each arm's best rate per recipe, the full-label schedule, and the choice as flags."""
@@ -411,10 +450,12 @@ def markdown(records: Sequence[Mapping]) -> str:
     full = [r for r in records if _stage(r) == "schedule"]
     if arms == ("random",) and not full:  # the random arm alone: one ranking
         top = best(grid)
+        diagnosed = diagnostics_table(grid)
         return (f"# Recipe sweep: validation error of the random arm at {top['label_size']:,} "
                 f"labels\n\nTest images are not used. Mean ± standard deviation over seeds "
                 f"{', '.join(map(str, top['seeds']))}.\n\n{table(grid)}\n\n"
-                f"Best: {top['point_id']}\n\n    {flags(top['point'])}\n")
+                + (f"{DIAGNOSTICS_NOTE}\n\n{diagnosed}\n\n" if diagnosed else "")
+                + f"Best: {top['point_id']}\n\n    {flags(top['point'])}\n")
     choice = choose(records, arms)
     top = best(grid)
     names = [report.ARM_LABELS.get(a, a) for a in arms]
@@ -436,6 +477,10 @@ def markdown(records: Sequence[Mapping]) -> str:
                    + f" | {score} |")
     out.append("")
     chosen = choice["chosen"]
+    diagnosed = diagnostics_table(grid)
+    if diagnosed:
+        out += ["## What the runs started from and met first", "", DIAGNOSTICS_NOTE, "",
+                diagnosed, ""]
     if full:
         alt_keys = sorted({k for r in full for k in r["point"]}
                           - set(chosen["recipe"]) - {"finetune.arm_learning_rates"})

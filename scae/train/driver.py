@@ -202,8 +202,11 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
     """Compiles ``num_steps`` training steps of every seed as one call.
 
     Returns ``run(params, opt_state, data, order, offset, step0, key, context=None) ->
-    (params, opt_state, losses)`` over a leading seed axis of params, opt_state, order, key,
-    context and losses (the data are shared), as ``seed_batching`` says (:func:`over_seeds`):
+    (params, opt_state, losses, grad_norms)`` over a leading seed axis of params, opt_state,
+    order, key, context, losses and grad_norms (the data are shared), as ``seed_batching``
+    says (:func:`over_seeds`); ``grad_norms`` are each step's global norm of the loss's
+    gradient (what a run that blows up shows first), ``losses`` and ``grad_norms`` (seeds,
+    num_steps).
     seed m's step i trains on ``data[order[m, offset + i*batch_size : ... + batch_size]]``
     with key ``fold_in(key[m], step0 + i)``; a ``context`` that is not None (fixed inputs of
     the loss that are not trained, such as frozen layers) is passed to ``loss_fn`` as its last
@@ -227,10 +230,12 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
             step_key = jax.random.fold_in(key, step0 + i)
             loss, grads = jax.value_and_grad(loss_fn)(params, batch, step_key, *extra)
             updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+            return (optax.apply_updates(params, updates), opt_state), \
+                (loss, optax.tree.norm(grads))
 
-        (params, opt_state), losses = lax.scan(step, (params, opt_state), jnp.arange(num_steps))
-        return params, opt_state, losses
+        (params, opt_state), (losses, norms) = lax.scan(step, (params, opt_state),
+                                                        jnp.arange(num_steps))
+        return params, opt_state, losses, norms
 
     in_axes = (0, 0, 0, None, None, None, 0, 0) if streamed else (0, 0, None, 0, None, None, 0, 0)
     per_seed = over_seeds(run, in_axes, seed_batching)
@@ -350,8 +355,10 @@ class Result:
     Each evaluation holds ``epoch``, ``step``, ``train_loss`` (the mean training loss since the
     previous evaluation, over the seeds too), ``time_s``, ``img_per_s`` (all seeds together),
     the fields of the phase's ``evaluate``, ``train_loss_per_seed`` (each seed's own mean,
-    in the order of ``Phase.seeds``) and, when the phase says how (``Phase.learning_rate``),
-    ``learning_rate``."""
+    in the order of ``Phase.seeds``), ``max_grad_norm_per_seed`` (each seed's largest global
+    gradient norm of a step since the previous evaluation) and, when the phase says how
+    (``Phase.learning_rate``), ``learning_rate``. The record's ``run_max_grad_norm_per_seed``
+    is that of the whole phase."""
 
     state: dict
     record: dict
@@ -422,6 +429,11 @@ def _train(phase: Phase, lr_scale: float) -> Result:
         if step < p.total_steps:
             phase.log(f"{phase.name}: resuming at step {step}/{p.total_steps}")
     record.setdefault("seed_loss_sums", [0.0] * len(phase.seeds))
+    # Each seed's largest gradient norm since the last evaluation, and over the whole phase:
+    # unknown (NaN, which max keeps) for the steps of a checkpoint saved without them.
+    unknown = [math.nan if step else 0.0] * len(phase.seeds)
+    record.setdefault("seed_max_grad_norms", unknown)
+    record.setdefault("run_max_grad_norm_per_seed", unknown)
     state = parallel.replicate(state)
     streamed = isinstance(phase.data, Source)
     # Inputs still being computed (encoded layer inputs, frozen features: dispatched
@@ -456,8 +468,8 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                                              streamed=streamed).lower(*args).compile()
             t0 = time.perf_counter()
             with accounting.part("training steps"):
-                params, opt_state, losses = compiled[n](*args)
-                losses = np.asarray(losses)
+                params, opt_state, losses, norms = compiled[n](*args)
+                losses, norms = np.asarray(losses), np.asarray(norms)
             state = dict(state, params=params, opt_state=opt_state)
             step += n
             bar.update(n)
@@ -469,6 +481,10 @@ def _train(phase: Phase, lr_scale: float) -> Result:
             record["loss_sum"] += float(losses.mean(axis=0).sum())
             record["seed_loss_sums"] = [total + float(s) for total, s in
                                         zip(record["seed_loss_sums"], losses.sum(axis=1))]
+            record["seed_max_grad_norms"] = [max(m, float(g)) for m, g in
+                                             zip(record["seed_max_grad_norms"], norms.max(axis=1))]
+            record["run_max_grad_norm_per_seed"] = [max(m, float(g)) for m, g in zip(
+                record["run_max_grad_norm_per_seed"], norms.max(axis=1))]
             record["loss_steps"] += n
             dt = time.perf_counter() - t0
             record["time_s"] += dt
@@ -483,10 +499,12 @@ def _train(phase: Phase, lr_scale: float) -> Result:
                          "img_per_s": record["loss_steps"] * p.batch_size
                          * len(phase.seeds) / max(record["eval_time"], 1e-9),
                          "train_loss_per_seed": [total / record["loss_steps"]
-                                                 for total in record["seed_loss_sums"]]}
+                                                 for total in record["seed_loss_sums"]],
+                         "max_grad_norm_per_seed": record["seed_max_grad_norms"]}
                 if phase.learning_rate is not None:
                     entry["learning_rate"] = phase.learning_rate(lr_scale, step - 1)
                 record["seed_loss_sums"] = [0.0] * len(phase.seeds)
+                record["seed_max_grad_norms"] = [0.0] * len(phase.seeds)
                 if phase.evaluate is not None:
                     with accounting.part("evaluation"):
                         state, fields = phase.evaluate(state, epoch + 1)
