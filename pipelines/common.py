@@ -74,7 +74,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from pipelines import usage  # noqa: E402
-from scae import atomic, errors  # noqa: E402
+from scae import atomic, errors, provenance  # noqa: E402
 from scae import config as cfglib  # noqa: E402
 from scae import workdir as workdir_lib  # noqa: E402
 from scae.errors import InputError, Interrupted  # noqa: E402
@@ -270,6 +270,7 @@ def run(main: Callable, needs_config: bool = True, needs_workdir: bool = True) -
     def _envelope(argv):
         try:
             interrupt.check("start-up")
+            provenance.pin_git_state()  # the code this process runs, named in its records
             enable_compilation_cache()
             parallel.initialize_distributed()
             if len(argv) > 1:

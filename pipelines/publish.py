@@ -158,7 +158,8 @@ def stage(workdir: Path, out: Path, allow_dirty: bool = False) -> Path:
         raise InputError(f"{workdir / 'config.json'}: not found; not a workdir")
     validate(workdir, ("config.json", "machine.json"), ("compare/runs.jsonl", sweep.RECORDS))
     provenance.check_clean([_read_json(workdir / "machine.json"),
-                            *atomic.read_jsonl(workdir / "compare" / "runs.jsonl")], allow_dirty)
+                            *atomic.read_jsonl(workdir / "compare" / "runs.jsonl"),
+                            *atomic.read_jsonl(workdir / sweep.RECORDS)], allow_dirty)
     staging = _staging(out)
     atomic.remove_tree(staging.parent)
     try:

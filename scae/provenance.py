@@ -355,21 +355,43 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+# What a record's numbers depend on, relative to the checkout's top: the package, the
+# commands, the config files and the project's pins. Results, READMEs and docs are not.
+CODE_PATHS = ("scae", "pipelines", "configs", "pyproject.toml")
+_PINNED: dict[Path, dict] = {}
+
+
 def git_state(package: Path = _PACKAGE) -> dict:
-    """``git_commit`` (the checkout's HEAD) and ``git_dirty`` (whether tracked files differ
-    from it) of the git checkout this package was imported from; both None when it was not
-    imported from one (an installed copy) or git is absent. Never raises: a record without
-    its commit is better than no record.
+    """``git_commit`` (the checkout's HEAD) and ``git_dirty`` (whether tracked files of
+    :data:`CODE_PATHS` differ from it) of the git checkout this package was imported from;
+    both None when it was not imported from one (an installed copy) or git is absent. Never
+    raises: a record without its commit is better than no record. After :func:`pin_git_state`
+    it is the state pinned then.
 
     Untracked files do not count as dirty: a checkout holds workdirs and caches that no
-    result depends on, while every module the code imports is tracked.
+    result depends on, while every module the code imports is tracked. Nor do changes outside
+    the code (a README or results/ edited while a run goes on).
     """
+    package = Path(package).resolve()
+    if package in _PINNED:
+        return dict(_PINNED[package])
     top = _git(package, "rev-parse", "--show-toplevel")
-    if top is None or (Path(top) / package.name).resolve() != package.resolve():
+    if top is None or (Path(top) / package.name).resolve() != package:
         return {"git_commit": None, "git_dirty": None}
     commit = _git(package, "rev-parse", "HEAD")
-    status = _git(package, "status", "--porcelain", "--untracked-files=no")
+    status = _git(package, "status", "--porcelain", "--untracked-files=no", "--",
+                  *(f":(top){p}" for p in CODE_PATHS))
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def pin_git_state(package: Path = _PACKAGE) -> dict:
+    """Takes :func:`git_state` now and keeps it for this process. A command calls it as it
+    starts: its code is what it imported then, so a record it writes hours later names that
+    code, not a checkout changed (or committed) meanwhile."""
+    package = Path(package).resolve()
+    _PINNED.pop(package, None)
+    _PINNED[package] = git_state(package)
+    return dict(_PINNED[package])
 
 
 def check_clean(records: Iterable[Mapping], allow_dirty: bool = False) -> None:

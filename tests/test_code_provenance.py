@@ -38,6 +38,28 @@ def test_git_state_of_a_checkout_clean_then_dirty(tmp_path):
     assert provenance.git_state(pkg) == {"git_commit": head, "git_dirty": True}
 
 
+@pytest.mark.skipif(GIT is None, reason="needs git")
+def test_a_command_names_the_code_it_started_with(tmp_path, monkeypatch):
+    monkeypatch.setattr(provenance, "_PINNED", {})
+    pkg = tmp_path / "scae"
+    pkg.mkdir()
+    (pkg / "provenance.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("numbers\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "scae/provenance.py", "README.md")
+    git(tmp_path, "commit", "-q", "-m", "one")
+    head = git(tmp_path, "rev-parse", "HEAD")
+    clean = {"git_commit": head, "git_dirty": False}
+    # Prose and results edited while a run goes on are not its code.
+    (tmp_path / "README.md").write_text("other numbers\n")
+    assert provenance.git_state(pkg) == clean
+    # Pinned as the command starts: edits to the code after that are not what it runs.
+    assert provenance.pin_git_state(pkg) == clean
+    (pkg / "provenance.py").write_text("x = 2\n")
+    assert provenance.git_state(pkg) == clean
+    assert provenance.pin_git_state(pkg) == {"git_commit": head, "git_dirty": True}
+
+
 def test_git_state_outside_a_checkout_and_without_git(tmp_path, monkeypatch):
     pkg = tmp_path / "scae"
     pkg.mkdir()
@@ -86,3 +108,16 @@ def test_publish_refuses_a_workdir_made_from_a_dirty_tree(tmp_path):
     written = publish.publish(work, out, allow_dirty=True)
     assert out / "runs.jsonl" in written
     assert "git_dirty" in (out / "runs.csv").read_text().splitlines()[0]
+
+
+def test_publish_refuses_a_sweep_made_from_a_dirty_tree(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "config.json").write_text("{}")
+    point = {"point_id": "p", "point": {}, "val_error": [9.0], "git_commit": "d" * 40,
+             "git_dirty": True}
+    (work / "sweep.jsonl").write_text(json.dumps(point) + "\n")
+    out = tmp_path / "results" / "x"
+    with pytest.raises(ValueError, match="uncommitted"):
+        publish.publish(work, out)
+    assert not out.exists()

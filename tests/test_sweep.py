@@ -19,7 +19,7 @@ import pytest
 from absl import flags as absl_flags
 from ml_collections import config_flags
 
-from scae import api, atomic
+from scae import api, atomic, provenance
 from scae import config as cfglib
 from scae.data import inputs as inputs_lib
 from scae.errors import InputError
@@ -174,6 +174,7 @@ def test_run_records_one_per_point(swept):
         assert r["failure_hit"] == [not loss < np.log(10) for loss in r["first_eval_train_loss"]]
         # and each seed's diagnostics of what its run started from and met first
         assert all(len(r[k]) == 2 for k in sweep.RUN_DIAGNOSTICS)
+        assert r["git_commit"] == provenance.git_state()["git_commit"] and "git_dirty" in r
     assert atomic.read_jsonl(swept["workdir"] / sweep.RECORDS) == records
     assert sum("sweep point" in m for m in swept["logs"]) == 4
     assert not (swept["workdir"] / "ckpt" / "point0").exists()  # the record is the result

@@ -36,7 +36,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from scae import atomic
+from scae import atomic, provenance
 from scae import config as cfglib
 from scae import workdir as workdir_lib
 from scae.data import inputs as inputs_lib
@@ -255,7 +255,7 @@ class _Runner:
                       # and what the runs started from and met first (finetune.run_cell)
                       **{k: [r[k] for r in rows] for k in RUN_DIAGNOSTICS
                          if all(k in r for r in rows)},
-                      "time_s": round(time.monotonic() - t0, 1)}
+                      "time_s": round(time.monotonic() - t0, 1), **provenance.git_state()}
             if arm != "random" or stage != "grid":
                 record.update(arm=arm, stage=stage,
                               learning_rate=rows[0].get("learning_rate"))
