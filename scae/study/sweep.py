@@ -433,7 +433,7 @@ def diagnostics_table(records: Sequence[Mapping]) -> str:
     lines = ["| arm | point | first-evaluation loss | largest gradient norm until then | "
              f"saturated units at the start, % ({' / '.join(names)}) | at the first "
              "evaluation, % |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in sorted(rows, key=lambda r: (cfglib.ARMS.index(_arm(r)), r["point_id"])):
+    for r in sorted(rows, key=lambda r: cfglib.ARMS.index(_arm(r))):  # grid order per arm
         lines.append(
             f"| {report.ARM_LABELS.get(_arm(r), _arm(r))} | {r['point_id']} | "
             f"{span(r['first_eval_train_loss'], lambda v: f'{v:.2f}')} | "
