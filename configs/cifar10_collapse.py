@@ -16,6 +16,11 @@ verdict (``failure_hit``: not below chance, log 10), which the sweep's table cou
   python -m pipelines.sweep --config=configs/cifar10_collapse.py --workdir=runs/cifar10_collapse \\
       --config.data.source=cifar:/path/cifar-10-python.tar.gz
   python -m pipelines.publish --workdir=runs/cifar10_collapse --out=results/cifar10_collapse
+
+``:warmup`` asks whether a warm-up removes the collapse: the two top rates again, with the
+rate rising linearly over the first epoch (finetune.warmup_steps, 78 steps of 128 of the
+10,000 images), every arm alike (workdir runs/cifar10_collapse_warmup, published to
+results/cifar10_collapse_warmup).
 """
 
 import ml_collections
@@ -23,10 +28,11 @@ import ml_collections
 from scae import config as cfglib
 
 RATES = (0.01, 0.02, 0.03, 0.05)
+WARMUP_RATES = (0.03, 0.05)
 
 
 def get_config(arg: str | None = None):
-    cfglib.preset_arg(arg or "paper", ("paper",))
+    preset = cfglib.preset_arg(arg or "paper", ("paper", "warmup"))
     c = cfglib.dataset_config("cifar10", "paper")
     c.preset = "collapse"
     c.compare.stack_per_seed = False
@@ -39,6 +45,11 @@ def get_config(arg: str | None = None):
     c.sweep.label_size = 10000
     c.sweep.seeds = (0, 1, 2, 3, 4)
     c.sweep.arms = ("random", "pretrained")
+    rates = RATES
+    if preset == "warmup":
+        c.preset = "collapse_warmup"
+        c.finetune.warmup_steps = c.sweep.label_size // c.finetune.batch_size  # one epoch
+        rates = WARMUP_RATES
     c.sweep.axes = ml_collections.ConfigDict({
-        "learning_rate": tuple({"finetune.learning_rate": r} for r in RATES)})
+        "learning_rate": tuple({"finetune.learning_rate": r} for r in rates)})
     return c

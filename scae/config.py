@@ -128,6 +128,11 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     c.finetune.learning_rate = 0.02
     c.finetune.momentum = 0.9
     c.finetune.schedule = "cosine"
+    # The rate rises linearly over this many first steps to finetune.learning_rate, then
+    # follows finetune.schedule over the rest; 0 = none. Every arm alike. A run that never
+    # trains has met a gradient blow-up in its first epoch (results/README.md, the collapse
+    # sweep), which a warm-up keeps small steps through.
+    c.finetune.warmup_steps = 0
     c.finetune.weight_decay = 0.0
     c.finetune.evals = 30  # validation evaluations per run; the best one is reported
     # As pretrain.divergence_retries, for a fine-tuning cell (all its vmapped seeds together);
@@ -298,7 +303,7 @@ def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
         _positive_ints(c, key)
     for key in ("data.validation_size", "data.pretrain_size", "data.test_size", "pretrain.layers",
                 "pretrain.divergence_retries", "finetune.divergence_retries",
-                "finetune.min_steps", "seed"):
+                "finetune.min_steps", "finetune.warmup_steps", "seed"):
         _positive_ints(c, key, allow_zero=True)
     for key in ("pretrain.checkpoint_seconds", "finetune.checkpoint_seconds"):
         _positive_float(c, key, allow_zero=True)

@@ -151,6 +151,23 @@ def _defaults(config) -> dict:
     return config_dict(cfglib.base_config(config_dict(config).get("dataset", "mnist")))
 
 
+def without_defaults(config) -> dict:
+    """``config`` as plain JSON types without the keys that hold their default: what sets it
+    apart. A key added to the code later, whose default keeps what the code did before, then
+    leaves a digest of it as it was (as :func:`_differences` treats such keys)."""
+    def strip(tree, defaults):
+        out = {}
+        for k, v in tree.items():
+            d = defaults.get(k, _ABSENT) if isinstance(defaults, dict) else _ABSENT
+            if isinstance(v, dict) and isinstance(d, dict):
+                out[k] = strip(v, d)
+            elif v != d:
+                out[k] = v
+        return out
+
+    return strip(config_dict(config), _defaults(config))
+
+
 def _show(value) -> str:
     return "absent" if value is None else json.dumps(value)
 

@@ -84,8 +84,11 @@ def point_id(point: Mapping) -> str:
 
 def base_digest(config: ml_collections.ConfigDict) -> str:
     """A digest of the settings every point shares: the config without its sweep section, the
-    comparison's selection keys and the keys the grid sets."""
-    d = {k: v for k, v in config.to_dict().items() if k not in ("sweep", "compare", "preset")}
+    comparison's selection keys and the keys the grid sets, and without the keys that hold
+    their default (:func:`scae.workdir.without_defaults`), so that a key added to the code
+    later leaves the records of a sweep under way valid."""
+    d = {k: v for k, v in workdir_lib.without_defaults(config).items()
+         if k not in ("sweep", "compare", "preset")}
     # The keys the grid sets are the point's, not the base's: a config that later adopts the
     # chosen values keeps the records valid.
     axes = config.sweep.axes.to_dict() if "sweep" in config else {}

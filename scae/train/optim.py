@@ -7,11 +7,22 @@ import optax
 
 
 def schedule(cfg, total_steps: int, lr_scale: float = 1.0) -> optax.Schedule:
-    """The section's learning-rate schedule over ``total_steps`` steps, times ``lr_scale``."""
+    """The section's learning-rate schedule over ``total_steps`` steps, times ``lr_scale``:
+    with ``warmup_steps`` = w > 0 (where the section has it), step i < w runs at
+    (i + 1) / w of the rate, and the schedule proper (cosine or constant) runs over the steps
+    after them."""
     lr = cfg.learning_rate * lr_scale
-    if cfg.schedule == "cosine":
-        return optax.cosine_decay_schedule(lr, max(total_steps, 1))
-    return optax.constant_schedule(lr)
+    warm = int(cfg.get("warmup_steps", 0))
+
+    def proper(steps: int) -> optax.Schedule:
+        if cfg.schedule == "cosine":
+            return optax.cosine_decay_schedule(lr, max(steps, 1))
+        return optax.constant_schedule(lr)
+
+    if warm <= 0:
+        return proper(total_steps)
+    ramp = optax.linear_schedule(lr / warm, lr, max(warm - 1, 1))
+    return optax.join_schedules([ramp, proper(total_steps - warm)], [warm])
 
 
 def rate(cfg, total_steps: int, lr_scale: float, step: int) -> float:
