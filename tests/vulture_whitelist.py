@@ -35,3 +35,5 @@ _.failure_rule
 # (configs/cifar10_ablation.py, outside vulture's paths) call.
 _.full_epochs
 sweep_choice
+# A config key read with cfg.get("warmup_steps", 0) (scae.train.optim.schedule).
+_.warmup_steps
