@@ -61,6 +61,7 @@ def test_a_command_names_the_code_it_started_with(tmp_path, monkeypatch):
 
 
 def test_git_state_outside_a_checkout_and_without_git(tmp_path, monkeypatch):
+    monkeypatch.setattr(provenance, "_PINNED", {})  # a command run earlier in this process
     pkg = tmp_path / "scae"
     pkg.mkdir()
     assert provenance.git_state(pkg) == {"git_commit": None, "git_dirty": None}
