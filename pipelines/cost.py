@@ -4,12 +4,16 @@ time at the step rates a benchmark record measured, on one device or several.
   python -m pipelines.cost --config=configs/mnist.py:paper
   python -m pipelines.cost --config=configs/cifar10.py:paper \\
       --rates=results/bench_h100/benchmark_fp32.jsonl --devices=8
+  python -m pipelines.cost --config=configs/cifar10_sweep.py \\
+      --rates=results/bench_h100/benchmark_fp32.jsonl
 
 Prints a Markdown table, one row per phase (a CAE layer of the stacks, a fine-tuning cell of
-seeds), and the study's total. ``--rates`` is a ``pipelines.benchmark --all`` record (the
-committed ones are under results/bench_*); the time counts the training steps alone
-(scae.study.cost). Writes nothing. The README's ``<!-- scae:cost -->`` block (the paper
-presets on every committed benchmark record) is rewritten by ``pipelines.publish``.
+seeds; for a sweep config, every point's stacks and arms and the full-label schedules, as
+pipelines.sweep trains them), and the study's total. ``--rates`` is a
+``pipelines.benchmark --all`` record (the committed ones are under results/bench_*); the
+time counts the training steps alone (scae.study.cost). Writes nothing. The README's
+``<!-- scae:cost -->`` block (the paper presets on every committed benchmark record) is
+rewritten by ``pipelines.publish``.
 """
 
 from __future__ import annotations

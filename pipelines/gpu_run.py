@@ -134,8 +134,8 @@ def parse_studies(items: list[str]) -> list[tuple[str, str, str]]:
 
 
 def largest_phase_s(spec: str, records: Path) -> float:
-    """The cost model's time of the largest phase of the comparison ``spec`` at the step
-    rates of ``records``' benchmark record; 0 where either is unknown (a sweep, no record)."""
+    """The cost model's time of the largest phase of the study ``spec`` (a comparison or a
+    sweep) at the step rates of ``records``' benchmark record; 0 where either is unknown."""
     bench = records / "benchmark_fp32.jsonl"
     if not bench.is_file():
         return 0.0
@@ -144,7 +144,7 @@ def largest_phase_s(spec: str, records: Path) -> float:
         phases = cost.study(config)
         measured = cost.rates(atomic.read_jsonl(bench), config.dataset)
         return max(cost.seconds([ph], measured) for ph in phases)
-    except (KeyError, AttributeError, InputError):  # not a comparison, or a step not timed
+    except (KeyError, AttributeError, InputError):  # not a study config, or a step not timed
         return 0.0
 
 

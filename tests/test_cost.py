@@ -1,10 +1,12 @@
 """The cost model: each phase's work from the config, its time at measured rates, spread over
 devices, and the command."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+import ml_collections
 import pytest
 
 from scae import config as cfglib
@@ -59,3 +61,48 @@ def test_the_command_prints_the_table_and_refuses_a_missing_record(tmp_path):
     bad = run("--config=configs/mnist.py:paper", f"--rates={tmp_path / 'none.jsonl'}")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
     assert "none.jsonl: no such benchmark record" in bad.stderr
+
+
+def test_a_sweep_costs_its_grid_its_stacks_once_per_pretraining_setting_and_its_schedules():
+    c = cfglib.dataset_config("cifar10", "paper")
+    c.sweep = ml_collections.ConfigDict({
+        "label_size": 1000, "seeds": (0, 1), "arms": ("random", "pretrained"),
+        "axes": {"preprocessing": ({"data.preprocess": "none"},
+                                   {"data.preprocess": "gcn_zca", "data.standardize": False}),
+                 "learning_rate": ({"finetune.learning_rate": 0.01},
+                                   {"finetune.learning_rate": 0.03})},
+        "full_axes": {"epochs": ({"finetune.full_epochs": 10}, {"finetune.full_epochs": 20})}})
+    phases = cost.study(c)
+    names = [p.name for p in phases]
+    # Two preprocessings, so two pretraining settings: each one's stacks (one per seed), not
+    # one per point; four points of two arms; two schedules of two arms.
+    assert sum(n.startswith("pretrain layer 1") for n in names) == 2
+    assert names.count("pretrained at 1,000 labels, point 3/4") == 1
+    assert sum(" labels, point " in n for n in names) == 4 * 2
+    assert all(p.seeds == 2 for p in phases)
+    full = [p for p in phases if "full-label" in p.name]
+    assert [p.name.split(", full")[0] for p in full] == ["random at all (45,000)",
+                                                    "pretrained at all (45,000)"] * 2
+    # No refit in a sweep: the whole pool of 45,000 labels, for the schedule's epochs.
+    pool = 50000 - c.data.validation_size
+    ten, twenty = full[0], full[2]
+    assert ten.images == pool // c.finetune.batch_size * c.finetune.batch_size * 10
+    assert twenty.images == 2 * ten.images
+    grid = phases[names.index("random at 1,000 labels, point 1/4")]
+    assert grid.images >= c.finetune.min_steps * c.finetune.batch_size
+    # The random arm alone needs no stack.
+    c.sweep.arms = ("random",)
+    assert not any(p.workload == "cae" for p in cost.study(c))
+
+
+def test_the_committed_sweep_config_costs_more_than_its_grid():
+    """configs/cifar10_sweep.py, as the command prints it: 8 points of 3 arms, 2 pretraining
+    settings, then 3 full-label schedules."""
+    spec = importlib.util.spec_from_file_location("sweep_config",
+                                                  ROOT / "configs" / "cifar10_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    phases = cost.study(module.get_config())
+    assert sum(p.workload == "cae" for p in phases) == 2 * 3
+    assert sum(", point " in p.name and p.workload == "cnn" for p in phases) == 8 * 3
+    assert sum("full-label" in p.name for p in phases) == 3 * 3

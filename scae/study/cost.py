@@ -20,6 +20,7 @@ import ml_collections
 
 from scae import atomic
 from scae import config as cfglib
+from scae import workdir as workdir_lib
 from scae.models import flops
 from scae.train import driver
 
@@ -54,16 +55,10 @@ def _layer_inputs(config: ml_collections.ConfigDict,
     return out
 
 
-def study(config: ml_collections.ConfigDict, train_size: int | None = None,
-          image_shape: Sequence[int] | None = None) -> list[PhaseCost]:
-    """The phases of ``config``'s comparison: each stack's layers, then every cell."""
-    name = config.dataset
-    train_size = TRAIN_SIZES[name] if train_size is None else train_size
-    image_shape = tuple(IMAGE_SHAPES[name] if image_shape is None else image_shape)
-    pool = train_size - config.data.validation_size
-    pc, fc, cc = config.pretrain, config.finetune, config.compare
-    seeds = cc.num_seeds
-    stacks = seeds if cc.get("stack_per_seed", False) else 1
+def _stack_phases(config: ml_collections.ConfigDict, image_shape: Sequence[int], pool: int,
+                  stacks: int, label: str = "") -> list[PhaseCost]:
+    """The CAE layers of ``stacks`` stacks pretrained with ``config``'s settings."""
+    pc = config.pretrain
     n_pretrain = min(config.data.pretrain_size or pool, pool)
     phases = []
     for k, (h, c) in enumerate(_layer_inputs(config, image_shape)[: pc.layers], start=1):
@@ -71,26 +66,90 @@ def study(config: ml_collections.ConfigDict, train_size: int | None = None,
         images = p.total_steps * p.batch_size
         step = flops.cae_step(h, c, config.model.kernel_sizes[k - 1],
                               config.model.features[k - 1], 1)
-        phases.append(PhaseCost(f"pretrain layer {k}", "cae", k, images, stacks,
+        phases.append(PhaseCost(f"pretrain layer {k}{label}", "cae", k, images, stacks,
                                 float(step) * images * stacks))
+    return phases
+
+
+def _cell_phases(config: ml_collections.ConfigDict, image_shape: Sequence[int], pool: int,
+                 size: int, arms: Sequence[str], seeds: int, label: str = "") -> list[PhaseCost]:
+    """The fine-tuning of ``arms`` at ``size`` labels, ``seeds`` seeds each; ``size`` equal
+    to ``pool`` is the full-label cell (refit and schedule as ``config.finetune`` says)."""
+    fc = config.finetune
     cnn = flops.cnn_step(config.model, image_shape, 1)
+    refit = fc.get("refit_full", False) and size == pool
+    full = size == pool and fc.get("full_epochs", 0)  # the full-label schedule
+    p = driver.plan(size + (config.data.validation_size if refit else 0), fc.batch_size,
+                    full or fc.epochs, fc.min_steps)
+    images = p.total_steps * p.batch_size
+    # The cell is named as the tables name it: a refit's, every labelled image it saw.
+    cell = (f"all ({size + config.data.validation_size:,})" if refit
+            else f"all ({size:,})" if size == pool else f"{size:,} labels")
+    phases = []
+    for arm in arms:
+        # The frozen arm trains its head on features computed once: about one forward
+        # pass (a third of a training step) of its images.
+        work = cnn / 3 * p.num_examples if arm == "frozen" else cnn * images
+        steps_worth = images if arm != "frozen" else math.ceil(p.num_examples / 3)
+        phases.append(PhaseCost(f"{arm} at {cell}{label}", "cnn", None, steps_worth, seeds,
+                                float(work) * seeds))
+    return phases
+
+
+def study(config: ml_collections.ConfigDict, train_size: int | None = None,
+          image_shape: Sequence[int] | None = None) -> list[PhaseCost]:
+    """The phases of ``config``'s study: for a comparison each stack's layers, then every
+    cell; for a sweep (a config with a ``sweep`` section, :mod:`scae.study.sweep`) the stacks
+    of each pretraining setting its points need, every point's arms, then the full-label
+    schedules."""
+    name = config.dataset
+    train_size = TRAIN_SIZES[name] if train_size is None else train_size
+    image_shape = tuple(IMAGE_SHAPES[name] if image_shape is None else image_shape)
+    pool = train_size - config.data.validation_size
+    if "sweep" in config:
+        return _sweep(config, image_shape, pool)
+    cc = config.compare
+    stacks = cc.num_seeds if cc.get("stack_per_seed", False) else 1
+    phases = _stack_phases(config, image_shape, pool, stacks)
     for size in cc.label_sizes:
-        size = min(size, pool)
-        refit = fc.get("refit_full", False) and size == pool
-        full = size == pool and fc.get("full_epochs", 0)  # the full-label schedule
-        p = driver.plan(size + (config.data.validation_size if refit else 0), fc.batch_size,
-                        full or fc.epochs, fc.min_steps)
-        images = p.total_steps * p.batch_size
-        for arm in cc.arms:
-            # The frozen arm trains its head on features computed once: about one forward
-            # pass (a third of a training step) of its images.
-            work = cnn / 3 * p.num_examples if arm == "frozen" else cnn * images
-            steps_worth = images if arm != "frozen" else math.ceil(p.num_examples / 3)
-            # The refit's cell is named as the tables name it: every labelled image it saw.
-            label = (f"all ({size + config.data.validation_size:,})" if refit
-                     else f"{size:,} labels")
-            phases.append(PhaseCost(f"{arm} at {label}", "cnn", None, steps_worth,
-                                    seeds, float(work) * seeds))
+        phases += _cell_phases(config, image_shape, pool, min(size, pool), cc.arms,
+                               cc.num_seeds)
+    return phases
+
+
+def _sweep(config: ml_collections.ConfigDict, image_shape: Sequence[int],
+           pool: int) -> list[PhaseCost]:
+    """A sweep's phases, as :func:`scae.study.sweep.run` trains them. The full-label
+    schedules' recipe is the grid's choice, unknown before it runs; their cost depends on
+    the epochs alone, so the base config stands for it."""
+    # Imported here: the sweep module pulls in the data and training stack, which the
+    # cost of a comparison does not need.
+    from scae.study import sweep as sweep_lib
+
+    sw = config.sweep
+    arms = sweep_lib.arms_of(config)
+    seeds = len(sw.seeds)
+    axes = sw.axes.to_dict() if hasattr(sw.axes, "to_dict") else sw.axes
+    full_axes = sw.get("full_axes")
+    full_axes = full_axes.to_dict() if hasattr(full_axes, "to_dict") else full_axes
+    stacked: set[str] = set()
+    phases: list[PhaseCost] = []
+    size = min(int(sw.label_size), pool)
+    grid = sweep_lib.points(axes)
+    for i, point in enumerate(grid, start=1):
+        c = sweep_lib.apply(config, point)
+        label = f", point {i}/{len(grid)}"  # the numbering of the sweep's own log
+        digest = workdir_lib.settings_digest(c, "pretrain")
+        if any(a != "random" for a in arms) and digest not in stacked:
+            stacked.add(digest)
+            stacks = seeds if c.compare.get("stack_per_seed", False) else 1
+            phases += _stack_phases(c, image_shape, pool, stacks, label)
+        phases += _cell_phases(c, image_shape, pool, size, arms, seeds, label)
+    schedule = sweep_lib.points(full_axes) if full_axes else []
+    for j, alt in enumerate(schedule, start=1):
+        c = sweep_lib.apply(config, alt)
+        phases += _cell_phases(c, image_shape, pool, pool, arms, seeds,
+                               f", full-label {j}/{len(schedule)} ({sweep_lib.flags(alt)})")
     return phases
 
 

@@ -196,6 +196,13 @@ def chunk_data(source: Source, order: np.ndarray, offset: int, num_steps: int,
     return parallel.seed_batches(need, source.read, parallel.spread(spread, need.shape[0]))
 
 
+def _running_max(so_far: Sequence[float], norms: np.ndarray) -> list[float]:
+    """Each seed's largest of ``so_far`` and its row of ``norms`` (seeds, steps). A NaN in
+    ``so_far`` (unknown: steps restored from a checkpoint saved without norms) stays NaN,
+    as Python's max keeps its first argument when the comparison is false."""
+    return [max(m, float(g)) for m, g in zip(so_far, norms.max(axis=1))]
+
+
 def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: int,
                num_steps: int, seed_batching: str = "auto", spread: str = "auto",
                streamed: bool = False) -> Callable:
@@ -204,10 +211,10 @@ def make_steps(loss_fn: LossFn, tx: optax.GradientTransformation, batch_size: in
     Returns ``run(params, opt_state, data, order, offset, step0, key, context=None) ->
     (params, opt_state, losses, grad_norms)`` over a leading seed axis of params, opt_state,
     order, key, context, losses and grad_norms (the data are shared), as ``seed_batching``
-    says (:func:`over_seeds`); ``grad_norms`` are each step's global norm of the loss's
-    gradient (what a run that blows up shows first), ``losses`` and ``grad_norms`` (seeds,
-    num_steps).
-    seed m's step i trains on ``data[order[m, offset + i*batch_size : ... + batch_size]]``
+    says (:func:`over_seeds`). ``losses`` and ``grad_norms`` are (seeds, num_steps): each
+    step's loss and the global norm of its gradient (what a run that blows up shows first).
+
+    Seed m's step i trains on ``data[order[m, offset + i*batch_size : ... + batch_size]]``
     with key ``fold_in(key[m], step0 + i)``; a ``context`` that is not None (fixed inputs of
     the loss that are not trained, such as frozen layers) is passed to ``loss_fn`` as its last
     argument. ``streamed``: the data are each seed's batches of these steps instead
@@ -481,10 +488,8 @@ def _train(phase: Phase, lr_scale: float) -> Result:
             record["loss_sum"] += float(losses.mean(axis=0).sum())
             record["seed_loss_sums"] = [total + float(s) for total, s in
                                         zip(record["seed_loss_sums"], losses.sum(axis=1))]
-            record["seed_max_grad_norms"] = [max(m, float(g)) for m, g in
-                                             zip(record["seed_max_grad_norms"], norms.max(axis=1))]
-            record["run_max_grad_norm_per_seed"] = [max(m, float(g)) for m, g in zip(
-                record["run_max_grad_norm_per_seed"], norms.max(axis=1))]
+            for field in ("seed_max_grad_norms", "run_max_grad_norm_per_seed"):
+                record[field] = _running_max(record[field], norms)
             record["loss_steps"] += n
             dt = time.perf_counter() - t0
             record["time_s"] += dt
