@@ -11,16 +11,20 @@ left; a study whose largest phase (by the cost model, scae.study.cost, at the st
 this call's benchmark record when there is one) cannot finish in the time left is not
 started, and the next one is tried. Each study's workdir is runs/<config>_<preset> (or
 --workdir for a single study), packed into <the same name>.tgz without its checkpoints.
+--set=KEY=VALUE reaches every study as --config.KEY=VALUE (e.g. where the data are: the
+machine has no internet), checked against each study's config before anything runs.
 
 Writes into --records: machine.txt (nvidia-smi, jax and its devices); on the first call (while
-the workdir does not exist) benchmark_fp32.jsonl (pipelines.benchmark --all --steps=20
+no study's workdir exists) benchmark_fp32.jsonl (pipelines.benchmark --all --steps=20
 --repeats=3) and the seed paths (pipelines.benchmark --ab=seeds: the CNN step of 1, 2, 5 and
 10 seeds in one program, XLA's convolutions or patch matmuls, vmapped or mapped) under XLA's
 default command buffers (seeds_default.jsonl) and with the scan's loop captured too
 (seeds_cmdbuf_while.jsonl: CUDA graphs around the whole chunk of steps); then
-compare_log.txt, summary.txt and mnist_PRESET.tgz, the workdir without its checkpoints: `tar
-xzf` it and `python -m pipelines.publish --workdir=mnist_PRESET --out=results/...`. The
-workdir is --workdir, or runs/mnist_PRESET, kept between calls on a warm machine. Each step
+per study its log (compare_log.txt for one study, else <name>_log.txt), summary.txt and
+<name>.tgz (mnist_PRESET.tgz by default), the workdir without its checkpoints: `tar xzf` it
+and `python -m pipelines.publish --workdir=mnist_PRESET --out=results/...`. The workdirs
+stay between calls on a warm machine; on a fresh one, unpack a study's .tgz into runs/ and
+bring it along: its finished runs are kept and the rest train. Each step
 runs in a process of its own, so that this one never holds the GPU.
 """
 
@@ -31,6 +35,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from absl import flags
@@ -48,6 +53,9 @@ _BENCHMARK = flags.DEFINE_bool("benchmark", True, "Time the steps on the first c
 _STUDIES = flags.DEFINE_list("studies", None, "COMMAND:CONFIG items in priority order, e.g. "
                              "compare:configs/cifar10.py:paper (default: the compare of "
                              "configs/mnist.py:--preset).")
+_SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE, given to every study as "
+                                 "--config.KEY=VALUE (repeat the flag for several), e.g. "
+                                 "data.source=folder:data_cache/cifar10-jpeg.tar.gz.")
 COMMANDS = ("compare", "sweep")
 
 # The seed-path records and the XLA flags each is measured under (pipelines.benchmark
@@ -99,12 +107,14 @@ def compare(preset: str, workdir: Path, log: Path, seconds: float) -> int:
     return study("compare", f"configs/mnist.py:{preset}", workdir, log, seconds)
 
 
-def study(command: str, config: str, workdir: Path, log: Path, seconds: float) -> int:
-    """Runs ``python -m pipelines.<command>`` for at most ``seconds``, then SIGTERM (it saves
-    what it has and exits 143; a rerun resumes it) and, a minute later, SIGKILL; its exit
-    status."""
+def study(command: str, config: str, workdir: Path, log: Path, seconds: float,
+          overrides: Sequence[str] = ()) -> int:
+    """Runs ``python -m pipelines.<command>`` (with ``--config.KEY=VALUE`` for each
+    ``KEY=VALUE`` of ``overrides``) for at most ``seconds``, then SIGTERM (it saves what it
+    has and exits 143; a rerun resumes it) and, a minute later, SIGKILL; its exit status."""
     with open(log, "w") as f:
         proc = subprocess.Popen(_python("-m", f"pipelines.{command}", f"--config={config}",
+                                        *(f"--config.{o}" for o in overrides),
                                         f"--workdir={workdir}"),
                                 stdout=f, stderr=subprocess.STDOUT)
         try:
@@ -118,8 +128,9 @@ def study(command: str, config: str, workdir: Path, log: Path, seconds: float) -
             return proc.wait()
 
 
-def parse_studies(items: list[str]) -> list[tuple[str, str, str]]:
-    """(command, config spec, name) of each COMMAND:CONFIG item; bad ones are InputErrors."""
+def parse_studies(items: list[str], overrides: Sequence[str] = ()) -> list[tuple[str, str, str]]:
+    """(command, config spec, name) of each COMMAND:CONFIG item; bad ones, and ``overrides``
+    (``KEY=VALUE``) that do not apply to an item's config, are InputErrors."""
     out = []
     for item in items:
         command, _, spec = item.partition(":")
@@ -129,23 +140,33 @@ def parse_studies(items: list[str]) -> list[tuple[str, str, str]]:
         path, _, preset = spec.partition(":")
         if not Path(path).is_file():
             raise InputError(f"--studies: {path}: no such config file")
+        if overrides:
+            try:
+                usage.config_with(spec, overrides)
+            except InputError as e:
+                raise InputError(f"--set: {e}") from None
         out.append((command, spec, Path(path).stem + (f"_{preset}" if preset else "")))
     return out
 
 
-def largest_phase_s(spec: str, records: Path) -> float:
+def largest_phase_s(spec: str, records: Path, overrides: Sequence[str] = ()) -> float:
     """The cost model's time of the largest phase of the study ``spec`` (a comparison or a
     sweep) at the step rates of ``records``' benchmark record; 0 where either is unknown."""
     bench = records / "benchmark_fp32.jsonl"
     if not bench.is_file():
         return 0.0
     try:
-        config = usage.load_config(spec)
+        config = usage.config_with(spec, overrides)
         phases = cost.study(config)
         measured = cost.rates(atomic.read_jsonl(bench), config.dataset)
         return max(cost.seconds([ph], measured) for ph in phases)
     except (KeyError, AttributeError, InputError):  # not a study config, or a step not timed
         return 0.0
+
+
+def _where(name: str, workdir: Path | None, count: int) -> Path:
+    """A study's workdir: ``workdir`` (--workdir) for a single study, else runs/<name>."""
+    return workdir if workdir and count == 1 else Path("runs") / name
 
 
 def main(config, workdir: Path | None) -> None:
@@ -156,8 +177,8 @@ def main(config, workdir: Path | None) -> None:
     if _LIMIT.value < 1:
         raise InputError(f"--limit: expected whole seconds >= 1, got {_LIMIT.value}")
     out, preset = Path(_OUT.value), _PRESET.value
-    studies = parse_studies(_STUDIES.value or [f"compare:configs/mnist.py:{preset}"])
-    workdir = workdir or Path("runs") / f"mnist_{preset}"
+    studies = parse_studies(_STUDIES.value or [f"compare:configs/mnist.py:{preset}"], _SET.value)
+    places = [_where(name, workdir, len(studies)) for _, _, name in studies]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "machine.txt", "w") as f:
         try:
@@ -168,13 +189,12 @@ def main(config, workdir: Path | None) -> None:
             f.flush()
         subprocess.run(_python("-c", "import jax; print(jax.__version__, jax.devices())"),
                        stdout=f, stderr=subprocess.STDOUT, check=False)
-    if _BENCHMARK.value and not workdir.exists():
+    if _BENCHMARK.value and not any(p.exists() for p in places):  # the first call
         benchmark(out)
     lines = []
-    for command, spec, name in studies:
+    for (command, spec, name), where in zip(studies, places):
         left = _LIMIT.value - (time.monotonic() - start)
-        need = max(MIN_COMPARE_S, largest_phase_s(spec, out))
-        where = workdir if len(studies) == 1 and workdir else Path("runs") / name
+        need = max(MIN_COMPARE_S, largest_phase_s(spec, out, _SET.value))
         if left < need:
             lines.append(f"{command} {spec} not started: {left:.0f} s left of the "
                          f"{_LIMIT.value} s limit, {need:.0f} s needed for its largest phase; "
@@ -182,7 +202,7 @@ def main(config, workdir: Path | None) -> None:
             continue
         t = time.monotonic()
         log = out / ("compare_log.txt" if len(studies) == 1 else f"{name}_log.txt")
-        status = study(command, spec, where, log, left)
+        status = study(command, spec, where, log, left, _SET.value)
         lines.append(f"{command} {spec} exit status {status}, {time.monotonic() - t:.0f} s "
                      "(143: stopped at the limit, and the same call again resumes it)")
         pack(where, out / f"{where.name}.tgz")

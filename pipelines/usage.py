@@ -24,6 +24,7 @@ from pathlib import Path
 from absl import flags
 
 from scae.config import closest_keys
+from scae.errors import InputError
 
 HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort", "--helpfull",
              "-helpfull", "--help=true", "--help=1")
@@ -260,6 +261,33 @@ def load_config(spec: str):
     path, _, arg = spec.partition(":")
     get_config = runpy.run_path(path)["get_config"]
     return get_config(arg) if arg else get_config()
+
+
+def config_with(spec: str, overrides: Sequence[str]):
+    """The ConfigDict of ``--config=FILE[:ARG]`` with each ``KEY=VALUE`` of ``overrides``
+    applied as the commands apply ``--config.KEY=VALUE`` (ml_collections' parser, so the value
+    takes the key's type); an override that does not apply is an InputError naming it."""
+    from ml_collections import config_flags
+
+    for item in overrides:
+        if "=" not in item or not item.partition("=")[0]:
+            raise InputError(f"{item!r}: expected KEY=VALUE, a config key and its value")
+    argv = [f"--config.{item}" for item in overrides]
+    full = ["config_with", f"--config={spec}", *argv]
+    values = flags.FlagValues()
+    # The config flag finds its overrides in sys_argv (sys.argv unless given).
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                    sys_argv=full)
+    try:
+        values(full)
+    except (flags.Error, KeyError, AttributeError, TypeError, IndexError) as e:
+        try:
+            key = missing_key(load_config(spec), argv)
+        except Exception:  # noqa: BLE001 - the file itself does not load: absl's message
+            key = None
+        raise InputError(unknown_key_message(load_config(spec), key, spec) if key else
+                         f"--config={spec}: {' '.join(str(e).split())}") from None
+    return values["config"].value
 
 
 def _examples(doc: str) -> list[str]:
