@@ -1,9 +1,9 @@
 """Makes the GPU records in one call of a lent machine: the benchmark, then the studies in
-priority order, each stopped by SIGTERM before --limit seconds, so that the same call again
-resumes it.
+priority order, the one under way stopped by SIGTERM early enough that it saves, is packed
+and the call ends within --limit seconds; the same call again resumes it.
 
   python -m pipelines.gpu_run --records=$OUT --preset=paper --limit=540
-  python -m pipelines.gpu_run --records=$OUT --limit=840 \
+  python -m pipelines.gpu_run --records=$OUT --limit=570 \
       --studies=sweep:configs/cifar10_sweep.py,compare:configs/cifar10.py:paper
 
 --studies lists COMMAND:CONFIG items (compare or sweep), run one after another in the time
@@ -68,6 +68,10 @@ SEED_FLAGS = {
 }
 # A comparison started with less time left would only compile before its SIGTERM.
 MIN_COMPARE_S = 30
+# What the end of a study takes after its SIGTERM, at most (its checkpoint saved, then
+# SIGKILL), and its packing: held back from --limit, so that the call itself ends by then.
+STOP_GRACE_S = 45
+PACK_S = 15
 
 
 def _python(*args: str) -> list[str]:
@@ -111,7 +115,8 @@ def study(command: str, config: str, workdir: Path, log: Path, seconds: float,
           overrides: Sequence[str] = ()) -> int:
     """Runs ``python -m pipelines.<command>`` (with ``--config.KEY=VALUE`` for each
     ``KEY=VALUE`` of ``overrides``) for at most ``seconds``, then SIGTERM (it saves what it
-    has and exits 143; a rerun resumes it) and, a minute later, SIGKILL; its exit status."""
+    has and exits 143; a rerun resumes it) and, ``STOP_GRACE_S`` later, SIGKILL; its exit
+    status."""
     with open(log, "w") as f:
         proc = subprocess.Popen(_python("-m", f"pipelines.{command}", f"--config={config}",
                                         *(f"--config.{o}" for o in overrides),
@@ -122,7 +127,7 @@ def study(command: str, config: str, workdir: Path, log: Path, seconds: float,
         except subprocess.TimeoutExpired:
             proc.terminate()
         try:
-            return proc.wait(timeout=60)
+            return proc.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait()
@@ -193,12 +198,13 @@ def main(config, workdir: Path | None) -> None:
         benchmark(out)
     lines = []
     for (command, spec, name), where in zip(studies, places):
-        left = _LIMIT.value - (time.monotonic() - start)
+        # The time it may train: what is left, less its stop and packing.
+        left = _LIMIT.value - (time.monotonic() - start) - STOP_GRACE_S - PACK_S
         need = max(MIN_COMPARE_S, largest_phase_s(spec, out, _SET.value))
         if left < need:
-            lines.append(f"{command} {spec} not started: {left:.0f} s left of the "
-                         f"{_LIMIT.value} s limit, {need:.0f} s needed for its largest phase; "
-                         "run again")
+            lines.append(f"{command} {spec} not started: {left:.0f} s left to train within "
+                         f"the {_LIMIT.value} s limit (less {STOP_GRACE_S + PACK_S} s to stop "
+                         f"and pack), {need:.0f} s needed for its largest phase; run again")
             continue
         t = time.monotonic()
         log = out / ("compare_log.txt" if len(studies) == 1 else f"{name}_log.txt")

@@ -1,5 +1,6 @@
 """pipelines.gpu_run: the packed workdir without checkpoints, the comparison stopped at the
-limit, a call with too little time left, and bad input before anything is written."""
+limit, a call with too little time left, the overrides every study gets, the first call's
+benchmark, a resume from the packed records, and bad input before anything is written."""
 
 from __future__ import annotations
 
@@ -126,7 +127,9 @@ def test_a_deadline_cuts_a_study_that_a_later_call_finishes_from_its_packed_reco
     out, w = tmp_path / "out", tmp_path / "mnist_smoke"
     # Enough fine-tuning steps that the limit falls inside them, given to every call alike.
     longer = "--set=finetune.epochs=2000"
-    cut = _run(f"--records={out}", "--limit=45", "--nobenchmark", f"--workdir={w}", longer,
+    # 45 s to train: the limit less what the call holds back to stop and pack.
+    limit = 45 + gpu_run.STOP_GRACE_S + gpu_run.PACK_S
+    cut = _run(f"--records={out}", f"--limit={limit}", "--nobenchmark", f"--workdir={w}", longer,
                "--studies=compare:configs/mnist.py:smoke")
     assert cut.returncode == 0, cut.stderr[-2000:]
     if "exit status 0" in cut.stdout:
@@ -198,8 +201,10 @@ def test_the_benchmark_runs_on_the_first_call_only(tmp_path, monkeypatch):
     straight to the studies."""
     ran, studied = [], []
     monkeypatch.setattr(gpu_run, "benchmark", lambda out: ran.append(out))
-    monkeypatch.setattr(gpu_run, "study", lambda command, spec, where, *a: studied.append(
-        where) or where.mkdir(parents=True, exist_ok=True) or 0)
+    granted = []
+    monkeypatch.setattr(gpu_run, "study", lambda command, spec, where, log, seconds, *a: (
+        studied.append(where), granted.append(seconds), where.mkdir(parents=True,
+                                                                    exist_ok=True))[-1] or 0)
     monkeypatch.setattr(gpu_run, "pack", lambda *a: None)
     monkeypatch.setattr(gpu_run.subprocess, "run", lambda *a, **k: None)
     monkeypatch.chdir(tmp_path)
@@ -217,3 +222,5 @@ def test_the_benchmark_runs_on_the_first_call_only(tmp_path, monkeypatch):
         flags.FLAGS.unparse_flags()
     assert ran == [tmp_path / "o"]
     assert studied == [Path("runs/a"), Path("runs/b")] * 2
+    # Each study may train only until the call can still stop it, pack it and end in time.
+    assert 0 < max(granted) <= 1000 - gpu_run.STOP_GRACE_S - gpu_run.PACK_S
