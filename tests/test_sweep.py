@@ -599,6 +599,18 @@ def test_bad_sweep_arms_are_refused(arms):
         sweep.arms_of(c)
 
 
+@pytest.mark.parametrize("key, value", [
+    ("seeds", ()), ("seeds", (0, 0)), ("seeds", (-1,)), ("seeds", (0.5,)), ("seeds", (True,)),
+    ("label_size", 0), ("label_size", -5)])
+def test_bad_sweep_seeds_and_label_sizes_are_refused_before_any_run(key, value, tmp_path):
+    c = sweep_config()
+    with c.unlocked():
+        c.sweep[key] = value
+    with pytest.raises(InputError, match=f"config.sweep.{key}"):
+        sweep.run(c, tmp_path / "w", build=lambda c: pytest.fail("no data is loaded"))
+    assert not (tmp_path / "w").exists()
+
+
 def test_base_digest_ignores_what_the_sweep_chooses():
     c = sweep_config()
     digest = sweep.base_digest(c)

@@ -128,13 +128,13 @@ def _sweep(config: ml_collections.ConfigDict, image_shape: Sequence[int],
 
     sw = config.sweep
     arms = sweep_lib.arms_of(config)
-    seeds = len(sw.seeds)
+    seeds = len(sweep_lib.seeds_of(config))
     axes = sw.axes.to_dict() if hasattr(sw.axes, "to_dict") else sw.axes
     full_axes = sw.get("full_axes")
     full_axes = full_axes.to_dict() if hasattr(full_axes, "to_dict") else full_axes
     stacked: set[str] = set()
     phases: list[PhaseCost] = []
-    size = min(int(sw.label_size), pool)
+    size = sweep_lib.label_size_of(config, pool)
     grid = sweep_lib.points(axes)
     for i, point in enumerate(grid, start=1):
         c = sweep_lib.apply(config, point)

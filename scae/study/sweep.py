@@ -128,6 +128,34 @@ def arms_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return arms
 
 
+def seeds_of(config: ml_collections.ConfigDict) -> list[int]:
+    """``config.sweep.seeds``, checked: distinct whole numbers >= 0, at least one."""
+    seeds = config.sweep.get("seeds")
+    items = list(seeds) if isinstance(seeds, (list, tuple)) else None
+    if (not items or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in items)
+            or len(set(items)) != len(items)):
+        raise InputError(f"config.sweep.seeds: expected distinct whole numbers >= 0, at least "
+                         f"one, got {seeds!r}")
+    return [int(s) for s in items]
+
+
+def label_size_of(config: ml_collections.ConfigDict, pool: int | None = None) -> int:
+    """``config.sweep.label_size``, checked: a whole number >= 1, and at most ``pool`` (the
+    labelled images there are) when it is known."""
+    size = config.sweep.get("label_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise InputError(f"config.sweep.label_size: expected a whole number >= 1, got {size!r}")
+    if pool is not None:
+        _check_fits(size, pool)
+    return size
+
+
+def _check_fits(size: int, pool: int) -> None:
+    if size > pool:
+        raise InputError(f"config.sweep.label_size: {size} labels asked for, the pool has "
+                         f"{pool}")
+
+
 def _arm(r: Mapping) -> str:
     return r.get("arm", "random")  # records made before the sweep trained other arms
 
@@ -156,6 +184,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
     records already there (``ready`` is where a caller deletes them)."""
     sw = config.sweep
     arms = arms_of(config)
+    seeds_of(config)
+    label_size = label_size_of(config)
     grid = points(sw.axes.to_dict() if hasattr(sw.axes, "to_dict") else sw.axes)
     configs = [apply(config, p) for p in grid]  # every point checked before any is run
     full_axes = sw.get("full_axes")
@@ -167,7 +197,7 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
     runner = _Runner(config, workdir, build, log, ready, base,
                      [] if fresh else check_records(config, workdir, base))
     for i, (point, c) in enumerate(zip(grid, configs)):
-        runner.point(c, point, "grid", int(sw.label_size), arms, f"{i + 1}/{len(grid)}")
+        runner.point(c, point, "grid", label_size, arms, f"{i + 1}/{len(grid)}")
     asked = [runner.done[k] for k in runner.asked if k in runner.done]
     if schedule:
         top = choose(asked, arms, float(config.finetune.learning_rate))["chosen"]
@@ -186,7 +216,7 @@ class _Runner:
         self.config, self.workdir, self.log, self.ready, self.base = (config, workdir, log,
                                                                      ready, base)
         self.build = build or (lambda c: inputs_lib.build(c.data, c.seed))
-        self.seeds = [int(s) for s in config.sweep.seeds]
+        self.seeds = seeds_of(config)
         self.records = records
         self.done = {_key(r): r for r in records}
         self.asked: list[tuple] = []
@@ -232,10 +262,9 @@ class _Runner:
             if key in self.done:
                 continue
             data = self.inputs(c)
-            size = int(len(data.train_labels)) if label_size is None else label_size
-            if size > len(data.train_labels):
-                raise InputError(f"config.sweep.label_size: {size} labels asked for, the "
-                                 f"pool has {len(data.train_labels)}")
+            pool = int(len(data.train_labels))
+            size = pool if label_size is None else label_size
+            _check_fits(size, pool)
             self.log(f"sweep point {where}, {arm}: {name}")
             t0 = time.monotonic()
             tag = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
