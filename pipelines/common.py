@@ -122,18 +122,8 @@ def end(status: int) -> None:
     os._exit(status)
 
 
-def _config_spec(argv: list[str]) -> str | None:
-    """The ``FILE[:PRESET]`` of ``--config``, if given."""
-    for i, a in enumerate(argv):
-        if a.startswith("--config="):
-            return a.split("=", 1)[1]
-        if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
 def _config_path(argv: list[str]) -> str | None:
-    spec = _config_spec(argv)
+    spec = usage.config_spec(argv)
     return None if spec is None else spec.split(":", 1)[0]
 
 
@@ -149,37 +139,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
         fail(f"--config: {path}: no such config file")
     try:
         rest = flags.FLAGS(argv)
-    except flags.Error as e:
-        message = str(e)
-        # A config file's own InputError arrives wrapped in a traceback; keep its message.
-        if "InputError: " in message:
-            message = message.rsplit("InputError: ", 1)[1]
-        fail(message)
-    except InputError as e:
-        fail(str(e))
-    except (KeyError, AttributeError, TypeError, IndexError) as e:
-        fail(_unknown_override(argv, e))
-    except (FileNotFoundError, SyntaxError, ImportError) as e:
-        fail(f"--config: cannot load the config file: {e}")
+    except (flags.Error, InputError, KeyError, AttributeError, TypeError, IndexError,
+            FileNotFoundError, SyntaxError, ImportError) as e:
+        fail(usage.parse_error(e, argv))
     if wants_help:
-        print(usage.command_help(_CONFIG.value, _config_spec(argv)), end="")
+        print(usage.command_help(_CONFIG.value, usage.config_spec(argv)), end="")
         sys.exit(0)
     return rest
-
-
-def _unknown_override(argv: list[str], error: Exception) -> str:
-    """The message for ml_collections' KeyError, AttributeError or TypeError (a key below a
-    value) while applying the ``--config.KEY=VALUE`` overrides: the first KEY the config lacks,
-    with the nearest keys."""
-    spec = _config_spec(argv)
-    try:
-        config = usage.load_config(spec) if spec else None
-    except Exception:  # noqa: BLE001 - it loaded once already; fall back to the raw error
-        config = None
-    key = usage.missing_key(config, argv) if config is not None else None
-    if key is None:
-        return f"--config: cannot load the config file: {' '.join(str(error).split())}"
-    return usage.unknown_key_message(config, key, spec)
 
 
 def guard_workdir(config, workdir: Path, stage: str, overwrite: bool, data=None) -> None:

@@ -13,6 +13,9 @@ started, and the next one is tried. Each study's workdir is runs/<config>_<prese
 --workdir for a single study), packed into <the same name>.tgz without its checkpoints.
 --set=KEY=VALUE reaches every study as --config.KEY=VALUE (e.g. where the data are: the
 machine has no internet), checked against each study's config before anything runs.
+--resume_from=DIR, the records of an earlier call brought along, unpacks each study's
+<name>.tgz there as its workdir when that is missing (a fresh machine), so that the call
+resumes where the earlier one stopped.
 
 Writes into --records: machine.txt (nvidia-smi, jax and its devices); on the first call (while
 no study's workdir exists) benchmark_fp32.jsonl (pipelines.benchmark --all --steps=20
@@ -31,6 +34,7 @@ runs in a process of its own, so that this one never holds the GPU.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -53,6 +57,9 @@ _BENCHMARK = flags.DEFINE_bool("benchmark", True, "Time the steps on the first c
 _STUDIES = flags.DEFINE_list("studies", None, "COMMAND:CONFIG items in priority order, e.g. "
                              "compare:configs/cifar10.py:paper (default: the compare of "
                              "configs/mnist.py:--preset).")
+_RESUME = flags.DEFINE_string("resume_from", None, "The --records folder of an earlier call: "
+                              "each study's <name>.tgz there is unpacked as its workdir when "
+                              "that does not exist, and its benchmark record is used.")
 _SET = flags.DEFINE_multi_string("set", [], "KEY=VALUE, given to every study as "
                                  "--config.KEY=VALUE (repeat the flag for several), e.g. "
                                  "data.source=folder:data_cache/cifar10-jpeg.tar.gz.")
@@ -145,11 +152,14 @@ def parse_studies(items: list[str], overrides: Sequence[str] = ()) -> list[tuple
         path, _, preset = spec.partition(":")
         if not Path(path).is_file():
             raise InputError(f"--studies: {path}: no such config file")
-        if overrides:
+        try:  # every study's config loads, with the overrides, before anything runs
+            usage.config_with(spec, overrides)
+        except InputError as e:
             try:
-                usage.config_with(spec, overrides)
-            except InputError as e:
-                raise InputError(f"--set: {e}") from None
+                usage.config_with(spec, ())
+            except InputError as alone:
+                raise InputError(f"--studies: {alone}") from None
+            raise InputError(f"--set: {e}") from None
         out.append((command, spec, Path(path).stem + (f"_{preset}" if preset else "")))
     return out
 
@@ -169,6 +179,29 @@ def largest_phase_s(spec: str, records: Path, overrides: Sequence[str] = ()) -> 
         return 0.0
 
 
+def unpack(tgz: Path, where: Path) -> None:
+    """``tgz`` (made by :func:`pack`) as the folder ``where``; a member that would land
+    outside it, or is not a plain file or folder, is an InputError, and nothing is left."""
+    tmp, root = where.with_name(where.name + ".unpacking"), tgz.name.removesuffix(".tgz")
+    atomic.remove_tree(tmp)
+    # Python's own check where it has one (3.11.4 on); the members are checked here anyway.
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    try:
+        with tarfile.open(tgz) as tar:
+            members = tar.getmembers()
+            for m in members:
+                parts = Path(m.name).parts
+                if (not parts or parts[0] != root or ".." in parts
+                        or Path(m.name).is_absolute() or not (m.isfile() or m.isdir())):
+                    raise InputError(f"{tgz}: {m.name!r} is not part of a packed workdir")
+            tar.extractall(tmp, members=members, **safe)
+        (tmp / root).rename(where)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise InputError(f"{tgz}: not a readable packed workdir ({e})") from None
+    finally:
+        atomic.remove_tree(tmp)
+
+
 def _where(name: str, workdir: Path | None, count: int) -> Path:
     """A study's workdir: ``workdir`` (--workdir) for a single study, else runs/<name>."""
     return workdir if workdir and count == 1 else Path("runs") / name
@@ -184,7 +217,17 @@ def main(config, workdir: Path | None) -> None:
     out, preset = Path(_OUT.value), _PRESET.value
     studies = parse_studies(_STUDIES.value or [f"compare:configs/mnist.py:{preset}"], _SET.value)
     places = [_where(name, workdir, len(studies)) for _, _, name in studies]
+    earlier = Path(_RESUME.value) if _RESUME.value else None
+    if earlier is not None and not earlier.is_dir():
+        raise InputError(f"--resume_from: {earlier}: no such folder")
+    for (_, _, name), where in zip(studies, places):  # every packed study checked first
+        if earlier is not None and (earlier / f"{name}.tgz").is_file() and not where.exists():
+            where.parent.mkdir(parents=True, exist_ok=True)
+            unpack(earlier / f"{name}.tgz", where)
     out.mkdir(parents=True, exist_ok=True)
+    if earlier is not None and (earlier / "benchmark_fp32.jsonl").is_file() \
+            and not (out / "benchmark_fp32.jsonl").exists():
+        shutil.copyfile(earlier / "benchmark_fp32.jsonl", out / "benchmark_fp32.jsonl")
     with open(out / "machine.txt", "w") as f:
         try:
             subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
@@ -211,7 +254,10 @@ def main(config, workdir: Path | None) -> None:
         status = study(command, spec, where, log, left, _SET.value)
         lines.append(f"{command} {spec} exit status {status}, {time.monotonic() - t:.0f} s "
                      "(143: stopped at the limit, and the same call again resumes it)")
-        pack(where, out / f"{where.name}.tgz")
+        if where.is_dir():  # a study refused at once (bad input: its log says) made none
+            pack(where, out / f"{where.name}.tgz")
+        else:
+            lines.append(f"{command} {spec} left no workdir to pack: see {log.name}")
     summary = "\n".join(lines)
     (out / "summary.txt").write_text(summary + "\n")
     print(summary, flush=True)

@@ -263,6 +263,40 @@ def load_config(spec: str):
     return get_config(arg) if arg else get_config()
 
 
+def config_spec(argv: Sequence[str]) -> str | None:
+    """The ``FILE[:PRESET]`` of ``--config`` in ``argv``, if given."""
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+        if a == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def parse_error(error: Exception, argv: Sequence[str]) -> str:
+    """One line for an error raised while absl parses ``argv``'s ``--config`` and its
+    ``--config.KEY=VALUE`` overrides (anything else is raised again): a config file's own
+    InputError keeps its message; a KEY the config lacks is named with the nearest keys."""
+    spec = config_spec(argv)
+    if isinstance(error, flags.Error):
+        message = str(error)
+        # A config file's own InputError arrives wrapped in a traceback; keep its message.
+        return message.rsplit("InputError: ", 1)[1] if "InputError: " in message else message
+    if isinstance(error, InputError):
+        return str(error)
+    if isinstance(error, (KeyError, AttributeError, TypeError, IndexError)):
+        try:
+            config = load_config(spec) if spec else None
+        except Exception:  # noqa: BLE001 - it loaded once already; fall back to the raw error
+            config = None
+        key = missing_key(config, argv) if config is not None else None
+        if key is not None:
+            return unknown_key_message(config, key, spec)
+    elif not isinstance(error, (FileNotFoundError, SyntaxError, ImportError)):
+        raise error
+    return f"--config: cannot load the config file: {' '.join(str(error).split())}"
+
+
 def config_with(spec: str, overrides: Sequence[str]):
     """The ConfigDict of ``--config=FILE[:ARG]`` with each ``KEY=VALUE`` of ``overrides``
     applied as the commands apply ``--config.KEY=VALUE`` (ml_collections' parser, so the value
@@ -280,14 +314,16 @@ def config_with(spec: str, overrides: Sequence[str]):
                                     sys_argv=full)
     try:
         values(full)
-    except (flags.Error, KeyError, AttributeError, TypeError, IndexError) as e:
-        try:
-            key = missing_key(load_config(spec), argv)
-        except Exception:  # noqa: BLE001 - the file itself does not load: absl's message
-            key = None
-        raise InputError(unknown_key_message(load_config(spec), key, spec) if key else
-                         f"--config={spec}: {' '.join(str(e).split())}") from None
-    return values["config"].value
+    except Exception as e:  # noqa: BLE001 - sorted into one line by parse_error
+        raise InputError(parse_error(e, full)) from None
+    config = values["config"].value
+    try:  # a file that failed to load gives a stand-in that raises on first use
+        config.keys()
+    except OSError as e:
+        cause = e.__cause__ or e
+        raise InputError(f"--config={spec}: cannot load the config file: "
+                         f"{' '.join(str(cause).split())}") from None
+    return config
 
 
 def _examples(doc: str) -> list[str]:

@@ -4,6 +4,7 @@ benchmark, a resume from the packed records, and bad input before anything is wr
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 from absl import flags
 
 from pipelines import gpu_run
+from scae.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,8 +93,11 @@ def test_bad_input_is_one_line_and_status_2_before_anything_is_written(tmp_path)
 
 
 def test_bad_studies_are_one_line_and_status_2(tmp_path):
+    (tmp_path / "broken.py").write_text("def get_config(:\n")
     for item, word in (("train:configs/mnist.py:smoke", "COMMAND:CONFIG"),
-                       ("compare:configs/none.py:smoke", "no such config file")):
+                       ("compare:configs/none.py:smoke", "no such config file"),
+                       ("compare:configs/mnist.py:huge", "--studies: config preset 'huge'"),
+                       (f"compare:{tmp_path / 'broken.py'}", "--studies: --config: cannot load")):
         proc = _run(f"--records={tmp_path / 'o'}", f"--studies={item}", "--nobenchmark")
         assert proc.returncode == 2, proc.stderr[-2000:]
         (line,) = proc.stderr.splitlines()
@@ -122,8 +127,8 @@ def test_a_study_whose_largest_phase_cannot_finish_is_not_started(tmp_path):
 @pytest.mark.slow
 def test_a_deadline_cuts_a_study_that_a_later_call_finishes_from_its_packed_records(tmp_path):
     """A fresh machine has only what the last call brought back: the packed workdir, without
-    checkpoints. Unpacked, it resumes: the runs recorded before the cut are kept as they were
-    and the rest train (the stack again, from its seed)."""
+    checkpoints. Unpacked by --resume_from, it resumes: the runs recorded before the cut are
+    kept as they were and the rest train (the stack again, from its seed)."""
     out, w = tmp_path / "out", tmp_path / "mnist_smoke"
     # Enough fine-tuning steps that the limit falls inside them, given to every call alike.
     longer = "--set=finetune.epochs=2000"
@@ -135,22 +140,25 @@ def test_a_deadline_cuts_a_study_that_a_later_call_finishes_from_its_packed_reco
     if "exit status 0" in cut.stdout:
         pytest.skip("the smoke comparison finished inside the cut on this machine")
     assert "exit status 143" in cut.stdout or "exit status -15" in cut.stdout, cut.stdout
-    fresh = tmp_path / "fresh"
-    with tarfile.open(out / "mnist_smoke.tgz") as tar:
-        tar.extractall(fresh, filter="data")
-    before = fresh / "mnist_smoke" / "compare" / "runs.jsonl"
+    fresh = tmp_path / "fresh"  # the next machine: the earlier records, no workdir
+    with tarfile.open(out / "mnist_smoke.tgz") as tar:  # what --resume_from will unpack
+        tar.extractall(tmp_path / "peek", filter="data")
+    before = tmp_path / "peek" / "mnist_smoke" / "compare" / "runs.jsonl"
     kept = before.read_text().splitlines() if before.is_file() else []
-    stack = fresh / "mnist_smoke" / "pretrain" / "metrics.jsonl"
-    losses = lambda: [(r["layer"], r["val_mse"]) for r in map(json.loads, stack.open())]
-    packed = losses()
+    stack = "mnist_smoke/pretrain/metrics.jsonl"
+    losses = lambda root: [(r["layer"], r["val_mse"])
+                           for r in map(json.loads, (root / stack).open())]
+    packed = losses(tmp_path / "peek")
     assert len(packed) == 3  # the stack was done before the cut, its checkpoint left out
-    done = _run(f"--records={out}", "--limit=600", "--nobenchmark", longer,
-                f"--workdir={fresh / 'mnist_smoke'}", "--studies=compare:configs/mnist.py:smoke")
+    done = _run(f"--records={tmp_path / 'out2'}", "--limit=600", "--nobenchmark", longer,
+                f"--resume_from={out}", f"--workdir={fresh / 'mnist_smoke'}",
+                "--studies=compare:configs/mnist.py:smoke")
     assert done.returncode == 0 and "exit status 0" in done.stdout, done.stdout
     assert (fresh / "mnist_smoke" / "compare" / "summary.md").is_file()
-    assert before.read_text().splitlines()[:len(kept)] == kept
-    assert losses() == packed  # trained again from its seed: the same stack
-    assert (out / "mnist_smoke.tgz").is_file()
+    after = (fresh / "mnist_smoke" / "compare" / "runs.jsonl").read_text().splitlines()
+    assert after[:len(kept)] == kept
+    assert losses(fresh) == packed  # trained again from its seed: the same stack
+    assert (tmp_path / "out2" / "mnist_smoke.tgz").is_file()
 
 
 def test_a_sweep_is_budgeted_by_its_largest_phase_with_the_overrides_applied(tmp_path):
@@ -210,7 +218,7 @@ def test_the_benchmark_runs_on_the_first_call_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").mkdir()
     for name in ("a.py", "b.py"):
-        (tmp_path / "configs" / name).write_text("")
+        (tmp_path / "configs" / name).write_text((ROOT / "configs" / "mnist.py").read_text())
     args = ["gpu_run", f"--records={tmp_path / 'o'}", "--limit=1000",
             "--studies=compare:configs/a.py,compare:configs/b.py"]
     try:
@@ -224,3 +232,68 @@ def test_the_benchmark_runs_on_the_first_call_only(tmp_path, monkeypatch):
     assert studied == [Path("runs/a"), Path("runs/b")] * 2
     # Each study may train only until the call can still stop it, pack it and end in time.
     assert 0 < max(granted) <= 1000 - gpu_run.STOP_GRACE_S - gpu_run.PACK_S
+
+
+def test_unpack_gives_back_the_packed_workdir_and_refuses_what_pack_never_makes(tmp_path):
+    work = tmp_path / "a" / "study"
+    for name, text in (("config.json", "c"), ("compare/runs.jsonl", "r"),
+                       ("compare/cells/x/ckpt/1/state", "s")):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
+    gpu_run.pack(work, tmp_path / "study.tgz")
+    gpu_run.unpack(tmp_path / "study.tgz", tmp_path / "b" / "study")
+    got = {str(p.relative_to(tmp_path / "b" / "study")): p.read_text()
+           for p in (tmp_path / "b" / "study").rglob("*") if p.is_file()}
+    assert got == {"config.json": "c", "compare/runs.jsonl": "r"}
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["study"]
+    for member, kind in (("study/../evil", tarfile.REGTYPE), ("other/x", tarfile.REGTYPE),
+                         ("study/link", tarfile.SYMTYPE)):
+        bad = tmp_path / "bad.tgz"
+        with tarfile.open(bad, "w:gz") as tar:
+            info = tarfile.TarInfo(member)
+            info.type, info.linkname = kind, "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+            tar.addfile(info, io.BytesIO(b""))
+        bad = bad.rename(tmp_path / "study.tgz")
+        with pytest.raises(InputError, match="not part of a packed workdir"):
+            gpu_run.unpack(bad, tmp_path / "c" / "study")
+        assert not (tmp_path / "c").exists() or list((tmp_path / "c").iterdir()) == []
+    (tmp_path / "study.tgz").write_bytes(b"not a tar file")
+    with pytest.raises(InputError, match="not a readable packed workdir"):
+        gpu_run.unpack(tmp_path / "study.tgz", tmp_path / "d" / "study")
+
+
+def test_resume_from_unpacks_the_missing_workdirs_and_skips_the_benchmark(tmp_path,
+                                                                          monkeypatch):
+    ran, studied = [], []
+    monkeypatch.setattr(gpu_run, "benchmark", lambda out: ran.append(out))
+    monkeypatch.setattr(gpu_run, "study", lambda command, spec, where, *a: studied.append(
+        sorted(str(p.relative_to(where)) for p in where.rglob("*"))) or 2)
+    monkeypatch.setattr(gpu_run.subprocess, "run", lambda *a, **k: None)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    for name in ("a.py", "b.py"):
+        (tmp_path / "configs" / name).write_text((ROOT / "configs" / "mnist.py").read_text())
+    earlier = tmp_path / "earlier"
+    (tmp_path / "old" / "a").mkdir(parents=True)
+    (tmp_path / "old" / "a" / "sweep.jsonl").write_text("{}\n")
+    earlier.mkdir()
+    gpu_run.pack(tmp_path / "old" / "a", earlier / "a.tgz")
+    (earlier / "benchmark_fp32.jsonl").write_text('{"img_per_s": 1}\n')
+    args = ["gpu_run", f"--records={tmp_path / 'o'}", "--limit=1000",
+            f"--resume_from={earlier}", "--studies=compare:configs/a.py,compare:configs/b.py"]
+    try:
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(args)
+        gpu_run.main(None, None)
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS([*args[:3], f"--resume_from={tmp_path / 'none'}", args[4]])
+        with pytest.raises(InputError, match="--resume_from: .*none: no such folder"):
+            gpu_run.main(None, None)
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert ran == []  # a workdir was there: not the first call
+    assert studied == [["sweep.jsonl"], []]  # a's records unpacked; b had none to unpack
+    summary = (tmp_path / "o" / "summary.txt").read_text()
+    assert "configs/b.py left no workdir to pack: see b_log.txt" in summary
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.tgz")) == ["a.tgz"]
+    assert (tmp_path / "o" / "benchmark_fp32.jsonl").read_text() == '{"img_per_s": 1}\n'
