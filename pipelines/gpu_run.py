@@ -17,22 +17,23 @@ machine has no internet), checked against each study's config before anything ru
 <name>.tgz there as its workdir when that is missing (a fresh machine), so that the call
 resumes where the earlier one stopped.
 
-Writes into --records: machine.txt (nvidia-smi, jax and its devices); on the first call (while
-no study's workdir exists) benchmark_fp32.jsonl (pipelines.benchmark --all --steps=20
---repeats=3) and the seed paths (pipelines.benchmark --ab=seeds: the CNN step of 1, 2, 5 and
-10 seeds in one program, XLA's convolutions or patch matmuls, vmapped or mapped) under XLA's
-default command buffers (seeds_default.jsonl) and with the scan's loop captured too
-(seeds_cmdbuf_while.jsonl: CUDA graphs around the whole chunk of steps); then
-per study its log (compare_log.txt for one study, else <name>_log.txt), summary.txt and
-<name>.tgz (mnist_PRESET.tgz by default), the workdir without its checkpoints: `tar xzf` it
-and `python -m pipelines.publish --workdir=mnist_PRESET --out=results/...`. The workdirs
-stay between calls on a warm machine; on a fresh one, unpack a study's .tgz into runs/ and
-bring it along: its finished runs are kept and the rest train. Each step
-runs in a process of its own, so that this one never holds the GPU.
+Writes into --records: machine.txt (nvidia-smi, jax and its devices); on the first call
+(while no study's workdir exists, and within 30% of --limit) benchmark_fp32.jsonl
+(pipelines.benchmark --all --steps=20 --repeats=3) and the seed paths (pipelines.benchmark
+--ab=seeds: the CNN step of 1, 2, 5 and 10 seeds in one program, XLA's convolutions or patch
+matmuls, vmapped or mapped) under XLA's default command buffers (seeds_default.jsonl) and
+with the scan's loop captured too (seeds_cmdbuf_while.jsonl: CUDA graphs around the whole
+chunk of steps); then per study its log (compare_log.txt for one study, else
+<name>_log.txt), summary.txt and <name>.tgz (mnist_PRESET.tgz by default), the workdir
+without its checkpoints: `tar xzf` it and `python -m pipelines.publish
+--workdir=mnist_PRESET --out=results/...`. The workdirs stay between calls on a warm
+machine; on a fresh one, --resume_from brings them back. Each step runs in a process of its
+own, so that this one never holds the GPU.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -79,28 +80,42 @@ MIN_COMPARE_S = 30
 # SIGKILL), and its packing: held back from --limit, so that the call itself ends by then.
 STOP_GRACE_S = 45
 PACK_S = 15
+# The most of --limit the first call's benchmark may take: the studies get the rest.
+BENCHMARK_SHARE = 0.3
 
 
 def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-def benchmark(out: Path) -> None:
-    """The benchmark files of the module's docstring."""
+def benchmark(out: Path, seconds: float = math.inf) -> list[str]:
+    """The benchmark files of the module's docstring, within ``seconds`` in all: a process
+    still timing then is stopped (its record keeps the lines written so far) and the ones
+    after it do not start. What was cut, one line each."""
+    end = time.monotonic() + seconds
     bench = _python("-m", "pipelines.benchmark", "--steps=20", "--repeats=3")
     # bf16 is left out: it gave nothing on the H100 (results/bench_h100), and a lease's
     # minutes go to the seed paths instead.
-    with open(out / "benchmark_fp32.jsonl", "w") as f:
-        subprocess.run(bench + ["--all"], stdout=f, stderr=subprocess.DEVNULL, check=False)
+    runs = [("benchmark_fp32.jsonl", ["--all"], None)]
     # XLA's convolutions group over the vmapped seeds; patch matmuls batch their GEMMs. A
     # step at batch 128 is launch-bound on a GPU: command buffers replay its kernels as one
     # graph, and with WHILE the scan over the steps as well.
     for name, xla_flags in SEED_FLAGS.items():
-        env = dict(os.environ, XLA_FLAGS=" ".join(
-            f for f in (os.environ.get("XLA_FLAGS", ""), xla_flags) if f))
+        runs.append((name, ["--ab=seeds", "--rounds=3"], dict(os.environ, XLA_FLAGS=" ".join(
+            f for f in (os.environ.get("XLA_FLAGS", ""), xla_flags) if f))))
+    cut = []
+    for name, args, env in runs:
+        left = end - time.monotonic()
+        if left <= 0:
+            cut.append(f"benchmark {name} not started: its share of the limit was spent")
+            continue
         with open(out / name, "w") as f:
-            subprocess.run(bench + ["--ab=seeds", "--rounds=3"], stdout=f,
-                           stderr=subprocess.DEVNULL, check=False, env=env)
+            try:
+                subprocess.run(bench + args, stdout=f, stderr=subprocess.DEVNULL, check=False,
+                               env=env, timeout=None if math.isinf(left) else left)
+            except subprocess.TimeoutExpired:  # run() has killed it
+                cut.append(f"benchmark {name} stopped at its share of the limit: partial")
+    return cut
 
 
 def pack(workdir: Path, tgz: Path) -> None:
@@ -238,8 +253,9 @@ def main(config, workdir: Path | None) -> None:
         subprocess.run(_python("-c", "import jax; print(jax.__version__, jax.devices())"),
                        stdout=f, stderr=subprocess.STDOUT, check=False)
     if _BENCHMARK.value and not any(p.exists() for p in places):  # the first call
-        benchmark(out)
-    lines = []
+        lines = benchmark(out, BENCHMARK_SHARE * _LIMIT.value)
+    else:
+        lines = []
     for (command, spec, name), where in zip(studies, places):
         # The time it may train: what is left, less its stop and packing.
         left = _LIMIT.value - (time.monotonic() - start) - STOP_GRACE_S - PACK_S

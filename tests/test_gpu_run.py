@@ -62,6 +62,29 @@ def test_the_benchmark_times_the_seed_paths_under_each_command_buffer_setting(tm
     assert [name for args, name, _ in calls if "--all" in args] == ["benchmark_fp32.jsonl"]
 
 
+def test_the_benchmark_keeps_to_its_share_of_the_limit(tmp_path, monkeypatch):
+    """A timing process still running when the share is spent is stopped (its lines so far
+    kept), and the ones after it do not start; each is one line of the summary."""
+    started = []
+
+    def run(args, stdout, env=None, timeout=None, **kwargs):
+        started.append(Path(stdout.name).name)
+        if "--all" in args:
+            stdout.write('{"partial": 1}\n')
+            raise subprocess.TimeoutExpired(args, timeout)
+        return subprocess.CompletedProcess(args, 0)
+
+    monkeypatch.setattr(gpu_run.subprocess, "run", run)
+    cut = gpu_run.benchmark(tmp_path, 1000.0)
+    assert started == ["benchmark_fp32.jsonl", *gpu_run.SEED_FLAGS]
+    assert cut == ["benchmark benchmark_fp32.jsonl stopped at its share of the limit: partial"]
+    assert (tmp_path / "benchmark_fp32.jsonl").read_text() == '{"partial": 1}\n'
+    started.clear()
+    cut = gpu_run.benchmark(tmp_path / "none", 0.0)
+    assert started == [] and len(cut) == 1 + len(gpu_run.SEED_FLAGS)
+    assert all(line.endswith("not started: its share of the limit was spent") for line in cut)
+
+
 def test_the_comparison_is_stopped_at_the_limit(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the command's folder: configs/ and pipelines/ are found from it
     t = time.monotonic()
@@ -208,7 +231,7 @@ def test_the_benchmark_runs_on_the_first_call_only(tmp_path, monkeypatch):
     """The first call: no study's workdir exists yet. A later call (a workdir there) goes
     straight to the studies."""
     ran, studied = [], []
-    monkeypatch.setattr(gpu_run, "benchmark", lambda out: ran.append(out))
+    monkeypatch.setattr(gpu_run, "benchmark", lambda out, seconds: ran.append(out) or [])
     granted = []
     monkeypatch.setattr(gpu_run, "study", lambda command, spec, where, log, seconds, *a: (
         studied.append(where), granted.append(seconds), where.mkdir(parents=True,
@@ -265,7 +288,7 @@ def test_unpack_gives_back_the_packed_workdir_and_refuses_what_pack_never_makes(
 def test_resume_from_unpacks_the_missing_workdirs_and_skips_the_benchmark(tmp_path,
                                                                           monkeypatch):
     ran, studied = [], []
-    monkeypatch.setattr(gpu_run, "benchmark", lambda out: ran.append(out))
+    monkeypatch.setattr(gpu_run, "benchmark", lambda out, seconds: ran.append(out) or [])
     monkeypatch.setattr(gpu_run, "study", lambda command, spec, where, *a: studied.append(
         sorted(str(p.relative_to(where)) for p in where.rglob("*"))) or 2)
     monkeypatch.setattr(gpu_run.subprocess, "run", lambda *a, **k: None)
