@@ -12,8 +12,8 @@ seeds; for a sweep config, every point's stacks and arms and the full-label sche
 pipelines.sweep trains them), and the study's total. ``--rates`` is a
 ``pipelines.benchmark --all`` record (the committed ones are under results/bench_*); the
 time counts the training steps alone (scae.study.cost). Writes nothing. The README's
-``<!-- scae:cost -->`` block (the paper presets on every committed benchmark record) is
-rewritten by ``pipelines.publish``.
+``<!-- scae:cost -->`` block (the paper presets and the CIFAR-10 sweep on every committed
+benchmark record) is rewritten by ``pipelines.publish``.
 """
 
 from __future__ import annotations

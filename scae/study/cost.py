@@ -194,21 +194,25 @@ def duration(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def readme_block(results: Path) -> str:
-    """The paper presets' training FLOPs and time on each committed benchmark record."""
-    head = "| preset | PFLOP | " + " | ".join(t for t, _, _ in README_RECORDS) + " |"
+def readme_block(results: Path,
+                 extra: Sequence[tuple[str, ml_collections.ConfigDict]] = ()) -> str:
+    """The paper presets' training FLOPs and time on each committed benchmark record, then
+    those of the ``extra`` (name, config) studies (a sweep, say)."""
+    head = "| study | PFLOP | " + " | ".join(t for t, _, _ in README_RECORDS) + " |"
     rows = [head, "| --- | ---: |" + " ---: |" * len(README_RECORDS)]
-    for dataset in ("mnist", "cifar10"):
-        config = cfglib.dataset_config(dataset, "paper")
+    studies = [(f"configs/{d}.py:paper", cfglib.dataset_config(d, "paper"))
+               for d in ("mnist", "cifar10")]
+    for name, config in [*studies, *extra]:
         phases = study(config)
         cells = []
         for _, record, devices in README_RECORDS:
             path = results / record
             try:
-                measured = rates(atomic.read_jsonl(path), dataset) if path.is_file() else {}
+                measured = (rates(atomic.read_jsonl(path), config.dataset) if path.is_file()
+                            else {})
                 cells.append(duration(seconds(phases, measured, devices)))
             except KeyError:  # a record without every step of this data set
                 cells.append("not measured")
-        rows.append(f"| `configs/{dataset}.py:paper` | {sum(p.flops for p in phases) / 1e15:.1f} "
-                    f"| " + " | ".join(cells) + " |")
+        rows.append(f"| `{name}` | {sum(p.flops for p in phases) / 1e15:.1f} | "
+                    + " | ".join(cells) + " |")
     return "\n".join(rows)
