@@ -392,6 +392,7 @@ def _stream_run(images: Path, out: Path, workdir: Path, processes: int,
         (out / f"p{i}.err").read_text()[-3000:] for i in range(processes)]
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_each_process_reads_only_its_shard_of_a_stream(tmp_path):
     """A streamed pretraining in two processes (one device each): with the batch spread, each

@@ -114,6 +114,7 @@ def test_smoke_compare_writes_every_output_and_resumes(smoke_compare):
         assert (w / "figures" / f"{name}.png").stat().st_size > 0, name
 
 
+@pytest.mark.heavy
 @pytest.mark.slow
 def test_two_processes_give_identical_parameters_and_metrics(smoke_compare, tmp_path):
     """On the CPU the same config and seed reproduce every bit in a fresh process, from other
