@@ -235,7 +235,9 @@ def main(config, workdir: Path | None) -> None:
     earlier = Path(_RESUME.value) if _RESUME.value else None
     if earlier is not None and not earlier.is_dir():
         raise InputError(f"--resume_from: {earlier}: no such folder")
-    for (_, _, name), where in zip(studies, places):  # every packed study checked first
+    # A fresh machine: the earlier call's packed studies become the workdirs it lacks (a
+    # workdir already there, on a warm machine, is newer and is kept).
+    for (_, _, name), where in zip(studies, places):
         if earlier is not None and (earlier / f"{name}.tgz").is_file() and not where.exists():
             where.parent.mkdir(parents=True, exist_ok=True)
             unpack(earlier / f"{name}.tgz", where)
