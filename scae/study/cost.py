@@ -126,16 +126,12 @@ def _sweep(config: ml_collections.ConfigDict, image_shape: Sequence[int],
     # cost of a comparison does not need.
     from scae.study import sweep as sweep_lib
 
-    sw = config.sweep
     arms = sweep_lib.arms_of(config)
     seeds = len(sweep_lib.seeds_of(config))
-    axes = sw.axes.to_dict() if hasattr(sw.axes, "to_dict") else sw.axes
-    full_axes = sw.get("full_axes")
-    full_axes = full_axes.to_dict() if hasattr(full_axes, "to_dict") else full_axes
     stacked: set[str] = set()
     phases: list[PhaseCost] = []
     size = sweep_lib.label_size_of(config, pool)
-    grid = sweep_lib.points(axes)
+    grid, schedule = sweep_lib.grid_and_schedule(config)
     for i, point in enumerate(grid, start=1):
         c = sweep_lib.apply(config, point)
         label = f", point {i}/{len(grid)}"  # the numbering of the sweep's own log
@@ -145,7 +141,6 @@ def _sweep(config: ml_collections.ConfigDict, image_shape: Sequence[int],
             stacks = seeds if c.compare.get("stack_per_seed", False) else 1
             phases += _stack_phases(c, image_shape, pool, stacks, label)
         phases += _cell_phases(c, image_shape, pool, size, arms, seeds, label)
-    schedule = sweep_lib.points(full_axes) if full_axes else []
     for j, alt in enumerate(schedule, start=1):
         c = sweep_lib.apply(config, alt)
         phases += _cell_phases(c, image_shape, pool, pool, arms, seeds,

@@ -156,6 +156,16 @@ def _check_fits(size: int, pool: int) -> None:
                          f"{pool}")
 
 
+def grid_and_schedule(config: ml_collections.ConfigDict) -> tuple[list[dict], list[dict]]:
+    """The points of ``config.sweep.axes`` and the alternatives of ``config.sweep.full_axes``
+    (none without it), as :func:`points` gives them."""
+    def plain(axes):
+        return axes.to_dict() if hasattr(axes, "to_dict") else axes
+
+    full_axes = plain(config.sweep.get("full_axes"))
+    return points(plain(config.sweep.axes)), points(full_axes) if full_axes else []
+
+
 def _arm(r: Mapping) -> str:
     return r.get("arm", "random")  # records made before the sweep trained other arms
 
@@ -182,15 +192,11 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
     ``ready`` is called once the first data set has loaded, before anything is written, so a
     command can leave no workdir behind for a source that does not load. ``fresh`` ignores the
     records already there (``ready`` is where a caller deletes them)."""
-    sw = config.sweep
     arms = arms_of(config)
     seeds_of(config)
     label_size = label_size_of(config)
-    grid = points(sw.axes.to_dict() if hasattr(sw.axes, "to_dict") else sw.axes)
+    grid, schedule = grid_and_schedule(config)
     configs = [apply(config, p) for p in grid]  # every point checked before any is run
-    full_axes = sw.get("full_axes")
-    full_axes = full_axes.to_dict() if hasattr(full_axes, "to_dict") else full_axes
-    schedule = points(full_axes) if full_axes else []
     for alt in schedule:  # checked on the base config before any run
         apply(config, alt)
     base = base_digest(config)
