@@ -95,18 +95,38 @@ def pretrain(images: np.ndarray, config: ml_collections.ConfigDict | None = None
     config = override(config, **overrides)
     cfglib.check_model_fits(config, x.shape[1:], None, "pretrain")
     if val_images is None:
+        if x.shape[0] < 2:
+            raise InputError(f"images: {x.shape[0]} image(s); pretraining needs at least 2 "
+                             f"(one to train on, one held out for the validation error), or "
+                             f"val_images")
         n_val = min(config.pretrain.eval_size, max(x.shape[0] // 10, 1))
         x, val = x[:-n_val], x[-n_val:]
     else:
-        val = preprocess.as_batch(np.asarray(val_images), x.shape[-1])
+        val = _images_like(val_images, x, "val_images")
+    if not x.shape[0]:
+        raise InputError("images: none; pretraining needs at least one image")
     d = config.data
     normalizer = preprocess.fit_normalizer(preprocess.as_pixels(x), d.scale, d.standardize,
                                            d.preprocess, d.zca_epsilon)
     with _folder(workdir) as folder, _claimed(config, folder, workdir, x, val):
         stack = pretraining.pretrain(config, jax.numpy.asarray(normalizer.raw(x)),
                                      jax.numpy.asarray(normalizer.raw(val)), folder, log=log)
+        if workdir is not None:  # load_stack(workdir) then takes raw images as this stack does
+            pretraining.write_transform(folder, normalizer)
     stack.normalizer = normalizer
     return stack
+
+
+def _images_like(images: np.ndarray, like: np.ndarray, name: str) -> np.ndarray:
+    """``images`` as a non-empty batch of the shape (H, W, C) of ``like``'s images, or one
+    line saying why not."""
+    x = preprocess.as_batch(np.asarray(images), like.shape[-1])
+    if tuple(x.shape[1:]) != tuple(like.shape[1:]):
+        raise InputError(f"{name}: images of {tuple(x.shape[1:])}, the training images are "
+                         f"{tuple(like.shape[1:])}")
+    if not x.shape[0]:
+        raise InputError(f"{name}: no images; expected at least one")
+    return x
 
 
 @contextlib.contextmanager
@@ -119,9 +139,41 @@ def _claimed(config: ml_collections.ConfigDict, folder: Path,
     if workdir is None:
         yield
         return
-    digest = workdir_lib.DataFingerprint("the images", provenance.data_digest(*images))
+    digest = workdir_lib.DataFingerprint(pretraining.API_DATA_NAME,
+                                         provenance.data_digest(*images))
     with workdir_lib.claimed(config, folder, "pretrain", digest):
         yield
+
+
+@contextlib.contextmanager
+def _claimed_cell(config: ml_collections.ConfigDict, folder: Path,
+                  workdir: str | os.PathLike | None, cell: str,
+                  identity: dict[str, Any]) -> Iterator[None]:
+    """The workdir rules of :func:`finetune` for a caller's ``workdir``: the lock, and a cell
+    whose runs were made from another config, other arrays, another stack or other seeds
+    refused (:func:`scae.workdir.claimed_cell`), never resumed as this call's."""
+    if workdir is None:
+        yield
+        return
+    with workdir_lib.claimed_cell(config, folder, cell, identity):
+        yield
+
+
+def _seeds(seeds: Sequence[int]) -> list[int]:
+    """``seeds`` as a non-empty list of distinct integers that a JAX random key holds, or one
+    line saying why not."""
+    if isinstance(seeds, (int, np.integer)) or not isinstance(seeds, Sequence):
+        raise InputError(f"seeds {seeds!r}: expected a sequence of integers, e.g. (0, 1, 2)")
+    out = list(seeds)
+    bad = [s for s in out if isinstance(s, bool) or not isinstance(s, (int, np.integer))
+           or not 0 <= s <= cfglib.MAX_SEED]
+    if not out or bad:
+        raise InputError(f"seeds {tuple(seeds)!r}: expected one or more integers in "
+                         f"0..{cfglib.MAX_SEED} (a JAX random key holds 32 bits)")
+    if len(set(out)) < len(out):
+        raise InputError(f"seeds {tuple(seeds)!r}: a seed given twice would train the same "
+                         f"run twice")
+    return [int(s) for s in out]
 
 
 @dataclasses.dataclass
@@ -191,11 +243,15 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
                              f"are {tuple(x.shape[1:])}")
         return out
 
+    seeds = _seeds(seeds)
     n_classes = config.model.num_classes
     tx = images_of("train_images", x)
     y = _labels(train_labels, tx, "train_labels", n_classes)
     vx = images_of("val_images", val_images)
     vy = _labels(val_labels, vx, "val_labels", n_classes)
+    if not len(y) or not len(vy):
+        raise InputError(f"{'train' if not len(y) else 'val'}_images: no images; fine-tuning "
+                         f"needs at least one labelled image to train on and one to validate")
     ex = images_of("test_images", test_images) if test_images is not None else vx[:0]
     ey = (_labels(test_labels, ex, "test_labels", n_classes)
           if test_images is not None else vy[:0])
@@ -205,9 +261,21 @@ def finetune(train_images: np.ndarray, train_labels: np.ndarray, val_images: np.
         val_images=jax.numpy.asarray(vx), val_labels=vy, test_images=jax.numpy.asarray(ex),
         test_labels=ey, class_names=names, normalizer=normalizer)
     size = len(y) if label_size is None else label_size
-    with _folder(workdir) as folder:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) \
+            or not 1 <= size <= len(y):
+        raise InputError(f"label_size {size!r}: expected an integer in 1..{len(y)} (the "
+                         f"training labels given)")
+    size = int(size)
+    cell = f"{size}_{arm}"
+    # What a resumed cell must have been computed from, besides the config: the arrays as
+    # the network sees them, the stack's parameters and the seeds.
+    identity = {"data": provenance.data_digest(tx, y, vx, vy, ex, ey),
+                "stack": None if stack is None else provenance.data_digest(
+                    *jax.tree.leaves(models.params_of(stack))),
+                "seeds": list(seeds)}
+    with _folder(workdir) as folder, _claimed_cell(config, folder, workdir, cell, identity):
         rows, best = finetuning.run_cell(config, data, stack, size, arm, list(seeds),
-                                         Path(folder) / "finetune" / f"{size}_{arm}", log)
+                                         Path(folder) / "finetune" / cell, log)
     spec = models.CNNSpec.from_config(config.model, data.image_shape)
     nets = []
     for i in range(len(seeds)):

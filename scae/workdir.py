@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -208,8 +209,9 @@ def _has_results(stage: str, workdir: Path, recorded: dict | None) -> bool:
 
 
 def _settings_path(workdir: Path, stage: str) -> Path:
-    """Where ``stage``'s settings.json lives: in its folder, or for the filter experiment (whose
-    results are one folder per variant) beside config.json."""
+    """Where ``stage``'s settings.json lives: in its folder (an API fine-tuning cell's in the
+    cell's), or for the filter experiment (whose results are one folder per variant) beside
+    config.json."""
     if stage == "filters":
         return workdir / f"filters_{SETTINGS_FILE}"
     return workdir / stage / SETTINGS_FILE
@@ -268,24 +270,25 @@ class _Workdir:
 # --- the checks before the lock ------------------------------------------------------------
 
 
-def check_writable(workdir: Path) -> None:
+def check_writable(workdir: Path, flag: str = "--workdir") -> None:
     """Raises :class:`InputError` unless ``workdir`` is (or can be made) a writable folder
     whose result paths are what they should be: not a file, not under a file, not read-only,
-    and ``pretrain``, ``compare``, ``figures`` folders and ``config.json`` a file."""
+    and ``pretrain``, ``compare``, ``figures`` folders and ``config.json`` a file. ``flag``
+    names the workdir in messages ('--workdir' for a command, 'workdir' for the API)."""
     if workdir.exists() and not workdir.is_dir():
-        raise InputError(f"--workdir {workdir}: is a file; expected a folder")
-    where = f"--workdir {workdir}"
-    _probe_writable(_nearest_folder(workdir, where), where, "; use another --workdir")
-    for name in ("pretrain", "compare", "figures"):
+        raise InputError(f"{flag} {workdir}: is a file; expected a folder")
+    where = f"{flag} {workdir}"
+    _probe_writable(_nearest_folder(workdir, where), where, f"; use another {flag}")
+    for name in ("pretrain", "compare", "figures", "finetune"):
         p = workdir / name
         if p.exists() and not p.is_dir():
             raise InputError(f"{p}: is a file, expected the folder of {name} results; move it "
-                             f"away or use another --workdir")
+                             f"away or use another {flag}")
     for name in ("config.json", ".lock"):
         p = workdir / name
         if p.is_dir():
             raise InputError(f"{p}: is a folder, expected a file; move it away or use another "
-                             f"--workdir")
+                             f"{flag}")
 
 
 # --- the guard ------------------------------------------------------------------------------
@@ -359,7 +362,7 @@ def guard(config, workdir: str | os.PathLike, stage: str, overwrite: bool,
     workdir = Path(workdir)
     if stage not in USES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(USES)}")
-    check_writable(workdir)
+    check_writable(workdir, new_workdir)
     foreign = _foreign(_Workdir(workdir), stage)
     if foreign:
         what = "a filter experiment" if stage == "filters" else f"{stage} results"
@@ -381,7 +384,7 @@ def guard(config, workdir: str | os.PathLike, stage: str, overwrite: bool,
             f"{' (' + ', '.join(f'{s}/' for s in kept) + ' is kept)' if kept else ''}, or use "
             f"a new {new_workdir}")
     if atomic.writer():  # the other processes of a multi-process run share the workdir
-        lock(workdir)
+        lock(workdir, flag=new_workdir)
         w = _Workdir(workdir)
         if stale:
             for s in stale:
@@ -425,6 +428,9 @@ def _record(config, workdir: Path, stage: str, w: _Workdir,
 # --- the lock -------------------------------------------------------------------------------
 
 _LOCKS = {}  # workdir -> open lock file: a lock lasts as long as its process, however it ends
+# workdir -> the thread that took it: the lock file is the process's, so without this a second
+# thread (two API calls on one workdir) would pass as its holder and write beside the first.
+_OWNERS: dict[str, int] = {}
 _TRIES = 10  # how often lock() takes the file again when its last holder removed it meanwhile
 
 
@@ -446,8 +452,11 @@ def lock(workdir: str | os.PathLike, shared: bool = False, flag: str = "--workdi
         return
     workdir = Path(workdir)
     key = str(workdir.resolve())
-    if key in _LOCKS:  # this process holds it already
-        return
+    if key in _LOCKS:
+        if _OWNERS.get(key) == threading.get_ident():  # this thread holds it already
+            return
+        raise InputError(f"{workdir} is in use by another thread of this process (pid "
+                         f"{os.getpid()}); wait for its call to end or use another {flag}")
     for _ in range(_TRIES):
         try:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -478,6 +487,7 @@ def lock(workdir: str | os.PathLike, shared: bool = False, flag: str = "--workdi
     f.write(f"pid {os.getpid()}\n")
     f.flush()
     _LOCKS[key] = f
+    _OWNERS[key] = threading.get_ident()
 
 
 def _is_at(f, path: Path) -> bool:
@@ -498,6 +508,7 @@ def release(workdir: str | os.PathLike) -> None:
     to take it either finds it held or takes the new file :func:`lock` then makes."""
     key = str(Path(workdir).resolve())
     f = _LOCKS.pop(key, None)
+    _OWNERS.pop(key, None)
     if f is None:
         return
     import fcntl  # held, so POSIX
@@ -547,11 +558,58 @@ def claimed(config, workdir: str | os.PathLike, stage: str,
     returned silently), the same lock, given back when the block ends unless this process
     held it before."""
     workdir = Path(workdir)
-    held = str(workdir.resolve()) in _LOCKS
+    held = _held_here(workdir)
     guard(config, workdir, stage, overwrite=False, data=data,
           overwrite_hint="delete that workdir (or the stale folders)", new_workdir="workdir")
     try:
         yield workdir
+    finally:
+        if not held:
+            release(workdir)
+
+
+def _held_here(workdir: Path) -> bool:
+    """Whether this thread holds ``workdir``'s lock already (an outer call of the API)."""
+    return _OWNERS.get(str(workdir.resolve())) == threading.get_ident()
+
+
+@contextlib.contextmanager
+def claimed_cell(config, workdir: str | os.PathLike, cell: str,
+                 inputs: dict[str, object]) -> Iterator[Path]:
+    """:func:`claimed` for one fine-tuning cell of the Python API (``scae.finetune(...,
+    workdir=W)`` trains ``W/finetune/<cell>``, which a rerun resumes): the lock for as long
+    as the block runs, and the cell's identity, recorded in its ``settings.json``: the compare
+    stage's settings and ``inputs`` (what else the runs were computed from: digests of the
+    arrays and of the stack, the seeds; JSON values). A cell with results made from anything
+    else is refused, naming what differs, instead of its old runs coming back as the new
+    call's; so is a cell with results but no record of what made them."""
+    workdir = Path(workdir)
+    check_writable(workdir, "workdir")
+    held = _held_here(workdir)
+    lock(workdir, flag="workdir")
+    try:
+        path = workdir / "finetune" / cell
+        record = _settings_path(workdir, f"finetune/{cell}")
+        new = {"sections": stage_settings(config, "compare"), "inputs": config_dict(inputs)}
+        if path.is_dir() and any(p.name != SETTINGS_FILE for p in path.iterdir()):
+            old = atomic.read_json(record)
+            if not isinstance(old, dict) or not isinstance(old.get("sections"), dict):
+                raise InputError(f"{path} holds fine-tuning results with no record of what "
+                                 f"made them; delete that folder or use another workdir")
+            diffs = _differences(_strip(old["sections"]), new["sections"], _defaults(config))
+            reasons = [f"{k}: {_show(a)} in the workdir, {_show(b)} now" for k, a, b in diffs]
+            recorded = old.get("inputs") if isinstance(old.get("inputs"), dict) else {}
+            reasons += [f"{k}: {_show(recorded.get(k))} in the workdir, {_show(v)} now"
+                        for k, v in new["inputs"].items() if recorded.get(k) != v]
+            if reasons:
+                shown = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more"
+                                                 if len(reasons) > 3 else "")
+                raise InputError(f"{path} holds fine-tuning runs made from other settings or "
+                                 f"inputs ({shown}); delete that folder or use another workdir")
+        path.mkdir(parents=True, exist_ok=True)
+        atomic.sweep(path)
+        atomic.write_text(record, json.dumps(new, indent=2) + "\n")
+        yield path
     finally:
         if not held:
             release(workdir)

@@ -215,3 +215,106 @@ def test_a_workdir_is_reused_only_for_the_same_settings_and_images(tmp_path):
     with pytest.raises(InputError, match="the images") as e:
         scae.pretrain(255 - x, preset="smoke", workdir=w, log=quiet)
     assert "\n" not in str(e.value)
+
+
+def test_a_finetune_workdir_resumes_only_the_same_cell(tmp_path):
+    """scae.finetune(..., workdir=W) resumes a cell made by the same call, and refuses one
+    made with another rate, other images, another stack or other seeds (naming which), instead
+    of returning the old runs as the new call's."""
+    data = scae.load_data("mnist", "train")
+    x, y = data.images[:240], data.labels[:240]
+    quiet = lambda _: None
+    w = tmp_path / "w"
+    call = dict(arm="random", preset="smoke", workdir=w, log=quiet, finetune__epochs=1)
+    first = scae.finetune(x[:160], y[:160], x[160:], y[160:], **call)
+    again = scae.finetune(x[:160], y[:160], x[160:], y[160:], **call)
+    assert [r["val_error"] for r in again.records] == [r["val_error"] for r in first.records]
+    refused = {
+        "finetune.learning_rate": dict(finetune__learning_rate=0.1),
+        "seeds": dict(seeds=(5,)),
+    }
+    for what, change in refused.items():
+        with pytest.raises(InputError, match=re.escape(what)) as e:
+            scae.finetune(x[:160], y[:160], x[160:], y[160:], **{**call, **change})
+        assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="data"):
+        scae.finetune(255 - x[:160], y[:160], x[160:], y[160:], **call)
+    s = _stack()
+    s.normalizer = preprocess.Normalizer("unit")
+    with pytest.raises(InputError, match="stack"):
+        scae.finetune(x[:160], y[:160], x[160:], y[160:], stack=s, **call)
+    # Another arm is another cell of the same workdir.
+    scae.finetune(x[:160], y[:160], x[160:], y[160:], **{**call, "arm": "frozen"}, stack=s)
+
+
+def test_a_workdir_stack_loads_with_the_transform_it_was_trained_behind(tmp_path):
+    """load_stack(W) of an API workdir gives the stack with the transform fitted on the
+    images it was trained on (not one fitted again on the config's data source): the same
+    features as the stack pretrain returned."""
+    x = scae.load_data("mnist", "train").images
+    ones = x[:2000][scae.load_data("mnist", "train").labels[:2000] == 1][:120]
+    w = tmp_path / "w"
+    trained = scae.pretrain(ones, preset="smoke", workdir=w, log=lambda _: None,
+                            data__standardize=True)
+    loaded = scae.load_stack(w)
+    np.testing.assert_array_equal(loaded.normalizer.mean, trained.normalizer.mean)
+    np.testing.assert_array_equal(loaded.encode(x[:50]), trained.encode(x[:50]))
+
+
+def test_api_inputs_too_small_or_empty_are_one_line():
+    data = scae.load_data("mnist", "train")
+    x, y = data.images[:120], data.labels[:120]
+    quiet = lambda _: None
+    calls = {
+        "at least 2": lambda: scae.pretrain(x[:1], preset="smoke", log=quiet),
+        "val_images: no images": lambda: scae.pretrain(x, preset="smoke", log=quiet,
+                                                       val_images=x[:0]),
+        r"val_images: images of \(32, 32, 1\)": lambda: scae.pretrain(
+            x, preset="smoke", log=quiet, val_images=np.zeros((5, 32, 32, 1), np.uint8)),
+        "val_images: no images; fine-tuning": lambda: scae.finetune(
+            x[:80], y[:80], x[:0], y[:0], arm="random", preset="smoke", log=quiet),
+        r"label_size 0: expected an integer in 1..80": lambda: scae.finetune(
+            x[:80], y[:80], x[80:], y[80:], arm="random", preset="smoke", log=quiet,
+            label_size=0),
+        "seeds": lambda: scae.finetune(x[:80], y[:80], x[80:], y[80:], arm="random",
+                                       preset="smoke", log=quiet, seeds=()),
+        r"seeds \(-1,\)": lambda: scae.finetune(x[:80], y[:80], x[80:], y[80:], arm="random",
+                                                preset="smoke", log=quiet, seeds=(-1,)),
+        r"seeds \(1099511627776,\)": lambda: scae.finetune(
+            x[:80], y[:80], x[80:], y[80:], arm="random", preset="smoke", log=quiet,
+            seeds=(2**40,)),
+    }
+    for message, call in calls.items():
+        with pytest.raises(InputError, match=message) as e:
+            call()
+        assert "\n" not in str(e.value), message
+
+
+def test_two_threads_cannot_share_a_workdir(tmp_path):
+    """The lock is the process's file, so it also tells the threads of one process apart:
+    a second API call on a workdir that another thread is using is refused."""
+    import threading
+
+    from scae import workdir as workdir_lib
+
+    w = tmp_path / "w"
+    taken, done = threading.Event(), threading.Event()
+
+    def hold():
+        workdir_lib.lock(w, flag="workdir")
+        taken.set()
+        done.wait()
+        workdir_lib.release(w)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        taken.wait()
+        with pytest.raises(InputError, match="in use by another thread"):
+            scae.pretrain(scae.load_data("mnist", "train").images[:64], preset="smoke",
+                          workdir=w, log=lambda _: None)
+    finally:
+        done.set()
+        t.join()
+    workdir_lib.lock(w)  # free again once the other thread let go
+    workdir_lib.release(w)

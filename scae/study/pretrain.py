@@ -17,6 +17,7 @@ own folder and the shared one removed. A finished layer, from either kind of gro
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -32,6 +33,7 @@ from flax import nnx
 from scae import accounting, atomic, provenance
 from scae import workdir as workdir_lib
 from scae.data import inputs as inputs_lib
+from scae.data import preprocess
 from scae.errors import InputError, is_device_oom
 from scae.models import flops
 from scae.models import modules as models
@@ -463,8 +465,61 @@ def from_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict |
     for k, (layer, params) in enumerate(zip(stack.layers, saved), start=1):
         _restore_layer(layer, params, ckpt_dir(workdir, k))
     if transform:
-        stack.normalizer = inputs_lib.fit_transform(config.data)
+        stack.normalizer = read_transform(workdir)
+        if stack.normalizer is None:
+            if _trained_on_arrays(workdir):
+                raise InputError(f"{workdir}: its stack was trained on arrays given to "
+                                 f"scae.pretrain, and the workdir records no input transform "
+                                 f"({TRANSFORM_JSON}); rerun scae.pretrain on it with the "
+                                 f"same images to record one")
+            stack.normalizer = inputs_lib.fit_transform(config.data)
     return stack
+
+
+# The input transform a workdir's stack was trained behind, beside its layers: the stack's
+# images are not always at a source the config names (the API trains on arrays), and a
+# transform fitted again from the source would be another one.
+TRANSFORM_JSON = "transform.json"
+TRANSFORM_NPZ = "transform.npz"
+
+
+def write_transform(workdir: str | os.PathLike, normalizer: preprocess.Normalizer) -> None:
+    """Records ``normalizer`` as the input transform of ``workdir``'s stack (bit-exact:
+    :meth:`scae.data.preprocess.Normalizer.state`), for :func:`from_workdir`."""
+    folder = Path(workdir) / "pretrain"
+    fields, arrays = normalizer.state()
+    with atomic.replacing(folder / TRANSFORM_NPZ) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    # Written last: the fields say the record is whole.
+    atomic.write_text(folder / TRANSFORM_JSON, json.dumps(fields, indent=1) + "\n")
+
+
+def read_transform(workdir: str | os.PathLike) -> preprocess.Normalizer | None:
+    """The input transform recorded by :func:`write_transform`, or None when there is none."""
+    folder = Path(workdir) / "pretrain"
+    if not (folder / TRANSFORM_JSON).exists():
+        return None
+    try:
+        fields = json.loads((folder / TRANSFORM_JSON).read_text())
+        with np.load(folder / TRANSFORM_NPZ) as f:
+            arrays = {k: f[k] for k in f.files}
+        return preprocess.Normalizer.from_state(fields, arrays)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{folder / TRANSFORM_JSON}: unreadable input transform "
+                         f"({' '.join(str(e).split())}); rerun the pretraining on that "
+                         f"workdir to write it again") from None
+
+
+def _trained_on_arrays(workdir: Path) -> bool:
+    """Whether ``workdir``'s stack was trained by the API on arrays (its settings name the
+    data "the images", not a source)."""
+    record = atomic.read_json(workdir / "pretrain" / workdir_lib.SETTINGS_FILE)
+    data = record.get("data") if isinstance(record, dict) else None
+    return isinstance(data, dict) and data.get("name") == API_DATA_NAME
+
+
+# What the API's workdir records name the data it was given (scae.api).
+API_DATA_NAME = "the images"
 
 
 def validation_mse(stack: Stack, images: Array | np.ndarray,
