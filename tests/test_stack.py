@@ -1,6 +1,9 @@
-"""Greedy stack training: the loss falls, runs are deterministic and resume exactly."""
+"""Greedy stack training: the loss falls, runs are deterministic and resume exactly. And the
+stack as a value: what save may replace, project_filters' layers, encoding in batches."""
 
+import errno
 import importlib.resources
+import os
 import shutil
 
 import jax
@@ -9,11 +12,13 @@ import pytest
 from conftest import two_layer_config as _config
 from flax import nnx
 
-from scae import atomic
+import scae
+from scae import api, atomic
+from scae.errors import InputError, WriteError
 from scae.models import modules as models
 from scae.models import stack
 from scae.study import pretrain as pretraining
-from scae.train import checkpoint, optim
+from scae.train import checkpoint, driver, optim
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +233,169 @@ def test_cached_inputs_of_all_seeds_are_bounded(images, monkeypatch):
     assert groups("never") == [[0, 1, 2]]  # re-encoded inputs cost no memory per seed
     monkeypatch.setattr(pretraining, "cache_budget", lambda: one_seed - 1)
     assert groups("always") == [[0], [1], [2]]  # one seed at least, as trained alone
+
+
+# --- Stack.save: replaces a saved stack, never anything else ----------------------------------
+
+
+def _small_stack(seed: int = 0) -> stack.Stack:
+    return stack.Stack(stack.layer_specs(_config(), 1), (2, 2), rngs=nnx.Rngs(seed))
+
+
+def _tree(folder):
+    """Every path under ``folder`` with its bytes (None for a folder): what a refusal keeps."""
+    return {p.relative_to(folder): None if p.is_dir() else p.read_bytes()
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", ["folder", "file", "workdir"])
+def test_save_refuses_a_path_that_is_not_a_saved_stack(tmp_path, case):
+    target = tmp_path / "thesis"
+    if case == "file":
+        target.write_text("chapter 1")
+        fragment = "is a file"
+    else:
+        target.mkdir()
+        (target / "chapter1.tex").write_text("years of work")
+        fragment = "is a folder without stack.json and params/"
+        if case == "workdir":
+            (target / "config.json").write_text("{}")
+            (target / "pretrain").mkdir()
+            fragment = "is a workdir"
+    before = _tree(tmp_path)
+    with pytest.raises(InputError) as e:
+        _small_stack().save(target)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{target}: "), message
+    assert fragment in message and "not a saved stack" in message, message
+    assert f"e.g. {tmp_path / 'thesis-stack'}" in message, message  # another path to use
+    assert _tree(tmp_path) == before  # nothing written, nothing deleted
+
+
+def test_save_replaces_a_saved_stack_or_an_empty_folder(tmp_path):
+    a, b = _small_stack(1), _small_stack(2)
+    (tmp_path / "s").mkdir()  # made to save into: nothing to lose
+    a.save(tmp_path / "s")
+    (tmp_path / "s" / "config.json").write_text("{}")  # as a published stack has
+    b.save(tmp_path / "s")
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(b),
+                 models.params_of(stack.Stack.load(tmp_path / "s")))
+    # A save killed between its two renames left the old stack aside and none at the path.
+    a.save(tmp_path / "t")
+    (tmp_path / "t").rename(tmp_path / ".t.old")
+    b.save(tmp_path / "t")
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(b),
+                 models.params_of(stack.Stack.load(tmp_path / "t")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "t"]  # no leftovers
+
+
+def test_save_under_a_file_is_an_input_error_naming_the_path(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    target = tmp_path / "notes.txt" / "runs" / "stack"
+    with pytest.raises(InputError) as e:
+        _small_stack().save(target)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{target}: "), message
+    assert f"lies under {tmp_path / 'notes.txt'}, which is a file" in message, message
+    assert ".saving" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("fault", ["read_only", "disk_full", "last_rename"])
+def test_a_refused_save_is_a_write_error_naming_the_path_and_keeps_the_old_stack(
+        tmp_path, monkeypatch, fault):
+    old, new = _small_stack(1), _small_stack(2)
+    target = tmp_path / "s"
+    old.save(target)
+    if fault == "read_only":  # root writes anywhere: the file system's refusal is injected
+        real_mkdir = stack.Path.mkdir
+
+        def mkdir(self, *args, **kwargs):
+            if self.name.endswith(".saving"):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+            return real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(stack.Path, "mkdir", mkdir)
+        cause = "read-only file system"
+    elif fault == "disk_full":  # as tensorstore words it, under orbax, with no errno
+        def full(self, directory, *args, **kwargs):
+            raise RuntimeError(f"Error writing \"{directory}/d/0\" [os_error_code='28']")
+
+        monkeypatch.setattr(stack.ocp.StandardCheckpointer, "save", full)
+        cause = "no space left on device"
+    else:  # the new stack is written, the old one moved aside, then the rename is refused
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if str(src).endswith(".saving"):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(src))
+            return real_replace(src, dst)
+
+        monkeypatch.setattr(stack.os, "replace", replace)
+        cause = "permission denied"
+    with pytest.raises(WriteError) as e:
+        new.save(target)
+    message = str(e.value)
+    assert e.value.path == str(target) and f"cannot write {target}: {cause}" in message, message
+    assert ".saving" not in message and "\n" not in message
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no temporary folder left
+    jax.tree.map(np.testing.assert_array_equal, models.params_of(old),
+                 models.params_of(stack.Stack.load(target)))
+
+
+# --- project_filters, and encoding in batches -------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [0, 3, -1, True])
+def test_project_filters_refuses_a_layer_outside_the_stack(k):
+    s = _small_stack()
+    with pytest.raises(InputError, match=r"^project_filters\(.*\): expected a layer number in "
+                                         r"1\.\.2$"):
+        s.project_filters(k)
+    assert s.project_filters(2).shape == (6, 10, 10, 1)
+
+
+def test_no_images_encode_and_reconstruct_to_empty_arrays_of_their_shape(images):
+    s = _small_stack()
+    for depth, pooled in ((1, True), (2, False)):
+        one, none = s.encode(images[:1], depth, pooled), s.encode(images[:0], depth, pooled)
+        assert none.shape == (0, *one.shape[1:]) and none.dtype == one.dtype == np.float32
+    assert s.reconstruct(images[:0]).shape == (0, 28, 28, 1)
+    # Every caller of map_batches: a per-image value of no images is (0,), of fn's dtype.
+    errors = driver.map_batches(jax.jit(lambda x: jax.numpy.sum(x, axis=(1, 2, 3)) > 0),
+                                np.zeros((0, 28, 28, 1), np.float32), 16)
+    assert errors.shape == (0,) and errors.dtype == bool
+
+
+def test_map_batches_calls_fn_on_whole_batches_only():
+    shapes = []
+
+    def fn(x):
+        shapes.append(x.shape)
+        return x[:, 0] * 2
+
+    x = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    np.testing.assert_array_equal(driver.map_batches(fn, x, 4), x[:, 0] * 2)
+    np.testing.assert_array_equal(driver.map_batches(fn, x[:1], 4), x[:1, 0] * 2)
+    assert set(shapes) == {(4, 3)}  # one program: the tail and a short input are padded
+    with pytest.raises(InputError, match="batch_size 0: expected a positive"):
+        driver.map_batches(fn, x, 0)
+
+
+def test_encode_does_not_depend_on_how_many_images_come_together():
+    """On the published MNIST stack, XLA's CPU convolutions round differently for a batch of
+    one image than for hundreds (2e-6): each call is padded to the batch size."""
+    if not (api.RESULTS / api.PUBLISHED["mnist"] / "stack.json").is_file():
+        pytest.skip("no published mnist stack")
+    s = scae.load_stack("mnist")
+    x = np.load(importlib.resources.files("scae") / "assets" / "mnist.npz")["train_images"][:300]
+    every = s.encode(x)
+    np.testing.assert_array_equal(s.encode(x[:1])[0], every[0])
+    np.testing.assert_array_equal(s.encode(x[:5]), every[:5])
+    np.testing.assert_array_equal(s.encode(x[256:]), every[256:])  # a tail, alone
+    # Another batch size is another program, which XLA may compute with another algorithm:
+    # equal within float rounding, and at that size equal whatever the number of images.
+    sevens = s.encode(x[:21], batch_size=7)
+    np.testing.assert_allclose(sevens, every[:21], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(s.encode(x[:1], batch_size=7)[0], sevens[0])

@@ -6,7 +6,9 @@ How a stack is trained is :mod:`scae.study.pretrain`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -23,7 +25,7 @@ from flax import nnx
 
 from scae import atomic
 from scae.data import preprocess
-from scae.errors import InputError
+from scae.errors import InputError, WriteError, as_write_error
 from scae.models import modules as models
 from scae.models import ops
 from scae.train import driver
@@ -31,6 +33,10 @@ from scae.train import driver
 Array = jax.Array
 EVAL_BATCH = 256  # images per evaluation batch: bounds the activations held at once
 TRANSFORM_FILE = "transform.npz"  # a saved stack's input transform statistics
+# OSError numbers that say the path itself is wrong (a file on the way, a name too long, a
+# link loop), not the disk: a bad input, not a failed write.
+_BAD_PATH_ERRNOS = frozenset({errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST,
+                              errno.EISDIR})
 
 
 def layer_specs(config: ml_collections.ConfigDict, in_channels: int) -> list[models.CAESpec]:
@@ -169,6 +175,13 @@ class Stack(nnx.Module):
         ignores the activations (near-linear around 0), so it shows what a filter prefers, not
         an exact preimage.
         """
+        # _check_depth admits 0 (encode to depth 0 is the input), which has no filters; and an
+        # unchecked k past the top would silently slice to the top layer's filters.
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.depth:
+            raise InputError(f"project_filters({k!r}): expected a layer number in 1..{self.depth}"
+                             if self.depth else
+                             f"project_filters({k!r}): the stack has no layers")
+        k = int(k)
         return np.asarray(_project(tuple(layer.w[...] for layer in self.layers[:k]),
                                    self.pools[:k - 1]))
 
@@ -185,26 +198,55 @@ class Stack(nnx.Module):
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the stack to the folder ``path`` (orbax parameters, ``stack.json`` with the
         layer specs and the input transform's fields, and the transform's statistics in
-        ``transform.npz``), replacing it whole: a kill leaves the old stack or the new one."""
+        ``transform.npz``), replacing an earlier saved stack there whole: a kill leaves the old
+        stack or the new one.
+
+        Anything else at ``path`` (a file, a workdir, a folder neither empty nor a saved stack)
+        is refused with an :class:`InputError`, as is a ``path`` under a file; a write the file
+        system refuses (read-only, full, no permission) is a :class:`~scae.errors.WriteError`
+        naming ``path``.
+        """
         path = Path(path).absolute()
+        _check_save_target(path)
         tmp = path.with_name(f".{path.name}.saving")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / "params", jax.device_get(models.params_of(self)))
-        norm = self.normalizer
-        fields, arrays = (None, {}) if norm is None else norm.state()
-        if arrays:  # the transform's statistics, bit for bit (ZCA: half a D x D matrix)
-            with (tmp / TRANSFORM_FILE).open("wb") as f:
-                np.savez_compressed(f, **arrays)
-        atomic.write_text(tmp / "stack.json", json.dumps(
-            {"pools": list(self.pools), "specs": [dataclasses.asdict(s) for s in self.specs],
-             "normalizer": fields}, indent=1))
+        # Where the stack being replaced goes for a moment. A kill between the two renames
+        # leaves it there, and no stack at path: the next save finds it, and discards it last.
         old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        moved = False
+        try:
+            _discard(tmp)  # what a killed save left
+            tmp.mkdir(parents=True)
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(tmp / "params", jax.device_get(models.params_of(self)))
+            norm = self.normalizer
+            fields, arrays = (None, {}) if norm is None else norm.state()
+            if arrays:  # the transform's statistics, bit for bit (ZCA: half a D x D matrix)
+                with (tmp / TRANSFORM_FILE).open("wb") as f:
+                    np.savez_compressed(f, **arrays)
+            atomic.write_text(tmp / "stack.json", json.dumps(
+                {"pools": list(self.pools), "specs": [dataclasses.asdict(s) for s in self.specs],
+                 "normalizer": fields}, indent=1))
+            if path.exists() or path.is_symlink():
+                _discard(old)  # what a save killed after its last rename left
+                os.replace(path, old)
+                moved = True
+            os.replace(tmp, path)
+        except Exception as e:
+            with contextlib.suppress(OSError):
+                _discard(tmp)
+            if moved and not (path.exists() or path.is_symlink()):
+                with contextlib.suppress(OSError):
+                    os.replace(old, path)  # the old stack back where it was
+            # The user asked for path: the temporary folder beside it means nothing to them.
+            error = as_write_error(e)
+            if error is not None:
+                raise WriteError(path, error.cause) from e
+            if isinstance(e, OSError) and e.errno in _BAD_PATH_ERRNOS:
+                raise InputError(f"{path}: cannot save a stack there "
+                                 f"({os.strerror(e.errno).lower()})") from None
+            raise
+        with contextlib.suppress(OSError):  # the new stack is in place; the old one is garbage
+            _discard(old)
         return path
 
     @classmethod
@@ -235,6 +277,55 @@ class Stack(nnx.Module):
                              f"({type(e).__name__}); save the stack again") from None
         nnx.update(stack, params)
         return stack
+
+
+def _check_save_target(path: Path) -> None:
+    """An :class:`InputError` unless :meth:`Stack.save` may write the folder ``path``: a new
+    name in a folder (or under folders still to be made), an empty folder or a saved stack to
+    replace. The replaced folder is deleted, so nothing else may be there: a file, a workdir,
+    anyone's folder."""
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            what = "a dangling symbolic link" if not path.exists() else "a file"
+        elif (path / "stack.json").is_file() and (path / "params").is_dir():
+            return
+        elif _is_empty(path):
+            return  # nothing to lose: a folder made to save into (tempfile.mkdtemp, mkdir)
+        elif (path / "config.json").exists():
+            what = "a workdir (it has config.json)"
+        else:
+            what = "a folder without stack.json and params/"
+        other = path.with_name(f"{path.name}-stack")
+        raise InputError(f"{path}: is {what}, not a saved stack (stack.json and params/), and "
+                         f"saving would replace it; save to a new path"
+                         + ("" if other.exists() else f", e.g. {other}"))
+    # The nearest existing folder above must be a folder: mkdir under a file says ENOTDIR
+    # about a temporary name the user never chose.
+    above = path.parent
+    while not above.exists():
+        if above.is_symlink():
+            raise InputError(f"{path}: {above} is a dangling symbolic link; save to another path")
+        above = above.parent
+    if not above.is_dir():
+        raise InputError(f"{path}: lies under {above}, which is a file, not a folder; save to "
+                         f"another path")
+
+
+def _is_empty(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing; one that cannot be listed counts as holding something."""
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
+
+
+def _discard(path: Path) -> None:
+    """Deletes ``path``, a folder, a file or a symbolic link (never what a link points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def _load_transform(fields: dict | None, arrays_file: Path) -> preprocess.Normalizer | None:

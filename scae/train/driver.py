@@ -30,6 +30,7 @@ from jax import lax
 from tqdm.auto import tqdm
 
 from scae import accounting, interrupt
+from scae.errors import InputError
 from scae.train import checkpoint, parallel, retry
 
 Array = jax.Array
@@ -290,17 +291,31 @@ def seed_stretches(per_seed: Array, pool: Array | np.ndarray) -> tuple[Array, Ar
 def map_batches(fn: Callable[[Array], Array], x: np.ndarray | Array,
                 batch_size: int) -> np.ndarray:
     """``fn`` (jitted by the caller) over ``x`` batch by batch on the host, the results
-    gathered in host memory: device memory holds one batch whatever the size of ``x``. The
-    last batch is padded, so ``fn`` compiles once."""
+    gathered in host memory: device memory holds one batch whatever the size of ``x``.
+
+    Every call of ``fn`` sees exactly ``batch_size`` images, the last batch (or a short ``x``)
+    padded with zeros and its outputs sliced off, so ``fn`` compiles once and an image's result
+    does not depend on how many images came with it: ``map_batches(fn, x[:1], b)[0]`` is
+    ``map_batches(fn, x, b)[0]`` bit for bit. ``batch_size`` itself is part of the compiled
+    program, and XLA may pick a different convolution algorithm for another batch size (on CPU
+    it does below about 13 images), so results under different ``batch_size`` can differ in
+    their last bits. An empty ``x`` gives an empty result of ``fn``'s trailing shape and dtype.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) \
+            or batch_size < 1:
+        raise InputError(f"batch_size {batch_size!r}: expected a positive whole number of images")
     n = x.shape[0]
-    outs = []
+    # The output's trailing shape and dtype without running fn: also what an empty x returns.
+    like = jax.eval_shape(fn, jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype))
+    # Filled in place, so that the host holds the result once rather than batches plus a copy.
+    out = np.empty((n, *like.shape[1:]), like.dtype)
     for start in range(0, n, batch_size):
         xb = np.asarray(x[start:start + batch_size])
-        pad = batch_size - xb.shape[0] if n > batch_size else 0
-        if pad:
-            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-        outs.append(np.asarray(fn(jnp.asarray(xb)))[: batch_size - pad])
-    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+        m = xb.shape[0]
+        if m < batch_size:
+            xb = np.concatenate([xb, np.zeros((batch_size - m, *xb.shape[1:]), xb.dtype)])
+        out[start:start + m] = np.asarray(fn(jnp.asarray(xb)))[:m]
+    return out
 
 
 @jax.jit
