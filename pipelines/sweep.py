@@ -45,11 +45,17 @@ def main(config, workdir: Path) -> None:
     resumed = not fresh and bool(sweep.check_records(config, workdir))
     started = []
 
-    def ready() -> None:  # the grid is valid and the data loaded: now the workdir may change
-        if fresh:
-            atomic.remove_tree(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
+    def ready() -> None:
+        # Called once the grid is valid, the data loaded and every run still to train checked
+        # against them (scae.study.sweep.run): now the workdir may change. The lock comes
+        # before any deletion, so that a sweep still running here is refused, not wiped; its
+        # lock file stays, or another process could lock a new one beside this one.
         workdir_lib.lock(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)  # made by the lock, but for its writer only
+        if fresh:
+            for path in sorted(workdir.iterdir()):
+                if path.name != ".lock":
+                    atomic.remove_tree(path)
         atomic.sweep(workdir)  # what a killed sweep left
         atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
         started.append(True)

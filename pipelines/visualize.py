@@ -6,7 +6,9 @@ wrote (checkpoints and records), without training, into <workdir>/figures/.
 
 Reads the workdir's config.json (--config is not needed; if given, it is used instead, e.g. to
 point --config.data.source at the data set on this machine) and the stack's checkpoints
-(pretrain/ckpt/layer<k>). Writes into figures/:
+(pretrain/ckpt/layer<k>). The data must be those the workdir was made from (by content, as
+settings.json records them): other data are refused before anything is drawn.
+Writes into figures/:
   filters_layer<k>.png, reconstructions_layer<k>.png, loss.png   the stack, per layer
   filters_conv1_compared.png   first-layer filters: stack, the random arm's initialisation
                                (seed 0), and every fine-tuned run compare kept
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 from absl import flags
 
@@ -52,6 +55,23 @@ def _use_style(style: str | None) -> None:
         raise InputError(f"--style: {style}: cannot be read ({e})") from None
 
 
+def check_same_data(config: ml_collections.ConfigDict, workdir: Path,
+                    data: inputs.Inputs) -> None:
+    """Raises :class:`InputError` unless ``data`` (built from ``config``) are the data the
+    workdir's stack and runs were made from: figures of its stack drawn from other images
+    would pass for its own. The content is compared, by the fingerprint each stage's
+    settings.json records (:class:`scae.workdir.DataFingerprint`), not the path: a copy of
+    the data elsewhere (--config.data.source on another machine) is the same data. A workdir
+    older than the fingerprints is not checked here; its channel count still is (:func:`main`).
+    """
+    why = workdir_lib.data_changed(workdir, common.data_fingerprint(config, data))
+    if why:
+        recorded = workdir_lib.load_config(workdir)
+        raise InputError(f"{workdir}: {why}; visualize draws its figures only from the data "
+                         f"it was made from ({recorded.data.source}): point "
+                         f"--config.data.source at that data")
+
+
 def main(config, workdir: Path) -> None:
     # No other command writes while the figures are drawn; what a killed visualize left is
     # swept.
@@ -59,7 +79,14 @@ def main(config, workdir: Path) -> None:
     config = workdir_lib.load_config(workdir) if config is None else config
     _use_style(_STYLE.value)
     data = inputs.build(config.data, config.seed)
-    params = pretraining.from_workdir(workdir, config, data.image_shape[-1])
+    # The data first, so that other data are named as such, not as a checkpoint whose shapes
+    # the data's channels do not fit.
+    check_same_data(config, workdir, data)
+    params = pretraining.from_workdir(workdir, config)  # its channels from layer 1's kernel
+    channels = params.layers[0].spec.in_channels if params.depth else data.image_shape[-1]
+    if channels != data.image_shape[-1]:
+        raise InputError(f"{config.data.source}: images have {data.image_shape[-1]} "
+                         f"channel(s), the stack in {workdir} was trained on {channels}")
     out = workdir / "figures"
     written = figures.pretrain_figures(
         config, params, data.val_images, data.normalizer, out,

@@ -301,6 +301,14 @@ def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
                 "pretrain.eval_size", "finetune.epochs", "finetune.batch_size", "finetune.evals",
                 "finetune.steps_per_call", "compare.label_sizes", "compare.num_seeds"):
         _positive_ints(c, key)
+    # An empty tuple passes every per-item check, yet these need a value: a comparison of no
+    # label sizes trains nothing and reports no runs; a CNN of no conv layers has no top
+    # layer for its classifier to read.
+    for key, what in (("compare.label_sizes", "size"), ("model.features", "conv layer")):
+        section, name = key.split(".")
+        if not c[section][name]:
+            raise InputError(f"config.{key}: expected at least one {what}, got "
+                             f"{c[section][name]!r}")
     for key in ("data.validation_size", "data.pretrain_size", "data.test_size", "pretrain.layers",
                 "pretrain.divergence_retries", "finetune.divergence_retries",
                 "finetune.min_steps", "finetune.warmup_steps", "seed"):
@@ -496,8 +504,12 @@ def check_model_fits(c: ml_collections.ConfigDict, image_shape: Sequence[int],
     model has an output for every class. Call it before anything is written."""
     h, w, channels = (int(d) for d in image_shape)
     if channels not in CHANNELS:
+        # (N, C, H, W) arrays from PyTorch-style code are the commonest cause: say so.
+        hint = (f"; the images look channels-first ({image_shape[0]} channels of "
+                f"{image_shape[1]}x{image_shape[2]}): expected (N, H, W, C)"
+                if h in CHANNELS else "")
         raise InputError(f"data: images with {channels} channels; supported are 1 (grayscale) "
-                         f"and 3 (RGB)")
+                         f"and 3 (RGB){hint}")
     m = c.model
     layers = len(m.features) if command == "compare" else c.pretrain.layers
     for k in range(layers):

@@ -320,6 +320,19 @@ def stale_stages(config, workdir: Path, stage: str,
     return stale
 
 
+def data_changed(workdir: str | os.PathLike, data: DataFingerprint,
+                 stages: Sequence[str] = ("pretrain", "compare")) -> str | None:
+    """Why the results of ``stages`` in ``workdir`` were made from other data than ``data``
+    (compared by content, as each stage's settings.json records it), or None: for a command
+    that reads a workdir's results with data it loads again (figures of a stack drawn from
+    other images would pass for its own)."""
+    w = _Workdir(Path(workdir))
+    for s in stages:
+        if w.has_results(s) and (why := w.data_changed(s, data)):
+            return why
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class DataFingerprint:
     """What a stage's records were computed from: ``name`` says which data in a message (the

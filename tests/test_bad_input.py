@@ -26,6 +26,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from unittest import mock
 
@@ -38,10 +39,13 @@ from test_data import idx_bytes, targz, truncate, write_cifar, write_idx, write_
 
 import configs.mnist
 from pipelines import common
+from scae import api
 from scae import workdir as workdir_lib
 from scae.data import sources as data
+from scae.errors import InputError
 
 SMOKE = "--config=configs/mnist.py:smoke"
+SWEEP = "--config=configs/cifar10_sweep.py:random"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -301,9 +305,28 @@ def test_tfds_not_prepared_or_unknown(capsys, tmp_path, workdir, monkeypatch):
     (["--config.pretrain.layers=5"], ["config.pretrain.layers"]),
     (["--config.finetune.divergence_retries=-1"], ["config.finetune.divergence_retries"]),
     (["--config.data.validation_size=70000"], ["config.data.validation_size"]),
+    # Empty tuples pass every per-item check: compare would pretrain, train nothing and
+    # report "No finished runs yet"; a CNN of no conv layers has no top layer to classify.
+    (["--config.compare.label_sizes=()"],
+     ["config.compare.label_sizes: expected at least one size"]),
+    (["--config.model.features=()"], ["config.model.features: expected at least one conv layer"]),
 ])
 def test_bad_config(capsys, workdir, args, fragments):
     assert_refused(capsys, workdir, args, fragments)
+
+
+@pytest.mark.parametrize("module", ["pretrain", "sweep"])
+def test_no_label_sizes_is_refused_by_every_command_and_the_api(capsys, workdir, module):
+    # Validation is the config's, not one command's: the API refuses it too.
+    with pytest.raises(InputError, match="config.compare.label_sizes: expected at least one"):
+        api.make_config("mnist", "smoke", compare__label_sizes=())
+    config = SWEEP if module == "sweep" else SMOKE  # the sweep needs a sweep section
+    before = snapshot(workdir)
+    status, err = command(capsys, module, config, f"--workdir={workdir}",
+                          "--config.compare.label_sizes=()")
+    assert status == 2, err[-2000:]
+    assert err.strip() == "error: config.compare.label_sizes: expected at least one size, got ()"
+    assert snapshot(workdir) == before
 
 
 def test_cifar10_by_name_without_a_prepared_copy(capsys, workdir, monkeypatch):
@@ -692,3 +715,69 @@ def test_compare_on_a_full_disk_is_exit_74_naming_the_file(capsys, workdir, monk
     assert len(lines) == 1 and "no space left on device" in lines[0], err[-2000:]
     assert "settings.json" in lines[0] and str(workdir) in lines[0]
     assert {k: v for k, v in snapshot(workdir).items() if k != ".lock"} == before
+
+
+# --- the sweep: the data checked against the config before the workdir changes ---------------
+
+
+def sweep_workdir(root: Path, records: bool) -> Path:
+    """A sweep's workdir with its report and a config.json (and, with ``records``, its
+    records), which no refused sweep may touch."""
+    w = root / "sweep"
+    w.mkdir()
+    if records:
+        (w / "sweep.jsonl").write_text('{"point_id": "finetune.learning_rate=0.01"}\n')
+    (w / "sweep.md").write_text("# Recipe sweep\n")
+    (w / "config.json").write_text('{"planted": true}\n')
+    return w
+
+
+def assert_sweep_refused(capsys, w: Path, args: list[str], fragments: list[str]) -> None:
+    before = snapshot(w)
+    status, err = command(capsys, "sweep", SWEEP, f"--workdir={w}", *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert status == 2, err[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert snapshot(w) == before
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+@pytest.mark.parametrize("data_args, sweep_args, fragments", [
+    # A pool of 600 - 50 = 550 for 100,000 labels.
+    (dict(), ["--config.sweep.label_size=100000", "--config.data.validation_size=50"],
+     ["config.sweep.label_size: 100000 labels asked for, the pool has 550"]),
+    # 200 classes for the 10 of the model (all of them in the validation split and the pool),
+    # which trained would diverge rather than be refused.
+    (dict(num_classes=200), ["--config.sweep.label_size=100", "--config.data.validation_size=200"],
+     ["config.model.num_classes: the data set has 200 classes", "model outputs 10"]),
+    (dict(shape=(12, 12, 3)), ["--config.sweep.label_size=100",
+                               "--config.data.validation_size=50"],
+     ["config.model.kernel_sizes", "12x12"]),
+])
+def test_sweep_refuses_data_that_do_not_fit_before_touching_the_workdir(
+        capsys, tmp_path, overwrite, data_args, sweep_args, fragments):
+    source = write_npz(tmp_path / "d.npz", num_train=600, num_test=20,
+                       **{"shape": (32, 32, 3), **data_args})
+    # With --overwrite the records would be deleted; without, records of another base would
+    # be refused before the data load, so the workdir holds the rest.
+    w = sweep_workdir(tmp_path, records=overwrite)
+    assert_sweep_refused(capsys, w, [f"--config.data.source=npz:{source}", *sweep_args,
+                                     *(["--overwrite"] if overwrite else [])], fragments)
+
+
+def test_sweep_overwrite_refuses_a_workdir_in_use_before_deleting_it(capsys, tmp_path):
+    source = write_npz(tmp_path / "d.npz", num_train=600, num_test=20, shape=(32, 32, 3))
+    w = sweep_workdir(tmp_path, records=True)
+    # Another sweep holds the workdir (here another thread of this process).
+    holder = threading.Thread(target=workdir_lib.lock, args=(w,))
+    holder.start()
+    holder.join()
+    try:
+        assert_sweep_refused(capsys, w, [f"--config.data.source=npz:{source}",
+                                         "--config.sweep.label_size=100",
+                                         "--config.data.validation_size=50", "--overwrite"],
+                             [str(w), "in use"])
+    finally:
+        workdir_lib.release(w)

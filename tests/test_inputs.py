@@ -147,3 +147,13 @@ def test_more_classes_than_the_model_outputs(make_npz, tmp_path):
         inputs.check_for(c, data, "compare")
     c.model.num_classes = 12
     inputs.check_for(c, data, "compare")
+
+
+def test_channels_first_images_are_named_as_such():
+    """(N, C, H, W) arrays (PyTorch's layout) are refused with a line that says so."""
+    with pytest.raises(InputError, match=r"channels-first \(1 channels of 28x28\): expected "
+                                         r"\(N, H, W, C\)"):
+        config.check_model_fits(smoke(), (1, 28, 28))
+    with pytest.raises(InputError, match="supported are 1") as e:
+        config.check_model_fits(smoke(), (28, 28, 4))
+    assert "channels-first" not in str(e.value)

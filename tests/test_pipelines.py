@@ -319,3 +319,106 @@ def test_overwrite_replaces_the_results_of_a_different_config(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert not (w / "compare").exists()
     assert json.loads((w / "config.json").read_text())["model"]["fc_width"] == 8
+
+
+# --- encode and visualize read other data as the stack was trained -----------------------------
+
+
+def _pretrain_small(tmp_path: Path, config: str, source: Path, *overrides: str) -> Path:
+    """A one-layer stack of ``config`` pretrained by the command on ``source``; returns its
+    workdir."""
+    w = tmp_path / "w"
+    proc = run("pretrain", config, f"--config.data.source=npz:{source}", f"--workdir={w}",
+               "--config.data.pretrain_size=0", "--config.pretrain.layers=1", *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return w
+
+
+def test_encode_puts_another_source_through_the_stacks_own_transform_whole(tmp_path):
+    """--source used to refit the standardisation on the other source's training images (the
+    same test images gave features up to 2.16 apart) and to take the workdir's validation and
+    test sizes (a smaller file refused with config.data.validation_size, a larger test split
+    cut to the workdir's test_size)."""
+    from conftest import write_npz
+
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (300, 16, 16, 3), np.uint8)
+    test = rng.integers(0, 256, (40, 16, 16, 3), np.uint8)
+    a = write_npz(tmp_path / "a.npz", num_train=300, num_test=40, train_images=train,
+                  test_images=test)
+    # The same test images; 30 training images, darker: statistics of its own would differ.
+    b = write_npz(tmp_path / "b.npz", num_train=30, num_test=40, train_images=train[:30] // 4,
+                  test_images=test)
+    w = _pretrain_small(tmp_path, "--config=configs/cifar10.py:smoke", a,
+                        "--config.data.validation_size=60", "--config.data.test_size=20",
+                        "--config.model.kernel_sizes=(3, 3, 3)")
+    assert json.loads((w / "config.json").read_text())["data"]["standardize"]
+    before = snapshot(w)
+
+    def encode(out: str, *args: str) -> dict[str, np.ndarray]:
+        proc = run("encode", f"--workdir={w}", f"--output={tmp_path / out}", *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with np.load(tmp_path / out) as f:
+            return dict(f)
+
+    own = encode("own.npz")  # the workdir's test split: its first test_size images
+    other = encode("other.npz", f"--source=npz:{b}")  # all of the other file's test split
+    assert len(own["labels"]) == 20 and len(other["labels"]) == 40
+    np.testing.assert_allclose(other["features"][:20], own["features"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(other["labels"][:20], own["labels"])
+    assert len(encode("train.npz", f"--source=npz:{b}", "--split=train")["labels"]) == 30
+    assert_clean_failure(run("encode", f"--workdir={w}", f"--output={tmp_path / 'v.npz'}",
+                             f"--source=npz:{b}", "--split=validation"),
+                         "--validation_size", str(b))
+    assert not (tmp_path / "v.npz").exists()
+    assert snapshot(w) == before
+
+
+def test_visualize_refuses_other_data_before_the_checkpoint(tmp_path):
+    """visualize used to draw figures/ from any data it was pointed at (exit 0), and blamed
+    the checkpoint for 3-channel data (`parameter c has shape (1,), expected (3,)`)."""
+    import shutil
+
+    from conftest import write_npz
+
+    data = write_npz(tmp_path / "d.npz", num_train=300, num_test=50, shape=(28, 28))
+    w = _pretrain_small(tmp_path, "--config=configs/mnist.py:smoke", data,
+                        "--config.data.validation_size=60")
+    copy = shutil.copy(data, tmp_path / "copy.npz")  # the same data elsewhere: accepted
+    smoke = ("--config=configs/mnist.py:smoke", "--config.data.validation_size=60",
+             "--config.data.pretrain_size=0", "--config.pretrain.layers=1")
+    ok = run("visualize", f"--workdir={w}", *smoke, f"--config.data.source=npz:{copy}")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert (w / "figures" / "reconstructions_layer1.png").is_file()
+    before = snapshot(w)
+    larger = write_npz(tmp_path / "e.npz", num_train=300, num_test=50, shape=(32, 32))
+    colour = write_npz(tmp_path / "c.npz", num_train=300, num_test=50, shape=(28, 28, 3))
+    for other in (larger, colour):
+        proc = run("visualize", f"--workdir={w}", *smoke, f"--config.data.source=npz:{other}")
+        assert_clean_failure(proc, "other data", str(other), str(data))
+        assert "ckpt" not in proc.stderr
+        assert snapshot(w) == before
+    # A workdir older than the data fingerprints: its channels still name the data.
+    settings = w / "pretrain" / "settings.json"
+    record = json.loads(settings.read_text())
+    del record["data"]
+    settings.write_text(json.dumps(record))
+    before = snapshot(w)
+    proc = run("visualize", f"--workdir={w}", *smoke, f"--config.data.source=npz:{colour}")
+    assert_clean_failure(proc, str(colour), "3 channel(s)")
+    assert "ckpt" not in proc.stderr and snapshot(w) == before
+
+
+def test_a_class_sorted_file_is_refused_before_the_workdir_is_made(tmp_path):
+    """Its last validation_size images, one class, used to become the validation set."""
+    from conftest import write_npz
+
+    labels = np.sort(np.arange(300) % 10).astype(np.uint8)
+    data = write_npz(tmp_path / "sorted.npz", num_train=300, shape=(28, 28),
+                     train_labels=labels)
+    w = tmp_path / "w"
+    proc = run("pretrain", "--config=configs/mnist.py:smoke", f"--config.data.source=npz:{data}",
+               "--config.data.validation_size=60", "--config.data.pretrain_size=0",
+               f"--workdir={w}")
+    assert_clean_failure(proc, str(data), "sorted by class", "validation split", "shuffle")
+    assert not w.exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -90,3 +92,64 @@ def test_pretrain_indices():
     assert not np.array_equal(a, splits.pretrain_indices(1000, 100, seed=1))
     with pytest.raises(InputError, match="config.data.pretrain_size"):
         splits.pretrain_indices(10, 11, seed=0)
+
+
+# --- a training split in class order -----------------------------------------------------------
+
+
+def test_a_class_sorted_tail_is_refused_naming_the_source_and_the_missing_classes():
+    """The last validation_size images of a class-sorted file are one class: without the
+    check they became a one-class validation set (and a pool lacking that class), silently."""
+    labels = np.sort(np.arange(6000) % 10)
+    with pytest.raises(InputError) as e:
+        splits.check_classes(labels, 1000, "npz:/d/sorted.npz", tuple("0123456789"))
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("npz:/d/sorted.npz: ")
+    assert "validation split" in line and "classes 0, 1, 2, 3, 4, 5, 6, 7;" in line
+    assert "labelled pool" in line and line.count("class 9") == 1  # the tail took every 9
+    assert "shuffle" in line and "folder:" in line
+    # Which images are validation does not change: only the refusal is new.
+    np.testing.assert_array_equal(splits.validation_split(6000, 1000)[1], np.arange(5000, 6000))
+
+
+def test_a_sorted_tail_names_classes_by_name_where_they_say_more():
+    names = ("airplane", "automobile", "bird")
+    labels = np.repeat(np.arange(3), 100)
+    with pytest.raises(InputError, match=r"classes 0 \(airplane\), 1 \(automobile\)"):
+        splits.check_classes(labels, 100, "cifar:/d", names)
+
+
+def test_the_embedded_mnist_and_the_presets_pass():
+    labels = np.load(Path(splits.__file__).parents[1] / "assets" / "mnist.npz")["train_labels"]
+    for size in (0, 200, 1000, 5000, 10000):  # smoke, quick, cifar and paper validation sizes
+        splits.check_classes(labels, size, "mnist", tuple("0123456789"))
+
+
+@pytest.mark.parametrize("size", [5, 10, 30, 100, 1000])
+def test_shuffled_labels_are_never_refused(size):
+    """A small validation set of a shuffled file may lack a class by chance: that passes."""
+    rng = np.random.default_rng(size)
+    for _ in range(200):
+        splits.check_classes(rng.permutation(np.arange(2000) % 10), size, "npz:x", ())
+
+
+def test_a_file_with_fewer_classes_than_names_passes():
+    """Classes the training split does not have are not asked of its parts."""
+    splits.check_classes(np.arange(300) % 3, 100, "npz:x", tuple("0123456789"))
+    splits.check_classes(np.zeros(300, np.int64), 100, "npz:x", ())
+
+
+def test_inputs_build_refuses_a_class_sorted_file(tmp_path):
+    from conftest import write_npz
+
+    from scae import config
+    from scae.data import inputs
+
+    labels = np.sort(np.arange(300) % 10).astype(np.uint8)
+    path = write_npz(tmp_path / "sorted.npz", num_train=300, train_labels=labels)
+    c = config.base_config("mnist").data
+    c.source, c.validation_size, c.pretrain_size = f"npz:{path}", 60, 0
+    with pytest.raises(InputError, match=f"npz:{path}: the training images look sorted"):
+        inputs.build(c, seed=0)
+    c.source = f"npz:{write_npz(tmp_path / 'cycled.npz', num_train=300)}"
+    assert len(inputs.build(c, seed=0).val_labels) == 60

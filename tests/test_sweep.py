@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 from absl import flags as absl_flags
+from conftest import write_npz
 from ml_collections import config_flags
 
 from scae import api, atomic, provenance
@@ -767,3 +768,94 @@ def test_every_arm_at_every_point_with_stacks_once_per_data_setting(swept, tmp_p
     # A rerun trains nothing, and loads no data.
     monkeypatch.setattr(finetuning, "run_cell", None)
     assert sweep.run(c, tmp_path, build=None, log=lambda m: None) == records
+
+
+# ---------------------------------------------------------------------------------------------
+# The data checked against every run still to train before the workdir changes
+
+
+def small_data_config(tmp_path: Path, shape=(28, 28), num_classes=10, num_train=300,
+                      validation_size=20, **sweep_keys) -> ml_collections.ConfigDict:
+    """The MNIST smoke sweep on a small npz data set (by default 280 labelled images after 20
+    of validation), with no test images to speak of."""
+    source = write_npz(tmp_path / "d.npz", num_train=num_train, num_test=10, shape=shape,
+                       num_classes=num_classes)
+    c = sweep_config()
+    c.data.source, c.data.pretrain_size = f"npz:{source}", 0
+    c.data.validation_size = validation_size
+    with c.sweep.unlocked():
+        for key, value in sweep_keys.items():
+            c.sweep[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    return c
+
+
+KERNELS_TOO_BIG = {"model.kernel_sizes": (9, 9, 3)}  # 28x28 -> 10x10 -> 1x1: no room for 3x3
+
+
+@pytest.mark.parametrize("case, fragments", [
+    (dict(label_size=1000), ["config.sweep.label_size: 1000 labels asked for, the pool has 280"]),
+    # Every class in the validation split and the pool, as a shuffled file has them.
+    (dict(num_classes=200, num_train=400, validation_size=200),
+     ["config.model.num_classes: the data set has 200 classes",
+                             "model outputs 10"]),
+    (dict(shape=(12, 12)), ["config.model.kernel_sizes: layer 2's kernel", "12x12"]),
+    # A later point's model: the first point would have trained and written its record.
+    (dict(axes=dict(LR, kernels=({}, KERNELS_TOO_BIG))), ["config.model.kernel_sizes"]),
+    # A later point's data (another validation split: a pool of 50 for 100 labels), which
+    # only a load of that setting tells.
+    (dict(axes=dict(LR, split=({"data.validation_size": 20}, {"data.validation_size": 250}))),
+     ["config.sweep.label_size: 100 labels asked for, the pool has 50"]),
+    # The full-label stage's model, which runs only after the whole grid.
+    (dict(full_axes={"kernels": (KERNELS_TOO_BIG,)}), ["config.model.kernel_sizes"]),
+])
+def test_data_that_do_not_fit_a_run_are_refused_before_ready(tmp_path, monkeypatch, case,
+                                                              fragments):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a run trained before every run was checked against its data")
+
+    monkeypatch.setattr(finetuning, "run_cell", refuse)
+    c = small_data_config(tmp_path, **case)
+    w, ready = tmp_path / "w", []
+    with pytest.raises(InputError) as e:
+        sweep.run(c, w, build=lambda cfg: inputs_lib.build(cfg.data, cfg.seed),
+                  log=lambda m: None, ready=lambda: ready.append(1))
+    assert "\n" not in str(e.value)
+    for fragment in fragments:
+        assert fragment in str(e.value), str(e.value)
+    assert ready == [] and not w.exists()  # the command's workdir is not touched
+
+
+def test_only_data_settings_of_another_shape_are_loaded_for_the_check(tmp_path, monkeypatch):
+    """The check loads a setting ahead only when its images, classes or pool may differ (its
+    source, validation split, ...), never for a normalisation of the same images."""
+    monkeypatch.setattr(finetuning, "run_cell", fake_rows)
+    c = small_data_config(tmp_path, axes=dict(
+        LR, pre=({"data.standardize": False}, {"data.standardize": True})))
+    builds = []
+
+    def build(cfg):
+        builds.append((cfg.data.standardize, cfg.data.validation_size))
+        return inputs_lib.build(cfg.data, cfg.seed)
+
+    assert len(sweep.run(c, tmp_path / "w", build=build, log=lambda m: None)) == 4
+    assert builds == [(False, 20), (True, 20)]  # once per setting, as before the check
+    c.sweep.axes = ml_collections.ConfigDict(
+        dict(LR, split=({"data.validation_size": 20}, {"data.validation_size": 30})))
+    builds.clear()
+    assert len(sweep.run(c, tmp_path / "w2", build=build, log=lambda m: None)) == 4
+    # The other split's loaded once ahead, to check it, then each for its runs.
+    assert builds == [(False, 30), (False, 20), (False, 30)]
+
+
+def test_every_recipe_with_every_full_label_alternative_is_checked_before_any_run(tmp_path):
+    """The full-label stage trains the chosen recipe with each alternative: a combination
+    that is no valid config is refused before anything loads, not after the grid."""
+    c = small_data_config(
+        tmp_path,
+        axes=dict(LR, pre=({"data.standardize": True, "data.preprocess": "none"},
+                           {"data.standardize": False, "data.preprocess": "gcn_zca"})),
+        full_axes={"standardize": ({"data.standardize": True},)})
+    with pytest.raises(InputError, match="config.data.standardize"):
+        sweep.run(c, tmp_path / "w", build=lambda cfg: pytest.fail("no data is loaded"),
+                  log=lambda m: None)
+    assert not (tmp_path / "w").exists()

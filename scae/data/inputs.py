@@ -83,6 +83,8 @@ def build(data_config: ml_collections.ConfigDict, seed: int) -> Inputs:
     images_digest = images.digest() if images is not None else ""
     train, test = _load_both(c)
     train_idx, val_idx = splits.validation_split(len(train), c.validation_size)
+    # A class-sorted file's tail is one class: refused before anything is fitted or trained.
+    splits.check_classes(train.labels, c.validation_size, c.source, train.class_names)
     pool = train.images[: len(train_idx)]  # validation is the tail, so the pool is a view
     normalizer = _fit(c, pool)
     train_images = jnp.asarray(normalizer(pool))

@@ -5,12 +5,21 @@ Pure numpy; every function returns sorted int64 indices and depends only on its 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 
 from scae.errors import InputError
 
 # Stream tags, so that the same seed drives independent draws for different purposes.
 _LABELLED, _PRETRAIN = 1, 2
+# A part of the training split that lacks classes is refused when a random order of the same
+# labels would leave those classes out with a probability below this: then the file is in an
+# order (sorted by class), not unlucky. Small enough that shuffled data are never refused in
+# practice (below 1e-6 over every set of 10 classes a part could lack), large enough that a
+# class-sorted file is refused even for a tail of a few dozen images.
+SORTED_ODDS = 1e-9
 
 
 def validation_split(num_train: int, validation_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -23,6 +32,63 @@ def validation_split(num_train: int, validation_size: int) -> tuple[np.ndarray, 
                          f"(the training split has {num_train} images), got {validation_size}")
     cut = num_train - validation_size
     return np.arange(cut), np.arange(cut, num_train)
+
+
+def check_classes(labels: np.ndarray, validation_size: int, source: str,
+                  class_names: Sequence[str] = ()) -> None:
+    """Raises :class:`InputError` when the validation split (the last ``validation_size`` of
+    the training ``labels``) or the labelled pool (the images before it) lacks classes that the
+    training split has, where a random order would almost surely hold them
+    (:data:`SORTED_ODDS`): a file sorted by class, whose tail is one class.
+
+    Which images :func:`validation_split` takes stays as it is (recorded results depend on
+    it); a file in such an order is refused instead of giving a one-class validation set and a
+    pool no labelled subset can balance. A small part that lacks a class by chance, as a
+    shuffled file's may, passes."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not 0 < validation_size < n:
+        return
+    cut = n - validation_size
+    counts = np.bincount(labels, minlength=len(class_names))
+    parts = [(f"the validation split (the last {validation_size} training images, "
+               f"config.data.validation_size={validation_size})", labels[cut:]),
+             (f"the labelled pool (the first {cut} training images)", labels[:cut])]
+    lacking = []
+    for part, part_labels in parts:
+        held = np.bincount(part_labels, minlength=len(counts)) > 0
+        missing = np.flatnonzero((counts > 0) & ~held)
+        if missing.size and _odds_of_lacking(n, int(counts[missing].sum()),
+                                             len(part_labels)) < SORTED_ODDS:
+            lacking.append(f"{part} has no image of class{'es' if missing.size > 1 else ''} "
+                           f"{_class_list(missing, class_names)}")
+    if lacking:
+        raise InputError(f"{source}: the training images look sorted by class: "
+                         f"{'; '.join(lacking)}, though the training split has them; shuffle "
+                         f"the file's training images and labels together (a folder: source "
+                         f"is shuffled as it is read)")
+
+
+def _odds_of_lacking(total: int, members: int, size: int) -> float:
+    """The probability that ``size`` of ``total`` images drawn at random hold none of
+    ``members`` given ones: C(total - members, size) / C(total, size)."""
+    if total - members < size:
+        return 0.0
+
+    def log_comb(a: int, b: int) -> float:
+        return math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1)
+
+    return math.exp(log_comb(total - members, size) - log_comb(total, size))
+
+
+def _class_list(classes: np.ndarray, names: Sequence[str], shown: int = 10) -> str:
+    """'3 (cat), 5 (dog)': classes by label, with their names where those say more."""
+    def one(c: int) -> str:
+        name = names[c] if c < len(names) else ""
+        return f"{c} ({name})" if name and name != str(c) else str(c)
+
+    listed = ", ".join(one(int(c)) for c in classes[:shown])
+    return listed + (f" and {len(classes) - shown} more" if len(classes) > shown else "")
 
 
 def class_quotas(counts: np.ndarray, size: int) -> np.ndarray:

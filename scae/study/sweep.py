@@ -188,20 +188,31 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
     returns all the records (one per point and arm; the grid's, then the full-label
     schedule's): the point, the arm, the validation error of each seed, their mean and
     standard deviation, the epochs and the wall time. ``build`` makes the inputs of a config
-    (default :func:`scae.data.inputs.build`); it is called once per distinct data setting.
-    ``ready`` is called once the first data set has loaded, before anything is written, so a
-    command can leave no workdir behind for a source that does not load. ``fresh`` ignores the
-    records already there (``ready`` is where a caller deletes them)."""
+    (default :func:`scae.data.inputs.build`); it is called once per distinct data setting
+    (and once more, ahead, for a setting of other images, source or split, to check it).
+    ``ready`` is called once the first data set has loaded and every run still to train has
+    been checked against its data (classes, image size, label size), before anything is
+    written, so a command leaves its workdir as it was for data that do not load or fit.
+    ``fresh`` ignores the records already there (``ready`` is where a caller deletes them)."""
     arms = arms_of(config)
-    seeds_of(config)
+    seeds = tuple(seeds_of(config))
     label_size = label_size_of(config)
     grid, schedule = grid_and_schedule(config)
     configs = [apply(config, p) for p in grid]  # every point checked before any is run
-    for alt in schedule:  # checked on the base config before any run
-        apply(config, alt)
+    # The full-label stage trains the chosen recipe with each alternative; which recipe is
+    # chosen is known only after the grid, so every recipe with every alternative is checked
+    # now, lest a combination that cannot train stop the sweep half way.
+    recipes = {point_id(recipe_of(p)): recipe_of(p) for p in grid}
+    full = [apply(config, {**recipe, **alt}) for recipe in recipes.values() for alt in schedule]
     base = base_digest(config)
-    runner = _Runner(config, workdir, build, log, ready, base,
-                     [] if fresh else check_records(config, workdir, base))
+    records = [] if fresh else check_records(config, workdir, base)
+    # What is still to train, checked against its data before the workdir changes; a
+    # finished point is not (a rerun with nothing left to train loads no data).
+    done = {_key(r) for r in records}
+    planned = [(c, label_size) for point, c in zip(grid, configs)
+               if any(("grid", point_id(point), arm, label_size, seeds) not in done
+                      for arm in arms)] + [(c, None) for c in full]
+    runner = _Runner(config, workdir, build, log, ready, base, records, planned)
     for i, (point, c) in enumerate(zip(grid, configs)):
         runner.point(c, point, "grid", label_size, arms, f"{i + 1}/{len(grid)}")
     asked = [runner.done[k] for k in runner.asked if k in runner.done]
@@ -218,7 +229,8 @@ def run(config: ml_collections.ConfigDict, workdir: Path,
 class _Runner:
     """The state of one sweep: the records so far, the data and stacks in memory."""
 
-    def __init__(self, config, workdir: Path, build, log, ready, base: str, records: list):
+    def __init__(self, config, workdir: Path, build, log, ready, base: str, records: list,
+                 planned: list):
         self.config, self.workdir, self.log, self.ready, self.base = (config, workdir, log,
                                                                      ready, base)
         self.build = build or (lambda c: inputs_lib.build(c.data, c.seed))
@@ -228,20 +240,51 @@ class _Runner:
         self.asked: list[tuple] = []
         self.data_key, self.data = None, None
         self.stacks: dict[str, list] = {}
+        # (config, label size or None: the whole pool) of every run still to train, checked
+        # against its data when the first data set loads, before anything is written.
+        self.planned = planned
+        self.checked = False
 
     def inputs(self, c) -> inputs_lib.Inputs:
         key = json.dumps(c.data.to_dict(), sort_keys=True)
         if key != self.data_key:
             self.data, self.data_key, self.stacks = None, None, {}  # one data setting at once
+            facts = {} if self.checked else self.facts_of_others(c)
             full = self.build(c)
+            if not self.checked:
+                facts[_shape_key(c)] = _facts(full)
+                self.check_planned(facts)
+                self.checked = True
             # No test images reach the runs: the choice is made on validation alone.
             self.data = dataclasses.replace(full, test_images=full.test_images[:0],
                                             test_labels=full.test_labels[:0])
             self.data_key = key
-            if self.ready is not None:
+            if self.ready is not None:  # every run still to train fits its data
                 self.ready()
                 self.ready = None
         return self.data
+
+    def facts_of_others(self, c) -> dict[str, tuple]:
+        """:func:`_facts` of the data of every run still to train whose shape, classes or pool
+        may differ from ``c``'s (another source, validation size, ...; rare), loaded one at a
+        time: a bad one is refused before the workdir changes, not half way through."""
+        facts: dict[str, tuple] = {}
+        for other, _ in self.planned:
+            shape = _shape_key(other)
+            if shape != _shape_key(c) and shape not in facts:
+                facts[shape] = _facts(self.build(other))
+        return facts
+
+    def check_planned(self, facts: Mapping[str, tuple]) -> None:
+        """Raises :class:`InputError` for a run still to train that its data (``facts``, by
+        :func:`_shape_key`) do not fit: more classes than its model outputs, images its
+        kernels do not fit, more labels asked for than the pool holds."""
+        for c, label_size in self.planned:
+            image_shape, num_classes, pool = facts[_shape_key(c)]
+            # Every conv layer trains (compare's check), the pretrained stacks' included.
+            cfglib.check_model_fits(c, image_shape, num_classes, "compare")
+            if label_size is not None:
+                _check_fits(label_size, pool)
 
     def stacks_of(self, c, data: inputs_lib.Inputs) -> list:
         """Each seed's stack for ``c`` (its own when ``compare.stack_per_seed``, else seed
@@ -267,10 +310,8 @@ class _Runner:
             self.asked.append(key)
             if key in self.done:
                 continue
-            data = self.inputs(c)
-            pool = int(len(data.train_labels))
-            size = pool if label_size is None else label_size
-            _check_fits(size, pool)
+            data = self.inputs(c)  # which checked the size against the pool
+            size = int(len(data.train_labels)) if label_size is None else label_size
             self.log(f"sweep point {where}, {arm}: {name}")
             t0 = time.monotonic()
             tag = hashlib.sha256(repr(key).encode()).hexdigest()[:12]
@@ -303,6 +344,23 @@ class _Runner:
             shutil.rmtree(ckpt, ignore_errors=True)  # the record is the result; bound the disk
             self.log(f"  validation error {record['mean_val_error']:.2f}% "
                      f"({', '.join(f'{e:.2f}' for e in errs)})")
+
+
+# The data settings that change only how the images are normalised, or how much of the test
+# split (which the runs never see) is kept: never the image shape, the classes or the pool.
+_SAME_SHAPE_KEYS = ("preprocess", "scale", "standardize", "zca_epsilon", "test_size")
+
+
+def _shape_key(c: ml_collections.ConfigDict) -> str:
+    """The data settings that decide what :func:`_facts` gives (and whether the data load)."""
+    return json.dumps({k: v for k, v in c.data.to_dict().items() if k not in _SAME_SHAPE_KEYS},
+                      sort_keys=True)
+
+
+def _facts(data: inputs_lib.Inputs) -> tuple[tuple[int, int, int], int, int]:
+    """What a run's config is checked against: the image shape, the number of classes and
+    the labelled pool's size."""
+    return data.image_shape, data.num_classes, int(len(data.train_labels))
 
 
 def check_records(config: ml_collections.ConfigDict, workdir: Path,
