@@ -93,6 +93,11 @@ _OVERWRITE = flags.DEFINE_bool(
 def fail(message: str, status: int = 2) -> None:
     """Ends the process with one line on stderr."""
     line = " ".join(str(message).split())
+    # Before the line: a signal now changes nothing (no second line, no exit before the locks
+    # are given back), and a watchdog already ending the process prints the only line. Before
+    # parallel.ending too, in the watchdog's order (it tells the other processes after its
+    # claim), so that neither waits on the other.
+    interrupt.finish()
     parallel.ending()  # several processes: unless another thread is ending this one already
     log(f"error: {line}")  # on a line of its own, even below a progress bar
     sys.stderr.flush()

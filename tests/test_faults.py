@@ -567,10 +567,12 @@ def test_a_deferred_block_holds_the_first_signal_until_it_ends(monkeypatch):
         interrupt.uninstall()
 
 
-def _command_process(tmp_path: Path, module: str = "pretrain") -> subprocess.Popen:
+def _command_process(tmp_path: Path, module: str = "pretrain",
+                     overrides: tuple[str, ...] = ("--config.pretrain.epochs=(50,1,1)",)
+                     ) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", f"pipelines.{module}", "--config=configs/mnist.py:smoke",
-         "--config.pretrain.epochs=(50,1,1)", f"--workdir={tmp_path / 'w'}"],
+         *overrides, f"--workdir={tmp_path / 'w'}"],
         cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
                            PYTHONUNBUFFERED="1"),
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -651,6 +653,137 @@ def test_a_signal_during_fine_tuning_ends_compare_with_its_status(tmp_path, sign
     assert atomic.read_jsonl(w / "compare" / "runs.jsonl")  # the recorded cell is kept
 
 
+def _signalled(proc: subprocess.Popen, pattern: str, *signums: int) -> tuple[str, str]:
+    """Waits for the first stderr line matching ``pattern``, sends ``signums`` back to back and
+    returns the command's stderr before and after them."""
+    try:
+        seen = _until(proc, pattern)
+        for signum in signums:
+            proc.send_signal(signum)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    return seen, rest
+
+
+def test_a_signal_before_a_layers_first_check_point_names_that_layer(tmp_path):
+    """SIGTERM as layer 2's progress bar appears (its set-up done, no chunk trained yet): the
+    line names layer 2, not the last check point passed, which was layer 1's last step, or,
+    in the rerun that finds layer 1 finished, the envelope's "start-up"."""
+    for attempt in range(2):
+        proc = _command_process(tmp_path, overrides=("--config.pretrain.epochs=(1,50,1)",))
+        seen, rest = _signalled(proc, r"^layer 2:\s+\d+%", signal.SIGTERM)
+        assert proc.returncode == 143, (attempt, (seen + rest)[-3000:])
+        assert attempt == 0 or "resuming at" in seen, seen[-3000:]
+        errors_seen = _error_lines(rest)
+        assert len(errors_seen) == 1, rest[-3000:]
+        assert re.fullmatch(r"error: interrupted at layer 2, step \d+/400 \(SIGTERM\); rerun the "
+                            r"same command to resume", errors_seen[0]), (attempt, errors_seen)
+        assert not (tmp_path / "w" / ".lock").exists()
+
+
+def _compare_process(tmp_path: Path) -> subprocess.Popen:
+    """The smoke comparison on a one-layer stack, its cells long enough (20 epochs) that a
+    signal sent as a cell's progress bar appears lands inside that cell."""
+    return _command_process(tmp_path, "compare", overrides=(
+        "--config.pretrain.layers=1", "--config.finetune.epochs=20"))
+
+
+@pytest.mark.slow
+def test_a_signal_before_a_cells_first_check_point_names_that_cell(tmp_path):
+    """SIGTERM as the frozen cell's progress bar appears: the line names the frozen cell, not
+    the pretrained cell before it, whose last step was the last check point passed."""
+    proc = _compare_process(tmp_path)
+    seen, rest = _signalled(proc, r"^frozen \d+ labels x\d+ seeds:\s+0%", signal.SIGTERM)
+    assert proc.returncode == 143, (seen + rest)[-3000:]
+    errors_seen = _error_lines(rest)
+    assert len(errors_seen) == 1, rest[-3000:]
+    assert re.fullmatch(r"error: interrupted at frozen \d+ labels x\d+ seeds, step \d+/\d+ "
+                        r"\(SIGTERM\); rerun the same command to resume", errors_seen[0]), \
+        errors_seen
+    assert not (tmp_path / "w" / ".lock").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_during_fine_tuning_ends_once_and_gives_the_lock_back(tmp_path,
+                                                                             second):
+    """Two signals at once in a fine-tuning cell: the process ends with the first one's
+    status and one line naming the cell, and the workdir's lock is given back, though the
+    second signal ends the process by os._exit, which skips the lock's exit hook. (SIGINT
+    then SIGTERM reach the handler as two signals even while a compiled chunk holds the main
+    thread; two SIGINTs sent then may reach it as one.)"""
+    proc = _compare_process(tmp_path)
+    seen, rest = _signalled(proc, r"^pretrained \d+ labels x\d+ seeds:\s+0%", signal.SIGINT,
+                            second)
+    assert proc.returncode == 130, (seen + rest)[-3000:]
+    assert "Traceback" not in rest, rest[-3000:]
+    errors_seen = _error_lines(rest)
+    assert len(errors_seen) == 1, rest[-3000:]
+    assert re.fullmatch(r"error: interrupted at pretrained \d+ labels x\d+ seeds, step \d+/\d+ "
+                        r"\(SIGINT\); rerun the same command to resume", errors_seen[0]), \
+        errors_seen
+    assert not (tmp_path / "w" / ".lock").exists()
+
+
+class _Exited(BaseException):
+    """What os._exit raises in the tests below, which call the handler in this process."""
+
+
+def _no_exit(status: int) -> None:
+    raise _Exited(status)
+
+
+def test_a_second_signal_gives_the_workdir_lock_back_as_it_ends_the_process(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setattr(interrupt, "GRACE_S", 600.0)
+    monkeypatch.setattr(os, "_exit", _no_exit)
+    read_end, write_end = os.pipe()
+    monkeypatch.setattr(interrupt._state, "stderr_fd", write_end)
+    w = tmp_path / "w"
+    workdir_lib.lock(w)
+    interrupt.install()
+    try:
+        with interrupt.at("saving layer 2"):
+            interrupt._handler(signal.SIGINT, sys._getframe())
+            assert (w / ".lock").exists()  # the first one is only recorded
+            with pytest.raises(_Exited) as ended:
+                interrupt._handler(signal.SIGINT, sys._getframe())
+        assert ended.value.args == (130,)
+        assert not (w / ".lock").exists()
+    finally:
+        interrupt.uninstall()
+        workdir_lib.release(w)
+        os.close(write_end)
+    assert os.read(read_end, 4096).decode().split("\n") == [
+        "", "error: interrupted at saving layer 2 (SIGINT); rerun the same command to resume", ""]
+    os.close(read_end)
+
+
+def test_a_signal_while_the_envelope_ends_the_process_changes_nothing(monkeypatch):
+    """Once the envelope is ending the process (its line, the locks, os._exit), a further
+    signal neither prints a second line nor ends the process before the locks are given back,
+    and the watchdog stands down."""
+    monkeypatch.setattr(interrupt, "GRACE_S", 600.0)
+    monkeypatch.setattr(os, "_exit", _no_exit)
+    read_end, write_end = os.pipe()
+    monkeypatch.setattr(interrupt._state, "stderr_fd", write_end)
+    interrupt.install()
+    try:
+        interrupt._handler(signal.SIGINT, sys._getframe())
+        with pytest.raises(Interrupted, match=r"interrupted at layer 2, step 4/8 \(SIGINT\)"):
+            interrupt.check("layer 2, step 4/8")
+        interrupt.finish()  # what the envelope calls before its line
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            interrupt._handler(signum, sys._getframe())
+        assert interrupt.pending().exit_status == 130
+    finally:
+        interrupt.uninstall()
+        os.close(write_end)
+    assert os.read(read_end, 4096) == b""
+    os.close(read_end)
+
+
 def test_a_signal_at_start_up_is_not_lost(tmp_path):
     proc = _command_process(tmp_path)
     try:
@@ -676,6 +809,22 @@ def test_without_a_check_point_the_watchdog_ends_the_process(tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
     assert proc.returncode == 143 and time.monotonic() - start < interrupt.GRACE_S + 10
     assert proc.stderr.strip().startswith("error: interrupted at start-up (SIGTERM)")
+
+
+def test_the_watchdog_gives_the_workdir_lock_back_as_it_ends_the_process(tmp_path):
+    # os._exit skips the atexit hook that gives the workdir's lock back.
+    code = ("import os, signal, sys, time\n"
+            "from scae import interrupt, workdir\n"
+            "workdir.lock(sys.argv[1])\n"
+            "interrupt.install()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(60)\n")
+    w = tmp_path / "w"
+    proc = subprocess.run([sys.executable, "-c", code, str(w)], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().startswith("error: interrupted at start-up (SIGTERM)")
+    assert w.is_dir() and not (w / ".lock").exists()
 
 
 @pytest.fixture

@@ -430,9 +430,18 @@ def finished(ckpt_dir: Path, total_steps: int) -> tuple[Any, dict] | None:
 
 
 def _train(phase: Phase, lr_scale: float) -> Result:
-    p = phase.plan
     if not phase.seeds:
         raise ValueError(f"{phase.name}: a phase trains one seed or more, got none")
+    # From here a signal names this phase, even before its first check point.
+    interrupt.progress(phase.name)
+    try:
+        return _train_phase(phase, lr_scale)
+    finally:
+        interrupt.progress(None)
+
+
+def _train_phase(phase: Phase, lr_scale: float) -> Result:
+    p = phase.plan
     tx = phase.make_tx(lr_scale)
     init = jax.vmap(tx.init)
     # Fresh buffers: the compiled steps donate params and opt_state, which extra state (the
@@ -450,6 +459,7 @@ def _train(phase: Phase, lr_scale: float) -> Result:
             state, record = ckpts.restore(step, state)
         if step < p.total_steps:
             phase.log(f"{phase.name}: resuming at step {step}/{p.total_steps}")
+    interrupt.progress(f"{phase.name}, step {step}/{p.total_steps}")
     record.setdefault("seed_loss_sums", [0.0] * len(phase.seeds))
     # Each seed's largest gradient norm since the last evaluation, and over the whole phase:
     # unknown (NaN, which max keeps) for the steps of a checkpoint saved without them.
