@@ -255,11 +255,11 @@ def _end(interruption: Interrupted) -> None:
         if _state.on_end is not None:
             _state.on_end(interruption.exit_status, str(interruption))
     finally:
-        _give_back_locks()
+        give_back_locks()
         os._exit(interruption.exit_status)
 
 
-def _give_back_locks() -> None:
+def give_back_locks() -> None:
     """:func:`scae.workdir.release_all`, whose atexit hook ``os._exit`` skips. Looked up rather
     than imported: a process that never imported it holds no lock, and an import from a signal
     handler could wait on an import the interrupted main thread is in the middle of."""

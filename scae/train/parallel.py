@@ -391,6 +391,7 @@ def _watch() -> None:
         os.write(_stderr if _stderr is not None else 2,
                  f"\nerror: process {who} of {_processes} ended: {line}\n".encode())
         _acknowledge(client, me)
+        interrupt.give_back_locks()  # which os._exit would leave behind
         os._exit(int(status))
 
 
@@ -482,6 +483,7 @@ def _lost(line: str) -> None:
         return
     _ender = threading.get_ident()
     os.write(_stderr if _stderr is not None else 2, f"\nerror: {line}\n".encode())
+    interrupt.give_back_locks()  # which os._exit would leave behind
     os._exit(PEER_LOST_STATUS)
 
 
