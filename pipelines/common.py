@@ -158,6 +158,11 @@ def guard_workdir(config, workdir: Path, stage: str, overwrite: bool, data=None)
     :data:`scae.workdir.STAGES`), with the fingerprint of ``data`` (the command's
     :class:`scae.data.inputs.Inputs`), so that results made from other data at the same path
     are refused."""
+    # What the machine cannot run is refused before the workdir changes: pretraining splits
+    # its batch over the devices. (A compare whose stack is there already does not pretrain.)
+    if config.pretrain.layers and (stage != "compare" or not (workdir / "pretrain").is_dir()):
+        parallel.check_batch(config.pretrain.batch_size, "pretrain.batch_size")
+
     def guard():
         workdir_lib.guard(config, workdir, stage, overwrite, data_fingerprint(config, data))
 

@@ -355,12 +355,23 @@ def validate(c: ml_collections.ConfigDict, command: str | None = None) -> None:
     if c.pretrain.noise == "mask" and not c.pretrain.noise_level < 1:
         raise InputError(f"config.pretrain.noise_level: masking probability must be < 1, "
                          f"got {c.pretrain.noise_level}")
+    if c.pretrain.noise == "none" and c.pretrain.noise_level > 0:
+        raise InputError(f"config.pretrain.noise_level: {c.pretrain.noise_level} with "
+                         f"pretrain.noise='none' would do nothing; set pretrain.noise to 'mask' "
+                         f"or 'gaussian', or the level to 0")
     if c.pretrain.momentum >= 1 or c.finetune.momentum >= 1:
         raise InputError("config.*.momentum: expected a value in [0, 1)")
     arms = tuple(c.compare.arms)
     if not arms or any(a not in ARMS for a in arms):
         raise InputError(f"config.compare.arms: expected a non-empty subset of {', '.join(ARMS)}, "
                          f"got {arms!r}")
+    # A value given twice would train (or report) the same runs twice: n doubled, the spread
+    # and the tests wrong.
+    for key, values in (("compare.arms", arms), ("compare.label_sizes", c.compare.label_sizes)):
+        twice = sorted({v for v in values if list(values).count(v) > 1}, key=str)
+        if twice:
+            raise InputError(f"config.{key}: {', '.join(map(repr, twice))} given twice; "
+                             f"expected each value once, got {tuple(values)!r}")
     if c.seed > MAX_SEED:
         raise InputError(f"config.seed: expected 0..{MAX_SEED} (a JAX random key holds 32 bits), "
                          f"got {c.seed}")

@@ -5,13 +5,15 @@ A workdir holds the results of *stages*: ``pretrain`` (the stack: ``pretrain/``)
 ``compare`` (the fine-tuning runs: ``compare/``), or ``filters`` (the filter experiment's
 variant folders and ``filters.png``). Each stage's records depend on some config sections:
 
-* ``pretrain``: ``seed``, ``data``, ``model``, ``pretrain``;
+* ``pretrain``: ``seed``, ``data``, ``model`` (less the keys only the CNN's head reads,
+  :data:`HEAD_KEYS`), ``pretrain``;
 * ``compare``: those, plus ``finetune``, ``compare`` and ``dataset``, except
   ``compare.label_sizes``, ``compare.num_seeds`` and ``compare.arms``, which only *select*
   runs: every run record names its label size, arm and seed, so asking for more keeps the
   finished runs and adds the new ones, and asking for fewer reports only the runs still asked
   (the others stay on disk, unreported, and count again if asked again);
-* ``filters``: ``seed``, ``data``, ``model``, ``pretrain``, ``variants``.
+* ``filters``: ``seed``, ``data``, ``model`` (less :data:`HEAD_KEYS`), ``pretrain``,
+  ``variants``.
 
 Keys that say how to run rather than what to compute (:data:`NEUTRAL`) are left out.
 
@@ -74,15 +76,22 @@ class Stage:
     sections: tuple[str, ...]  # every section its records depend on, upstream ones included
     own: tuple[str, ...]  # the sections it adds to its upstream stage's
     upstream: tuple[str, ...] = ()
+    # Keys of those sections its records do not depend on (dotted names).
+    ignores: frozenset[str] = frozenset()
 
+
+# The keys of the model section that only the CNN's head reads: a stack is the same stack
+# whatever the classifier fine-tuned on top of it, so changing them keeps it.
+HEAD_KEYS = frozenset({"model.dropout", "model.fc_width", "model.num_classes"})
 
 STAGES = {
     "pretrain": Stage("pretrain", ("seed", "data", "model", "pretrain"),
-                      ("seed", "data", "model", "pretrain")),
+                      ("seed", "data", "model", "pretrain"), ignores=HEAD_KEYS),
     "compare": Stage("compare", ("seed", "data", "model", "pretrain", "finetune", "compare",
                                  "dataset"), ("finetune", "compare", "dataset"), ("pretrain",)),
     "filters": Stage("filters", ("seed", "data", "model", "pretrain", "variants", "dataset"),
-                     ("seed", "data", "model", "pretrain", "variants", "dataset")),
+                     ("seed", "data", "model", "pretrain", "variants", "dataset"),
+                     ignores=HEAD_KEYS),
 }
 # The stages each stage's command reads or writes (compare pretrains first if needed).
 USES = {"pretrain": ("pretrain",), "compare": ("pretrain", "compare"), "filters": ("filters",)}
@@ -95,14 +104,14 @@ def config_dict(config) -> dict:
     return json.loads(config.to_json())
 
 
-def _strip(tree: dict, prefix: str = "") -> dict:
-    """``tree`` without the neutral and selection keys."""
+def _strip(tree: dict, prefix: str = "", ignore: frozenset[str] = frozenset()) -> dict:
+    """``tree`` without the neutral and selection keys, and the keys in ``ignore``."""
     out = {}
     for k, v in tree.items():
         name = f"{prefix}{k}"
-        if name in NEUTRAL or name in SELECTION:
+        if name in NEUTRAL or name in SELECTION or name in ignore:
             continue
-        out[k] = _strip(v, f"{name}.") if isinstance(v, dict) else v
+        out[k] = _strip(v, f"{name}.", ignore) if isinstance(v, dict) else v
     return out
 
 
@@ -115,7 +124,7 @@ def stage_settings(config, stage: str) -> dict:
     included) less the neutral and selection keys, as plain JSON types."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    return _strip(_sections(config_dict(config), stage))
+    return _strip(_sections(config_dict(config), stage), ignore=STAGES[stage].ignores)
 
 
 def settings_digest(config, stage: str) -> str:
@@ -309,7 +318,8 @@ def stale_stages(config, workdir: Path, stage: str,
         if recorded is None:
             stale[s] = [w.config_error or f"{workdir}: no record of the settings of {s}/"]
             continue
-        diffs = _differences(_strip(recorded), stage_settings(config, s), _defaults(config))
+        diffs = _differences(_strip(recorded, ignore=STAGES[s].ignores),
+                             stage_settings(config, s), _defaults(config))
         if diffs:
             stale[s] = [f"{k}: {_show(a)} in the workdir, {_show(b)} now" for k, a, b in diffs]
         elif data is not None and (changed := w.data_changed(s, data)):

@@ -310,6 +310,11 @@ def test_tfds_not_prepared_or_unknown(capsys, tmp_path, workdir, monkeypatch):
     (["--config.compare.label_sizes=()"],
      ["config.compare.label_sizes: expected at least one size"]),
     (["--config.model.features=()"], ["config.model.features: expected at least one conv layer"]),
+    # A value given twice would train or report the same runs twice (n doubled).
+    (["--config.compare.arms=('random','random')"], ["config.compare.arms: 'random' given twice"]),
+    (["--config.compare.label_sizes=(100,100)"], ["config.compare.label_sizes: 100 given twice"]),
+    (["--config.pretrain.noise_level=0.5"], ["config.pretrain.noise_level: 0.5",
+                                              "pretrain.noise='none' would do nothing"]),
 ])
 def test_bad_config(capsys, workdir, args, fragments):
     assert_refused(capsys, workdir, args, fragments)
@@ -781,3 +786,19 @@ def test_sweep_overwrite_refuses_a_workdir_in_use_before_deleting_it(capsys, tmp
                              [str(w), "in use"])
     finally:
         workdir_lib.release(w)
+
+
+@pytest.mark.parametrize("module", ["pretrain", "compare", "filters"])
+def test_a_batch_the_devices_cannot_split_is_refused_before_the_workdir_is_made(
+        capsys, tmp_path, monkeypatch, module):
+    """Pretraining splits its batch over the devices: on a machine whose device count does
+    not divide it, the command stops with one line before it writes anything."""
+    from scae.train import parallel
+
+    monkeypatch.setattr(parallel, "num_devices", lambda: 3)
+    w = tmp_path / "w"
+    config = "--config=configs/filters_mnist.py:smoke" if module == "filters" else SMOKE
+    status, err = command(capsys, module, config, f"--workdir={w}")
+    assert status == 2, err[-2000:]
+    assert "does not split over 3 devices" in err and "pretrain.batch_size" in err, err[-2000:]
+    assert not w.exists()

@@ -194,8 +194,9 @@ def test_a_changed_stack_makes_both_stages_stale(tmp_path):
     w = tmp_path / "w"
     workdir_lib.guard(_smoke(), w, "compare", overwrite=False)
     _results(w, "pretrain", "compare", "figures")
-    changed = _smoke(**{"model.fc_width": 8})
-    with pytest.raises(InputError, match=r"model.fc_width: 16 in the workdir, 8 now"):
+    changed = _smoke(**{"pretrain.learning_rate": 0.002})
+    with pytest.raises(InputError, match=r"pretrain.learning_rate: 0.001 in the workdir, "
+                                         r"0.002 now"):
         workdir_lib.guard(changed, w, "pretrain", overwrite=False)
     workdir_lib.guard(changed, w, "pretrain", overwrite=True)
     assert not any((w / d).exists() for d in ("compare", "figures"))
@@ -218,6 +219,25 @@ def test_label_sizes_and_seeds_select_runs_without_making_them_stale(tmp_path):
         workdir_lib.settings_digest(_smoke(), "compare")
     assert workdir_lib.settings_digest(_smoke(**{"finetune.epochs": 3}), "pretrain") == \
         workdir_lib.settings_digest(_smoke(), "pretrain")
+
+
+def test_a_changed_head_keeps_the_stack(tmp_path):
+    """The keys only the CNN's head reads (dropout, fc_width, num_classes) make the compare
+    runs stale, never the stack: --overwrite deletes the runs and keeps the stack."""
+    w = tmp_path / "w"
+    workdir_lib.guard(_smoke(), w, "compare", overwrite=False)
+    _results(w, "pretrain", "compare")
+    for key, value in (("model.dropout", 0.5), ("model.fc_width", 8),
+                       ("model.num_classes", 12)):
+        changed = _smoke(**{key: value})
+        assert workdir_lib.settings_digest(changed, "pretrain") == \
+            workdir_lib.settings_digest(_smoke(), "pretrain"), key
+        workdir_lib.guard(changed, w, "pretrain", overwrite=False)  # the stack still holds
+        with pytest.raises(InputError, match=rf"compare: {re.escape(key)}"):
+            workdir_lib.guard(changed, w, "compare", overwrite=False)
+    workdir_lib.guard(_smoke(**{"model.dropout": 0.5}), w, "compare", overwrite=True)
+    assert not (w / "compare" / "runs.jsonl").exists()
+    assert (w / "pretrain" / "metrics.jsonl").exists()
 
 
 def _filters_config():

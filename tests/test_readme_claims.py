@@ -47,3 +47,13 @@ def test_the_readme_gives_the_apis_preset_default():
     python = " ".join(section("Use from Python").split())
     assert f'scae.pretrain(images, config=None, *, preset="{default}",' in python
     assert f"The preset is `{default}` unless named" in python
+
+
+def test_the_readme_and_the_reliability_doc_list_every_neutral_key():
+    """The keys a rerun accepts as the same experiment are listed where users read them."""
+    from scae import workdir
+
+    for doc in ("README.md", "docs/reliability.md"):
+        text = (ROOT / doc).read_text()
+        missing = [k for k in sorted(workdir.NEUTRAL) if f"`{k}`" not in text]
+        assert not missing, (doc, missing)

@@ -859,3 +859,23 @@ def test_every_recipe_with_every_full_label_alternative_is_checked_before_any_ru
         sweep.run(c, tmp_path / "w", build=lambda cfg: pytest.fail("no data is loaded"),
                   log=lambda m: None)
     assert not (tmp_path / "w").exists()
+
+
+def test_a_pretraining_batch_the_devices_cannot_split_is_refused_before_ready(tmp_path,
+                                                                             monkeypatch):
+    """A sweep that pretrains stacks (an arm other than random) is refused before its
+    workdir changes on a machine whose device count does not divide the pretraining batch;
+    the random arm alone pretrains nothing and goes on."""
+    from scae.train import parallel
+
+    monkeypatch.setattr(parallel, "num_devices", lambda: 3)
+    monkeypatch.setattr(finetuning, "run_cell", fake_rows)
+    c = small_data_config(tmp_path, arms=("random", "pretrained"))
+    w, ready = tmp_path / "w", []
+    with pytest.raises(InputError, match="pretrain.batch_size: .* does not split over 3"):
+        sweep.run(c, w, build=lambda cfg: inputs_lib.build(cfg.data, cfg.seed),
+                  log=lambda m: None, ready=lambda: ready.append(1))
+    assert ready == [] and not w.exists()
+    c.sweep.arms = ("random",)
+    assert sweep.run(c, tmp_path / "w2", build=lambda cfg: inputs_lib.build(cfg.data, cfg.seed),
+                     log=lambda m: None)

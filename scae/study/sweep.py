@@ -45,6 +45,7 @@ from scae.models import ops
 from scae.report import tables as report
 from scae.study import finetune as finetuning
 from scae.study import pretrain as pretraining
+from scae.train import parallel
 
 RECORDS = "sweep.jsonl"
 BEST = "best.json"  # the choice, written once every run is recorded (read by config files)
@@ -279,12 +280,15 @@ class _Runner:
         """Raises :class:`InputError` for a run still to train that its data (``facts``, by
         :func:`_shape_key`) do not fit: more classes than its model outputs, images its
         kernels do not fit, more labels asked for than the pool holds."""
+        stacks = set(arms_of(self.config)) != {"random"}
         for c, label_size in self.planned:
             image_shape, num_classes, pool = facts[_shape_key(c)]
             # Every conv layer trains (compare's check), the pretrained stacks' included.
             cfglib.check_model_fits(c, image_shape, num_classes, "compare")
             if label_size is not None:
                 _check_fits(label_size, pool)
+            if stacks and c.pretrain.layers:  # pretraining splits its batch over the devices
+                parallel.check_batch(c.pretrain.batch_size, "pretrain.batch_size")
 
     def stacks_of(self, c, data: inputs_lib.Inputs) -> list:
         """Each seed's stack for ``c`` (its own when ``compare.stack_per_seed``, else seed
