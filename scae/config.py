@@ -144,8 +144,9 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     # same augmented batches. Off by default, as in the paper.
     c.finetune.augment_translate = 0  # random shifts by up to N pixels, zero padding; 0 = off
     c.finetune.augment_flip = False  # random horizontal flips (for CIFAR-10, not for digits)
-    # True: once the schedule is chosen on validation, train again on every training image
-    # (validation included) with that schedule and test the final model; the refit does no
+    # True: the cell whose label size is the whole labelled pool (and only that cell; the
+    # smaller ones are untouched) trains on every training image, validation included, for
+    # the schedule chosen on validation, and tests the final model; the refit does no
     # selection on validation. For a full-label cell comparable to the paper's 50k.
     c.finetune.refit_full = False
     # Fixed before any run, the same for every arm: see FAILURE_RULES.
