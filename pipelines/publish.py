@@ -9,6 +9,15 @@ Copies config.json, machine.json (hardware and wall time, written by the compare
 compare/runs.jsonl and the pretraining metrics (``metrics.jsonl``, or ``metrics_<stack>.jsonl``
 for one stack per seed) and every figure; writes runs.csv, summary.csv and summary.md anew.
 
+Only finished work is published (a job stopped before anything trained is refused): a
+compare workdir with a run record (a partly finished one too: its tables mark what is
+pending), a sweep with a point recorded, or the filter experiment's ``filters.png``; a
+pretrained stack goes with ``--stack``.
+
+``--out`` is a folder ``results/NAME`` of the checkout (``--root``): the README blocks quote
+no other (``publish.publish()`` writes anywhere, without them). A republish builds the folder
+beside it and swaps it in whole; a folder holding files publish does not write is refused.
+
 A README block is the text between ``<!-- scae:NAME -->`` and ``<!-- /scae:NAME -->``; NAME
 says what it holds, from the folder ``results/<dir>``:
 
@@ -48,7 +57,8 @@ from scae.report import workdir_figures as figures
 from scae.study import cost, sweep
 from scae.study import pretrain as pretraining
 
-_OUT = flags.DEFINE_string("out", None, "Folder under results/ to write.")
+_OUT = flags.DEFINE_string("out", None, "Folder results/NAME (of --root) to write; a folder "
+                           "published before is replaced whole.")
 _FIGURES = flags.DEFINE_bool("figures", False, "Redraw the figures of every results/ folder "
                              "that need only its records (error against labels, curves, "
                              "pretraining loss), then exit.")
@@ -68,6 +78,8 @@ ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "results/README.md")
 FILES = ("config.json", "machine.json", "compare/runs.jsonl", "sweep.jsonl", "best.json")
 TABLES = ("runs.csv", "summary.csv", "summary.md")
+# Every other name publish writes into --out: figures, pretraining metrics, a sweep's table.
+_WRITTEN = re.compile(r"[^/]+\.png|metrics(_[^/]+)?\.jsonl|sweep\.md")
 _BLOCK = re.compile(r"<!-- scae:(?P<name>[\w:.-]+) -->\n.*?<!-- /scae:(?P=name) -->", re.S)
 # The commands that make each expected-output folder, for its "pending" block.
 COMMANDS = {
@@ -136,17 +148,82 @@ def validate_results(results: Path) -> None:
         validate(folder, ("config.json", "machine.json"), ("runs.jsonl", sweep.RECORDS))
 
 
-def check_out(out: Path) -> Path:
+def _publishes(name: str) -> bool:
+    """Whether publish writes a file named ``name`` into a result folder."""
+    return (name in {Path(n).name for n in FILES} or name in TABLES
+            or _WRITTEN.fullmatch(name) is not None)
+
+
+def _leftover(name: str) -> bool:
+    """A killed write's temporary file or trash, which the sweep before publishing removes."""
+    return name.startswith(".") and (name.endswith(atomic.TMP_SUFFIX)
+                                     or name.startswith(atomic.TRASH_PREFIX))
+
+
+def check_out(out: Path, results: Path | None = None) -> Path:
     """``--out`` can take the published files: a folder (or a new name), not under a file,
-    writable, with no folder where one of its files goes."""
+    writable, with no folder where one of its files goes; with ``results``, a folder
+    ``results/NAME`` (the README blocks quote no other). An existing folder is replaced whole,
+    so it must be one publish wrote (its ``config.json`` and only names publish writes):
+    anything else in it is refused, naming it, rather than deleted."""
     names = [Path(n).name for n in FILES] + list(TABLES) + ["metrics.jsonl"]
-    return workdir_lib.check_output(out, "--out", folder=True, files=names)
+    out = workdir_lib.check_output(out, "--out", folder=True, files=names)
+    if results is not None and (out.parent.resolve() != results.resolve()
+                                or out.name.startswith(".")):
+        raise InputError(f"--out {out}: expected a folder results/NAME of {results.parent} "
+                         f"(the README tables quote only those; --root names another checkout)")
+    if out.is_dir():
+        entries = sorted(p for p in out.iterdir() if not _leftover(p.name))
+        foreign = [p.name for p in entries
+                   if p.is_symlink() or not p.is_file() or not _publishes(p.name)]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more"
+                                              if len(foreign) > 3 else "")
+            raise InputError(f"--out {out}: holds {shown}, which publish does not write; a "
+                             f"republish replaces the whole folder, so move them away or "
+                             f"choose another --out")
+        if entries and not (out / "config.json").is_file():
+            raise InputError(f"--out {out}: not a folder publish wrote (no config.json); a "
+                             f"republish replaces the whole folder, so empty it or choose "
+                             f"another --out")
+    return out
+
+
+def finished(workdir: Path) -> bool:
+    """Whether ``workdir`` holds finished work to publish: a run record (compare), a sweep
+    record or the filter experiment's figure. Its records are read (:func:`validate`) first."""
+    return bool(atomic.read_jsonl(workdir / "compare" / "runs.jsonl")
+                or atomic.read_jsonl(workdir / sweep.RECORDS)
+                or (workdir / "filters.png").is_file())
+
+
+_STAGING = f".publish{atomic.TMP_SUFFIX}"
 
 
 def _staging(out: Path) -> Path:
     """A hidden folder beside ``out`` whose subfolder of ``out``'s name is built first (the
     README blocks name a result by its folder's name)."""
-    return out.parent / f".{out.name}.publish{atomic.TMP_SUFFIX}" / out.name
+    return out.parent / f".{out.name}{_STAGING}" / out.name
+
+
+def _previous(out: Path) -> Path:
+    """Where :func:`commit` moves the folder ``out`` replaces, in the staging folder (its name
+    cannot be the staged folder's)."""
+    return _staging(out).parent / f"{out.name}.previous"
+
+
+def _restore(out: Path) -> None:
+    """Puts back the folder a publish killed between :func:`commit`'s two renames had moved
+    aside, before its staging folder is swept: a kill must not lose a published result."""
+    previous = _previous(out)
+    if previous.is_dir() and not out.exists() and not out.is_symlink():
+        os.replace(previous, out)
+
+
+def _restore_all(results: Path) -> None:
+    """:func:`_restore` for every staging folder a killed publish left in ``results``."""
+    for staging in sorted(results.glob(f".*{_STAGING}")):
+        _restore(results / staging.name[1:-len(_STAGING)])
 
 
 def stage(workdir: Path, out: Path, allow_dirty: bool = False) -> Path:
@@ -157,10 +234,17 @@ def stage(workdir: Path, out: Path, allow_dirty: bool = False) -> Path:
     if not (workdir / "config.json").is_file():
         raise InputError(f"{workdir / 'config.json'}: not found; not a workdir")
     validate(workdir, ("config.json", "machine.json"), ("compare/runs.jsonl", sweep.RECORDS))
+    if not finished(workdir):
+        # A job stopped before anything trained leaves config.json and machine.json: published,
+        # they would put a timing in the README for work that was never done.
+        raise InputError(f"{workdir}: nothing finished to publish (no run records in "
+                         f"compare/runs.jsonl, no sweep records, no filters.png); a pretrained "
+                         f"stack is published with --stack")
     provenance.check_clean([_read_json(workdir / "machine.json"),
                             *atomic.read_jsonl(workdir / "compare" / "runs.jsonl"),
                             *atomic.read_jsonl(workdir / sweep.RECORDS)], allow_dirty)
     staging = _staging(out)
+    _restore(out)
     atomic.remove_tree(staging.parent)
     try:
         staging.mkdir(parents=True)
@@ -182,22 +266,25 @@ def stage(workdir: Path, out: Path, allow_dirty: bool = False) -> Path:
 
 
 def commit(staging: Path, out: Path) -> list[Path]:
-    """Moves every file of ``staging`` into ``out`` (each in one rename: a kill leaves each
-    file old or new, and the rest of the staging folder, which the next publish sweeps);
-    returns the files written."""
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for src in sorted(staging.iterdir()):
-        os.replace(src, out / src.name)
-        written.append(out / src.name)
+    """Puts the folder ``staging`` in place of ``out``, whole, so that no file of an earlier
+    publish the records no longer give (a figure, a table) stays behind: the old folder is
+    moved aside into the staging folder, the new one renamed in, the old one deleted. A kill
+    leaves ``out`` old or new, or, between the two renames, the old folder aside, which the
+    next publish puts back (:func:`_restore`) before sweeping; returns the files written."""
+    written = [out / p.name for p in sorted(staging.iterdir())]
+    if out.exists() or out.is_symlink():
+        os.replace(out, _previous(out))
+    os.replace(staging, out)
     atomic.remove_tree(staging.parent)
     return written
 
 
 def publish(workdir: Path, out: Path, allow_dirty: bool = False) -> list[Path]:
-    """Copies records and figures of ``workdir`` into ``out``; rewrites the tables. Nothing is
-    written unless every record read is sound (:func:`stage`)."""
-    return commit(stage(workdir, out, allow_dirty), out)
+    """Copies records and figures of ``workdir`` into ``out`` (any folder; the command's
+    ``--out`` must be under ``results/``), replacing a folder publish wrote before; rewrites
+    the tables. Nothing is written unless ``out`` can be replaced (:func:`check_out`) and
+    every record read is sound (:func:`stage`)."""
+    return commit(stage(workdir, check_out(Path(out)), allow_dirty), Path(out))
 
 
 def sweep_tables(folder: Path) -> dict[str, str]:
@@ -399,28 +486,30 @@ def run(workdir: Path | None, out: Path | None, allow_dirty: bool = False,
         root: Path = ROOT) -> list[Path]:
     """The command: with a workdir, publishes it into ``out`` and refreshes the READMEs; without
     (``--readmes_only``), rewrites every committed result's tables and the READMEs from the
-    records. Checks everything first: the output paths; the workdir's lock (taken shared: a
-    compare still writing it is refused, never published in part); every record it, and every
-    ``results/*`` folder the READMEs quote, holds (a damaged one named). Only then writes, and
-    what a killed publish left (its temporary files and staging folder) is swept first."""
+    records. Checks everything first: the output paths (``out`` a folder ``results/NAME`` of
+    ``root``, new or one publish wrote); the workdir's lock (taken shared: a compare still
+    writing it is refused, never published in part); that it holds finished work; every record
+    it, and every ``results/*`` folder the READMEs quote, holds (a damaged one named). Only then
+    writes, and what a killed publish left (its temporary files and staging folder; a result
+    folder it had moved aside is put back) is swept first."""
     from scae import workdir as workdir_lib
 
     results = root / "results"
     for name in READMES:
         workdir_lib.check_output(root / name, "README")
     if workdir is not None:
-        out = check_out(out)
+        out = check_out(out, results)
         workdir_lib.hold(workdir, write=False)
     for name in READMES:
         atomic.sweep_beside(root / name)
     if results.is_dir():
+        _restore_all(results)
         atomic.sweep(results)
     staging = None
     try:
         if workdir is not None:
             staging = stage(workdir, out, allow_dirty)
-            if out.parent.resolve() == results.resolve():
-                _STAGED[out.name] = staging  # the READMEs quote it: render them from it now
+            _STAGED[out.name] = staging  # the READMEs quote it: render them from it now
         validate_results(results)
         tables_text = {} if workdir is not None else refreshed_tables(root)
         readmes = readme_texts(root)

@@ -281,3 +281,142 @@ def test_publish_sweeps_what_a_killed_publish_left(capsys, tmp_path):
     assert not (root / "results" / ".quick.publish.tmp").exists()
     with contextlib.suppress(FileNotFoundError):
         assert not atomic.sweep(root / "results")
+
+
+# --- what is published, where, and what a republish leaves --------------------------------
+
+
+def _stopped_before_training(work: Path) -> None:
+    """What a compare that stopped (exit 2) before anything trained leaves: config.json,
+    machine.json and each stage's settings.json, no record."""
+    (work / "compare" / "runs.jsonl").unlink()
+    (work / "pretrain").mkdir(exist_ok=True)
+    for stage in ("compare", "pretrain"):
+        (work / stage / "settings.json").write_text("{}")
+
+
+@pytest.mark.parametrize("kind", ["compare", "partial_compare", "sweep", "filters"])
+def test_a_workdir_with_nothing_finished_is_refused(capsys, tmp_path, kind):
+    """Nothing trained: one line, exit 2, nothing written (it was published with exit 0, and
+    the README timings gained a row for a job that trained nothing). Once the workdir holds
+    what its kind finishes (a run record, even one of several cells; a sweep record; the
+    filter figure), it is published."""
+    root, work = _checkout(tmp_path)
+    rows = (work / "compare" / "runs.jsonl").read_text()
+    _stopped_before_training(work)
+    out = root / "results" / "quick"
+    before = _files(root)
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={out}", f"--root={root}")
+    assert status == 2 and len(lines) == 1, lines
+    assert f"{work}: nothing finished to publish" in lines[0], lines[0]
+    assert _files(root) == before and not out.exists()
+    assert not [p for p in (root / "results").iterdir() if p.name.startswith(".")]
+
+    if kind in ("compare", "partial_compare"):
+        (work / "compare" / "runs.jsonl").write_text(
+            rows if kind == "compare" else rows.splitlines(keepends=True)[0])
+    elif kind == "sweep":
+        sweep_record = (ROOT / "results" / "cifar10_sweep" / "sweep.jsonl").read_text()
+        (work / "sweep.jsonl").write_text(sweep_record.splitlines(keepends=True)[0])
+    else:
+        (work / "filters.png").write_bytes(b"\x89PNG")
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={out}", f"--root={root}")
+    assert not status, lines
+    published = {"compare": "summary.md", "partial_compare": "summary.md",
+                 "sweep": "sweep.md", "filters": "filters.png"}[kind]
+    assert (out / published).is_file()
+    if kind == "partial_compare":  # the cells still to train are marked, as intended
+        assert "Pending (no finished runs yet" in (root / "README.md").read_text()
+
+
+@pytest.mark.parametrize("where", ["outside", "nested", "hidden", "relative_elsewhere"])
+def test_an_out_outside_results_is_refused(capsys, tmp_path, monkeypatch, where):
+    """--out is a folder results/NAME of the checkout, the only folders the README tables
+    quote (a folder anywhere was written, and the README refreshed without it)."""
+    root, work = _checkout(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out = {"outside": tmp_path / "elsewhere" / "quick",
+           "nested": root / "results" / "old" / "quick",
+           "hidden": root / "results" / ".quick",
+           "relative_elsewhere": Path("results") / "quick"}[where]  # tmp_path/results: not root's
+    before = _files(tmp_path)
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={out}", f"--root={root}")
+    assert status == 2 and len(lines) == 1, lines
+    assert f"--out {out}: expected a folder results/NAME of {root}" in lines[0], lines[0]
+    assert _files(tmp_path) == before and not out.exists()
+
+
+def test_a_republish_replaces_the_folder_whole(capsys, tmp_path):
+    """A folder publish wrote is replaced by what the records give now: a planted figure and a
+    figure the workdir no longer holds are gone (both survived, beside the new files)."""
+    root, work = _checkout(tmp_path)
+    out = root / "results" / "quick"
+    (work / "compare" / "curves.png").write_bytes(b"\x89PNG")
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={out}", f"--root={root}")
+    assert not status, lines
+    assert (out / "compare_curves.png").is_file()
+    (work / "compare" / "curves.png").unlink()
+    (out / "old_fig.png").write_bytes(b"\x89PNG")
+    (out / ".summary.md.x8.tmp").write_text("x")  # a killed write's leftover, swept
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={out}", f"--root={root}")
+    assert not status, lines
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "machine.json", "runs.csv", "runs.jsonl", "summary.csv", "summary.md"]
+    assert not [p for p in (root / "results").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("case", ["notes", "subfolder", "not_published", "link"])
+def test_an_out_holding_other_files_is_refused(capsys, tmp_path, case):
+    """A republish replaces the folder whole, so a folder holding anything publish does not
+    write (or one it did not write at all) is refused, naming it, and left as it was."""
+    root, work = _checkout(tmp_path)
+    out = root / "results" / "quick"
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={out}", f"--root={root}")
+    assert not status, lines
+    if case == "notes":
+        (out / "notes.txt").write_text("mine")
+        fragment = "holds notes.txt, which publish does not write"
+    elif case == "subfolder":
+        (out / "drafts").mkdir()
+        (out / "drafts" / "fig.png").write_bytes(b"\x89PNG")
+        fragment = "holds drafts, which publish does not write"
+    elif case == "link":
+        (tmp_path / "mine.png").write_bytes(b"\x89PNG")
+        (out / "linked.png").symlink_to(tmp_path / "mine.png")
+        fragment = "holds linked.png, which publish does not write"
+    else:
+        out = root / "results" / "figures"
+        out.mkdir()
+        (out / "old_fig.png").write_bytes(b"\x89PNG")
+        fragment = "not a folder publish wrote (no config.json)"
+    before = _files(root)
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={out}", f"--root={root}")
+    assert status == 2 and len(lines) == 1, lines
+    assert f"--out {out}: {fragment}" in lines[0], lines[0]
+    assert _files(root) == before
+
+
+def test_a_publish_killed_mid_swap_loses_no_result(capsys, tmp_path):
+    """Killed after the old folder is moved aside and before the new one is in place, a
+    republish leaves the old one where the next publish puts it back (its sweep of the
+    staging folder would otherwise delete it)."""
+    root, work = _checkout(tmp_path)
+    out = root / "results" / "quick"
+    status, lines = _publish(capsys, f"--workdir={work}", f"--out={out}", f"--root={root}")
+    assert not status, lines
+    published = _files(out)
+    real = os.replace
+
+    def killed_before_the_new_folder(src, dst):
+        if Path(dst) == out and ".publish" in str(src):
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    with mock.patch.object(publish.os, "replace", killed_before_the_new_folder), \
+            pytest.raises(KeyboardInterrupt):
+        publish.run(work, out, root=root)
+    assert not out.exists()  # the moment of the kill: the old folder aside
+    status, lines = _publish(capsys, "--readmes_only", f"--root={root}")
+    assert not status, lines
+    assert _files(out) == published
+    assert not [p for p in (root / "results").iterdir() if p.name.startswith(".")]
