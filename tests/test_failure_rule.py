@@ -46,8 +46,9 @@ def test_apply_failure_rule_records_the_first_evaluation(rule):
     assert [r["first_eval_train_loss"] for r in rows] == [2.31, 1.4]
     assert all(r["first_eval_epoch"] == 3 and r["chance_loss"] == CHANCE for r in rows)
     assert [r["failure_hit"] for r in rows] == [True, False]
-    if rule == "none":  # diagnostics only: the post-hoc check of the tables applies
+    if rule == "none":  # diagnostics only: the tables judge the run post hoc
         assert all("failed" not in r for r in rows)
+        assert [report.ruled_by(r) for r in rows] == ["off", "off"]
     else:
         assert [r["failed"] for r in rows] == [True, False]
 
@@ -156,3 +157,19 @@ def test_tables_count_the_runs_of_each_arm_that_hit_the_rule():
     near = dict(rows[0], val_error=89.0, test_error=89.0)
     assert report.failed_runs([near]) == []
     assert report.failed_runs([{k: v for k, v in near.items() if k != "failed"}]) != []
+
+
+def test_runs_trained_with_the_rule_off_are_judged_post_hoc_and_said_to_be():
+    """finetune.failure_rule = 'none': no run carries a verdict, yet one at chance is still
+    counted failed (post hoc, by its selected error) and the summary says the rule was off,
+    not that the records predate it; runs.csv's failed agrees with the count."""
+    rows = [{"dataset": "mnist", "label_size": 100, "arm": "random", "seed": s,
+             "val_error": e, "test_error": e} for s, e in ((0, 89.0), (1, 20.0))]
+    finetune.apply_failure_rule(rows, evals(2.4, 1.0), "none", 10)
+    assert [r["seed"] for r in report.failed_runs(rows)] == [0]
+    line = report.failure_line(rows)
+    assert "failure rule was off (finetune.failure_rule = none)" in line
+    assert "made before" not in line and "random init 1 of 2" in line
+    failed = [r.split(",")[report.RUN_COLUMNS.index("failed")]
+              for r in report.runs_csv_text(rows).splitlines()[1:]]
+    assert failed == ["True", "False"]

@@ -370,3 +370,69 @@ def test_a_tiny_mnist_difference_is_negligible_whatever_p_says():
     (line, *_) = report.verdict_lines(rows)
     assert "a negligible difference" in line and "significant" not in line
     assert "about 6 of the 10,000 test images" in line
+
+
+# --- runs made with the failure rule off (finetune.failure_rule = 'none') -------------------
+
+
+def _ruled_rows(rule: str | None) -> list[dict]:
+    """Two seeds of two arms at 100 labels, seed 0 of each at chance (90% of ten classes):
+    records as scae.study.finetune writes them under ``rule``; None: records made before the
+    failure rule existed (no failure_rule, no failed)."""
+    out = []
+    for arm in ("random", "pretrained"):
+        for seed, error in ((0, 90.0), (1, 30.0)):
+            r = {"dataset": "mnist", "label_size": 100, "arm": arm, "seed": seed,
+                 "val_error": error, "test_error": error, "failure_hit": seed == 0}
+            if rule is not None:
+                r["failure_rule"] = rule
+            if rule not in (None, "none"):
+                r["failed"] = seed == 0
+            out.append(r)
+    return out
+
+
+def test_runs_with_the_rule_off_are_said_to_be_so_not_records_made_before_it(tmp_path):
+    rows = _ruled_rows("none")
+    line = report.failure_line(rows)
+    assert "records made before it" not in line
+    assert "The failure rule was off (finetune.failure_rule = none)" in line
+    # Flagged post hoc, so that a run at chance is never mixed silently into a mean, and the
+    # line says so: no rule ran, so no run "hit" one.
+    assert "a run counts as failed, post hoc, when its selected error is within 2" in line
+    assert line.startswith("Runs that failed, per arm: random init 1 of 2; CAE pretrained 1 "
+                           "of 2.")
+    md_path = tmp_path / "summary.md"
+    report.write_summary(rows, "mnist", tmp_path / "summary.csv", md_path)
+    md = md_path.read_text()
+    assert line in md and "records made before it" not in md
+    assert "(never trained; see above how a run counts as failed)" in md
+    # runs.csv's failed is what the summary counts: the post-hoc verdict.
+    report.write_runs_csv(rows, tmp_path / "runs.csv")
+    _, body = read_csv(tmp_path / "runs.csv")
+    assert [(r["arm"], r["seed"], r["failed"]) for r in body] == [
+        ("random", "0", "True"), ("random", "1", "False"),
+        ("pretrained", "0", "True"), ("pretrained", "1", "False")]
+
+
+def test_records_made_before_the_rule_keep_their_wording():
+    line = report.failure_line(_ruled_rows(None))
+    assert ("Runs that hit the failure rule, per arm: random init 1 of 2; CAE pretrained 1 of "
+            "2. No failure rule ran while these runs trained (records made before it): a run "
+            "counts as failed, post hoc, when its selected error is within 2 points of "
+            "chance.") == line
+    assert [report.ruled_by(r) for r in _ruled_rows(None)] == ["legacy"] * 4
+
+
+def test_records_of_the_rule_off_beside_others_are_counted_apart():
+    off, legacy, marked = _ruled_rows("none"), _ruled_rows(None), _ruled_rows("mark")
+    line = report.failure_line(marked[:2] + off[2:])
+    assert ("Of the 4 records, 2 were made under a failure rule and 2 with the rule off "
+            "(finetune.failure_rule = none); those no rule judged count as failed, post hoc"
+            in line)
+    line = report.failure_line(off[:2] + legacy[2:])
+    assert ("Of the 4 records, 2 with the rule off (finetune.failure_rule = none) and 2 before "
+            "the rule existed;" in line)
+    assert "records made before it" not in line
+    assert [report.ruled_by(r) for r in (off[0], legacy[0], marked[0])] == ["off", "legacy",
+                                                                            "rule"]

@@ -104,8 +104,9 @@ def runs_csv_text(rows: Sequence[Mapping]) -> str:
     """The text of ``runs.csv``: one row per run (no curve), sorted by label size, arm, seed.
 
     ``train_size`` is the number of images the run trained on (:func:`trained_size`, also for
-    records made before they carried it); ``failed`` says whether the run hit the failure rule
-    (:func:`failed_runs`; blank for records of no rule and no post-hoc failure)."""
+    records made before they carried it); ``failed`` says whether the run counts as failed, as
+    the summary counts it (:func:`failed_runs`): the failure rule's verdict, or the post-hoc
+    check for a record made with the rule off or before it existed."""
     failed = {id(r) for r in failed_runs(rows)}
     out = []
     for r in _sort_rows(rows):
@@ -300,19 +301,32 @@ def _retried_note(rows: Sequence[Mapping]) -> str:
 
 
 # A run whose best validation error stays this close to chance never trained (it collapsed
-# to predicting one class): the post-hoc check for records made before the failure rule.
+# to predicting one class): the post-hoc check for records no failure rule judged.
 CHANCE_MARGIN = 2.0
+
+
+def ruled_by(r: Mapping) -> str:
+    """Who decided whether run record ``r`` failed: 'rule' (a failure rule fixed in the config
+    judged it while training: its ``failed``), 'off' (``finetune.failure_rule = 'none'``: the
+    rule was turned off by choice, and the record carries no ``failed``) or 'legacy' (a record
+    made before the failure rule existed: no ``failure_rule``). Only 'rule' records say
+    themselves; the others are judged by the post-hoc check of :func:`failed_runs`."""
+    if "failed" in r:
+        return "rule"
+    return "off" if r.get("failure_rule") == "none" else "legacy"
 
 
 def failed_runs(rows: Sequence[Mapping]) -> list[Mapping]:
     """The runs that failed. A record made under a failure rule says so itself (``failed``,
     set while training by the rule fixed in the config: see
-    :func:`scae.study.finetune.failure`); for records made before the rule, the post-hoc
-    check: the selected error is within :data:`CHANCE_MARGIN` points of chance
-    (100 (1 - 1/K) for K classes; the validation error, or the test error of a refit)."""
+    :func:`scae.study.finetune.apply_failure_rule`). A record made with the rule off
+    (``failure_rule = 'none'``), or before it existed, gets the post-hoc check, so that a run
+    that never trained is never mixed silently into a mean: its selected error is within
+    :data:`CHANCE_MARGIN` points of chance (100 (1 - 1/K) for K classes; the validation error,
+    or the test error of a refit). runs.csv's ``failed`` and the summary's counts are this."""
     out = []
     for r in _sort_rows(rows):
-        if "failed" in r:
+        if ruled_by(r) == "rule":
             if r["failed"]:
                 out.append(r)
             continue
@@ -332,12 +346,16 @@ def _failed_counts(rows: Sequence[Mapping]) -> dict[tuple[int, str], int]:
 
 def failure_line(rows: Sequence[Mapping]) -> str:
     """One sentence: the rule that decides a failed run, and how many runs of each arm hit
-    it (restarted or failed); '' without records."""
+    it (restarted or failed); '' without records. Records made with the rule off
+    (``finetune.failure_rule = 'none'``) are said to be so, and judged post hoc
+    (:func:`failed_runs`), as those made before the rule existed."""
     if not rows:
         return ""
     arms = sorted({str(r["arm"]) for r in rows}, key=stats.arm_key)
     failed = failed_runs(rows)
-    ruled = [r for r in rows if "failed" in r]
+    kinds = [ruled_by(r) for r in rows]
+    ruled = [r for r, k in zip(rows, kinds) if k == "rule"]
+    off = kinds.count("off")
     counts = []
     for a in arms:
         of = [r for r in rows if r["arm"] == a]
@@ -346,21 +364,38 @@ def failure_line(rows: Sequence[Mapping]) -> str:
         counts.append(f"{ARM_LABELS.get(a, a)} {len(hits)} of {len(of)}"
                       + (f" ({restarted} restarted at a lower rate, "
                          f"{sum(r in failed for r in of)} failed)" if restarted else ""))
+    post_hoc = f"within {CHANCE_MARGIN:g} points of chance."
     if len(ruled) == len(rows):
         names = sorted({str(r.get("failure_rule")) for r in rows})
         how = (f"The rule was fixed in the config before any run (finetune.failure_rule = "
                f"{', '.join(names)}) and is the same for every arm: a run whose training loss "
                f"at its first evaluation has not fallen below chance, log(number of classes), "
                f"hits it.")
-    elif not ruled:
+    elif off == len(rows):
+        # No rule judged these runs, by choice: no run "hit" one. They still get the post-hoc
+        # check, so that a run that never trained is flagged, never mixed silently into a mean.
+        return (f"Runs that failed, per arm: {'; '.join(counts)}. The failure rule was off "
+                f"(finetune.failure_rule = none): a run counts as failed, post hoc, when its "
+                f"selected error is {post_hoc}")
+    elif not ruled and not off:
         how = (f"No failure rule ran while these runs trained (records made before it): a "
-               f"run counts as failed, post hoc, when its selected error is within "
-               f"{CHANCE_MARGIN:g} points of chance.")
-    else:
+               f"run counts as failed, post hoc, when its selected error is {post_hoc}")
+    elif not off:
         how = (f"{len(ruled)} of the {len(rows)} records were made under a failure rule; the "
-               f"others count as failed, post hoc, when their selected error is within "
-               f"{CHANCE_MARGIN:g} points of chance.")
+               f"others count as failed, post hoc, when their selected error is {post_hoc}")
+    else:
+        legacy = len(rows) - len(ruled) - off
+        made = [f"{len(ruled)} were made under a failure rule"] if ruled else []
+        made.append(f"{off} with the rule off (finetune.failure_rule = none)")
+        made += [f"{legacy} before the rule existed"] if legacy else []
+        how = (f"Of the {len(rows)} records, {_and(made)}; those no rule judged count as "
+               f"failed, post hoc, when their selected error is {post_hoc}")
     return f"Runs that hit the failure rule, per arm: {'; '.join(counts)}. {how}"
+
+
+def _and(parts: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
 def rates_line(rows: Sequence[Mapping]) -> str:
@@ -395,7 +430,11 @@ def _failed_note(rows: Sequence[Mapping]) -> str:
         return ""
     runs = ", ".join(f"{r['arm']} at {label_text(int(r['label_size']), rows)} labels seed "
                      f"{r['seed']} ({_selected_error(r):.2f}%)" for r in failed)
-    lines = [f"\n{len(failed)} run(s) failed (never trained; see the failure rule above): "
+    # With the rule off for some records, the line above says how a run counts as failed
+    # rather than naming a rule those runs never met.
+    see = ("see above how a run counts as failed"
+           if any(ruled_by(r) == "off" for r in rows) else "see the failure rule above")
+    lines = [f"\n{len(failed)} run(s) failed (never trained; {see}): "
              f"{runs}. They are kept in the means and tests above, where their cells say "
              "\"failed\". For reference, the paired differences without those seeds at those "
              "label sizes:"]

@@ -108,6 +108,9 @@ def apply_failure_rule(rows: list[dict], evals: Sequence[dict], rule: str,
                 r[field] = first[key][i]
         hit = hit_failure_rule(float(loss), num_classes)
         r["failure_hit"] = hit
+        # Under 'none' no rule judges the run: it carries no verdict of its own, only the
+        # diagnostics, and the tables judge it post hoc by its selected error
+        # (scae.report.tables.failed_runs), as its failure_rule='none' tells them.
         if rule != "none":
             r["failed"] = hit
 
