@@ -312,13 +312,13 @@ def test_overwrite_replaces_the_results_of_a_different_config(tmp_path):
     (w / "compare").mkdir()
     (w / "compare" / "runs.jsonl").write_text("{}\n")
     args = ("--config=configs/mnist.py:smoke", "--config.pretrain.layers=0",
-            "--config.model.fc_width=8", f"--workdir={w}")
-    assert_clean_failure(run("pretrain", *args), "model.fc_width")
+            "--config.pretrain.learning_rate=0.002", f"--workdir={w}")
+    assert_clean_failure(run("pretrain", *args), "pretrain.learning_rate")
     assert (w / "compare" / "runs.jsonl").exists()
     again = run("pretrain", *args, "--overwrite")
     assert again.returncode == 0, again.stderr[-2000:]
     assert not (w / "compare").exists()
-    assert json.loads((w / "config.json").read_text())["model"]["fc_width"] == 8
+    assert json.loads((w / "config.json").read_text())["pretrain"]["learning_rate"] == 0.002
 
 
 # --- encode and visualize read other data as the stack was trained -----------------------------
