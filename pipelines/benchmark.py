@@ -124,6 +124,37 @@ def matmul_peak(n: int = 4096, repeats: int = 5, dtype: str = "float32") -> floa
     return 2 * n**3 / best_seconds(f, a, repeats=repeats) / 1e9
 
 
+def check_layer(arch: str, layer: int) -> None:
+    """An InputError unless ``layer`` is a CAE layer of ``arch``'s paper stack."""
+    n = len(cfglib.base_config(arch).model.features)
+    if not 1 <= layer <= n:
+        raise InputError(f"--layer: expected 1..{n} (a CAE layer of the {arch} stack), "
+                         f"got {layer}")
+
+
+def machine_bytes() -> int:
+    """The memory of this host, or of the default device where it reports less."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    stats = jax.devices()[0].memory_stats() or {}
+    return min(total, stats.get("bytes_limit") or total)
+
+
+def check_order(steps: int, batch: int, seeds: int, available: int | None = None) -> None:
+    """An InputError unless the batch order of ``steps`` steps of ``batch`` images for each of
+    ``seeds`` seeds (:func:`compile_step`: int32 indices, and the one-seed order they are
+    stacked from) fits int32 indices and half of ``available`` bytes (:func:`machine_bytes`)."""
+    n = steps * batch
+    if n >= 2**31:
+        raise InputError(f"--steps x --batch: {steps} x {batch} = {n:,} batch indices, more "
+                         "than int32 indices hold (2**31); lower --steps")
+    need = 4 * n * (seeds + 1)
+    available = machine_bytes() if available is None else available
+    if need > available // 2:
+        raise InputError(f"--steps x --batch: the batch order of {steps} x {batch} images "
+                         f"({seeds} seed(s)) takes {need / 1e9:.1f} GB, more than half of this "
+                         f"machine's {available / 1e9:.1f} GB; lower --steps")
+
+
 def _workload(workload: str, arch: str, layer: int, batch: int, impl: str,
               dtype: str = "float32"):
     """(loss_fn, params, data pytree, flops per image-step)."""
@@ -140,8 +171,7 @@ def _workload(workload: str, arch: str, layer: int, batch: int, impl: str,
                 jax.random.randint(key, (pool,), 0, config.model.num_classes))
         loss_fn = lambda p, b, k: models.merge(graphdef, p).loss(b[0], b[1])
         return loss_fn, params, data, flops.cnn_step(config.model, shape, 1)
-    if not 1 <= layer <= len(config.model.features):
-        raise ValueError(f"--layer: expected 1..{len(config.model.features)}, got {layer}")
+    check_layer(arch, layer)
     specs = stack.layer_specs(config, shape[-1])
     spec = specs[layer - 1]
     hw = shape[0]
@@ -344,6 +374,15 @@ def main(config, workdir) -> None:
            _ROUNDS.value) < 1:
         raise InputError("--batch, --steps, --repeats, --seeds, --peak_n and --rounds must be "
                          ">= 1")
+    # Every flag is checked here, before anything compiles, for every path alike.
+    if not (_AB.value or _ALL.value) and _WORKLOAD.value == "cae":
+        check_layer(_ARCH.value, _LAYER.value)
+    if _MEMORY.value and not (_AB.value or _ALL.value):
+        check_order(1, _BATCH.value, _SEEDS.value)  # --memory compiles one step
+    else:
+        check_order(_STEPS.value, _BATCH.value,
+                    max(SEED_COUNTS) if _AB.value == "seeds" else 1 if _AB.value
+                    else _SEEDS.value)
     lines = None
     if _AB.value:
         lines = ab_rows(_AB.value, _ROUNDS.value, _BATCH.value, _STEPS.value, _PEAK_N.value)
@@ -358,12 +397,9 @@ def main(config, workdir) -> None:
         print(json.dumps(memory(_WORKLOAD.value, _ARCH.value, _LAYER.value, _BATCH.value,
                                 _SEEDS.value, _SEED_BATCHING.value)), flush=True)
         return
-    try:
-        out = benchmark(_WORKLOAD.value, _ARCH.value, _LAYER.value, _BATCH.value, _STEPS.value,
-                        _REPEATS.value, _SEEDS.value, _IMPL.value, _DTYPE.value,
-                        _SEED_BATCHING.value)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    out = benchmark(_WORKLOAD.value, _ARCH.value, _LAYER.value, _BATCH.value, _STEPS.value,
+                    _REPEATS.value, _SEEDS.value, _IMPL.value, _DTYPE.value,
+                    _SEED_BATCHING.value)
     if _PEAK.value:
         peak = matmul_peak(_PEAK_N.value)
         out["peak_gflop_per_s"] = round(peak, 1)

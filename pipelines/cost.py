@@ -23,7 +23,6 @@ from pathlib import Path
 from absl import flags
 
 from pipelines import common
-from scae import atomic
 from scae.errors import InputError
 from scae.study import cost
 
@@ -32,14 +31,6 @@ _RATES = flags.DEFINE_string("rates", None, "A pipelines.benchmark --all record 
 _DEVICES = flags.DEFINE_integer("devices", 1, "Devices the seeds of each phase spread over.")
 _TRAIN_SIZE = flags.DEFINE_integer("train_size", None, "Images in the data source's training "
                                    "split (known for mnist and cifar10).")
-
-def _records(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise InputError(f"{path}: no such benchmark record")
-    records = atomic.read_jsonl(path)
-    if not records:
-        raise InputError(f"{path}: not a pipelines.benchmark record (no JSON lines)")
-    return records
 
 
 def phase_table(phases: list[cost.PhaseCost], measured: dict | None, devices: int) -> str:
@@ -70,7 +61,7 @@ def main(config, workdir) -> None:
     phases = cost.study(config, _TRAIN_SIZE.value)
     measured = None
     if _RATES.value:
-        measured = cost.rates(_records(Path(_RATES.value)), config.dataset)
+        measured = cost.rates_of(Path(_RATES.value), config.dataset)
         missing = sorted({(p.workload, p.layer) for p in phases} - set(measured))
         if missing:
             raise InputError(f"{_RATES.value}: no {config.dataset} rate for "

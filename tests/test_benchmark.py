@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines import benchmark
+from scae.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,12 +61,26 @@ def test_single_row_keeps_its_interface_and_prints_only_its_line():
 
 @pytest.mark.parametrize("args,name", [(("--dtype=float16",), "dtype"),
                                        (("--ab=fp16",), "ab"),
-                                       (("--ab=dtype", "--rounds=0"), "rounds")])
+                                       (("--ab=dtype", "--rounds=0"), "rounds"),
+                                       (("--memory", "--workload=cae", "--layer=7"), "--layer"),
+                                       (("--workload=cae", "--layer=0"), "--layer"),
+                                       (("--steps=20000000",), "--steps")])
 def test_bad_flag_is_one_line_and_status_2(args, name):
     proc = _run(*args)
     assert proc.returncode == 2 and proc.stdout == ""
     (line,) = proc.stderr.splitlines()
     assert line.startswith("error: ") and name in line
+
+
+def test_a_batch_order_beyond_the_machine_is_refused_before_it_is_built():
+    benchmark.check_order(20, 128, 1, available=10**6)  # 20 KB of indices
+    with pytest.raises(InputError, match=r"^--steps x --batch: .* 0\.2 GB, more than half "
+                                         r"of this machine's 0\.3 GB; lower --steps"):
+        benchmark.check_order(200_000, 128, 1, available=3 * 10**8)
+    with pytest.raises(InputError, match="more than int32 indices hold"):
+        benchmark.check_order(20_000_000, 128, 1, available=2**60)
+    with pytest.raises(InputError, match=r"^--layer: expected 1\.\.3 .*got 7"):
+        benchmark.check_layer("mnist", 7)
 
 
 def test_vector_extensions_names_simd_flags_only():

@@ -2,6 +2,7 @@
 devices, and the command."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import ml_collections
 import pytest
 
 from scae import config as cfglib
+from scae.errors import InputError
 from scae.models import flops
 from scae.study import cost
 
@@ -106,3 +108,61 @@ def test_the_committed_sweep_config_costs_more_than_its_grid():
     assert sum(p.workload == "cae" for p in phases) == 2 * 3
     assert sum(", point " in p.name and p.workload == "cnn" for p in phases) == 8 * 3
     assert sum("full-label" in p.name for p in phases) == 3 * 3
+
+
+GOOD = {"workload": "cnn", "layer": None, "arch": "mnist", "batch": 128, "img_per_s": 7.0}
+
+
+@pytest.mark.parametrize("bad,why", [
+    ({**GOOD, "img_per_s": "fast"}, "img_per_s: expected a finite number > 0, got 'fast'"),
+    ({**GOOD, "img_per_s": -5.0}, "img_per_s: expected a finite number > 0, got -5.0"),
+    ({**GOOD, "img_per_s": 0}, "img_per_s: expected a finite number > 0, got 0"),
+    ({**GOOD, "img_per_s": float("nan")}, "img_per_s: expected a finite number > 0"),
+    ({**GOOD, "img_per_s": None}, "img_per_s: expected a finite number > 0, got None"),
+    ({k: v for k, v in GOOD.items() if k != "workload"}, "workload: expected 'cnn' or 'cae'"),
+    ({k: v for k, v in GOOD.items() if k != "arch"}, "arch: expected a data set name"),
+    ({**GOOD, "workload": "cae", "layer": None}, "layer: expected a CAE layer >= 1, got None"),
+    ({**GOOD, "batch": "128"}, "batch: expected a whole number >= 1, got '128'"),
+    ([1, 2], "expected a JSON object, got list")])
+def test_a_malformed_rate_record_is_refused_naming_its_file_and_line(tmp_path, bad, why):
+    machine = {"machine": "cpu", "peak_gflop_per_s": 1.0}
+    path = tmp_path / "bench.jsonl"
+    path.write_text(json.dumps(machine) + "\n\n" + json.dumps(GOOD) + "\n" + json.dumps(bad)
+                    + "\n")
+    with pytest.raises(InputError) as e:
+        cost.rates_of(path, "mnist")
+    assert str(e.value).startswith(f"{path} line 4: not a benchmark record (")
+    assert why in str(e.value)
+    # Records without their file (pipelines.gpu_run reads them itself): named by place.
+    with pytest.raises(InputError, match=r"^benchmark record 3: not a benchmark record"):
+        cost.rates([machine, GOOD, bad], "mnist")
+
+
+def test_a_rates_file_that_is_not_json_lines_is_refused_in_cost_s_words(tmp_path):
+    path = tmp_path / "bench.jsonl"
+    path.write_text("not json\n" + json.dumps(GOOD) + "\n")
+    with pytest.raises(InputError, match=r"bench.jsonl line 1: not a benchmark record \(not "
+                                         r"JSON") as e:
+        cost.rates_of(path, "mnist")
+    assert "--overwrite" not in str(e.value)
+    path.write_text(json.dumps(GOOD) + '\n{"workload": "cnn", "ar')  # a torn last line too
+    with pytest.raises(InputError, match="bench.jsonl line 2: not a benchmark record"):
+        cost.rates_of(path, "mnist")
+    path.write_text("\n")
+    with pytest.raises(InputError, match="no JSON lines"):
+        cost.rates_of(path, "mnist")
+    with pytest.raises(InputError, match="found a folder"):
+        cost.rates_of(tmp_path, "mnist")
+    path.write_text(json.dumps(GOOD) + "\n")
+    assert cost.rates_of(path, "mnist") == {("cnn", None): 7.0}
+
+
+def test_the_command_refuses_a_bad_rate_in_one_line(tmp_path):
+    path = tmp_path / "bench.jsonl"
+    path.write_text(json.dumps({**GOOD, "img_per_s": -1.0}) + "\n")
+    bad = subprocess.run([sys.executable, "-m", "pipelines.cost", "--config=configs/mnist.py:smoke",
+                          f"--rates={path}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and bad.stdout == "", bad.stderr[-2000:]
+    (line,) = bad.stderr.splitlines()
+    assert f"{path} line 1: not a benchmark record (img_per_s" in line

@@ -12,15 +12,17 @@ seeds' time.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import ml_collections
 
-from scae import atomic
 from scae import config as cfglib
 from scae import workdir as workdir_lib
+from scae.errors import InputError
 from scae.models import flops
 from scae.train import driver
 
@@ -148,15 +150,84 @@ def _sweep(config: ml_collections.ConfigDict, image_shape: Sequence[int],
     return phases
 
 
-def rates(records: Sequence[Mapping], arch: str) -> dict[tuple[str, int | None], float]:
+def _checked(r, where: str) -> dict:
+    """``r`` if it is a benchmark step record (a ``pipelines.benchmark --all`` line other than
+    the machine's); else an InputError naming ``where`` and what is wrong."""
+    bad = lambda why: InputError(f"{where}: not a benchmark record ({why})")
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if not isinstance(r, Mapping):
+        raise bad(f"expected a JSON object, got {type(r).__name__}")
+    if r.get("workload") not in ("cnn", "cae"):
+        raise bad(f"workload: expected 'cnn' or 'cae', got {r.get('workload')!r}")
+    if not isinstance(r.get("arch"), str) or not r["arch"]:
+        raise bad(f"arch: expected a data set name, got {r.get('arch')!r}")
+    if r["workload"] == "cae" and not (whole(r.get("layer")) and r["layer"] >= 1):
+        raise bad(f"layer: expected a CAE layer >= 1, got {r.get('layer')!r}")
+    if "batch" in r and not (whole(r["batch"]) and r["batch"] >= 1):
+        raise bad(f"batch: expected a whole number >= 1, got {r['batch']!r}")
+    if not isinstance(r.get("dtype", "float32"), str):
+        raise bad(f"dtype: expected a dtype name, got {r['dtype']!r}")
+    rate = r.get("img_per_s")
+    if not (isinstance(rate, (int, float)) and not isinstance(rate, bool)
+            and math.isfinite(rate) and rate > 0):
+        raise bad(f"img_per_s: expected a finite number > 0, got {rate!r}")
+    return r
+
+
+def rates(records: Sequence[Mapping], arch: str, source: str | os.PathLike | None = None,
+          lines: Sequence[int] | None = None) -> dict[tuple[str, int | None], float]:
     """Measured images per second per (workload, layer) of ``arch`` from benchmark records
-    (``pipelines.benchmark --all`` lines)."""
+    (``pipelines.benchmark --all`` lines; the machine line is passed over). Every other record
+    must be a step's: a workload ('cnn' or 'cae'), an arch, a layer >= 1 for 'cae', a batch
+    >= 1 where given and a finite img_per_s > 0, or an InputError names it: as line
+    ``lines[i]`` of the file ``source`` where these are given (:func:`read_records`), else by
+    its place among ``records``."""
     out = {}
-    for r in records:
-        if r.get("arch") == arch and r.get("img_per_s") and r.get("dtype", "float32") == "float32":
-            out[(r["workload"], r.get("layer") if r["workload"] == "cae" else None)] = \
+    for i, r in enumerate(records):
+        if isinstance(r, Mapping) and "machine" in r:
+            continue
+        n = lines[i] if lines is not None else i + 1
+        where = f"{os.fspath(source)} line {n}" if source is not None else f"benchmark record {n}"
+        r = _checked(r, where)
+        if r["arch"] == arch and r.get("dtype", "float32") == "float32":
+            out[(r["workload"], r["layer"] if r["workload"] == "cae" else None)] = \
                 float(r["img_per_s"])
     return out
+
+
+def read_records(path: str | os.PathLike) -> tuple[list, list[int]]:
+    """The JSON lines of the benchmark record ``path`` and the line number of each; an
+    absent, empty or unreadable file, or a line that is not JSON, is an InputError naming
+    the file (and the line)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such benchmark record") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: expected a benchmark record (JSON lines), found a "
+                         "folder") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the benchmark record ({e.strerror})") from None
+    records, lines = [], []
+    for n, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise InputError(f"{path} line {n}: not a benchmark record (not JSON: "
+                             f"{e})") from None
+        lines.append(n)
+    if not records:
+        raise InputError(f"{path}: not a pipelines.benchmark record (no JSON lines)")
+    return records, lines
+
+
+def rates_of(path: str | os.PathLike, arch: str) -> dict[tuple[str, int | None], float]:
+    """:func:`rates` of the benchmark record file ``path``, its faults named by line."""
+    records, lines = read_records(path)
+    return rates(records, arch, path, lines)
 
 
 def seconds(phases: Sequence[PhaseCost], measured: Mapping[tuple[str, int | None], float],
@@ -203,8 +274,7 @@ def readme_block(results: Path,
         for _, record, devices in README_RECORDS:
             path = results / record
             try:
-                measured = (rates(atomic.read_jsonl(path), config.dataset) if path.is_file()
-                            else {})
+                measured = rates_of(path, config.dataset) if path.is_file() else {}
                 cells.append(duration(seconds(phases, measured, devices)))
             except KeyError:  # a record without every step of this data set
                 cells.append("not measured")
