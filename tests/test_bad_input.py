@@ -802,3 +802,19 @@ def test_a_batch_the_devices_cannot_split_is_refused_before_the_workdir_is_made(
     assert status == 2, err[-2000:]
     assert "does not split over 3 devices" in err and "pretrain.batch_size" in err, err[-2000:]
     assert not w.exists()
+
+
+@pytest.mark.parametrize("module", ["compare", "sweep"])
+def test_a_data_set_of_one_class_is_refused_for_fine_tuning(capsys, tmp_path, module):
+    """A comparison (or sweep) of classifiers trained on one class shows nothing: refused with
+    one line before anything is written; pretraining alone may use such images."""
+    path = write_npz(tmp_path / "one.npz", num_train=300, num_test=20, shape=(28, 28),
+                     num_classes=1)
+    w = tmp_path / "w"
+    config = SWEEP if module == "sweep" else SMOKE
+    status, err = command(capsys, module, config, f"--workdir={w}",
+                          f"--config.data.source=npz:{path}", "--config.data.validation_size=50",
+                          "--config.data.pretrain_size=0")
+    assert status == 2, err[-2000:]
+    assert "every training image has label 0" in err and "at least 2 classes" in err, err[-2000:]
+    assert not w.exists()

@@ -165,5 +165,18 @@ def check_for(config: ml_collections.ConfigDict, inputs: Inputs, command: str) -
     """Raises :class:`InputError` if ``inputs`` cannot go through ``config``'s model for
     ``command``: images too small for the kernels and pools, an unsupported channel count,
     more classes than the model outputs (see :func:`scae.config.check_model_fits`). The
-    commands call it right after :func:`build`, before the workdir is touched."""
+    commands call it right after :func:`build`, before the workdir is touched. Fine-tuning
+    (``compare``) also needs two classes among the training labels."""
     cfglib.check_model_fits(config, inputs.image_shape, inputs.num_classes, command)
+    if command == "compare":
+        check_classes_present(config.data.source, inputs.train_labels)
+
+
+def check_classes_present(source: str, labels: np.ndarray) -> None:
+    """Raises :class:`InputError` unless ``labels`` (the training labels of ``source``) hold
+    at least two classes: a classifier of one class learns nothing a comparison could show."""
+    present = np.unique(np.asarray(labels))
+    if len(present) < 2:
+        raise InputError(f"{source}: every training image has label "
+                         f"{present[0] if len(present) else 'none'}; fine-tuning a classifier "
+                         f"needs at least 2 classes")

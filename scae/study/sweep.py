@@ -253,6 +253,7 @@ class _Runner:
             facts = {} if self.checked else self.facts_of_others(c)
             full = self.build(c)
             if not self.checked:
+                inputs_lib.check_classes_present(c.data.source, full.train_labels)
                 facts[_shape_key(c)] = _facts(full)
                 self.check_planned(facts)
                 self.checked = True
