@@ -84,11 +84,11 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def assert_refused(capsys, workdir: Path, args: list[str], fragments: list[str],
-                   module: str = "compare") -> None:
+                   module: str = "compare", config: str = SMOKE) -> None:
     """The command exits 2 with one ``error:`` line holding every fragment; ``workdir`` is
     unchanged."""
     before = snapshot(workdir)
-    status, err = command(capsys, module, SMOKE, f"--workdir={workdir}", *args)
+    status, err = command(capsys, module, config, f"--workdir={workdir}", *args)
     lines = [line for line in err.splitlines() if line.strip()]
     assert status == 2, err[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
@@ -738,14 +738,7 @@ def sweep_workdir(root: Path, records: bool) -> Path:
 
 
 def assert_sweep_refused(capsys, w: Path, args: list[str], fragments: list[str]) -> None:
-    before = snapshot(w)
-    status, err = command(capsys, "sweep", SWEEP, f"--workdir={w}", *args)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert status == 2, err[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err[-2000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    assert snapshot(w) == before
+    assert_refused(capsys, w, args, fragments, "sweep", SWEEP)
 
 
 @pytest.mark.parametrize("overwrite", [True, False])

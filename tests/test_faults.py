@@ -709,6 +709,15 @@ def _compare_process(tmp_path: Path) -> subprocess.Popen:
         "--config.pretrain.layers=1", "--config.finetune.epochs=20"))
 
 
+def _assert_one_line_at(stderr: str, where: str, signame: str) -> None:
+    """``stderr`` holds exactly one error line: the interruption at ``where`` (a pattern) by
+    ``signame``."""
+    errors_seen = _error_lines(stderr)
+    assert len(errors_seen) == 1, stderr[-3000:]
+    assert re.fullmatch(rf"error: interrupted at {where} \({signame}\); rerun the same command "
+                        r"to resume", errors_seen[0]), errors_seen
+
+
 @pytest.mark.slow
 def test_a_signal_before_a_cells_first_check_point_names_that_cell(tmp_path):
     """SIGTERM as the frozen cell's progress bar appears: the line names the frozen cell, not
@@ -716,11 +725,7 @@ def test_a_signal_before_a_cells_first_check_point_names_that_cell(tmp_path):
     proc = _compare_process(tmp_path)
     seen, rest = _signalled(proc, r"^frozen \d+ labels x\d+ seeds:\s+0%", signal.SIGTERM)
     assert proc.returncode == 143, (seen + rest)[-3000:]
-    errors_seen = _error_lines(rest)
-    assert len(errors_seen) == 1, rest[-3000:]
-    assert re.fullmatch(r"error: interrupted at frozen \d+ labels x\d+ seeds, step \d+/\d+ "
-                        r"\(SIGTERM\); rerun the same command to resume", errors_seen[0]), \
-        errors_seen
+    _assert_one_line_at(rest, r"frozen \d+ labels x\d+ seeds, step \d+/\d+", "SIGTERM")
     assert not (tmp_path / "w" / ".lock").exists()
 
 
@@ -738,11 +743,7 @@ def test_a_second_signal_during_fine_tuning_ends_once_and_gives_the_lock_back(tm
                             second)
     assert proc.returncode == 130, (seen + rest)[-3000:]
     assert "Traceback" not in rest, rest[-3000:]
-    errors_seen = _error_lines(rest)
-    assert len(errors_seen) == 1, rest[-3000:]
-    assert re.fullmatch(r"error: interrupted at pretrained \d+ labels x\d+ seeds, step \d+/\d+ "
-                        r"\(SIGINT\); rerun the same command to resume", errors_seen[0]), \
-        errors_seen
+    _assert_one_line_at(rest, r"pretrained \d+ labels x\d+ seeds, step \d+/\d+", "SIGINT")
     assert not (tmp_path / "w" / ".lock").exists()
 
 
